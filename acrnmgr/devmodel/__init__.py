@@ -1,0 +1,1 @@
+"""Embedded virtio device model: transport (vhost-user), core (virtqueues), device types."""
