@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything acrnmgr and its test suite need on a fresh Debian 12 machine:
+# Debian packages (QEMU, busybox-static for the test guest, fio, ...) and a virtualenv in .venv.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(
+    qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
+    busybox-static cpio kmod                      # the test guest's initramfs
+    fio                                           # guest-side I/O verification and bench
+    iproute2                                      # tap devices
+    python3-venv
+)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: need root to install Debian packages: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing Debian packages: ${missing[*]}" >&2
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
