@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --python-only: just the virtualenv (enough for validate/render/plan; no QEMU).
+python_only=false
+[[ ${1:-} == --python-only ]] && python_only=true
+
 apt_packages=(
     qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
     busybox-static cpio kmod                      # the test guest's initramfs
@@ -16,7 +20,7 @@ missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-if ((${#missing[@]})); then
+if ! $python_only && ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: need root to install Debian packages: ${missing[*]}" >&2
         exit 1
