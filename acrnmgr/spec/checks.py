@@ -1,11 +1,569 @@
-"""Semantic checks: what the schema cannot say."""
+"""Semantic checks: the rules the schema cannot express (slots, stdio, unique IDs, host limits,
+acrn-dm's device modes and backends, missing images, obsolete acrn-dm options).
+
+Each check reports at the most specific node. Checks assume schema-valid data; when the schema
+already failed they are still run so the user sees everything at once, but a check that trips
+over malformed data is skipped instead of guessing."""
 
 from __future__ import annotations
 
+from typing import Callable
 
-def run_checks(doc, host=None, check_paths=True, schema_ok=True) -> list:
-    return []
+from acrnmgr.spec.diagnostics import Diagnostic, format_path
+from acrnmgr.spec.loader import Document
+from acrnmgr.spec.units import format_size, parse_size
+
+MIN_MEMORY = 128 << 20
+
+VIRTIO_TYPES = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd", "virtio-input", "virtio-gpu",
+                "virtio-i2c", "virtio-gpio", "vhost-vsock")
+# acrn-dm's own virtio devices: these are legacy-only (PIO BAR0) ...
+ACRNDM_LEGACY_ONLY = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd", "virtio-gpio")
+# ... and these modern-only (MMIO BAR4 capabilities).
+ACRNDM_MODERN_ONLY = ("virtio-input", "virtio-gpu", "virtio-i2c", "vhost-vsock")
+# What our embedded Python device model serves (over vhost-user, on the qemu engine).
+EMBEDDED_TYPES = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd")
+# Kernel vhost exists in acrn-dm for these two only.
+VHOST_TYPES = ("virtio-net", "vhost-vsock")
+
+# acrn-dm v3.x: options that are gone or ignored, with what to do instead.
+OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
+    "--mac_seed": ("is obsolete in acrn-dm v3.x (ignored; the seed moved into the virtio-net options)",
+                   "set `macSeed` on the virtio-net device instead"),
+    "-U": ("was removed in acrn-dm v2.7 (acrn-dm exits with a usage error)",
+           "drop it: the VM name (metadata.name) identifies the VM"),
+    "--uuid": ("was removed in acrn-dm v2.7 (acrn-dm exits with a usage error)",
+               "drop it: the VM name (metadata.name) identifies the VM"),
+    "-W": ("was removed in acrn-dm v3.0", "drop it; use `settings.virtioMsi: true` to force MSI for virtio devices"),
+    "--virtio_msix": ("was removed in acrn-dm v3.0",
+                      "drop it; use `settings.virtioMsi: true` to force MSI for virtio devices"),
+    "-p": ("was removed by acrn-dm v2.0", "drop it; pin vCPUs with `spec.cpu.affinity`"),
+    "-A": ("is obsolete in acrn-dm v3.x (ignored; ACPI tables are always built)", "drop it"),
+    "-Y": ("is obsolete in acrn-dm v3.x (ignored; the MP table is no longer built)", "drop it"),
+    "-i": ("is obsolete in acrn-dm v3.x (ignored; the IOC mediator is gone)",
+           "drop it; for power-button notification use `settings.pmNotifyChannel`"),
+    "-G": ("is obsolete in acrn-dm v3.x (ignored; GVT-g is gone)",
+           "drop it; use a `passthru` device with `gpu: true` or a `virtio-gpu` device"),
+    "--vsbl": ("is obsolete in acrn-dm v3.x (ignored; vSBL boot is gone)", "drop it; boot with `boot.ovmf` or `boot.kernel`"),
+    "--part_info": ("is obsolete in acrn-dm v3.x (ignored; it belonged to vSBL boot)", "drop it"),
+    "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)", "drop it; use `settings.pmNotifyChannel: uart`"),
+    "--lapic_pt": ("is ignored by acrn-dm on its own (only --rtvm enables LAPIC passthrough)", "set `spec.vmType: rtvm`"),
+}
+# Options the spec models: passing them raw duplicates (or contradicts) what we generate.
+MODELLED_OPTIONS: dict[str, str] = {
+    "-m": "spec.memory", "--memsize": "spec.memory", "-s": "spec.devices", "--pci_slot": "spec.devices",
+    "-l": "spec.console.lpc", "--lpc": "spec.console.lpc", "-k": "spec.boot.kernel.path",
+    "-r": "spec.boot.kernel.initrd", "-B": "spec.boot.kernel.cmdline", "-E": "spec.boot.elf.path",
+    "--elf_file": "spec.boot.elf.path", "--ovmf": "spec.boot.ovmf", "--cpu_affinity": "spec.cpu.affinity",
+    "--rtvm": "spec.vmType: rtvm", "--virtio_poll": "spec.settings.virtioPoll", "--ssram": "spec.settings.ssram",
+    "--acpidev_pt": "spec.settings.acpiDevPt", "--mmiodev_pt": "spec.settings.mmioDevPt",
+    "--vtpm2": "spec.settings.vtpm2", "--intr_monitor": "spec.settings.intrMonitor",
+    "--cmd_monitor": "spec.settings.cmdMonitor", "--logger_setting": "spec.settings.logger",
+    "--windows": "spec.settings.windows", "--virtio_msi": "spec.settings.virtioMsi",
+    "--pm_notify_channel": "spec.settings.pmNotifyChannel", "--enable_trusty": "spec.settings.enableTrusty",
+    "--debugexit": "spec.settings.debugexit", "--iasl": "spec.settings.iasl",
+}
+# Short options whose argument may be glued on (-Uxxxx, -i5).
+_SHORT_WITH_ARG = ("-U", "-G", "-i", "-p", "-m", "-s", "-l", "-k", "-r", "-B", "-E")
 
 
-def cross_file_checks(docs) -> list:
-    return []
+class _Ctx:
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.out: list[Diagnostic] = []
+
+    def error(self, path, message: str, hint: str | None = None, *, key: bool = False) -> None:
+        self.out.append(self.doc.diag(path, message, hint, key=key))
+
+    def warn(self, path, message: str, hint: str | None = None) -> None:
+        self.out.append(self.doc.diag(path, message, hint, severity="warning"))
+
+    def where(self, path) -> str:
+        """'line N' of a path, for messages that point back at an earlier node."""
+        line, _ = self.doc.positions.locate(tuple(path))
+        return f"line {line}"
+
+
+def _devices(spec: dict) -> list[tuple[tuple, dict]]:
+    devs = spec.get("devices") or []
+    return [(("spec", "devices", i), d) for i, d in enumerate(devs) if isinstance(d, dict)]
+
+
+def _label(dev: dict, path) -> str:
+    """How messages name a device: `rootfs` (virtio-blk) or spec.devices[0] (virtio-blk)."""
+    name = dev.get("name")
+    return f"`{name}` ({dev.get('type')})" if isinstance(name, str) else f"{format_path(path)} ({dev.get('type')})"
+
+
+def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bool = True) -> list[Diagnostic]:
+    data = doc.data
+    spec = data.get("spec") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    checks: list[Callable[[_Ctx, dict], None]] = [
+        _check_memory, _check_names, _check_slots, _check_stdio, _check_lpc, _check_console_ports,
+        _check_modes_and_backends, _check_net, _check_vsock, _check_passthru, _check_ivshmem,
+        _check_extra_args, _check_rtvm,
+    ]
+    out: list[Diagnostic] = []
+    for check in checks:
+        ctx = _Ctx(doc)
+        try:
+            check(ctx, spec)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            if schema_ok:
+                raise
+            continue  # malformed data already reported by the schema
+        out.extend(ctx.out)
+    if host is not None:
+        ctx = _Ctx(doc)
+        try:
+            _check_host(ctx, spec, host)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            if schema_ok:
+                raise
+        out.extend(ctx.out)
+    if check_paths:
+        ctx = _Ctx(doc)
+        try:
+            _check_paths(ctx, spec)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            if schema_ok:
+                raise
+        out.extend(ctx.out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_memory(ctx: _Ctx, spec: dict) -> None:
+    if "memory" not in spec:
+        return
+    try:
+        size = parse_size(spec["memory"])
+    except ValueError:
+        return  # schema reports it
+    if size < MIN_MEMORY:
+        ctx.error(("spec", "memory"), f"memory {format_size(size) if size else 0} is below acrn-dm's minimum of 128M",
+                  "give the VM at least 128M")
+
+
+def _check_names(ctx: _Ctx, spec: dict) -> None:
+    seen: dict[str, tuple] = {}
+    for path, dev in _devices(spec):
+        name = dev.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            ctx.error(path + ("name",), f"device name `{name}` is already used by {format_path(seen[name])} "
+                                        f"({ctx.where(seen[name] + ('name',))})", "device names must be unique")
+        else:
+            seen[name] = path
+
+
+def _check_slots(ctx: _Ctx, spec: dict) -> None:
+    taken: dict[int, tuple] = {}
+    gpu_paths = []
+    auto = []
+    for path, dev in _devices(spec):
+        gpu = dev.get("type") == "passthru" and dev.get("gpu") is True
+        if gpu:
+            gpu_paths.append(path)
+        slot = dev.get("slot")
+        if not isinstance(slot, int) or isinstance(slot, bool):
+            if not gpu:
+                auto.append(path)
+            continue
+        spath = path + ("slot",)
+        if gpu and slot != 2:
+            ctx.error(spath, f"GPU passthrough must be on slot 2, not {slot}", "remove `slot` (slot 2 is implied)")
+        elif not gpu and slot == 2:
+            ctx.error(spath, "slot 2 is reserved for GPU passthrough", "use a slot from 3 to 29, or remove `slot`")
+        elif slot == 0:
+            ctx.error(spath, "slot 0 is reserved for the host bridge", "use a slot from 3 to 29, or remove `slot`")
+        elif slot == 1:
+            ctx.error(spath, "slot 1 is reserved for the LPC bridge", "use a slot from 3 to 29, or remove `slot`")
+        elif slot == 31:
+            ctx.error(spath, "slot 31 is reserved for igd-lpc (added with Intel GPU passthrough)",
+                      "use a slot from 3 to 29, or remove `slot`")
+        elif not 3 <= slot <= 29 and slot != 2:
+            ctx.error(spath, f"slot {slot} is outside the slots acrn-dm's config tools hand out (3..29)",
+                      "use a slot from 3 to 29, or remove `slot`")
+        if slot in taken:
+            other = taken[slot]
+            ctx.error(spath, f"slot {slot} is already used by {format_path(other)} ({ctx.where(other + ('slot',))})",
+                      "each device needs its own slot; remove `slot` to have one assigned")
+        else:
+            taken[slot] = path
+    free = [s for s in range(3, 30) if s not in taken]
+    for path in auto[len(free):]:
+        ctx.error(path, "no PCI slot left for this device (slots 3..29 are all taken)",
+                  "a VM has at most 27 devices besides GPU passthrough")
+
+
+def _check_stdio(ctx: _Ctx, spec: dict) -> None:
+    users: list[tuple] = []
+    console = spec.get("console") or {}
+    for i, port in enumerate(console.get("lpc") or []):
+        if isinstance(port, dict) and port.get("backend") == "stdio" and port.get("port") != "com5":
+            users.append(("spec", "console", "lpc", i, "backend"))
+    for path, dev in _devices(spec):
+        if dev.get("type") != "virtio-console":
+            continue
+        for j, port in enumerate(dev.get("ports") or []):
+            if isinstance(port, dict) and port.get("kind") == "stdio":
+                users.append(path + ("ports", j, "kind"))
+    for path in users[1:]:
+        first = users[0]
+        ctx.error(path, f"stdio is already taken by {format_path(first[:-1])} ({ctx.where(first)}); "
+                        "acrn-dm lets only one device use stdio",
+                  "use `pty` or `socket` for this one (or `tty`/`tcp` for an LPC port)")
+
+
+def _check_lpc(ctx: _Ctx, spec: dict) -> None:
+    seen: dict[str, tuple] = {}
+    for i, port in enumerate((spec.get("console") or {}).get("lpc") or []):
+        if not isinstance(port, dict) or not isinstance(port.get("port"), str):
+            continue
+        path = ("spec", "console", "lpc", i, "port")
+        name = port["port"]
+        if name in seen:
+            ctx.error(path, f"{name} is already configured at {format_path(seen[name][:-1])} ({ctx.where(seen[name])})",
+                      "each COM port can be given once")
+        else:
+            seen[name] = path
+
+
+def _check_console_ports(ctx: _Ctx, spec: dict) -> None:
+    for path, dev in _devices(spec):
+        if dev.get("type") != "virtio-console":
+            continue
+        names: dict[str, tuple] = {}
+        console_port = None
+        for j, port in enumerate(dev.get("ports") or []):
+            if not isinstance(port, dict):
+                continue
+            ppath = path + ("ports", j)
+            name = port.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    ctx.error(ppath + ("name",), f"port name `{name}` is already used by {format_path(names[name])} "
+                                                 f"({ctx.where(names[name])})", "port names must be unique per device")
+                else:
+                    names[name] = ppath
+            if port.get("console") is True:
+                if console_port is not None:
+                    ctx.error(ppath + ("console",), f"{format_path(console_port)} is already this device's console port "
+                                                    f"({ctx.where(console_port)})",
+                              "only one port per virtio-console device can be the console (hvc)")
+                else:
+                    console_port = ppath
+
+
+def _check_modes_and_backends(ctx: _Ctx, spec: dict) -> None:
+    for path, dev in _devices(spec):
+        dtype, backend, mode = dev.get("type"), dev.get("backend", "auto"), dev.get("mode")
+        if dtype not in VIRTIO_TYPES:
+            if backend != "auto" and "backend" in dev:
+                ctx.error(path + ("backend",), f"`backend` applies to virtio devices; {dtype} is always emulated "
+                                               "or passed through by acrn-dm itself", "remove `backend`")
+            continue
+        if backend == "vhost" and dtype not in VHOST_TYPES:
+            ctx.error(path + ("backend",), f"there is no kernel vhost backend for {dtype} (only virtio-net and vhost-vsock)",
+                      "use `backend: vbs-u`" + (" or `embedded`" if dtype in EMBEDDED_TYPES else "") + ", or `auto`")
+        elif backend == "embedded" and dtype not in EMBEDDED_TYPES:
+            ctx.error(path + ("backend",), f"the embedded device model does not serve {dtype} "
+                                           "(it serves virtio-blk, virtio-net, virtio-console and virtio-rnd)",
+                      "use `backend: vhost`" if dtype == "vhost-vsock" else "use `backend: vbs-u` or `auto`")
+        elif backend == "vbs-u" and dtype == "vhost-vsock":
+            ctx.error(path + ("backend",), "vhost-vsock is served only by the kernel's vhost-vsock, not by acrn-dm's user space",
+                      "use `backend: vhost` or `auto`")
+        if mode is None:
+            continue
+        mpath = path + ("mode",)
+        if dtype in ACRNDM_LEGACY_ONLY and mode != "legacy":
+            if dtype not in EMBEDDED_TYPES:
+                ctx.error(mpath, f"acrn-dm's {dtype} is legacy-only and no other backend serves it, so mode `{mode}` "
+                                 "cannot be given", "use `mode: legacy` or remove `mode`")
+            elif backend in ("vbs-u", "vhost"):
+                ctx.error(mpath, f"acrn-dm's {dtype} is legacy-only, so backend `{backend}` cannot give mode `{mode}`",
+                          "use `backend: embedded` (served on the qemu engine) for a "
+                          f"{mode} device, or `mode: legacy` with acrn-dm")
+        elif dtype in ACRNDM_MODERN_ONLY and mode != "modern":
+            ctx.error(mpath, f"acrn-dm's {dtype} is modern-only, so mode `{mode}` cannot be given",
+                      "use `mode: modern` or remove `mode`")
+
+
+def _mac_problem(mac: str) -> str | None:
+    octets = [int(x, 16) for x in mac.split(":")]
+    if not any(octets):
+        return "is the all-zero MAC address"
+    if octets[0] & 1:
+        return "is a multicast address; a NIC needs a unicast MAC (first octet even)"
+    return None
+
+
+def _check_net(ctx: _Ctx, spec: dict) -> None:
+    macs: dict[str, tuple] = {}
+    taps: dict[str, tuple] = {}
+    for path, dev in _devices(spec):
+        if dev.get("type") != "virtio-net":
+            continue
+        if "mac" in dev and "macSeed" in dev:
+            ctx.error(path + ("macSeed",), "give either `mac` or `macSeed`, not both",
+                      "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
+        mac = dev.get("mac")
+        if isinstance(mac, str) and len(mac) == 17:
+            problem = _mac_problem(mac)
+            if problem:
+                ctx.error(path + ("mac",), f"MAC `{mac}` {problem}", "use a locally administered address such as 02:16:3e:xx:xx:xx")
+            key = mac.lower()
+            if key in macs:
+                ctx.error(path + ("mac",), f"MAC `{mac}` is already used by {format_path(macs[key])} "
+                                           f"({ctx.where(macs[key] + ('mac',))})", "every NIC needs its own MAC")
+            else:
+                macs[key] = path
+        for field in ("tap", "macvtap"):
+            tap = dev.get(field)
+            if isinstance(tap, str):
+                if tap in taps:
+                    other, ofield = taps[tap]
+                    ctx.error(path + (field,), f"interface `{tap}` is already used by {format_path(other)} "
+                                               f"({ctx.where(other + (ofield,))})", "each virtio-net needs its own tap")
+                else:
+                    taps[tap] = (path, field)
+
+
+def _check_vsock(ctx: _Ctx, spec: dict) -> None:
+    first = None
+    for path, dev in _devices(spec):
+        if dev.get("type") != "vhost-vsock":
+            continue
+        if first is not None:
+            ctx.error(path, f"a VM has one vsock context; {format_path(first)} ({ctx.where(first)}) already gives it a CID",
+                      "remove this device")
+        else:
+            first = path
+
+
+def _check_passthru(ctx: _Ctx, spec: dict) -> None:
+    gpu = None
+    bdfs: dict[tuple, tuple] = {}
+    for path, dev in _devices(spec):
+        if dev.get("type") != "passthru":
+            continue
+        if dev.get("gpu") is True:
+            if gpu is not None:
+                ctx.error(path + ("gpu",), f"GPU passthrough is already given by {format_path(gpu)} ({ctx.where(gpu)})",
+                          "a VM can have one GPU passthrough (slot 2); pass other GPUs as plain `passthru` without `gpu`")
+            else:
+                gpu = path
+        bdf = dev.get("bdf")
+        if isinstance(bdf, str):
+            key = tuple(int(p, 16) for p in bdf.replace("/", ":").replace(".", ":").split(":"))
+            if key in bdfs:
+                ctx.error(path + ("bdf",), f"device {bdf} is already passed through by {format_path(bdfs[key])} "
+                                           f"({ctx.where(bdfs[key] + ('bdf',))})", "remove one of them")
+            else:
+                bdfs[key] = path
+        opts = dev.get("options") or {}
+        if "romfile" in opts and dev.get("gpu") is not True:
+            ctx.warn(path + ("options", "romfile"), "`romfile` (a VBIOS) is only used for GPU passthrough",
+                     "set `gpu: true` if this is the GPU")
+
+
+def _check_ivshmem(ctx: _Ctx, spec: dict) -> None:
+    regions: dict[str, tuple] = {}
+    for path, dev in _devices(spec):
+        if dev.get("type") != "ivshmem":
+            continue
+        if "size" in dev:
+            try:
+                size = parse_size(dev["size"])
+            except ValueError:
+                size = None
+            if size is not None:
+                spath = path + ("size",)
+                shown = format_size(size) if size else "0"
+                if size % (1 << 20):
+                    ctx.error(spath, f"ivshmem size {shown} is not a whole number of MiB", "use a power of two from 2M to 512M")
+                elif size < (2 << 20) or size >= (1 << 30):
+                    ctx.error(spath, f"ivshmem size {shown} is out of range (at least 2M, less than 1G)",
+                              "use a power of two from 2M to 512M")
+                elif size & (size - 1):
+                    lower = 1 << (size.bit_length() - 1)
+                    ctx.error(spath, f"ivshmem size {shown} is not a power of two",
+                              f"use {format_size(lower)} or {format_size(lower << 1)}"
+                              if lower << 1 < (1 << 30) else f"use {format_size(lower)}")
+        region = dev.get("region")
+        if isinstance(region, str):
+            if region in regions:
+                ctx.error(path + ("region",), f"region `{region}` is already mapped by {format_path(regions[region])} "
+                                              f"({ctx.where(regions[region] + ('region',))})", "map each region once")
+            else:
+                regions[region] = path
+
+
+def _option_of(token: str) -> str | None:
+    """The acrn-dm option a raw argument names, if it is one we know about."""
+    if token.startswith("--"):
+        name = token.split("=", 1)[0]
+        return name if name in OBSOLETE_OPTIONS or name in MODELLED_OPTIONS else None
+    if token.startswith("-") and len(token) >= 2:
+        short = token[:2]
+        if len(token) == 2 or short in _SHORT_WITH_ARG:
+            return short if short in OBSOLETE_OPTIONS or short in MODELLED_OPTIONS else None
+    return None
+
+
+def _check_extra_args(ctx: _Ctx, spec: dict) -> None:
+    for i, arg in enumerate(spec.get("extraArgs") or []):
+        if not isinstance(arg, str) or not arg.strip():
+            continue
+        option = _option_of(arg.split()[0])
+        if option is None:
+            continue
+        path = ("spec", "extraArgs", i)
+        if option in OBSOLETE_OPTIONS:
+            why, instead = OBSOLETE_OPTIONS[option]
+            ctx.error(path, f"`{option}` {why}", instead)
+        else:
+            ctx.warn(path, f"`{option}` is generated from the spec; passing it raw duplicates or contradicts it",
+                     f"use {MODELLED_OPTIONS[option]} instead")
+
+
+def _check_rtvm(ctx: _Ctx, spec: dict) -> None:
+    if spec.get("vmType") != "rtvm":
+        return
+    lpc = (spec.get("console") or {}).get("lpc")
+    if lpc:
+        ctx.warn(("spec", "console", "lpc"), "ACRN gives an RTVM no LPC bridge, so its COM ports are not emulated the usual way",
+                 "use a `uart` device (vUART) or a virtio-console port for an RTVM's console")
+    for path, dev in _devices(spec):
+        if dev.get("type") in VIRTIO_TYPES and dev.get("backend") == "embedded":
+            ctx.error(path + ("backend",), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "
+                                           "embedded backend cannot serve it", "use `backend: vbs-u` or `auto`")
+
+
+def _check_host(ctx: _Ctx, spec: dict, host) -> None:
+    lapic_ids = list(getattr(host, "lapic_ids", None) or [])
+    affinity = (spec.get("cpu") or {}).get("affinity") or []
+    if lapic_ids:
+        shown = ", ".join(map(str, lapic_ids[:16])) + (", ..." if len(lapic_ids) > 16 else "")
+        for i, lapic in enumerate(affinity):
+            if isinstance(lapic, int) and lapic not in lapic_ids:
+                ctx.error(("spec", "cpu", "affinity", i), f"LAPIC ID {lapic} is not a CPU of this host",
+                          f"the host's LAPIC IDs are {shown}")
+        if spec.get("vmType") == "rtvm" and lapic_ids[0] in affinity:
+            ctx.error(("spec", "cpu", "affinity", affinity.index(lapic_ids[0])),
+                      f"an RTVM cannot take LAPIC ID {lapic_ids[0]}: it is the boot CPU, which the Service VM keeps",
+                      "pick other CPUs for the RTVM")
+
+
+_IMAGE_FIELDS = {
+    "virtio-blk": ("path",),
+    "ahci": ("hd", "cd"),
+}
+
+
+def _check_paths(ctx: _Ctx, spec: dict) -> None:
+    wanted: list[tuple[tuple, str]] = []
+    boot = spec.get("boot") or {}
+    for section, fields in (("ovmf", ("code", "vars", "image")), ("kernel", ("path", "initrd")), ("elf", ("path",))):
+        part = boot.get(section)
+        if isinstance(part, dict):
+            for f in fields:
+                if isinstance(part.get(f), str):
+                    wanted.append((("spec", "boot", section, f), part[f]))
+    for path, dev in _devices(spec):
+        for f in _IMAGE_FIELDS.get(dev.get("type"), ()):
+            if isinstance(dev.get(f), str):
+                wanted.append((path + (f,), dev[f]))
+        if dev.get("type") == "passthru":
+            opts = dev.get("options") or {}
+            for f in ("romfile", "dsdt"):
+                if isinstance(opts.get(f), str):
+                    wanted.append((path + ("options", f), opts[f]))
+    from pathlib import Path
+
+    base = ctx.doc.base_dir
+    for path, value in wanted:
+        p = Path(value).expanduser()
+        full = p if p.is_absolute() else base / p
+        try:
+            if full.is_dir():
+                ctx.error(path, f"`{value}` is a directory, not an image file", "point at the image file itself")
+            elif not full.exists():
+                where = f" (looked for {full})" if not p.is_absolute() else ""
+                ctx.error(path, f"`{value}` does not exist{where}",
+                          "fix the path (relative paths start at the spec's folder), or use --no-check-paths "
+                          "when planning for another host")
+        except (OSError, ValueError):  # e.g. a name too long for the file system, or a NUL
+            ctx.error(path, f"`{value}` is not a usable path")
+
+
+# ---------------------------------------------------------------------------------------------
+# Across files: several VMs that run on one host.
+
+
+def cross_file_checks(docs: list[Document]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    seen: dict[tuple, tuple[Document, tuple]] = {}
+    cpus: dict[int, list[tuple[Document, tuple, bool]]] = {}
+
+    def claim(doc: Document, kind: str, value, path: tuple, what: str, hint: str) -> None:
+        key = (kind, value)
+        if key in seen:
+            other_doc, other_path = seen[key]
+            if other_doc is doc:
+                return  # reported by the per-file checks
+            line, _ = other_doc.positions.locate(other_path)
+            out.append(doc.diag(path, f"{what} is also used by VM `{_vm_name(other_doc)}` ({other_doc.filename}:{line})", hint))
+        else:
+            seen[key] = (doc, path)
+
+    for doc in docs:
+        data = doc.data if isinstance(doc.data, dict) else {}
+        name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
+        if isinstance(name, str):
+            claim(doc, "name", name, ("metadata", "name"), f"VM name `{name}`", "VM names must be unique on a host")
+        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+        for path, dev in _devices(spec):
+            t = dev.get("type")
+            if t == "vhost-vsock" and isinstance(dev.get("cid"), int):
+                claim(doc, "cid", dev["cid"], path + ("cid",), f"vsock CID {dev['cid']}", "each VM needs its own CID")
+            if t == "virtio-net":
+                if isinstance(dev.get("mac"), str):
+                    claim(doc, "mac", dev["mac"].lower(), path + ("mac",), f"MAC `{dev['mac']}`", "every NIC needs its own MAC")
+                for f in ("tap", "macvtap"):
+                    if isinstance(dev.get(f), str):
+                        claim(doc, "tap", dev[f], path + (f,), f"interface `{dev[f]}`", "each virtio-net needs its own tap")
+        settings = spec.get("settings") if isinstance(spec.get("settings"), dict) else {}
+        if isinstance(settings.get("cmdMonitor"), str):
+            claim(doc, "cmd", settings["cmdMonitor"], ("spec", "settings", "cmdMonitor"),
+                  f"command monitor socket `{settings['cmdMonitor']}`", "each VM needs its own socket")
+        affinity = (spec.get("cpu") or {}).get("affinity") if isinstance(spec.get("cpu"), dict) else None
+        if isinstance(affinity, list):
+            for i, lapic in enumerate(affinity):
+                if isinstance(lapic, int):
+                    cpus.setdefault(lapic, []).append((doc, ("spec", "cpu", "affinity", i), spec.get("vmType") == "rtvm"))
+    # An RTVM owns its CPUs: nobody else may share them. Reported at every later file.
+    for lapic, users in cpus.items():
+        if not any(rt for _, _, rt in users):
+            continue
+        fdoc, fpath, _ = users[0]
+        line, _ = fdoc.positions.locate(fpath)
+        for doc, path, _ in users[1:]:
+            if doc is not fdoc:
+                out.append(doc.diag(path, f"LAPIC ID {lapic} is also used by VM `{_vm_name(fdoc)}` "
+                                          f"({fdoc.filename}:{line}); an RTVM needs its CPUs to itself",
+                                    "give the RTVM CPUs no other VM uses"))
+    return out
+
+
+def _vm_name(doc: Document) -> str:
+    try:
+        return str(doc.data["metadata"]["name"])
+    except (TypeError, KeyError):
+        return doc.filename

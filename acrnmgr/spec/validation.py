@@ -33,8 +33,9 @@ def validate_document(doc: Document, host=None, check_paths: bool = True) -> lis
     from acrnmgr.spec import checks
 
     problems = schema_diagnostics(doc)
-    problems.extend(checks.run_checks(doc, host=host, check_paths=check_paths, schema_ok=not problems))
-    return problems
+    semantic = checks.run_checks(doc, host=host, check_paths=check_paths, schema_ok=not problems)
+    semantic.sort(key=lambda d: (d.line, d.col))
+    return problems + semantic
 
 
 def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
