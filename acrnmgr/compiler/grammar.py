@@ -662,7 +662,7 @@ def _parse_virtio_gpu(emul: str, body: str, family: str) -> dict:
 
 def _parse_virtio_input(emul: str, body: str, family: str) -> dict:
     device, _, serial = body.partition(",")
-    if not device.startswith("/dev/input/event"):
+    if not device.startswith("/"):
         raise GrammarError(f"virtio-input: {body!r}: use /dev/input/eventX[,serial]")
     return {"device": device, **({"serial": serial} if serial else {})}
 
@@ -684,7 +684,7 @@ def _parse_xhci(emul: str, body: str, family: str) -> dict:
             if tok != "cap=apl":
                 raise GrammarError(f"xhci: unknown capability {tok!r} (only cap=apl)")
             params["cap"] = "apl"
-        elif re.fullmatch(r"\d+-\d+(:\d+-\d+)*", tok):
+        elif re.fullmatch(r"\d+-\d+(\.\d+)*(:\d+-\d+(\.\d+)*)*", tok):
             params["ports"].extend(tok.split(":"))
         else:
             raise GrammarError(f"xhci: unknown option {tok!r}")
