@@ -1,0 +1,208 @@
+"""Guest memory: the regions the frontend shares with us, and bounds-checked zero-copy views into them.
+
+Every guest-supplied address goes through :meth:`GuestMemory.view`, which only hands out a slice that lies
+entirely inside ONE mapped region.  Python ints cannot overflow, but guest values are up to 2**64, so the checks
+are written as ``offset <= size - length`` rather than ``gpa + length <= end`` anyway, keeping the intent clear.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+PAGE_SIZE = mmap.PAGESIZE
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class GuestMemoryError(Exception):
+    """A guest address range is not fully inside one mapped region."""
+
+
+class MemoryRegion:
+    """One contiguous range of guest-physical memory, backed by an mmap (or a test buffer).
+
+    ``rw`` is a writable memoryview of exactly ``size`` bytes, ``ro`` a read-only one over the same memory.
+    """
+
+    __slots__ = ("gpa", "size", "uva", "mmap_offset", "rw", "ro", "_mm")
+
+    def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm):
+        self.gpa = gpa
+        self.size = size
+        self.uva = uva
+        self.mmap_offset = mmap_offset
+        self.rw = rw
+        self.ro = rw.toreadonly()
+        self._mm = mm
+
+    def __repr__(self) -> str:
+        return f"MemoryRegion(gpa={self.gpa:#x}, size={self.size:#x}, uva={self.uva:#x})"
+
+    def close(self) -> None:
+        self.ro.release()
+        self.rw.release()
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                # A chain or ring still holds a slice; the mapping goes away when the last one is dropped.
+                pass
+            self._mm = None
+
+
+def _check_u64(name: str, value: int) -> None:
+    if not 0 <= value < 1 << 64:
+        raise GuestMemoryError(f"{name} {value:#x} is not a u64")
+
+
+class GuestMemory:
+    """A set of non-overlapping guest memory regions.
+
+    Translation: guest-physical (``view``, ``gpa_to_region``) and frontend-virtual (``uva_to_gpa``) addresses.
+    The transport converts vring addresses (frontend virtual) with :meth:`uva_to_gpa`.
+    """
+
+    def __init__(self) -> None:
+        self.regions: list[MemoryRegion] = []
+        self._last: MemoryRegion | None = None
+
+    # -- building -------------------------------------------------------------------------------------------
+    def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int, fd: int) -> MemoryRegion:
+        """mmap ``size`` bytes of ``fd`` at ``mmap_offset`` (MAP_SHARED, read/write) as guest memory.
+
+        The caller keeps ownership of ``fd`` (mmap keeps the mapping alive after it is closed).
+        """
+        for name, v in (("guest_phys_addr", guest_phys_addr), ("size", size), ("userspace_addr", userspace_addr),
+                        ("mmap_offset", mmap_offset)):
+            _check_u64(name, v)
+        if size == 0:
+            raise GuestMemoryError("memory region of size 0")
+        aligned = mmap_offset - (mmap_offset % PAGE_SIZE)
+        delta = mmap_offset - aligned
+        try:
+            mm = mmap.mmap(fd, size + delta, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                           offset=aligned)
+        except (OSError, ValueError, OverflowError) as e:
+            raise GuestMemoryError(f"cannot mmap region gpa={guest_phys_addr:#x} size={size:#x}: {e}") from e
+        rw = memoryview(mm)[delta:delta + size]
+        return self._insert(MemoryRegion(guest_phys_addr, size, userspace_addr, mmap_offset, rw, mm))
+
+    def add_buffer_region(self, guest_phys_addr: int, buf, userspace_addr: int | None = None) -> MemoryRegion:
+        """Use an existing writable buffer (bytearray, mmap, memoryview) as a region; for tests and tools."""
+        rw = memoryview(buf).cast("B")
+        if rw.readonly:
+            raise GuestMemoryError("buffer region must be writable")
+        _check_u64("guest_phys_addr", guest_phys_addr)
+        uva = guest_phys_addr if userspace_addr is None else userspace_addr
+        _check_u64("userspace_addr", uva)
+        return self._insert(MemoryRegion(guest_phys_addr, len(rw), uva, 0, rw, None))
+
+    def _insert(self, region: MemoryRegion) -> MemoryRegion:
+        end = region.gpa + region.size
+        if end > 1 << 64:
+            region.close()
+            raise GuestMemoryError(f"{region!r} wraps the address space")
+        for r in self.regions:
+            if region.gpa < r.gpa + r.size and r.gpa < end:
+                region.close()
+                raise GuestMemoryError(f"{region!r} overlaps {r!r}")
+        self.regions.append(region)
+        self.regions.sort(key=lambda r: r.gpa)
+        return region
+
+    def remove_region(self, guest_phys_addr: int, size: int | None = None) -> bool:
+        """Unmap the region starting at ``guest_phys_addr`` (VHOST_USER_REM_MEM_REG); False if none matches."""
+        for r in self.regions:
+            if r.gpa == guest_phys_addr and (size is None or r.size == size):
+                self.regions.remove(r)
+                if self._last is r:
+                    self._last = None
+                r.close()
+                return True
+        return False
+
+    def close(self) -> None:
+        """Unmap every region. Views handed out earlier must no longer be used."""
+        regions, self.regions, self._last = self.regions, [], None
+        for r in regions:
+            r.close()
+
+    # -- translation ----------------------------------------------------------------------------------------
+    def _find(self, gpa: int, length: int) -> MemoryRegion:
+        r = self._last
+        if r is not None and r.gpa <= gpa and length <= r.size and gpa - r.gpa <= r.size - length:
+            return r
+        if length < 0:
+            raise GuestMemoryError(f"negative length {length}")
+        for r in self.regions:
+            if r.gpa <= gpa and length <= r.size and gpa - r.gpa <= r.size - length:
+                self._last = r
+                return r
+        raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) is not inside one memory region")
+
+    def view(self, gpa: int, length: int, writable: bool = False) -> memoryview:
+        """A zero-copy view of guest memory [gpa, gpa+length); length 0 is allowed.
+
+        Read-only unless ``writable``. Raises GuestMemoryError unless the whole range is inside ONE region.
+        """
+        r = self._find(gpa, length)
+        off = gpa - r.gpa
+        return (r.rw if writable else r.ro)[off:off + length]
+
+    def contains(self, gpa: int, length: int) -> bool:
+        try:
+            self._find(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def uva_to_gpa(self, uva: int) -> int:
+        """Translate a frontend virtual address (vring addresses) to a guest-physical address."""
+        for r in self.regions:
+            if r.uva <= uva and uva - r.uva < r.size:
+                return r.gpa + (uva - r.uva)
+        raise GuestMemoryError(f"frontend address {uva:#x} is not inside any memory region")
+
+    def gpa_to_uva(self, gpa: int) -> int:
+        r = self._find(gpa, 0)
+        return r.uva + (gpa - r.gpa)
+
+    # -- little-endian scalar helpers ----------------------------------------------------------------------
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data) -> None:
+        data = memoryview(data).cast("B")
+        self.view(gpa, len(data), writable=True)[:] = data
+
+    def read_u16(self, gpa: int) -> int:
+        return _U16.unpack(self.view(gpa, 2))[0]
+
+    def read_u32(self, gpa: int) -> int:
+        return _U32.unpack(self.view(gpa, 4))[0]
+
+    def read_u64(self, gpa: int) -> int:
+        return _U64.unpack(self.view(gpa, 8))[0]
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        _U16.pack_into(self.view(gpa, 2, True), 0, value)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        _U32.pack_into(self.view(gpa, 4, True), 0, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        _U64.pack_into(self.view(gpa, 8, True), 0, value)
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+
+def memfd_buffer(size: int, name: str = "guest-ram") -> tuple[int, mmap.mmap]:
+    """Create a memfd of ``size`` bytes and map it shared; returns (fd, mmap). Used by tests and test drivers."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd, mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
