@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from acrnmgr import __version__
+from acrnmgr.compiler import cli as compiler_cli
 from acrnmgr.devmodel import cli as devmodel_cli
 from acrnmgr.gitops import cli as gitops_cli
 from acrnmgr.lifecycle import cli as lifecycle_cli
@@ -36,6 +37,7 @@ def _root(
 
 
 spec_cli.register(app)
+compiler_cli.register(app)
 lifecycle_cli.register(app)
 gitops_cli.register(app)
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")

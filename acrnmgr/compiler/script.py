@@ -1,0 +1,64 @@
+"""Render the launch script (templates/launch_user_vm.sh.j2) for a compiled VM.
+
+Its shape follows ACRN's generated launch_user_vm_idN.sh: helper functions, tap creation,
+passthrough unbinding and CPU offlining, then `dm_params=( ... )` and
+`acrn-dm "${dm_params[@]}"`. Every value goes through shlex.quote."""
+
+from __future__ import annotations
+
+import shlex
+from functools import cache
+
+from acrnmgr.compiler.acrndm import Compiled
+
+TEMPLATE = "launch_user_vm.sh.j2"
+
+
+@cache
+def _template():
+    import jinja2
+
+    from acrnmgr.resources import data_dir
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env.get_template(TEMPLATE)
+
+
+def _lines(argv: list[str]) -> list[str]:
+    """dm_params one option per line: `-s 3:0,virtio-blk,...` stays together (quoted apart)."""
+    from acrnmgr.compiler.grammar import OPTIONS_V2, OPTIONS_V3
+
+    takes_arg = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
+    takes_arg |= {f"-{o.short}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg and o.short}
+    lines, i = [], 0
+    while i < len(argv):
+        if argv[i] in takes_arg and i + 1 < len(argv):
+            lines.append(f"{shlex.quote(argv[i])} {shlex.quote(argv[i + 1])}")
+            i += 2
+        else:
+            lines.append(shlex.quote(argv[i]))
+            i += 1
+    return lines
+
+
+def render_script(compiled: Compiled) -> str:
+    if compiled.engine != "acrn" or not compiled.argv:
+        raise ValueError("a launch script needs an acrn-engine compile with an argv")
+    return _template().render(
+        name=compiled.name,
+        target_version=compiled.target_version,
+        spec_hash=compiled.spec_hash,
+        dm_lines=_lines(compiled.argv[1:]),
+        taps=compiled.taps,
+        bridge=compiled.bridge,
+        passthru=compiled.passthru,
+        cpus=compiled.cpus,
+    )
