@@ -171,7 +171,7 @@ def _check_slots(ctx: _Ctx, spec: dict) -> None:
         if gpu:
             gpu_paths.append(path)
         slot = dev.get("slot")
-        if not isinstance(slot, int) or isinstance(slot, bool):
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot <= 31:  # schema reports those
             if not gpu:
                 auto.append(path)
             continue

@@ -1,9 +1,77 @@
-"""CLI commands for the spec concept."""
+"""`acrnmgr validate` and `acrnmgr schema`. jsonschema and PyYAML load inside the commands."""
 
 from __future__ import annotations
+
+import enum
+import sys
+from typing import List, Optional
 
 import typer
 
 
+class OutputFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+def validate(
+    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON). Several files are "
+                                      "also checked against each other: VM names, vsock CIDs, MACs and taps must be unique."),
+    host: Optional[str] = typer.Option(None, "--host", metavar="HOST.yaml",
+                                       help="Host profile to check against (CPU LAPIC IDs); default: no host checks."),
+    no_check_paths: bool = typer.Option(False, "--no-check-paths",
+                                        help="Do not require image/firmware paths to exist (planning for another host)."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (gcc-style lines) or json."),
+) -> None:
+    """Validate VM specs: schema first, then semantic checks. Reports every problem with file:line:col."""
+    import json
+
+    from acrnmgr.spec.validation import validate_files
+
+    profile = None
+    if host is not None:
+        from acrnmgr.host import HostProfile, HostProfileError
+
+        try:
+            profile = HostProfile.from_file(host)
+        except HostProfileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1)
+    docs, diagnostics = validate_files(files, host=profile, check_paths=not no_check_paths)
+    errors = [d for d in diagnostics if d.is_error]
+    warnings = [d for d in diagnostics if not d.is_error]
+    bad_files = {d.file for d in errors}
+    if output is OutputFormat.json:
+        report = {
+            "ok": not errors,
+            "files": [{"file": f, "ok": f not in bad_files} for f in files],
+            "errors": len(errors),
+            "warnings": len(warnings),
+            "diagnostics": [d.to_dict() for d in diagnostics],
+        }
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for d in diagnostics:
+            typer.echo(str(d), err=True)
+        summary = f"{len(files) - len(bad_files)} of {len(files)} file{'s' if len(files) != 1 else ''} valid"
+        if errors or warnings:
+            summary += f"; {_count(len(errors), 'error')}, {_count(len(warnings), 'warning')}"
+        typer.echo(summary, err=bool(errors))
+    raise typer.Exit(1 if errors else 0)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def schema() -> None:
+    """Print the VM spec's JSON Schema (draft 2020-12)."""
+    from acrnmgr.resources import data_dir
+
+    sys.stdout.write((data_dir("schemas") / "vm.schema.json").read_text(encoding="utf-8"))
+
+
 def register(app: typer.Typer) -> None:
     """Attach this concept's commands to the root app."""
+    app.command("validate")(validate)
+    app.command("schema")(schema)
