@@ -134,12 +134,10 @@ class GuestMemory:
     # -- translation ----------------------------------------------------------------------------------------
     def _find(self, gpa: int, length: int) -> MemoryRegion:
         r = self._last
-        if r is not None and r.gpa <= gpa and length <= r.size and gpa - r.gpa <= r.size - length:
+        if r is not None and r.gpa <= gpa and 0 <= length <= r.size and gpa - r.gpa <= r.size - length:
             return r
-        if length < 0:
-            raise GuestMemoryError(f"negative length {length}")
         for r in self.regions:
-            if r.gpa <= gpa and length <= r.size and gpa - r.gpa <= r.size - length:
+            if r.gpa <= gpa and 0 <= length <= r.size and gpa - r.gpa <= r.size - length:
                 self._last = r
                 return r
         raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) is not inside one memory region")

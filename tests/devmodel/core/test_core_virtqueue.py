@@ -1,0 +1,365 @@
+import pytest
+
+from acrnmgr.devmodel import features as F
+from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
+from acrnmgr.devmodel.virtqueue import (VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+                                         VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, VirtQueue, vring_need_event)
+
+from core_guest import RAM_GPA, GuestQueue, GuestRam
+
+
+@pytest.fixture
+def ram():
+    r = GuestRam()
+    yield r
+    assert r.guards_intact()
+    r.close()
+
+
+# -- guest memory ------------------------------------------------------------------------------------------------
+def test_view_bounds(ram):
+    mem = ram.mem
+    end = RAM_GPA + ram.size
+    assert len(mem.view(RAM_GPA, ram.size)) == ram.size
+    assert len(mem.view(end, 0)) == 0
+    assert len(mem.view(end - 1, 1)) == 1
+    for gpa, n in [(end - 1, 2), (RAM_GPA - 1, 1), (end, 1), (2**64 - 1, 2), (RAM_GPA, 2**64 - 1), (0, 1),
+                   (RAM_GPA, -1)]:
+        with pytest.raises(GuestMemoryError):
+            mem.view(gpa, n)
+
+
+def test_view_is_readonly_unless_writable(ram):
+    v = ram.mem.view(RAM_GPA, 4)
+    assert v.readonly
+    w = ram.mem.view(RAM_GPA, 4, writable=True)
+    w[:] = b"abcd"
+    assert ram.read(RAM_GPA, 4) == b"abcd"
+    assert bytes(v) == b"abcd"
+
+
+def test_view_never_spans_regions():
+    mem = GuestMemory()
+    mem.add_buffer_region(0x1000, bytearray(0x1000))
+    mem.add_buffer_region(0x2000, bytearray(0x1000))  # adjacent, but a different region
+    assert len(mem.view(0x1800, 0x800)) == 0x800
+    with pytest.raises(GuestMemoryError):
+        mem.view(0x1800, 0x1000)
+    with pytest.raises(GuestMemoryError):
+        mem.add_buffer_region(0x2800, bytearray(0x1000))  # overlap
+    mem.close()
+
+
+def test_translation_and_scalars(ram):
+    mem = ram.mem
+    assert mem.uva_to_gpa(0x7F00_0000_0010) == RAM_GPA + 0x10
+    with pytest.raises(GuestMemoryError):
+        mem.uva_to_gpa(0x7F00_0000_0000 + ram.size)
+    mem.write_u64(RAM_GPA + 8, 0x1122334455667788)
+    assert ram.read(RAM_GPA + 8, 8) == bytes.fromhex("8877665544332211")
+    assert mem.read_u32(RAM_GPA + 8) == 0x55667788
+    assert mem.read_u16(RAM_GPA + 14) == 0x1122
+    mem.write_u32(RAM_GPA, 7)
+    mem.write_u16(RAM_GPA + 4, 9)
+    assert mem.read(RAM_GPA, 6) == b"\x07\0\0\0\x09\0"
+
+
+def test_mmap_offset_is_honoured(ram):
+    # The region starts one page into the memfd: guest byte 0 is memfd byte PAGE.
+    ram.mem.write(RAM_GPA, b"xyz")
+    assert ram.raw[ram.off(RAM_GPA):ram.off(RAM_GPA) + 3] == b"xyz"
+    assert ram.guards_intact()
+
+
+# -- pop / push ----------------------------------------------------------------------------------------------------
+def test_pop_direct_chain_and_push(ram):
+    q = GuestQueue(ram)
+    vq = q.vq
+    assert vq.pop() is None
+    head = q.add([q.buf(b"hello "), q.buf(b"world"), q.buf(8, True), q.buf(4, True)])
+    assert vq.has_pending()
+    chain = vq.pop()
+    assert chain.head == head
+    assert b"".join(bytes(b) for b in chain.readable) == b"hello world"
+    assert chain.readable_len == 11 and chain.writable_len == 12
+    assert all(b.readonly for b in chain.readable) and not any(b.readonly for b in chain.writable)
+    chain.writable[0][:] = b"ABCDEFGH"
+    assert vq.pop() is None
+    vq.push(chain.head, 8)
+    assert q.used_idx() == 0  # not yet published
+    vq.flush_used()
+    assert q.get_used() == [(head, 8)]
+    assert not vq.broken
+
+
+def test_pop_indirect_chain(ram):
+    q = GuestQueue(ram)
+    head = q.add([q.buf(b"req"), q.buf(16, True)], indirect=True)
+    chain = q.vq.pop()
+    assert chain.head == head and chain.readable_len == 3 and chain.writable_len == 16
+    q.vq.push(head, 16)
+    q.vq.flush_used()
+    assert q.get_used() == [(head, 16)]
+
+
+def test_ring_wraps_and_free_running_indexes(ram):
+    q = GuestQueue(ram, size=4)
+    q.vq.last_avail_idx = q.avail_idx = 0xFFFE
+    q.ram.write(q.avail + 2, q.u16.pack(q.avail_idx))
+    q.vq.set_used_idx(0xFFFE)
+    q.last_used = 0xFFFE
+    seen = []
+    for n in range(10):
+        h = q.add([q.buf(bytes([n]))])
+        c = q.vq.pop()
+        assert c.head == h and bytes(c.readable[0]) == bytes([n])
+        q.vq.push(c.head, 0)
+        q.vq.flush_used()
+        seen += q.get_used()
+    assert len(seen) == 10 and q.vq.last_avail_idx == (0xFFFE + 10) & 0xFFFF
+    assert not q.vq.broken
+
+
+def test_zero_length_descriptor_is_skipped(ram):
+    q = GuestQueue(ram)
+    q.add([q.buf(b"a"), (RAM_GPA, 0, False), q.buf(2, True)])
+    c = q.vq.pop()
+    assert len(c.readable) == 1 and c.writable_len == 2
+
+
+# -- hostile rings -------------------------------------------------------------------------------------------------
+def _broken_after(q):
+    assert q.vq.pop() is None
+    assert q.vq.broken and q.vq.broken_reason
+    assert q.vq.pop() is None  # stays broken
+    return q.vq.broken_reason
+
+
+def test_head_out_of_range(ram):
+    q = GuestQueue(ram, size=8)
+    q.publish(8)
+    assert "head" in _broken_after(q)
+
+
+def test_next_out_of_range(ram):
+    q = GuestQueue(ram, size=8)
+    q.write_desc(0, RAM_GPA, 4, VRING_DESC_F_NEXT, 8)
+    q.publish(0)
+    assert "next" in _broken_after(q)
+
+
+def test_loop(ram):
+    q = GuestQueue(ram, size=8)
+    q.write_desc(0, RAM_GPA, 4, VRING_DESC_F_NEXT, 1)
+    q.write_desc(1, RAM_GPA, 4, VRING_DESC_F_NEXT, 0)
+    q.publish(0)
+    assert "longer" in _broken_after(q)
+
+
+def test_avail_idx_jump(ram):
+    q = GuestQueue(ram, size=8)
+    q.ram.write(q.avail + 2, q.u16.pack(9))
+    assert "jumped" in _broken_after(q)
+
+
+@pytest.mark.parametrize("case", ["nested", "next", "len0", "len_odd", "len_big", "no_feature", "not_head", "oob"])
+def test_bad_indirect(ram, case):
+    feats = F.COMMON_FEATURES & ~F.bit(F.F_RING_INDIRECT_DESC) if case == "no_feature" else F.COMMON_FEATURES
+    q = GuestQueue(ram, size=8, features=feats)
+    table = ram.alloc(16 * 16)
+    q.write_desc(0, RAM_GPA, 4, 0, 0, table=table)
+    length, flags = 16, VRING_DESC_F_INDIRECT
+    addr = table
+    if case == "nested":
+        q.write_desc(0, table, 16, VRING_DESC_F_INDIRECT, 0, table=table)
+    elif case == "next":
+        flags |= VRING_DESC_F_NEXT
+    elif case == "len0":
+        length = 0
+    elif case == "len_odd":
+        length = 24
+    elif case == "len_big":
+        length = 16 * 9
+    elif case == "oob":
+        addr = RAM_GPA + ram.size - 8
+    if case == "not_head":
+        q.write_desc(1, RAM_GPA, 4, VRING_DESC_F_NEXT, 2)
+        q.write_desc(2, table, 16, VRING_DESC_F_INDIRECT, 0)
+        q.publish(1)
+    else:
+        q.write_desc(0, addr, length, flags, 1)
+        q.publish(0)
+    _broken_after(q)
+
+
+def test_readable_after_writable(ram):
+    q = GuestQueue(ram)
+    q.add([q.buf(4, True), q.buf(b"x")])
+    assert "after a writable" in _broken_after(q)
+
+
+@pytest.mark.parametrize("addr,length", [(RAM_GPA + (1 << 20) - 4, 8), (0, 4), (2**64 - 2, 4), (RAM_GPA - 1, 2)])
+def test_buffer_outside_memory(ram, addr, length):
+    q = GuestQueue(ram)
+    q.write_desc(0, addr, length, VRING_DESC_F_WRITE, 0)
+    q.publish(0)
+    _broken_after(q)
+
+
+def test_ring_outside_memory_is_refused(ram):
+    vq = VirtQueue(16)
+    vq.set_memory(ram.mem)
+    with pytest.raises(GuestMemoryError):
+        vq.set_addresses(RAM_GPA + ram.size - 16, RAM_GPA, RAM_GPA + 4096)
+    vq.set_addresses(RAM_GPA, RAM_GPA + 4096, RAM_GPA + 8192)
+    vq.set_memory(GuestMemory())  # memory table replaced by one that doesn't contain the ring
+    assert vq.broken
+
+
+def test_disabled_queue_pops_nothing(ram):
+    q = GuestQueue(ram)
+    q.add([q.buf(b"x")])
+    q.vq.enabled = False
+    assert q.vq.pop() is None and not q.vq.has_pending()
+    q.vq.enabled = True
+    assert q.vq.pop() is not None
+
+
+# -- notifications -------------------------------------------------------------------------------------------------
+def test_vring_need_event_math():
+    assert vring_need_event(0, 1, 0)
+    assert not vring_need_event(1, 1, 0)
+    assert vring_need_event(5, 10, 3)
+    assert not vring_need_event(10, 10, 3)
+    assert vring_need_event(0xFFFF, 2, 0xFFFE)  # across the wrap
+    assert not vring_need_event(2, 2, 0xFFFE)
+
+
+def _complete_one(q):
+    q.add([q.buf(1, True)])
+    c = q.vq.pop()
+    q.vq.push(c.head, 1)
+    q.vq.flush_used()
+    q.get_used()
+
+
+def test_no_interrupt_flag(ram):
+    q = GuestQueue(ram, features=F.mask(F.F_VERSION_1))
+    _complete_one(q)
+    assert q.vq.should_notify()
+    assert not q.vq.should_notify()  # nothing new published
+    q.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT)
+    _complete_one(q)
+    assert not q.vq.should_notify()
+
+
+def test_notify_on_empty_overrides_no_interrupt(ram):
+    q = GuestQueue(ram, features=F.mask(F.F_VERSION_1, F.F_NOTIFY_ON_EMPTY))
+    q.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT)
+    _complete_one(q)
+    assert q.vq.should_notify()
+
+
+def test_event_idx_used_event(ram):
+    q = GuestQueue(ram)
+    _complete_one(q)
+    assert q.vq.should_notify()       # first notification is always sent
+    q.set_used_event(5)               # "interrupt me when used idx passes 5"
+    for _ in range(4):                # used idx 2..5
+        _complete_one(q)
+        assert not q.vq.should_notify()
+    _complete_one(q)                  # used idx 6: crossed 5
+    assert q.vq.should_notify()
+    q.set_used_event(6)               # already passed: no new notification until it is crossed again
+    assert not q.vq.should_notify()
+
+
+def test_event_idx_batched_crossing(ram):
+    q = GuestQueue(ram)
+    _complete_one(q)
+    q.vq.should_notify()
+    q.set_used_event(2)
+    for _ in range(3):  # used idx 1 -> 4 in one batch crosses used_event 2
+        q.add([q.buf(1, True)])
+    while (c := q.vq.pop()) is not None:
+        q.vq.push(c.head, 1)
+    q.vq.flush_used()
+    assert q.vq.should_notify()
+
+
+def test_avail_event_and_no_notify(ram):
+    q = GuestQueue(ram)
+    for _ in range(3):
+        q.add([q.buf(b"x")])
+    q.vq.disable_notification()
+    while q.vq.pop() is not None:
+        pass
+    assert not q.vq.enable_notification()
+    assert q.avail_event() == 3
+    q.add([q.buf(b"y")])
+    assert q.vq.enable_notification()  # work arrived: caller must keep going
+
+    q2 = GuestQueue(ram, features=F.mask(F.F_VERSION_1, F.F_RING_INDIRECT_DESC))
+    q2.vq.disable_notification()
+    assert q2.used_flags() == VRING_USED_F_NO_NOTIFY
+    assert not q2.vq.enable_notification()
+    assert q2.used_flags() == 0
+
+
+# -- endianness, restore, hooks ------------------------------------------------------------------------------------
+def test_legacy_big_endian_ring(ram):
+    q = GuestQueue(ram, features=F.mask(F.F_RING_INDIRECT_DESC), big_endian=True)
+    head = q.add([q.buf(b"legacy"), q.buf(3, True)])
+    c = q.vq.pop()
+    assert c.head == head and bytes(c.readable[0]) == b"legacy" and c.writable_len == 3
+    q.vq.push(head, 3)
+    q.vq.flush_used()
+    assert q.get_used() == [(head, 3)]
+    # The same ring read as little-endian would be garbage: the switch really happened.
+    assert q.vq.byteorder == ">"
+    q.vq.set_features(F.COMMON_FEATURES)
+    assert q.vq.byteorder == "<"
+
+
+def test_used_idx_synced_from_ring_and_restored(ram):
+    q = GuestQueue(ram)
+    q.ram.write(q.used + 2, q.u16.pack(7))
+    vq = VirtQueue(q.size)
+    vq.set_memory(ram.mem)
+    vq.set_addresses(q.desc, q.avail, q.used)
+    assert vq.used_idx == 7
+    vq.set_used_idx(3)
+    vq.set_memory(ram.mem)  # re-resolving must not re-read the ring
+    assert vq.used_idx == 3
+
+
+def test_inflight_hooks_and_resubmit(ram):
+    q = GuestQueue(ram)
+    events = []
+    q.vq.on_pop = lambda h: events.append(("pop", h))
+    q.vq.on_push = lambda h: events.append(("push", h))
+    q.vq.on_flush = lambda heads, idx: events.append(("flush", tuple(heads), idx))
+    a = q.add([q.buf(b"a")])
+    b = q.add([q.buf(b"b")])
+    ca, cb = q.vq.pop(), q.vq.pop()
+    q.vq.push(ca.head, 0)
+    q.vq.push(cb.head, 0)
+    q.vq.flush_used()
+    assert events == [("pop", a), ("pop", b), ("push", a), ("push", b), ("flush", (a, b), 2)]
+    # Reconnect: the head b is reported in flight again and must be served before the avail ring.
+    c = q.add([q.buf(b"c")])
+    q.vq.add_resubmit([b])
+    events.clear()
+    assert q.vq.pop().head == b
+    assert q.vq.pop().head == c
+    assert events == [("pop", c)]
+
+
+def test_reset_forgets_guest_state(ram):
+    q = GuestQueue(ram)
+    q.write_desc(0, 0, 4, 0, 0)
+    q.publish(0)
+    q.vq.pop()
+    assert q.vq.broken
+    q.vq.reset()
+    assert not q.vq.broken and not q.vq.ready and q.vq.last_avail_idx == 0
