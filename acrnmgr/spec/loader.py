@@ -177,7 +177,8 @@ def parse_document(text: str, filename: str, base_dir: Path | None = None) -> Do
                                     "a spec is UTF-8 YAML or JSON text")])
     if not text.strip() or _only_comments(text):
         raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty", "a spec starts with `apiVersion: acrnmgr/v1`")])
-    parser = _JsonParser if filename.lower().endswith(".json") else _YamlParser
+    is_json = filename.lower().endswith(".json") or _looks_like_json(text)
+    parser = _JsonParser if is_json else _YamlParser
     try:
         data, positions, problems = parser(text, filename).parse()
     except RecursionError:
@@ -191,6 +192,22 @@ def parse_document(text: str, filename: str, base_dir: Path | None = None) -> Do
                                     f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
                                     "one VM per file; start with `apiVersion: acrnmgr/v1`" if kind != "nothing" else None)])
     return Document(filename, data, positions, base_dir or Path.cwd())
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.split("\n", line + 1)
+    return lines[line][column:column + 1] if line < len(lines) else ""
+
+
+def _looks_like_json(text: str) -> bool:
+    """A JSON document in a .yaml file: parse it as JSON (YAML chokes on JSON's tabs)."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _only_comments(text: str) -> bool:
@@ -239,7 +256,14 @@ class _YamlParser:
         except yaml.MarkedYAMLError as exc:
             self._yaml_error(exc)
             return None, self.positions, self.problems
-        except yaml.YAMLError as exc:  # ReaderError and friends
+        except yaml.reader.ReaderError as exc:
+            line, col = _offset_to_linecol(self.text, max(0, min(exc.position, len(self.text))))
+            char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+            self.problems.append(Diagnostic(self.filename, line, col, "$",
+                                            f"invalid character U+{ord(char):04X} ({exc.reason})",
+                                            "a spec is printable UTF-8 text"))
+            return None, self.positions, self.problems
+        except yaml.YAMLError as exc:
             self.problems.append(Diagnostic(self.filename, 1, 1, "$", f"invalid YAML: {exc}"))
             return None, self.positions, self.problems
         finally:
@@ -264,7 +288,7 @@ class _YamlParser:
         if exc.context and exc.problem and exc.context_mark is not None:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
         hint = None
-        if "\t" in self.text and "tab" in problem.lower():
+        if mark is not None and _char_at(self.text, mark.line, mark.column) == "\t":
             hint = "indent with spaces; YAML does not allow tabs"
         elif "mapping values are not allowed" in problem:
             hint = "a value containing `: ` must be quoted"

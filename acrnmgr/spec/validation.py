@@ -156,6 +156,8 @@ def _convert(doc: Document, error) -> list[Diagnostic]:
             else:
                 out.append(doc.diag(path + (key,), f"unknown key `{key}`", hint, key=True))
         return out
+    if custom and kw in ("oneOf", "anyOf", "not", "minProperties", "maxProperties", "required"):
+        return [doc.diag(path, custom)]
     if kw == "required":
         return [doc.diag(path, f"missing required key `{k}`", _required_hint(path, k))
                 for k in error.validator_value if isinstance(value, dict) and k not in value]
@@ -204,8 +206,6 @@ def _convert(doc: Document, error) -> list[Diagnostic]:
                                  "remove the duplicate")]
             first[k] = i
         return [doc.diag(path, "entries must be unique")]
-    if custom and kw in ("oneOf", "anyOf", "not", "minProperties", "maxProperties", "required"):
-        return [doc.diag(path, custom)]
     if kw in ("oneOf", "anyOf") and error.context:
         from jsonschema.exceptions import best_match
 
