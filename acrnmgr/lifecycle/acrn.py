@@ -1,0 +1,270 @@
+"""The acrn engine: acrn-dm on an ACRN Service VM.
+
+Not yet run on ACRN hardware: it is tested against a stand-in acrn-dm that speaks the monitor
+protocol as described in shared/reference/acrn-dm.md section 5."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from acrnmgr.lifecycle import cmdmonitor, monitor
+from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
+
+HUGEPAGE_SIZE = 2 << 20
+
+
+@dataclass(frozen=True)
+class AcrnPaths:
+    """Host paths the engine touches; each can be redirected by an environment variable (tests)."""
+
+    mngr_dir: str = monitor.DEFAULT_MNGR_DIR
+    remove_cpu: str = "/sys/devices/virtual/misc/acrn_hsm/remove_cpu"
+    cpu_sysfs: str = "/sys/devices/system/cpu"
+    cpuinfo: str = "/proc/cpuinfo"
+    life_mngr: str = "/var/lib/life_mngr/monitor.sock"
+    net_sysfs: str = "/sys/class/net"
+
+    @classmethod
+    def from_env(cls) -> "AcrnPaths":
+        env = {
+            "mngr_dir": "ACRNMGR_ACRN_MNGR_DIR",
+            "remove_cpu": "ACRNMGR_HSM_REMOVE_CPU",
+            "cpu_sysfs": "ACRNMGR_CPU_SYSFS",
+            "cpuinfo": "ACRNMGR_CPUINFO",
+            "life_mngr": "ACRNMGR_LIFE_MNGR_SOCKET",
+        }
+        return cls(**{field: os.environ[var] for field, var in env.items() if var in os.environ})
+
+
+class AcrnEngine(Engine):
+    name = "acrn"
+
+    def __init__(self, paths: AcrnPaths | None = None):
+        self.paths = paths or AcrnPaths.from_env()
+
+    # plan ----------------------------------------------------------------------------------
+    def plan(self, spec, host, state) -> LaunchPlan:
+        from acrnmgr.compiler.acrndm import compile_spec
+
+        compiled = compile_spec(spec, host)
+        if compiled.errors:
+            raise PlanError("the spec cannot be compiled for acrn-dm:\n" + "\n".join(f"  {_diag(d)}" for d in compiled.errors))
+        acrn_dm = shutil.which("acrn-dm") or host.acrn_dm
+        if not acrn_dm:
+            raise PlanError("acrn-dm not found on PATH: install ACRN's device model, or use --engine qemu")
+        argv = [acrn_dm, *compiled.argv[1:]]
+        settings = spec.spec.get("settings", {})
+        channel = str(settings.get("pmNotifyChannel", "") or "")
+        info = {
+            "vm": spec.name,
+            "mngr_dir": self.paths.mngr_dir,
+            "life_mngr": self.paths.life_mngr,
+            "cmd_monitor": settings.get("cmdMonitor"),
+            "power_button": channel.split(",")[0] == "power_button",
+            "rtvm": spec.spec.get("vmType") == "rtvm",
+            "consoles": _consoles(spec),
+        }
+        # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
+        cleanup = [str(Path(self.paths.mngr_dir) / monitor.socket_name(spec.name, 0)).replace(".monitor.0.", ".monitor.{pid}.")]
+        if info["cmd_monitor"]:
+            cleanup.append(str(info["cmd_monitor"]))
+        return LaunchPlan("acrn", [ProcessSpec("acrn-dm", argv, role="main")], cleanup=cleanup, info=info)
+
+    # prepare -------------------------------------------------------------------------------
+    def prepare(self, spec, host, plan, progress) -> None:
+        from acrnmgr.spec.units import parse_size
+
+        _check_iasl(spec, host)
+        memory = parse_size(spec.spec.get("memory", "128M"))
+        need = -(-memory // HUGEPAGE_SIZE)
+        if host.hugepages_free < need:
+            raise LifecycleError(
+                f"acrn-dm backs guest memory with 2M hugepages: {spec.name} needs {need} free, the host has "
+                f"{host.hugepages_free} free of {host.hugepages_total}; reserve more with "
+                f"`echo {host.hugepages_total + need - host.hugepages_free} > /proc/sys/vm/nr_hugepages`"
+            )
+        Path(self.paths.mngr_dir).mkdir(parents=True, exist_ok=True)  # acrn-dm does not create it (#2798)
+        prepare_taps(spec, plan, progress, self.paths.net_sysfs)
+        self._offline_cpus(spec.spec.get("cpu", {}).get("affinity", []), progress)
+
+    def _offline_cpus(self, lapic_ids: list[int], progress) -> None:
+        """Take the VM's CPUs away from the Service VM: offline each, then hand it to the HSM.
+        The spec names LAPIC IDs (v3.x); Linux numbers CPUs by processor index."""
+        if not lapic_ids:
+            return
+        if not Path(self.paths.remove_cpu).exists():
+            raise LifecycleError(f"{self.paths.remove_cpu} is missing: this is not an ACRN Service VM (use --engine qemu)")
+        mapping = _lapic_to_processor(self.paths.cpuinfo)
+        for lapic in lapic_ids:
+            cpu = mapping.get(lapic)
+            if cpu is None:
+                raise LifecycleError(f"no CPU with LAPIC ID {lapic} in {self.paths.cpuinfo}")
+            if cpu == 0:
+                progress("warning: processor 0 cannot be offlined; leaving it to the Service VM")
+                continue
+            online = Path(self.paths.cpu_sysfs) / f"cpu{cpu}" / "online"
+            if online.exists():
+                if online.read_text().strip() == "1":
+                    progress(f"offlining cpu{cpu} (LAPIC ID {lapic})")
+                    online.write_text("0")
+                try:
+                    Path(self.paths.remove_cpu).write_text(str(cpu))
+                except OSError as exc:
+                    progress(f"warning: {self.paths.remove_cpu} refused cpu{cpu}: {exc.strerror}")
+
+    # query and stop ------------------------------------------------------------------------
+    def _monitor_socket(self, vm: Running) -> Path | None:
+        ident = vm.main
+        if not ident:
+            return None
+        for pid, path in monitor.find_sockets(vm.info["vm"], vm.info["mngr_dir"]):
+            if pid == ident.pid:
+                return path
+        return None
+
+    def query(self, vm: Running) -> str | None:
+        path = self._monitor_socket(vm)
+        if path is None:
+            return None
+        try:
+            answer = monitor.request(path, monitor.query_request(monitor.now_stamp()))
+        except (OSError, monitor.MonitorProtocolError):
+            return None
+        return "running" if answer.state == 0 else f"state {answer.state}"
+
+    def graceful_actions(self, vm: Running):
+        return [self._life_mngr, self._dm_stop_soft, send_signal(signal.SIGTERM)]
+
+    def force_actions(self, vm: Running):
+        return [self._dm_stop_force, send_signal(signal.SIGINT)]
+
+    def _life_mngr(self, vm: Running) -> str | None:
+        path = vm.info["life_mngr"]
+        if not os.path.exists(path):
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                sock.sendall(f"user_vm_shutdown:{vm.info['vm']}".encode())
+                reply = sock.recv(1024).decode(errors="replace").strip()
+        except OSError:
+            return None
+        return f"asked life_mngr to shut {vm.info['vm']} down ({reply or 'no reply'})"
+
+    def _dm_stop_soft(self, vm: Running) -> str | None:
+        # Only a guest listening on the power-button channel can act on a non-force DM_STOP.
+        path = self._monitor_socket(vm)
+        if not vm.info.get("power_button") or path is None:
+            return None
+        try:
+            answer = monitor.request(path, monitor.stop_request(monitor.now_stamp(), force=False))
+        except (OSError, monitor.MonitorProtocolError):
+            return None
+        return "sent DM_STOP (power button)" if answer.err == 0 else None
+
+    def _dm_stop_force(self, vm: Running) -> str | None:
+        path = self._monitor_socket(vm)
+        if path is not None:
+            try:
+                answer = monitor.request(path, monitor.stop_request(monitor.now_stamp(), force=True))
+                if answer.err == 0:
+                    return "sent DM_STOP force=1 on the monitor socket"
+            except (OSError, monitor.MonitorProtocolError):
+                pass
+        cmd = vm.info.get("cmd_monitor")
+        if cmd and not vm.info.get("rtvm") and os.path.exists(cmd):
+            try:
+                if cmdmonitor.destroy(cmd) == 0:
+                    return "sent destroy on the command monitor"
+            except (OSError, ValueError, ConnectionError):
+                pass
+        return None
+
+
+def prepare_taps(spec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/class/net") -> None:
+    """Create each virtio-net tap of the spec and attach it to the spec's bridge (default
+    acrn-br0), as ACRN's launch scripts do. Taps we create are deleted after the VM stops."""
+    bridge = spec.spec.get("network", {}).get("bridge", "acrn-br0")
+    net = Path(net_sysfs)
+    for dev in spec.devices:
+        tap = dev.get("tap") if dev.get("type") == "virtio-net" else None
+        if not tap:
+            continue
+        if (net / tap).exists():
+            progress(f"tap {tap} exists, using it as is")
+            continue
+        if not (net / bridge / "bridge").exists():
+            raise LifecycleError(
+                f"bridge {bridge} does not exist: create it (ip link add {bridge} type bridge) or set spec.network.bridge"
+            )
+        progress(f"creating tap {tap} on bridge {bridge}")
+        for argv in (
+            ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+            ["ip", "link", "set", "dev", tap, "master", bridge],
+            ["ip", "link", "set", "dev", tap, "up"],
+        ):
+            _run(argv)
+        plan.post_stop.append(["ip", "link", "del", "dev", tap])
+
+
+def _consoles(spec) -> list[dict]:
+    """Consoles `acrnmgr console` can attach to: socket ports, pty ports with a link path
+    (acrn-dm links the pty there), tty LPC ports."""
+    out = []
+    for dev in spec.devices:
+        if dev.get("type") != "virtio-console":
+            continue
+        for port in dev.get("ports", []):
+            if port["kind"] == "socket" and port.get("socketMode", "server") == "server":
+                out.append({"name": port["name"], "kind": "socket", "path": port["path"]})
+            elif port["kind"] == "pty" and port.get("path"):
+                out.append({"name": port["name"], "kind": "pty", "path": port["path"]})
+    for port in spec.spec.get("console", {}).get("lpc", []):
+        if port.get("backend") == "tty" and port.get("path"):
+            out.append({"name": port["port"], "kind": "tty", "path": port["path"]})
+    return out
+
+
+def _check_iasl(spec, host) -> None:
+    configured = spec.spec.get("settings", {}).get("iasl")
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise LifecycleError(f"spec.settings.iasl {configured} is not an executable file")
+        return
+    if not (shutil.which("iasl") or getattr(host, "iasl", None)):
+        raise LifecycleError(
+            "iasl not found: acrn-dm (v3.2+) compiles the guest's ACPI tables with it and exits without it; "
+            "install acpica-tools or set spec.settings.iasl"
+        )
+
+
+def _lapic_to_processor(cpuinfo: str) -> dict[int, int]:
+    mapping = {}
+    processor = None
+    for line in Path(cpuinfo).read_text().splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "processor":
+            processor = int(value)
+        elif key == "apicid" and processor is not None:
+            mapping[int(value)] = processor
+    return mapping
+
+
+def _run(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LifecycleError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def _diag(d) -> str:
+    where = ":".join(str(x) for x in (getattr(d, "file", None), getattr(d, "line", None), getattr(d, "col", None)) if x)
+    text = getattr(d, "message", str(d))
+    return f"{where}: {text}" if where else text

@@ -1,0 +1,61 @@
+"""The qemu engine: the same spec under QEMU (KVM or TCG), with embedded device models as
+vhost-user helpers; controlled over QMP."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+from acrnmgr.lifecycle.engine import Engine, LaunchPlan, PlanError, ProcessSpec, Running, send_signal
+from acrnmgr.lifecycle.qmp import Qmp, QmpError
+
+
+class QemuEngine(Engine):
+    name = "qemu"
+
+    def plan(self, spec, host, state) -> LaunchPlan:
+        from acrnmgr.lifecycle.qemu_argv import compile_qemu
+
+        q = compile_qemu(spec, host, state.dir)
+        if q.errors:
+            raise PlanError(f"{spec.name} cannot run on the qemu engine:\n" + "\n".join(f"  {e}" for e in q.errors))
+        return LaunchPlan(
+            "qemu",
+            [*q.helpers, ProcessSpec("qemu", q.argv, role="main")],
+            cleanup=q.sockets + [dst for _, dst in q.copies],
+            info={"vm": spec.name, "qmp": q.sockets[0], "consoles": q.consoles, "devices": q.devices,
+                  "copies": q.copies, "warnings": q.warnings},
+        )
+
+    def prepare(self, spec, host, plan, progress) -> None:
+        from acrnmgr.lifecycle.acrn import prepare_taps
+
+        for warning in plan.info["warnings"]:
+            progress(f"warning: {warning}")
+        for src, dst in plan.info["copies"]:
+            shutil.copyfile(src, dst)
+        # Taps are made and bridged exactly as for acrn-dm, so a spec behaves the same on both.
+        prepare_taps(spec, plan, progress)
+
+    def _qmp(self, vm: Running, command: str, arguments: dict | None = None):
+        try:
+            with Qmp(vm.info["qmp"], timeout=5) as q:
+                return q.execute(command, arguments)
+        except (OSError, ValueError, ConnectionError, QmpError):
+            return None
+
+    def query(self, vm: Running) -> str | None:
+        reply = self._qmp(vm, "query-status")
+        return reply.get("status") if isinstance(reply, dict) else None
+
+    def graceful_actions(self, vm: Running):
+        def powerdown(vm: Running) -> str | None:
+            return "sent system_powerdown (ACPI power button)" if self._qmp(vm, "system_powerdown") is not None else None
+
+        return [powerdown]
+
+    def force_actions(self, vm: Running):
+        def quit_(vm: Running) -> str | None:
+            return "sent quit over QMP" if self._qmp(vm, "quit") is not None else None
+
+        return [quit_, send_signal(signal.SIGTERM)]

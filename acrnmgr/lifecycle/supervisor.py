@@ -1,0 +1,259 @@
+"""The per-VM supervisor: a detached process (own session) that outlives the `up` command.
+
+It starts the helper processes (embedded device models) and then the VM process (acrn-dm or
+QEMU), waits on all of them, records every exit into run.json, and when the VM process ends it
+stops the helpers, removes sockets and runs the post-stop commands (e.g. deleting taps). While it
+lives it holds supervisor.lock, which is how other commands know it is there.
+
+Its children get PR_SET_PDEATHSIG, so a `kill -9` of the supervisor takes them down too instead of
+leaving orphans; `down`/`status` then clean up what the supervisor could not.
+
+Run as: python -m acrnmgr.lifecycle.supervisor <state-dir> --ready-fd N
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from acrnmgr.lifecycle.state import ProcessIdentity, VmState, wait_until
+
+HELPER_SOCKET_TIMEOUT = 30.0
+HELPER_STOP_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig(sig: int):
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
+def cleanup(state: VmState, launch: dict, main_pid: int | None) -> list[str]:
+    """Remove the sockets of a stopped VM and run its post-stop commands. Idempotent; used by the
+    supervisor and by `down` when the supervisor is gone. Returns problems worth reporting."""
+    if state.path("cleaned").exists():
+        return []
+    problems = []
+    for pattern in launch.get("cleanup", []):
+        if "{pid}" in pattern:
+            if main_pid is None:
+                continue
+            pattern = pattern.replace("{pid}", str(main_pid))
+        try:
+            os.unlink(pattern)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"cannot remove {pattern}: {exc}")
+    for argv in launch.get("post_stop", []):
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            problems.append(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
+    state.path("cleaned").touch()
+    return problems
+
+
+class Supervisor:
+    def __init__(self, state: VmState, ready_fd: int | None):
+        self.state = state
+        self.ready_fd = ready_fd
+        self.launch = state.read_json("launch.json") or {}
+        self.children: dict[int, dict] = {}  # pid -> process entry of run.json
+        self.run: dict = {"state": "starting", "processes": {}, "started_at": time.time()}
+        self.stop_now = False
+
+    # run.json ------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.state.write_json("run.json", self.run)
+
+    def report_ready(self, message: dict) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, (json.dumps(message) + "\n").encode())
+        except OSError:
+            pass  # `up` went away; nothing to tell
+        os.close(self.ready_fd)
+        self.ready_fd = None
+
+    # processes -----------------------------------------------------------------------------
+    def spawn(self, proc: dict) -> subprocess.Popen:
+        log = open(self.state.path(f"{proc['name']}.log"), "ab")
+        try:
+            child = subprocess.Popen(
+                proc["argv"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                preexec_fn=_pdeathsig(signal.SIGTERM),
+                env={**os.environ, **proc.get("env", {})},
+            )
+        finally:
+            log.close()
+        ident = ProcessIdentity.of(child.pid)
+        entry = {
+            "name": proc["name"],
+            "role": proc.get("role", "helper"),
+            "device": proc.get("device"),
+            "identity": ident.to_dict() if ident else {"pid": child.pid, "start_time": -1, "cmdline": []},
+            "exit_code": None,
+            "signal": None,
+        }
+        self.run["processes"][proc["name"]] = entry
+        self.children[child.pid] = entry
+        self.save()
+        return child
+
+    def reap(self, block: bool) -> dict | None:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        entry = self.children.pop(pid, None)
+        if entry is None:
+            return None
+        if os.WIFSIGNALED(status):
+            entry["signal"] = os.WTERMSIG(status)
+            entry["exit_code"] = 128 + entry["signal"]
+        else:
+            entry["exit_code"] = os.WEXITSTATUS(status)
+        entry["exited_at"] = time.time()
+        self.save()
+        return entry
+
+    def stop_children(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + HELPER_STOP_TIMEOUT
+        while self.children and time.monotonic() < deadline:
+            if self.reap(block=False) is None:
+                time.sleep(0.05)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while self.children and self.reap(block=True) is not None:
+            pass
+
+    def wait_socket(self, child: subprocess.Popen, path: str) -> str | None:
+        ok = wait_until(lambda: os.path.exists(path) or child.poll() is not None, HELPER_SOCKET_TIMEOUT)
+        if child.returncode is not None:
+            self.children.pop(child.pid, None)
+            return f"exited with code {child.returncode} before creating {path}"
+        return None if ok else f"did not create {path} within {HELPER_SOCKET_TIMEOUT:.0f} s"
+
+    # main flow -----------------------------------------------------------------------------
+    def start(self) -> bool:
+        main = None
+        for proc in self.launch.get("processes", []):
+            try:
+                child = self.spawn(proc)
+            except OSError as exc:
+                return self.fail(f"cannot start {proc['name']} ({proc['argv'][0]}): {exc}", proc["name"])
+            if proc.get("role") == "main":
+                main = child
+            elif proc.get("wait_socket"):
+                problem = self.wait_socket(child, proc["wait_socket"])
+                if problem:
+                    return self.fail(f"{proc['name']} {problem}", proc["name"])
+        if main is None:
+            return self.fail("launch plan has no main process", None)
+        self.main_pid = main.pid
+        self.run["state"] = "running"
+        self.save()
+        self.report_ready({"ok": True, "pid": main.pid})
+        return True
+
+    def fail(self, message: str, log_name: str | None) -> bool:
+        self.stop_children()
+        self.run.update(state="exited", outcome="failed", error=message, ended_at=time.time())
+        cleanup(self.state, self.launch, None)
+        self.save()
+        tail = self.state.tail(f"{log_name}.log", 15) if log_name else []
+        self.report_ready({"ok": False, "error": message, "log": tail})
+        return False
+
+    def on_sigterm(self, signum, frame) -> None:
+        # `down` of a VM whose control channels are unusable ends here: stop the VM process.
+        self.stop_now = True
+        entry = self.run["processes"].get(self.launch["processes"][-1]["name"])
+        if entry and entry.get("exit_code") is None:
+            try:
+                os.kill(entry["identity"]["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def supervise(self) -> None:
+        main_name = self.launch["processes"][-1]["name"]
+        while True:
+            entry = self.reap(block=True)
+            if entry is None:
+                if not self.children:
+                    break
+                continue
+            if entry["name"] == main_name:
+                break
+            # A helper died under a running VM: the VM is degraded, keep it running.
+            self.run["state"] = "degraded"
+            self.run.setdefault("events", []).append(
+                {"time": time.time(), "event": f"{entry['name']} exited", "exit_code": entry["exit_code"], "signal": entry["signal"]}
+            )
+            self.save()
+        self.stop_children()
+        main = self.run["processes"][main_name]
+        requested = self.state.path("stop-requested").exists() or self.stop_now
+        clean = main.get("exit_code") == 0
+        self.run["outcome"] = "stopped" if (requested or clean) else "crashed"
+        self.run["state"] = "exited"
+        self.run["ended_at"] = time.time()
+        problems = cleanup(self.state, self.launch, main["identity"]["pid"])
+        if problems:
+            self.run["cleanup_problems"] = problems
+        self.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="acrnmgr-supervisor")
+    parser.add_argument("state_dir")
+    parser.add_argument("--ready-fd", type=int)
+    args = parser.parse_args(argv)
+    state_dir = Path(args.state_dir)
+    state = VmState(state_dir.name, state_dir.parent)
+    lock_fd = os.open(state.path("supervisor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, b'{"ok": false, "error": "another supervisor is running for this VM"}\n')
+        return 1
+    sup = Supervisor(state, args.ready_fd)
+    signal.signal(signal.SIGTERM, sup.on_sigterm)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sup.run["supervisor"] = ProcessIdentity.of(os.getpid()).to_dict()
+    if sup.start():
+        sup.supervise()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

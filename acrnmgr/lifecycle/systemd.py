@@ -1,0 +1,52 @@
+"""`acrnmgr systemd FILE`: a unit that starts the VM at boot and stops it at shutdown."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+
+def _quote(arg: str) -> str:
+    """systemd command-line quoting (and % escaping, since systemd expands specifiers)."""
+    arg = arg.replace("%", "%%")
+    if arg and not any(c in arg for c in ' \t"\'\\;$'):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _acrnmgr() -> str:
+    local = Path(sys.executable).with_name("acrnmgr")
+    return str(local) if local.exists() else (shutil.which("acrnmgr") or "/usr/bin/acrnmgr")
+
+
+def render_unit(name: str, spec_path: Path, engine: str, timeout: float, exe: str) -> str:
+    up = [exe, "up", "--wait-ready", "--engine", engine, str(spec_path)]
+    down = [exe, "down", "--timeout", f"{timeout:g}", name]
+    return f"""[Unit]
+Description=acrnmgr VM {name}
+Documentation=file://{spec_path}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={" ".join(map(_quote, up))}
+ExecStop={" ".join(map(_quote, down))}
+TimeoutStartSec=300
+TimeoutStopSec={int(timeout) + 60}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_unit(spec_file: Path, engine: str, unit_dir: Path, timeout: float) -> Path:
+    from acrnmgr.spec.loader import load_spec
+
+    spec = load_spec(spec_file)
+    path = Path(unit_dir) / f"acrnmgr-{spec.name}.service"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_unit(spec.name, Path(spec_file).resolve(), engine, timeout, _acrnmgr()))
+    return path

@@ -1,0 +1,227 @@
+"""The acrn engine end to end through the real CLI, against the stand-in acrn-dm."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from acrnmgr.lifecycle import cmdmonitor, monitor
+from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
+
+
+def _pid_gone(pid: int) -> bool:
+    ident = ProcessIdentity.of(pid)
+    return ident is None or not ident.alive()
+
+
+def test_up_status_down(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.up(spec)
+    st = acrn_env.status("vm1")
+    assert st["state"] == "running" and st["vm_status"] == "running" and st["engine"] == "acrn"
+    pid = st["pid"]
+    sock = acrn_env.mngr / f"vm1.monitor.{pid}.socket"
+    assert sock.exists()
+    # The argv acrn-dm got is recorded, and the VM's CPU went to the hypervisor (LAPIC 2 = cpu1).
+    argv = (acrn_env.state / "vm1" / "argv").read_text()
+    assert "--cpu_affinity 2" in argv and argv.rstrip().endswith("vm1")
+    assert (acrn_env.cpu / "cpu1" / "online").read_text() == "0"
+    assert acrn_env.remove_cpu.read_text() == "1"
+
+    listed = json.loads(acrn_env.run("list", "--output", "json").stdout)
+    assert [(v["name"], v["state"]) for v in listed] == [("vm1", "running")]
+
+    down = acrn_env.run("down", "vm1")
+    assert "graceful" in down.stderr
+    assert _pid_gone(pid) and not sock.exists()
+    assert acrn_env.status("vm1")["state"] == "stopped"
+    # down of a stopped VM succeeds and does nothing
+    assert "not running" in acrn_env.run("down", "vm1").stderr
+
+
+def test_up_is_idempotent_and_refuses_a_changed_spec(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.up(spec)
+    pid = acrn_env.status("vm1")["pid"]
+    again = acrn_env.up(spec)
+    assert "already running" in again.stderr and acrn_env.status("vm1")["pid"] == pid
+    changed = acrn_env.spec(settings="  settings: {virtioPoll: 1000}\n")
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(changed), check=False)
+    assert proc.returncode == 1 and "different spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_graceful_fails_then_force(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.up(spec, env={"STANDIN_SIGTERM": "ignore"})
+    pid = acrn_env.status("vm1")["pid"]
+    down = acrn_env.run("down", "vm1", "--timeout", "1")
+    assert "sent SIGTERM" in down.stderr
+    assert "DM_STOP force=1" in down.stderr and "(forced)" in down.stderr
+    assert _pid_gone(pid)
+    assert "DM_STOP force" in (acrn_env.state / "vm1" / "acrn-dm.log").read_text()
+    assert acrn_env.status("vm1")["state"] == "stopped"
+    assert list(acrn_env.mngr.iterdir()) == []
+
+
+def test_power_button_channel_makes_dm_stop_graceful(acrn_env):
+    spec = acrn_env.spec(settings="  settings: {pmNotifyChannel: power_button}\n")
+    acrn_env.up(spec, env={"STANDIN_SIGTERM": "ignore"})
+    down = acrn_env.run("down", "vm1", "--timeout", "5")
+    assert "sent DM_STOP (power button)" in down.stderr and "(graceful)" in down.stderr
+
+
+def test_non_force_stop_without_power_button_is_refused(acrn_env):
+    acrn_env.up(acrn_env.spec())
+    pid = acrn_env.status("vm1")["pid"]
+    sock = acrn_env.mngr / f"vm1.monitor.{pid}.socket"
+    answer = monitor.request(sock, monitor.stop_request(monitor.now_stamp(), force=False))
+    assert answer.err == -1
+    assert acrn_env.status("vm1")["state"] == "running"
+
+
+def test_force_skips_graceful(acrn_env):
+    acrn_env.up(acrn_env.spec())
+    down = acrn_env.run("down", "vm1", "--force")
+    assert "SIGTERM" not in down.stderr and "DM_STOP force=1" in down.stderr
+
+
+def test_guest_poweroff_via_cmd_monitor_is_a_clean_stop(acrn_env):
+    cmd_sock = acrn_env.root / "vm1.cmd.sock"
+    acrn_env.up(acrn_env.spec(settings=f"  settings: {{cmdMonitor: {cmd_sock}}}\n"), "--wait-ready")
+    assert cmdmonitor.destroy(str(cmd_sock)) == 0
+    assert wait_until(lambda: acrn_env.status("vm1")["state"] != "running", 10)
+    st = acrn_env.status("vm1")
+    assert (st["state"], st["exit_code"]) == ("stopped", 0)
+    assert not cmd_sock.exists()
+
+
+def test_crash_is_reported_with_exit_code_and_log(acrn_env):
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    pid = acrn_env.status("vm1")["pid"]
+    os.kill(pid, signal.SIGUSR1)
+    assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
+    st = acrn_env.status("vm1")
+    assert st["exit_code"] == 1 and any("simulated device model crash" in l for l in st["log"])
+    text = acrn_env.run("status", "vm1").stdout
+    assert "crashed" in text and "exit code 1" in text
+    # A crashed VM can be started again.
+    acrn_env.up(acrn_env.spec())
+    assert acrn_env.status("vm1")["state"] == "running"
+
+
+def test_kill_9_of_vm_process_leaves_no_socket(acrn_env):
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    pid = acrn_env.status("vm1")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
+    assert acrn_env.status("vm1")["signal"] == 9
+    assert list(acrn_env.mngr.iterdir()) == []  # acrn-dm could not remove it; the supervisor did
+
+
+def test_kill_9_of_supervisor_takes_the_vm_down(acrn_env):
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    run = json.loads((acrn_env.state / "vm1" / "run.json").read_text())
+    sup, pid = run["supervisor"]["pid"], acrn_env.status("vm1")["pid"]
+    os.kill(sup, signal.SIGKILL)
+    assert wait_until(lambda: _pid_gone(pid), 10)  # PR_SET_PDEATHSIG
+    st = acrn_env.status("vm1")
+    assert st["state"] == "crashed" and "supervisor died" in st["error"]
+    acrn_env.run("down", "vm1")
+    assert list(acrn_env.mngr.iterdir()) == []
+
+
+def test_stale_pidfile_never_kills_an_unrelated_process(acrn_env):
+    acrn_env.up(acrn_env.spec())
+    acrn_env.run("down", "vm1")
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        # Make the state claim acrn-dm is still running under the bystander's pid: once with the
+        # old process's identity (pid reused), once with the right cmdline but another start time.
+        run_path = acrn_env.state / "vm1" / "run.json"
+        run = json.loads(run_path.read_text())
+        run["state"] = "running"
+        entry = run["processes"]["acrn-dm"]
+        entry.update(exit_code=None, signal=None)
+        for identity in (
+            {**entry["identity"], "pid": bystander.pid},
+            {"pid": bystander.pid, "start_time": 1, "cmdline": ["sleep", "300"]},
+        ):
+            entry["identity"] = identity
+            run_path.write_text(json.dumps(run))
+            assert acrn_env.status("vm1")["state"] == "crashed"
+            down = acrn_env.run("down", "vm1", "--timeout", "1")
+            assert "not running" in down.stderr
+            assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_concurrent_up_of_one_vm_starts_it_once(acrn_env):
+    spec = acrn_env.spec()
+    args = ["up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec)]
+    from tests.lifecycle.conftest import ACRNMGR
+
+    procs = [subprocess.Popen([ACRNMGR, *args], env=acrn_env.env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], results
+    assert len(acrn_env.starts.read_text().split()) == 1
+    assert sum("already running" in err for _, err in results) == 2
+
+
+def test_missing_hugepages_and_iasl_are_clear_errors(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.host.write_text(acrn_env.host.read_text().replace("hugepages_free: 1024", "hugepages_free: 10"))
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False)
+    assert proc.returncode == 1 and "hugepages" in proc.stderr and "needs 128 free" in proc.stderr
+    acrn_env.host.write_text(acrn_env.host.read_text().replace("hugepages_free: 10", "hugepages_free: 1024")
+                             .replace("iasl: /usr/bin/true", "iasl: null"))
+    env = {"PATH": f"{acrn_env.bin}:/usr/bin:/bin"} if not _which_iasl() else None
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False, env=env)
+    if not _which_iasl():
+        assert proc.returncode == 1 and "iasl not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _which_iasl():
+    import shutil
+
+    return shutil.which("iasl", path="/usr/bin:/bin")
+
+
+def test_unknown_vm_is_a_clear_error(acrn_env):
+    for args in (["status", "nosuch"], ["down", "nosuch"], ["logs", "nosuch"]):
+        proc = acrn_env.run(*args, check=False)
+        assert proc.returncode == 1 and "no VM named nosuch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_argv_fails_the_start_with_the_log(acrn_env):
+    spec = acrn_env.spec(settings="  extraArgs: [--no-such-option]\n")
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), "--wait-ready", str(spec), check=False)
+    assert proc.returncode == 1 and "no-such-option" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for tap and bridge devices")
+def test_taps_are_created_on_the_bridge_and_removed(acrn_env):
+    bridge, tap = "acrnmgrtbr0", "acrnmgrt0"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        nic = f"    - {{type: virtio-net, name: lan, tap: {tap}, mac: '00:16:3e:00:00:09'}}\n"
+        spec = acrn_env.spec(extra_devices=nic, settings=f"  network: {{bridge: {bridge}}}\n")
+        up = acrn_env.up(spec)
+        assert f"creating tap {tap} on bridge {bridge}" in up.stderr
+        assert os.path.realpath(f"/sys/class/net/{tap}/master").endswith(bridge)
+        acrn_env.run("down", "vm1")
+        assert not os.path.exists(f"/sys/class/net/{tap}")
+    finally:
+        subprocess.run(["ip", "link", "del", tap], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_missing_bridge_is_a_clear_error(acrn_env):
+    nic = "    - {type: virtio-net, tap: acrnmgrt1}\n"
+    spec = acrn_env.spec(extra_devices=nic, settings="  network: {bridge: nosuchbr0}\n")
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False)
+    assert proc.returncode == 1 and "bridge nosuchbr0 does not exist" in proc.stderr
