@@ -1,0 +1,82 @@
+"""`acrnmgr render` and `acrnmgr plan` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from acrnmgr.cli import app
+
+from .conftest import EXAMPLES, HOSTS
+
+runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+SOS = str(HOSTS / "acrn-service-vm.yaml")
+BOX = str(HOSTS / "plain-box.yaml")
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_render_argv_is_one_shell_line():
+    result = run("render", str(EXAMPLES / "linux-vm.yaml"), "--host", SOS)
+    assert result.exit_code == 0, result.output
+    argv = shlex.split(result.stdout)
+    assert argv[0] == "acrn-dm" and argv[-1] == "linux-demo"
+    assert "tap=tap_linux0,vhost,mac=00:16:3e:00:00:01" in result.stdout
+
+
+def test_render_script_and_json():
+    script = run("render", str(EXAMPLES / "rtvm.yaml"), "--host", SOS, "--format", "script")
+    assert script.exit_code == 0 and script.stdout.startswith("#!/bin/bash")
+    data = json.loads(run("render", str(EXAMPLES / "rtvm.yaml"), "--host", SOS, "--format", "json").stdout)
+    assert data["argv"][:2] == ["acrn-dm", "--rtvm"] and data["errors"] == []
+
+
+def test_render_v27():
+    result = run("render", str(EXAMPLES / "windows-gpu.yaml"), "--host", SOS, "--target-version", "2.7")
+    assert result.exit_code == 0 and "--mac_seed win-gpu-lan" in result.stdout
+
+
+def test_plan_table_and_json():
+    result = run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", BOX)
+    assert result.exit_code == 0
+    assert "lan     virtio-net      4     vbs-u    host has no /dev/vhost-net" in result.stdout
+    data = json.loads(run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", SOS, "--output", "json").stdout)
+    assert [(d["name"], d["slot"], d["backend"]) for d in data["devices"]] == [
+        ("rootfs", 3, "vbs-u"), ("lan", 4, "vhost"), ("hvc", 5, "vbs-u"), ("rng", 6, "vbs-u")]
+
+
+def test_plan_errors_exit_1_and_say_why():
+    result = run("plan", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS)
+    assert result.exit_code == 1
+    assert "acrn-dm has no vhost-user frontend" in result.stderr
+    assert "linux-qemu.yaml:22:7" in result.stderr
+    assert run("plan", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS, "--engine", "qemu").exit_code == 0
+    result = run("render", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS)
+    assert result.exit_code == 1 and result.stdout == ""
+
+
+def test_bad_input_exit_codes(tmp_path):
+    assert run("render", str(tmp_path / "missing.yaml")).exit_code == 1
+    bad_host = tmp_path / "h.yaml"
+    bad_host.write_text("frobnicate: 1\n")
+    result = run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", str(bad_host))
+    assert result.exit_code == 1 and "unknown key" in result.stderr
+    garbage = tmp_path / "g.yaml"
+    garbage.write_bytes(b"\xff\xfe\x00garbage")
+    assert run("render", str(garbage)).exit_code == 1
+    assert run("render", str(EXAMPLES / "linux-vm.yaml"), "--format", "xml").exit_code == 2
+    assert run("plan", str(EXAMPLES / "linux-vm.yaml"), "--target-version", "1.0").exit_code == 2
+
+
+def test_console_script_runs():
+    # the installed `acrnmgr` entry point, in a fresh process
+    acrnmgr = str(Path(sys.executable).with_name("acrnmgr"))
+    proc = subprocess.run([acrnmgr, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "render" in proc.stdout and "plan" in proc.stdout
