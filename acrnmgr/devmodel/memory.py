@@ -18,8 +18,8 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-class GuestMemoryError(Exception):
-    """A guest address range is not fully inside one mapped region."""
+class GuestMemoryError(ValueError):
+    """A guest address range is not fully inside one mapped region (a ValueError: bad input from the peer)."""
 
 
 class MemoryRegion:

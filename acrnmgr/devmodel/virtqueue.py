@@ -17,10 +17,12 @@ Typical device loop (see ``VirtioDevice._drain``)::
             break
     notify = vq.should_notify()                  # EVENT_IDX / NO_INTERRUPT decision for the call eventfd
 
-In-flight tracking (vhost-user INFLIGHT_SHMFD, done by the transport): set ``vq.on_pop(head)``,
+In-flight tracking (vhost-user INFLIGHT_SHMFD, done by the transport): assign ``vq.inflight = region`` where
+region has ``mark(head)``, ``begin_put(head)`` and ``end_put(heads, used_idx)`` (acrnmgr.devmodel.inflight), or set
+the hooks directly: ``vq.on_pop(head)``,
 ``vq.on_push(head)`` (called before the used element is written) and ``vq.on_flush(heads, used_idx)`` (called
 after the used index is published, with the heads that became visible).  After a reconnect the transport restores
-``last_avail_idx`` / ``used_idx`` and calls :meth:`add_resubmit` with the heads still in flight (oldest first); pop()
+``last_avail_idx`` / ``used_idx`` and calls :meth:`resubmit` with the heads still in flight (oldest first); pop()
 returns those chains again before looking at the avail ring, without calling ``on_pop``.
 """
 
@@ -96,7 +98,7 @@ class VirtQueue:
 
     Set-up order used by the vhost-user transport: ``VirtQueue(size)`` (SET_VRING_NUM), ``set_memory`` (SET_MEM_TABLE),
     ``set_features`` (SET_FEATURES), ``set_addresses`` (SET_VRING_ADDR, guest-physical), ``last_avail_idx = n``
-    (SET_VRING_BASE), ``enabled = True`` (SET_VRING_ENABLE / first kick).  ``last_avail_idx`` is also the
+    (SET_VRING_BASE); ``enabled`` (default True) goes False while the ring is stopped or disabled.  ``last_avail_idx`` is also the
     GET_VRING_BASE answer.  Any order works: the ring is resolved as soon as memory and addresses are both known.
     """
 
@@ -110,7 +112,9 @@ class VirtQueue:
         self.avail_gpa: int | None = None
         self.used_gpa: int | None = None
         self.features = 0
-        self.enabled = False
+        # The transport gates kicks itself; it clears ``enabled`` when the ring is stopped (GET_VRING_BASE) or
+        # disabled, so that device-initiated work (net/console RX from io_sources) leaves the ring alone.
+        self.enabled = True
         self.broken = False
         self.broken_reason: str | None = None
         self.legacy_big_endian = sys.byteorder == "big"
@@ -118,6 +122,7 @@ class VirtQueue:
         self.on_push = None
         self.on_flush = None
         self.on_broken = None  # callable(vq), set by the device to raise NEEDS_RESET
+        self._inflight = None
         self._resubmit: collections.deque[int] = collections.deque()
         self._flushed_heads: list[int] = []
         self._desc = self._avail = self._used = None
@@ -199,7 +204,7 @@ class VirtQueue:
 
     def reset(self) -> None:
         """Forget everything guest-provided (device reset / RESET_OWNER)."""
-        self.enabled = False
+        self.enabled = True
         self.broken = False
         self.broken_reason = None
         self.desc_gpa = self.avail_gpa = self.used_gpa = None
@@ -230,9 +235,25 @@ class VirtQueue:
         self._used_synced = True
         self._signalled_valid = False
 
-    def add_resubmit(self, heads) -> None:
+    def resubmit(self, heads) -> None:
         """Queue descriptor heads that were in flight before a reconnect; pop() returns them first."""
         self._resubmit.extend(heads)
+
+    add_resubmit = resubmit
+
+    @property
+    def inflight(self):
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, region) -> None:
+        """Bind an in-flight tracker (mark / begin_put / end_put) or None; sets the on_* hooks accordingly."""
+        self._inflight = region
+        if region is None:
+            self.on_pop = self.on_push = self.on_flush = None
+        else:
+            self.on_pop, self.on_push, self.on_flush = region.mark, region.begin_put, region.end_put
+        self._flushed_heads.clear()
 
     # -- avail side -----------------------------------------------------------------------------------------
     def avail_idx(self) -> int:

@@ -362,4 +362,4 @@ def test_reset_forgets_guest_state(ram):
     q.vq.pop()
     assert q.vq.broken
     q.vq.reset()
-    assert not q.vq.broken and not q.vq.ready and q.vq.last_avail_idx == 0
+    assert not q.vq.broken and not q.vq.ready and q.vq.last_avail_idx == 0 and q.vq.enabled
