@@ -82,7 +82,7 @@ class VhostUserServer:
         self._reader: MessageReader | None = None
         self.backend: VhostUserBackend | None = None
         self._kicks: dict[int, int] = {}  # queue index -> registered kick fd
-        self._io: list[int] = []  # registered device fds
+        self._io: dict[int, object] = {}  # registered device fd -> its callback
         self.connections = 0  # sessions accepted so far (tests and logs use it)
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,20 +140,26 @@ class VhostUserServer:
         self.backend = VhostUserBackend(self.device)
         self.connections += 1
         self._sel.register(conn, selectors.EVENT_READ, self._on_message)
-        for fd, callback in self._device_sources():
-            self._sel.register(fd, selectors.EVENT_READ, lambda _f, cb=callback: self._on_device_io(cb))
-            self._io.append(fd)
         log.info("front-end connected (session %d)", self.connections)
 
-    def _device_sources(self):
-        sources = getattr(self.device, "io_sources", None)
-        return list(sources()) if sources is not None else []
+    def _sync_device_sources(self) -> None:
+        """The device's fds to watch change with its state (a tap is only read while RX buffers exist)."""
+        wanted = dict(self.device.io_sources()) if self.backend is not None else {}
+        for fd in [fd for fd in self._io if fd not in wanted]:
+            self._sel.unregister(fd)
+            del self._io[fd]
+        for fd, callback in wanted.items():
+            if self._io.get(fd) != callback:
+                if fd in self._io:
+                    self._sel.unregister(fd)
+                self._sel.register(fd, selectors.EVENT_READ, lambda _f, cb=callback: self._on_device_io(cb))
+                self._io[fd] = callback
 
     def _disconnect(self, reason: str) -> None:
         if self._conn is None:
             return
         log.info("front-end disconnected: %s", reason)
-        for fd in list(self._kicks.values()) + self._io:
+        for fd in list(self._kicks.values()) + list(self._io):
             try:
                 self._sel.unregister(fd)
             except (KeyError, ValueError):
@@ -201,6 +207,7 @@ class VhostUserServer:
                 if backend.fds_changed:
                     self._sync_kicks()
                 self._run_pending()
+            self._sync_device_sources()
         except Disconnect as exc:
             self._disconnect(str(exc))
         except OSError as exc:
@@ -242,23 +249,21 @@ class VhostUserServer:
     def _process(self, qidx: int) -> None:
         backend = self.backend
         if backend.process(qidx):
-            call = backend.queues[qidx].call_fd
-            if call is not None:
-                try:
-                    os.eventfd_write(call, 1)
-                except OSError as exc:
-                    log.warning("queue %d: call signal failed: %s", qidx, exc)
+            self._signal(qidx)
+        self._sync_device_sources()
+
+    def _signal(self, qidx: int) -> None:
+        call = self.backend.queues[qidx].call_fd
+        if call is not None:
+            try:
+                os.eventfd_write(call, 1)
+            except OSError as exc:
+                log.warning("queue %d: call signal failed: %s", qidx, exc)
 
     def _on_device_io(self, callback) -> None:
-        """A device fd (tap, pty...) is readable: let the device move data, then notify the rings it
-        filled."""
-        backend = self.backend
-        if backend is None:
+        """A device fd (tap, pty...) is readable: the device moves the data and names the rings to signal."""
+        if self.backend is None:
             return
-        for qidx in callback(backend) or ():
-            q = backend.queues[qidx]
-            if q.call_fd is not None:
-                try:
-                    os.eventfd_write(q.call_fd, 1)
-                except OSError as exc:
-                    log.warning("queue %d: call signal failed: %s", qidx, exc)
+        for qidx in callback() or ():
+            self._signal(qidx)
+        self._sync_device_sources()

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from acrnmgr.devmodel.inflight import InflightArea, InflightError, InflightQueue
+from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
+from acrnmgr.devmodel.virtqueue import VirtQueue
 
 log = logging.getLogger(__name__)
 
@@ -302,13 +304,8 @@ class VhostUserBackend:
     `ready(qidx)`: whether that ring is started, enabled and addressable.
     """
 
-    def __init__(self, device, *, memory_factory: Callable | None = None, queue_factory: Callable | None = None) -> None:
-        from acrnmgr.devmodel.memory import GuestMemory
-        from acrnmgr.devmodel.virtqueue import VirtQueue
-
+    def __init__(self, device) -> None:
         self.device = device
-        self._memory_factory = memory_factory or GuestMemory
-        self._queue_factory = queue_factory or VirtQueue
         self.owner = False
         self.features = 0
         self.features_set = False
@@ -336,6 +333,7 @@ class VhostUserBackend:
             Request.SET_VRING_ERR: self._set_vring_err,
             Request.GET_QUEUE_NUM: self._get_queue_num,
             Request.SET_VRING_ENABLE: self._set_vring_enable,
+            Request.SET_VRING_ENDIAN: self._set_vring_endian,
             Request.GET_CONFIG: self._get_config,
             Request.SET_CONFIG: self._set_config,
             Request.GET_INFLIGHT_FD: self._get_inflight_fd,
@@ -360,8 +358,11 @@ class VhostUserBackend:
             log.debug("%s (%d bytes, %d fds)", msg.name, len(msg.payload), len(msg.fds))
             try:
                 result = handler(msg)
-            except (ProtocolError, InflightError, ValueError, OSError) as exc:
-                log.error("vhost-user %s failed: %s", msg.name, exc)
+            except Disconnect:
+                raise
+            except Exception as exc:  # never let a request take the server down
+                expected = isinstance(exc, (ProtocolError, InflightError, GuestMemoryError, ValueError, OSError))
+                log.error("vhost-user %s failed: %s", msg.name, exc, exc_info=not expected)
                 if handler in self._replying:
                     raise Disconnect(f"{msg.name}: {exc}") from exc
                 return self._ack(msg, ok=False)
@@ -419,6 +420,7 @@ class VhostUserBackend:
         for q in self.queues:
             if q.vq is not None:
                 q.vq.set_features(value)
+            self._update_enabled(q)
 
     def _get_protocol_features(self, msg: Message) -> Reply:
         return reply(msg.request, U64.pack(SUPPORTED_PROTOCOL_FEATURES))
@@ -446,7 +448,7 @@ class VhostUserBackend:
     def _set_mem_table(self, msg: Message) -> None:
         regions = parse_mem_table(msg)
         fds = _want_fds(msg, len(regions))
-        memory = self._memory_factory()
+        memory = GuestMemory()
         try:
             for r, fd in zip(regions, fds):
                 memory.add_region(r.guest_phys_addr, r.size, r.userspace_addr, r.mmap_offset, fd)
@@ -459,29 +461,39 @@ class VhostUserBackend:
         for q in self.queues:
             if q.vq is not None:
                 q.vq.set_memory(memory)
-                self._apply_addresses(q)
+                self._apply_addresses(q, strict=False)
         if old is not None:
             _close_memory(old)
 
     # ------------------------------------------------------------------ rings
 
     def _new_vq(self, q: QueueState) -> None:
-        vq = self._queue_factory(q.num)
+        if q.vq is not None:
+            self._detach_inflight(q)
+        vq = VirtQueue(q.num, q.index)
         if self.features_set:
             vq.set_features(self.features)
         if self.memory is not None:
             vq.set_memory(self.memory)
         q.vq = vq
-        self._apply_addresses(q)
+        self.device.attach_queue(q.index, vq)
+        self._apply_addresses(q, strict=False)
         vq.last_avail_idx = q.base
+        self._update_enabled(q)
 
-    def _apply_addresses(self, q: QueueState) -> None:
+    def _apply_addresses(self, q: QueueState, *, strict: bool = True) -> None:
+        """Translate the front-end's virtual ring addresses into guest-physical ones for the queue."""
         if q.vq is None or q.addr is None or self.memory is None:
             return
-        desc, used, avail = (self.memory.uva_to_gpa(a) for a in q.addr)
-        if desc is None or used is None or avail is None:
-            raise ProtocolError(f"queue {q.index}: ring addresses {[hex(a) for a in q.addr]} are not in guest memory")
-        q.vq.set_addresses(desc, avail, used)
+        try:
+            desc, used, avail = (self.memory.uva_to_gpa(a) for a in q.addr)
+            q.vq.set_addresses(desc, avail, used)
+        except GuestMemoryError as exc:
+            if strict:
+                raise ProtocolError(f"queue {q.index}: ring addresses are not in guest memory: {exc}") from exc
+            # Stale addresses from an earlier start: the front-end sends fresh ones before starting the ring.
+            log.debug("queue %d: dropping stale ring addresses: %s", q.index, exc)
+            q.addr = None
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = _unpack(VRING_STATE, msg)
@@ -506,6 +518,14 @@ class VhostUserBackend:
         if q.vq is not None:
             q.vq.last_avail_idx = num
 
+    def _set_vring_endian(self, msg: Message) -> None:
+        index, num = _unpack(VRING_STATE, msg)
+        q = self._queue(index)
+        if num not in (0, 1):
+            raise ProtocolError(f"queue {index}: endianness {num} is neither 0 (little) nor 1 (big)")
+        if q.vq is not None:
+            q.vq.set_vring_endian(bool(num))
+
     def _get_vring_base(self, msg: Message) -> Reply:
         index, _ = _unpack(VRING_STATE, msg)
         q = self._queue(index)
@@ -517,6 +537,7 @@ class VhostUserBackend:
     def _stop(self, q: QueueState) -> None:
         q.started = False
         q.pending = False
+        self._update_enabled(q)
         self._retire(q.kick_fd)
         self._retire(q.call_fd)
         q.kick_fd = q.call_fd = None
@@ -534,10 +555,9 @@ class VhostUserBackend:
         q.kick_fd = fd
         self.fds_changed = True
         q.started = True
-        if not self.has_protocol(ProtocolFeature.INFLIGHT_SHMFD):
-            q.inflight = None
-        else:
+        if self.has_protocol(ProtocolFeature.INFLIGHT_SHMFD):
             self._attach_inflight(q)
+        self._update_enabled(q)
         q.pending = True
 
     def _set_vring_call(self, msg: Message) -> None:
@@ -554,6 +574,7 @@ class VhostUserBackend:
         index, num = _unpack(VRING_STATE, msg)
         q = self._queue(index)
         q.enabled = bool(num)
+        self._update_enabled(q)
         if q.enabled and q.started:
             q.pending = True
 
@@ -561,10 +582,14 @@ class VhostUserBackend:
         # Without PROTOCOL_FEATURES negotiated a ring is enabled as soon as it starts.
         return q.enabled or not (self.features & F_PROTOCOL_FEATURES)
 
+    def _update_enabled(self, q: QueueState) -> None:
+        # The core queue pops nothing unless enabled: started by a kick fd and enabled by the front-end.
+        if q.vq is not None:
+            q.vq.enabled = q.started and self.ring_enabled(q)
+
     def ready(self, qidx: int) -> bool:
         q = self.queues[qidx]
-        return (q.started and q.vq is not None and q.addr is not None and self.memory is not None
-                and self.ring_enabled(q))
+        return q.vq is not None and q.vq.ready and q.started and self.ring_enabled(q)
 
     # ------------------------------------------------------------------ inflight
 
@@ -588,36 +613,37 @@ class VhostUserBackend:
     def _replace_inflight(self, area: InflightArea) -> None:
         old, self.inflight = self.inflight, area
         for q in self.queues:
-            q.inflight = None
-            if q.vq is not None:
-                _set_vq_inflight(q.vq, None)
+            self._detach_inflight(q)
         if old is not None:
             old.close()
 
+    @staticmethod
+    def _detach_inflight(q: QueueState) -> None:
+        q.inflight = None
+        if q.vq is not None:
+            q.vq.on_pop = q.vq.on_push = q.vq.on_flush = None
+
     def _attach_inflight(self, q: QueueState) -> None:
-        """Bind the queue to its inflight region and resubmit what a previous back-end left."""
+        """Bind the queue to its inflight region and resubmit what a previous back-end left in flight."""
+        self._detach_inflight(q)
         region = self.inflight.queue(q.index) if self.inflight is not None else None
         if region is None or q.vq is None or q.num > region.queue_size:
-            q.inflight = None
-            if q.vq is not None:
-                _set_vq_inflight(q.vq, None)
             if self.inflight is not None:
                 log.warning("queue %d: no usable inflight region; requests in flight at a crash may be lost", q.index)
             return
-        if self.memory is None or q.addr is None:
-            raise ProtocolError(f"queue {q.index} started before its memory and addresses were set")
-        used_idx = q.vq.used_idx
+        vq = q.vq
+        if vq.mem is None or vq.used_gpa is None or vq.broken:
+            raise ProtocolError(f"queue {q.index} started without usable memory and ring addresses")
+        used_idx = vq.used_idx  # read from the used ring when the addresses were resolved
         heads = region.recover(used_idx)
         q.inflight = region
-        _set_vq_inflight(q.vq, region)
+        vq.on_pop, vq.on_push, vq.on_flush = region.mark, region.begin_put, region.end_put
         if heads:
-            # Every head popped before the crash is either in the used ring or still inflight.
-            q.vq.last_avail_idx = (used_idx + len(heads)) & 0xFFFF
-            q.vq.resubmit(heads)
-            log.info("queue %d: resubmitting %d inflight request(s) left by the previous back-end", q.index, len(heads))
-        elif q.vq.last_avail_idx != used_idx and self.inflight is not None:
-            # Nothing inflight, so everything popped was completed.
-            q.vq.last_avail_idx = used_idx
+            # Every head popped before the crash is either in the used ring or still in flight, so the
+            # avail position to continue from is used_idx + in-flight count, whatever base QEMU restored.
+            vq.last_avail_idx = (used_idx + len(heads)) & 0xFFFF
+            vq.add_resubmit(heads)
+            log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end", q.index, len(heads))
 
     # ------------------------------------------------------------------ config, status, reset
 
@@ -653,25 +679,20 @@ class VhostUserBackend:
 
     def _get_status(self, msg: Message) -> Reply:
         status = self.status
-        if self.needs_reset():
+        if self.device.needs_reset or any(q.vq is not None and q.vq.broken for q in self.queues):
             status |= STATUS_NEEDS_RESET
         return reply(msg.request, U64.pack(status))
-
-    def needs_reset(self) -> bool:
-        if getattr(self.device, "status", 0) & STATUS_NEEDS_RESET:
-            return True
-        return any(q.vq is not None and q.vq.broken for q in self.queues)
 
     def _reset_device(self, msg: Message) -> None:
         for q in self.queues:
             self._stop(q)
             self._retire(q.err_fd)
+            self._detach_inflight(q)
             q.err_fd = None
             q.vq = None
             q.num = q.base = 0
             q.addr = None
             q.enabled = False
-            q.inflight = None
         self.features = 0
         self.features_set = False
         self.status = 0
@@ -705,10 +726,8 @@ class VhostUserBackend:
                 self._retire(fd)
             q.kick_fd = q.call_fd = q.err_fd = None
             q.started = False
-            if q.vq is not None:
-                _set_vq_inflight(q.vq, None)
+            self._detach_inflight(q)
             q.vq = None
-            q.inflight = None
         self.release_retired()
         if self.inflight is not None:
             self.inflight.close()
@@ -718,14 +737,5 @@ class VhostUserBackend:
             self.memory = None
 
 
-def _set_vq_inflight(vq, region: InflightQueue | None) -> None:
-    vq.inflight = region
-
-
-def _close_memory(memory) -> None:
-    close = getattr(memory, "close", None)
-    if close is not None:
-        try:
-            close()
-        except BufferError:
-            log.debug("guest memory still referenced; it is unmapped when the last view goes")
+def _close_memory(memory: GuestMemory) -> None:
+    memory.close()

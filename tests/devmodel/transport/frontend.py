@@ -18,7 +18,7 @@ import time
 
 from acrnmgr.devmodel.vhost_user import (
     CONFIG_HEADER, FLAG_NEED_REPLY, FLAG_REPLY, HEADER, INFLIGHT, MEM_HEADER, MEM_REGION, U64, VERSION,
-    VRING_ADDR, VRING_STATE, F_PROTOCOL_FEATURES, Message, Request,
+    VRING_ADDR, VRING_STATE, F_PROTOCOL_FEATURES, Message, MessageReader, Request,
 )
 
 PAGE = 4096
@@ -83,7 +83,7 @@ class GuestRam:
 class FrontQueue:
     """One split ring driven from the guest side."""
 
-    def __init__(self, fe: Frontend, index: int, size: int) -> None:
+    def __init__(self, fe: FrontendBase, index: int, size: int) -> None:
         self.fe, self.index, self.size = fe, index, size
         ram = fe.ram
         # Rings in region 1, buffers in region 0: addresses above 4 GiB must translate too.
@@ -142,6 +142,7 @@ class FrontQueue:
 
     def notify(self) -> None:
         os.eventfd_write(self.kick, 1)
+        self.fe.kicked(self.index)
 
     def used_idx(self) -> int:
         return U16.unpack(self.fe.ram.read(self.used + 2, 2))[0]
@@ -182,21 +183,10 @@ class FrontQueue:
             os.close(fd)
 
 
-class Frontend:
-    """A vhost-user front-end connection."""
+class FrontendBase:
+    """Front-end requests over some transport; subclasses move the bytes."""
 
-    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
+    def __init__(self) -> None:
         self.ram = GuestRam()
         self.queues: dict[int, FrontQueue] = {}
         self.reply_ack = False
@@ -206,34 +196,11 @@ class Frontend:
     def send(self, request: int, payload: bytes = b"", *, fds=(), flags: int = VERSION) -> None:
         if self.reply_ack and not flags & FLAG_NEED_REPLY and request not in _REPLYING:
             flags |= FLAG_NEED_REPLY
-        data = HEADER.pack(request, flags, len(payload)) + payload
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.sendall(data)
+        self._send(HEADER.pack(request, flags, len(payload)) + payload, list(fds))
         if flags & FLAG_NEED_REPLY and request not in _REPLYING:
             ack = self.recv()
             if ack.request != request or U64.unpack(ack.payload)[0] != 0:
                 raise FrontendError(f"{Request(request).name} was refused: {ack}")
-
-    def recv(self) -> Message:
-        head, fds = self._recv_exact(HEADER.size)
-        request, flags, size = HEADER.unpack(head)
-        payload, more = self._recv_exact(size) if size else (b"", [])
-        if not flags & FLAG_REPLY:
-            raise FrontendError(f"message without the REPLY flag: {request}")
-        return Message(request, flags, payload, fds + more)
-
-    def _recv_exact(self, n: int) -> tuple[bytes, list[int]]:
-        buf = b""
-        fds: list[int] = []
-        while len(buf) < n:
-            data, got, _flags, _ = socket.recv_fds(self.sock, n - len(buf), 8)
-            if not data:
-                raise ConnectionError("back-end closed the connection")
-            buf += data
-            fds += got
-        return buf, fds
 
     def call(self, request: int, payload: bytes = b"", *, fds=()) -> Message:
         self.send(request, payload, fds=fds)
@@ -245,6 +212,9 @@ class Frontend:
     def sync(self) -> None:
         """Round-trip so the back-end has applied everything sent so far."""
         self.call(Request.GET_FEATURES)
+
+    def kicked(self, index: int) -> None:
+        """Hook: a ring's kick eventfd was written."""
 
     # -- QEMU-like setup
 
@@ -292,10 +262,93 @@ class Frontend:
         return self.queues
 
     def close(self) -> None:
-        self.sock.close()
         for q in self.queues.values():
             q.close()
         self.ram.close()
+
+
+class Frontend(FrontendBase):
+    """A front-end connected to a back-end's Unix socket."""
+
+    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+        super().__init__()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.sendall(data)
+
+    def recv(self) -> Message:
+        head, fds = self._recv_exact(HEADER.size)
+        request, flags, size = HEADER.unpack(head)
+        payload, more = self._recv_exact(size) if size else (b"", [])
+        if not flags & FLAG_REPLY:
+            raise FrontendError(f"message without the REPLY flag: {request}")
+        return Message(request, flags, payload, fds + more)
+
+    def _recv_exact(self, n: int) -> tuple[bytes, list[int]]:
+        buf = b""
+        fds: list[int] = []
+        while len(buf) < n:
+            data, got, _flags, _ = socket.recv_fds(self.sock, n - len(buf), 8)
+            if not data:
+                raise ConnectionError("back-end closed the connection")
+            buf += data
+            fds += got
+        return buf, fds
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+class Loopback(FrontendBase):
+    """A front-end wired straight into a sans-IO VhostUserBackend: no socket, no threads. The fds it
+    "sends" are dups (the backend owns what it receives), kicks run the backend synchronously."""
+
+    def __init__(self, backend) -> None:
+        super().__init__()
+        self.backend = backend
+        self._replies: list[Message] = []
+
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        reader = MessageReader()
+        (msg,) = reader.feed(data, [os.dup(fd) for fd in fds])
+        answer = self.backend.handle(msg)
+        self.backend.release_retired()
+        if answer is not None:
+            (rep,) = MessageReader().feed(answer.data, answer.fds)
+            if not rep.flags & FLAG_REPLY:
+                raise FrontendError("reply without the REPLY flag")
+            self._replies.append(rep)
+        for q in self.backend.queues:
+            if q.pending and self.backend.ready(q.index):
+                self._run(q.index)
+
+    def recv(self) -> Message:
+        if not self._replies:
+            raise FrontendError("the back-end sent no reply")
+        return self._replies.pop(0)
+
+    def kicked(self, index: int) -> None:
+        os.eventfd_read(self.queues[index].kick)
+        self._run(index)
+
+    def _run(self, index: int) -> None:
+        if self.backend.process(index) and self.backend.queues[index].call_fd is not None:
+            os.eventfd_write(self.backend.queues[index].call_fd, 1)
 
 
 _REPLYING = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE, Request.GET_QUEUE_NUM,
