@@ -14,6 +14,8 @@ apt_packages=(
     busybox-static cpio kmod                      # the test guest's initramfs
     fio                                           # guest-side I/O verification and bench
     iproute2                                      # tap devices
+    libvirt-dev pkg-config                        # libvirt-python builds against libvirt's headers
+    libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
     python3-venv
 )
 missing=()
