@@ -2,6 +2,122 @@
 
 from __future__ import annotations
 
+import enum
+import re
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+class DeviceKind(str, enum.Enum):
+    blk = "blk"
+    net = "net"
+    console = "console"
+    rng = "rng"
+
+
+class LogLevel(str, enum.Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"acrnmgr devmodel serve: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"acrnmgr devmodel serve: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def serve(
+    device: DeviceKind = typer.Option(..., "--device", help="Device type to serve."),
+    socket_path: Path = typer.Option(..., "--socket", help="vhost-user Unix socket to listen on (created 0600; its "
+                                     "directory is created 0700 if missing and must not be group/world-writable)."),
+    image: Path | None = typer.Option(None, "--image", help="blk: raw disk image file or block device."),
+    read_only: bool = typer.Option(False, "--read-only", help="blk: refuse writes (VIRTIO_BLK_F_RO)."),
+    queues: int = typer.Option(1, "--queues", min=1, max=64, help="blk: number of request queues."),
+    tap: str | None = typer.Option(None, "--tap", help="net: tap interface name (created if missing)."),
+    mac: str | None = typer.Option(None, "--mac", help="net: MAC address offered to the guest."),
+    pty: bool = typer.Option(False, "--pty", help="console: back the console with a new pty (default)."),
+    console_socket: Path | None = typer.Option(None, "--console-socket", help="console: Unix socket to serve the "
+                                               "console on instead of a pty."),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Logging verbosity (stderr)."),
+) -> None:
+    """Serve one virtio device over vhost-user in the foreground until SIGTERM/SIGINT.
+
+    The front-end (QEMU: -chardev socket,path=SOCKET,reconnect=1) may disconnect and reconnect;
+    the device keeps its backing resources across sessions."""
+    import logging
+    import signal
+
+    kind = device.value
+    if kind != "blk" and (image is not None or read_only or queues != 1):
+        raise _usage("--image, --read-only and --queues apply to --device blk only")
+    if kind != "net" and (tap is not None or mac is not None):
+        raise _usage("--tap and --mac apply to --device net only")
+    if kind != "console" and (pty or console_socket is not None):
+        raise _usage("--pty and --console-socket apply to --device console only")
+    if pty and console_socket is not None:
+        raise _usage("--pty and --console-socket are mutually exclusive")
+    if kind == "blk" and image is None:
+        raise _usage("--device blk needs --image")
+    if kind == "net" and tap is None:
+        raise _usage("--device net needs --tap")
+    if mac is not None and not _MAC.match(mac):
+        raise _fail(f"--mac {mac!r} is not a MAC address like 52:54:00:12:34:56")
+
+    logging.basicConfig(level=log_level.value.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    log = logging.getLogger("acrnmgr.devmodel")
+
+    from acrnmgr.devmodel.server import ServerError, VhostUserServer
+
+    try:
+        dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
+                           console_socket=console_socket)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot open the {kind} device: {exc}") from None
+    try:
+        try:
+            server = VhostUserServer(dev, socket_path)
+        except ServerError as exc:
+            raise _fail(str(exc)) from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), server.stop()))
+        pty_path = getattr(dev, "pty_path", None)
+        if pty_path:
+            log.info("console pty: %s", pty_path)
+        server.serve_forever()
+    finally:
+        dev.close()
+
+
+def _make_device(kind: str, *, image, read_only, queues, tap, mac, console_socket):
+    if kind == "blk":
+        from acrnmgr.devmodel.blk import BlkDevice
+
+        if not Path(image).exists():
+            raise ValueError(f"image {image} does not exist")
+        return BlkDevice(str(image), read_only=read_only, num_queues=queues)
+    if kind == "net":
+        from acrnmgr.devmodel.net import NetDevice
+
+        return NetDevice(tap=tap, mac=mac)
+    if kind == "console":
+        from acrnmgr.devmodel.console import ConsoleDevice
+
+        if console_socket is not None:
+            return ConsoleDevice(pty=False, socket_path=str(console_socket))
+        return ConsoleDevice(pty=True)
+    from acrnmgr.devmodel.rng import RngDevice
+
+    return RngDevice()
