@@ -1,0 +1,132 @@
+"""Receive-side plumbing shared by the devices that are fed by a host fd (virtio-net, virtio-console).
+
+The host fd is polled level-triggered by the transport for the device's lifetime, so a readable fd must always be
+drained, even when the guest has posted no receive buffers: otherwise the server loop would spin.  Data that
+arrives without guest buffers goes to a small bounded backlog (a copy; the normal path reads straight into the
+guest's buffers) and is delivered when buffers appear; beyond the bound it is dropped, like a full NIC queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+
+from .virtqueue import VirtQueue
+
+log = logging.getLogger(__name__)
+
+
+def copy_into(views: list, data, offset: int = 0) -> int:
+    """Copy ``data`` into a list of writable views starting at byte ``offset``; returns bytes copied."""
+    data = memoryview(data)
+    done = 0
+    for v in views:
+        n = len(v)
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, len(data) - done)
+        v[offset:offset + take] = data[done:done + take]
+        done += take
+        offset = 0
+        if done == len(data):
+            break
+    return done
+
+
+class RxPump:
+    """Moves data from a non-blocking fd into the device-writable buffers of one receive queue.
+
+    ``packet`` mode keeps message boundaries (one read = one chain, for tap); stream mode (console) may spread
+    a backlog over several chains.  ``fixup(chain, n)`` may patch a delivered chain (virtio-net num_buffers).
+    """
+
+    def __init__(self, name: str, packet: bool, max_backlog: int, read_size: int = 65536, fixup=None):
+        self.name = name
+        self.packet = packet
+        self.max_backlog = max_backlog
+        self.read_size = read_size
+        self.fixup = fixup
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.backlog_bytes = 0
+        self.dropped = 0
+        self.eof = False
+
+    def pump(self, fd: int | None, vq: VirtQueue | None, usable: bool) -> bool:
+        """Deliver backlog then fresh data; with no buffers, drain fd into the backlog. Returns should_notify()."""
+        pushed = False
+        if vq is not None and usable:
+            vq.disable_notification()
+            while True:
+                while self.backlog:
+                    chain = vq.pop()
+                    if chain is None:
+                        break
+                    data = self.backlog[0]
+                    n = copy_into(chain.writable, data)
+                    if self.packet or n == len(data):
+                        self.backlog.popleft()
+                        self.backlog_bytes -= len(data)
+                    else:
+                        self.backlog[0] = data[n:]
+                        self.backlog_bytes -= n
+                    self._push(vq, chain, n)
+                    pushed = True
+                if self.backlog or fd is None or self.eof:
+                    break
+                chain = vq.pop()
+                if chain is None:
+                    if not vq.enable_notification():
+                        break
+                    continue
+                try:
+                    n = os.readv(fd, chain.writable)
+                except (BlockingIOError, InterruptedError):
+                    vq.unpop()
+                    break
+                except OSError as e:  # EIO: pty peer gone; other errors: nothing to read
+                    log.debug("%s: read: %s", self.name, e)
+                    vq.unpop()
+                    break
+                if n == 0:
+                    vq.unpop()
+                    self.eof = True
+                    break
+                self._push(vq, chain, min(n, chain.writable_len))  # a truncated frame reports its full size
+                pushed = True
+            vq.flush_used()
+            vq.enable_notification()
+        if fd is not None and not self.eof:
+            self._drain_to_backlog(fd)
+        return vq.should_notify() if (vq is not None and pushed) else False
+
+    def _push(self, vq: VirtQueue, chain, n: int) -> None:
+        if self.fixup is not None:
+            self.fixup(chain, n)
+        vq.push(chain.head, n)
+
+    def _drain_to_backlog(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, self.read_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("%s: read: %s", self.name, e)
+                return
+            if not data:
+                self.eof = True
+                return
+            if self.backlog_bytes + len(data) > self.max_backlog:
+                if not self.dropped:
+                    log.warning("%s: guest is not receiving; dropping input", self.name)
+                self.dropped += len(data)
+                continue
+            self.backlog.append(data)
+            self.backlog_bytes += len(data)
+
+    def clear(self) -> None:
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        self.eof = False
