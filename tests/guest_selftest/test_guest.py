@@ -1,0 +1,95 @@
+"""The test guest boots, runs a script, sees virtio devices, runs fio, and honours the ACPI power button."""
+
+import hashlib
+import os
+import re
+
+import pytest
+
+from tests.guest import READY_MARKER, Guest, GuestError, cpio, run_guest
+
+pytestmark = pytest.mark.guest
+
+
+def test_script_exit_status_is_reported(guest_image):
+    result = run_guest("echo from-the-guest; exit 7", image=guest_image)
+    assert result.rc == 7
+    assert "from-the-guest" in result.output
+
+
+def test_virtio_modules_are_loaded(guest_image):
+    result = run_guest(
+        "set -e; test -d /sys/bus/virtio; ls /sys/bus/virtio/drivers; grep -q virtio_blk /proc/modules",
+        image=guest_image,
+    )
+    assert result.rc == 0, result.output
+    for driver in ("virtio_blk", "virtio_net", "virtio_console", "virtio_rng"):
+        assert driver in result.output
+
+
+def test_guest_reads_a_virtio_blk_disk(guest_image, tmp_path):
+    image = tmp_path / "disk.img"
+    data = os.urandom(4 << 20)
+    image.write_bytes(data)
+    script = "set -e; test -b /dev/vda; echo SUM=$(sha256sum /dev/vda | cut -d' ' -f1)"
+    extra = ["-drive", f"file={image},format=raw,if=none,id=d0,cache=none,aio=threads",
+             "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]
+    result = run_guest(script, extra, image=guest_image)
+    assert result.rc == 0, result.output
+    assert re.search(r"^SUM=(\w+)", result.output, re.M).group(1) == hashlib.sha256(data).hexdigest()
+
+
+def test_virtio_pci_device_ids_follow_the_mode(guest_image, tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    extra = []
+    for i, mode in enumerate(("disable-legacy=on", "disable-legacy=off,disable-modern=off")):
+        extra += ["-drive", f"file={image},format=raw,if=none,id=d{i},readonly=on",
+                  "-device", f"virtio-blk-pci,drive=d{i},{mode},addr=0x{4 + i:x}"]
+    script = "for d in /sys/bus/pci/devices/*; do echo PCI $(cat $d/vendor) $(cat $d/device); done"
+    result = run_guest(script, extra, image=guest_image)
+    ids = set(re.findall(r"^PCI (0x\w+) (0x\w+)", result.output, re.M))
+    assert ("0x1af4", "0x1042") in ids  # modern virtio-blk
+    assert ("0x1af4", "0x1001") in ids  # transitional virtio-blk
+
+
+def test_fio_runs_with_verification(guest_image, tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(16 << 20))
+    script = (
+        "fio --name=verify --filename=/dev/vda --direct=1 --ioengine=libaio --iodepth=4 --rw=randwrite "
+        "--bs=4k --size=8M --verify=crc32c --do_verify=1 --output-format=terse"
+    )
+    extra = ["-drive", f"file={image},format=raw,if=none,id=d0,cache=none,aio=threads",
+             "-device", "virtio-blk-pci,drive=d0"]
+    result = run_guest(script, extra, image=guest_image)
+    assert result.rc == 0, result.output
+    assert any(b for b in image.read_bytes()[: 8 << 20]), "fio's writes never reached the image"
+
+
+def test_system_powerdown_stops_a_service_guest(guest_image):
+    with Guest("echo working; wait_for_powerdown", image=guest_image) as guest:
+        guest.wait_for(READY_MARKER, timeout=120)
+        guest.qmp.execute("system_powerdown")
+        result = guest.wait(timeout=60)
+    assert result.powered_down, result.output
+    assert result.qemu_rc == 0
+    assert result.rc is None  # the script never finished: the power button ended it
+
+
+def test_timeout_kills_qemu_and_reports_the_console(guest_image):
+    with Guest("echo stuck-here; sleep 1000", image=guest_image, qmp=False) as guest:
+        guest.wait_for("stuck-here")
+        with pytest.raises(GuestError, match="did not power off") as info:
+            guest.wait(timeout=1)
+        assert guest.proc.returncode is not None  # killed and reaped
+    assert "stuck-here" in str(info.value)
+
+
+def test_script_archive_is_a_valid_cpio(tmp_path):
+    import subprocess
+
+    archive = tmp_path / "s.cpio"
+    archive.write_bytes(cpio.script_archive("echo hi\n"))
+    listing = subprocess.run(["cpio", "-itv"], input=archive.read_bytes(), capture_output=True, check=True)
+    assert b"test.sh" in listing.stdout and b"-rwxr-xr-x" in listing.stdout
