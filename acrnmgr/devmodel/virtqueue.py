@@ -132,9 +132,9 @@ class VirtQueue:
 
     # -- configuration --------------------------------------------------------------------------------------
     def _reset_indexes(self) -> None:
-        self.last_avail_idx = 0
+        self._last_avail = 0         # next avail ring index to consume (SET/GET_VRING_BASE)
         self.used_idx = 0            # next used index we will publish (shadow of used->idx)
-        self._shadow_avail = 0       # last avail->idx value read from the ring
+        self._shadow_avail = 0       # avail->idx as last read and validated; == _last_avail means "re-read"
         self._published_used = 0     # used->idx as last written
         self._signalled_used = 0
         self._signalled_valid = False
@@ -217,6 +217,14 @@ class VirtQueue:
         self._reset_indexes()
 
     @property
+    def last_avail_idx(self) -> int:
+        return self._last_avail
+
+    @last_avail_idx.setter
+    def last_avail_idx(self, idx: int) -> None:
+        self._last_avail = self._shadow_avail = idx & 0xFFFF
+
+    @property
     def ready(self) -> bool:
         """Enabled, resolved and not broken: pop() may return chains."""
         return self.enabled and not self.broken and self._desc is not None
@@ -268,8 +276,7 @@ class VirtQueue:
             return False
         if self._resubmit:
             return True
-        self._shadow_avail = self.avail_idx()
-        return self._shadow_avail != self.last_avail_idx
+        return self.avail_idx() != self._last_avail
 
     def pop(self) -> DescriptorChain | None:
         """Take the next available chain, fully validated; None if there is none or the queue is (now) broken."""
@@ -281,16 +288,16 @@ class VirtQueue:
                 if not 0 <= head < self.size:
                     raise QueueBroken(f"resubmitted head {head} >= queue size {self.size}")
                 return self._walk(head)
-            last = self.last_avail_idx
+            last = self._last_avail
             if self._shadow_avail == last:
-                self._shadow_avail = self._u16.unpack_from(self._avail, 2)[0]
-                if self._shadow_avail == last:
+                shadow = self._u16.unpack_from(self._avail, 2)[0]
+                if shadow == last:
                     return None
-                if (self._shadow_avail - last) & 0xFFFF > self.size:
-                    raise QueueBroken(f"avail idx {self._shadow_avail} jumped more than queue size "
-                                      f"{self.size} past {last}")
+                if (shadow - last) & 0xFFFF > self.size:
+                    raise QueueBroken(f"avail idx {shadow} jumped more than queue size {self.size} past {last}")
+                self._shadow_avail = shadow
             head = self._u16.unpack_from(self._avail, 4 + 2 * (last % self.size))[0]
-            self.last_avail_idx = (last + 1) & 0xFFFF
+            self._last_avail = (last + 1) & 0xFFFF
             chain = self._walk(head)
             if self.on_pop is not None:
                 self.on_pop(head)
@@ -304,7 +311,7 @@ class VirtQueue:
 
     def unpop(self) -> None:
         """Give back the last popped chain (e.g. RX with no packet to deliver). Not for resubmitted chains."""
-        self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+        self._last_avail = (self._last_avail - 1) & 0xFFFF
 
     def _walk(self, head: int) -> DescriptorChain:
         size = self.size
@@ -395,7 +402,7 @@ class VirtQueue:
             return False
         self._pending_notify = False
         memory_barrier()  # used idx store must be visible before we read the driver's used_event / flags
-        if self._notify_on_empty and not self._resubmit and self.avail_idx() == self.last_avail_idx:
+        if self._notify_on_empty and not self._resubmit and self.avail_idx() == self._last_avail:
             return True
         if not self._event_idx:
             return not self.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT

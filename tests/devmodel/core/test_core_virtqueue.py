@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from acrnmgr.devmodel import features as F
@@ -159,7 +161,17 @@ def test_loop(ram):
 def test_avail_idx_jump(ram):
     q = GuestQueue(ram, size=8)
     q.ram.write(q.avail + 2, q.u16.pack(9))
+    assert q.vq.has_pending()  # peeking must not skip the validation pop() does
     assert "jumped" in _broken_after(q)
+
+
+def test_setting_base_discards_cached_avail_idx(ram):
+    q = GuestQueue(ram, size=8)
+    q.add([q.buf(b"x")])
+    q.add([q.buf(b"y")])
+    assert q.vq.pop() is not None
+    q.vq.last_avail_idx = 2  # SET_VRING_BASE: the front-end says both were consumed
+    assert q.vq.pop() is None and not q.vq.broken
 
 
 @pytest.mark.parametrize("case", ["nested", "next", "len0", "len_odd", "len_big", "no_feature", "not_head", "oob"])
@@ -363,3 +375,40 @@ def test_reset_forgets_guest_state(ram):
     assert q.vq.broken
     q.vq.reset()
     assert not q.vq.broken and not q.vq.ready and q.vq.last_avail_idx == 0 and q.vq.enabled
+
+
+def test_inflight_region_survives_a_backend_restart(ram):
+    from acrnmgr.devmodel.inflight import InflightArea
+
+    area, fd = InflightArea.create(1, 16)
+    try:
+        q = GuestQueue(ram)
+        region = area.queue(0)
+        assert region.recover(q.vq.used_idx) == []  # fresh region gets initialised
+        q.vq.inflight = region
+        a = q.add([q.buf(b"a")])
+        b = q.add([q.buf(b"b")])
+        ca, cb = q.vq.pop(), q.vq.pop()
+        q.vq.push(ca.head, 0)
+        q.vq.flush_used()
+        assert region.inflight_heads() == [b]
+        # "Crash": a new back-end maps the same region and rebuilds its queue from the ring.
+        vq2 = VirtQueue(q.size)
+        vq2.set_memory(ram.mem)
+        vq2.set_features(q.features)
+        vq2.set_addresses(q.desc, q.avail, q.used)
+        heads = region.recover(vq2.used_idx)
+        assert heads == [b] and vq2.used_idx == 1
+        vq2.last_avail_idx = (vq2.used_idx + len(heads)) & 0xFFFF
+        vq2.inflight = region
+        vq2.resubmit(heads)
+        again = vq2.pop()
+        assert again.head == b and bytes(again.readable[0]) == b"b"
+        assert vq2.pop() is None  # a was completed, b resubmitted: nothing else pending
+        vq2.push(b, 0)
+        vq2.flush_used()
+        assert region.inflight_heads() == []
+        assert a != b
+    finally:
+        area.close()
+        os.close(fd)
