@@ -1,0 +1,251 @@
+"""Read the acrn-dm argv out of a generated launch_user_vm_idN.sh, without running it.
+
+ACRN's generator (launch_cfg_gen.py + launch_script_template.sh) writes
+`dm_params=( ... )` where each entry is either plain words (`-m 1024M`, word-split by bash)
+or a command substitution of one of the template's helper functions:
+
+    `add_cpus 2 3`                         -> --cpu_affinity 2,3
+    `add_virtual_device 3 virtio-blk X`    -> -s 3,virtio-blk,X
+    `add_passthrough_device 5 0000:00:1f.6 enable_ptm` -> -s 5,passthru,0/1f/6,enable_ptm
+    `add_interrupt_storm_monitor 10000 10 1 100`       -> --intr_monitor 10000,10,1,100
+    `add_logger_settings console=4 kmsg=3 disk=5`      -> --logger_setting console,level=4;...
+    `add_rtvm_options` (older generators)  -> --rtvm [--lapic_pt] from rtos_type
+
+Words are tokenised with shlex (bash quoting); the helpers' output is an unquoted substitution,
+so it is split on whitespace exactly as bash would. Variables the script sets at top level
+(`vm_type='RTVM'`) are substituted; anything that needs the host at run time (`$(cat ...)`)
+is reported and the affected option dropped."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from acrnmgr.importers import ImportError_, ImportResult
+
+_ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def find_dm_params(text: str) -> tuple[str, int]:
+    """The body of `dm_params=( ... )` and the line it starts on. Bash quoting and
+    substitutions inside are skipped when looking for the closing parenthesis."""
+    match = re.search(r"^\s*(?:declare\s+-a\s+|local\s+)?dm_params=\(", text, re.M)
+    if not match:
+        raise ImportError_("no `dm_params=( ... )` array in the script (is it an ACRN v3 launch script?)")
+    i = match.end()
+    depth, quote = 1, None
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\" and quote != "'":
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c == "\\":
+            i += 2
+            continue
+        elif c in "'\"`":
+            quote = c
+        elif c == "#" and (i == 0 or text[i - 1] in " \t\n"):
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return text[match.end():i], text.count("\n", 0, match.end()) + 1
+        i += 1
+    raise ImportError_("`dm_params=(` is never closed")
+
+
+def top_level_variables(text: str) -> dict[str, str]:
+    """Plain `name=value` assignments at the start of a line (the generator's VM descriptors)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _ASSIGN_RE.match(line.strip())
+        if not m or m.group(1) == "dm_params" or m.group(2).startswith("("):
+            continue
+        try:
+            words = shlex.split(m.group(2), comments=True)
+        except ValueError:
+            continue
+        if len(words) == 1 and "$" not in m.group(2) and "`" not in m.group(2):
+            out[m.group(1)] = words[0]
+        elif not words:
+            out[m.group(1)] = ""
+    return out
+
+
+def _split_entries(body: str) -> list[tuple[str, str]]:
+    """[(kind, text)]: kind "sub" for a `...` or $(...) substitution, "words" for the rest."""
+    out: list[tuple[str, str]] = []
+    i, start = 0, 0
+    quote = None
+    while i < len(body):
+        c = body[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+            i += 1
+            continue
+        if c == "\\":
+            i += 2
+            continue
+        if c in "'\"":
+            quote = c
+        elif c == "`" or body.startswith("$(", i):
+            if body[start:i].strip():
+                out.append(("words", body[start:i]))
+            if c == "`":
+                end = body.find("`", i + 1)
+                inner, nxt = body[i + 1:end], end + 1
+            else:
+                depth, j = 1, i + 2
+                while j < len(body) and depth:
+                    depth += {"(": 1, ")": -1}.get(body[j], 0)
+                    j += 1
+                inner, nxt = body[i + 2:j - 1], j
+            if nxt <= i:
+                raise ImportError_("unterminated command substitution in dm_params")
+            out.append(("sub", inner))
+            i = start = nxt
+            continue
+        elif c == "#" and (i == 0 or body[i - 1] in " \t\n"):
+            if body[start:i].strip():
+                out.append(("words", body[start:i]))
+            i = body.find("\n", i)
+            if i < 0:
+                return out
+            start = i
+            continue
+        i += 1
+    if body[start:].strip():
+        out.append(("words", body[start:]))
+    return out
+
+
+class _Expander:
+    def __init__(self, variables: dict[str, str], warnings: list[str]):
+        self.variables = variables
+        self.warnings = warnings
+
+    def expand(self, word: str) -> str | None:
+        """Substitute known variables; None when the word depends on something only the host
+        knows when the script runs."""
+        unknown = []
+
+        def sub(m: re.Match) -> str:
+            name = m.group(1) or m.group(3)
+            if name in self.variables and not m.group(2):
+                return self.variables[name]
+            unknown.append(m.group(0))
+            return m.group(0)
+
+        out = _VAR_RE.sub(sub, word)
+        if unknown:
+            self.warnings.append(f"{word!r} depends on {', '.join(unknown)}, known only when the script runs; dropped")
+            return None
+        return out
+
+    def words(self, text: str, expand: bool = True) -> list[str]:
+        try:
+            words = shlex.split(text, comments=True)
+        except ValueError as exc:
+            raise ImportError_(f"cannot tokenise dm_params: {exc}") from None
+        if not expand:
+            return words
+        return [w for w in (self.expand(w) for w in words) if w is not None]
+
+    def helper(self, command: str) -> list[str]:
+        """The words a helper call's output becomes after bash word-splits it."""
+        raw = self.words(command, expand=False)
+        if len(raw) >= 4 and raw[0] == "add_virtual_device" and raw[2] == "virtio-net":
+            raw[3] = self._net_options(raw[3])
+        args = [w for w in (self.expand(w) for w in raw) if w]
+        if not args:
+            return []
+        fn, args = args[0], args[1:]
+        if fn == "add_cpus":
+            return ["--cpu_affinity", ",".join(args)] if args else []
+        if fn == "add_virtual_device":
+            if len(args) < 2:
+                self.warnings.append(f"`{command.strip()}`: add_virtual_device needs a slot and a kind; dropped")
+                return []
+            slot, kind, options = args[0], args[1], " ".join(args[2:])
+            return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
+        if fn == "add_passthrough_device":
+            if len(args) < 2:
+                self.warnings.append(f"`{command.strip()}`: add_passthrough_device needs a slot and a BDF; dropped")
+                return []
+            m = re.fullmatch(r"(?:[0-9a-fA-F]{4}:)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])", args[1])
+            if not m:
+                self.warnings.append(f"`{command.strip()}`: BDF {args[1]!r} is not [dddd:]bb:dd.f; dropped")
+                return []
+            bus, dev, fn_ = (int(g, 16) for g in m.groups())
+            options = " ".join(args[2:])
+            return ("-s " + f"{args[0]},passthru,{bus:x}/{dev:x}/{fn_:x}" + (f",{options}" if options else "")).split()
+        if fn == "add_interrupt_storm_monitor":
+            return ["--intr_monitor", ",".join(args)]
+        if fn == "add_logger_settings":
+            items = [f"{a.rsplit('=', 1)[0]},level={a.rsplit('=', 1)[-1]}" for a in args]
+            return ["--logger_setting", ";".join(items)]
+        if fn == "add_rtvm_options":
+            rtos = self.variables.get("rtos_type", "no")
+            return {"Soft RT": ["--rtvm"], "Hard RT": ["--rtvm", "--lapic_pt"]}.get(rtos, [])
+        self.warnings.append(f"`{command.strip()}`: unknown helper {fn!r} (not one of ACRN's launch script "
+                             "template); its output is unknown, dropped")
+        return []
+
+    def _net_options(self, options: str) -> str:
+        """The generator appends mac_seed=${mac:0:17}-<vm>, where $mac is the host NIC's address
+        read at run time, and puts it after ,vhost (where acrn-dm does not even recognise it)."""
+        kept = []
+        for tok in options.split(","):
+            if tok.startswith("mac_seed=") and ("$" in tok):
+                self.warnings.append(f"virtio-net {tok}: the MAC seed depends on the host's MAC address at run "
+                                     "time; not imported (set `mac` or `macSeed` on the device)")
+                continue
+            kept.append(tok)
+        return ",".join(kept)
+
+
+def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
+    """(acrn-dm argv starting with "acrn-dm", warnings)."""
+    warnings: list[str] = []
+    body, _line = find_dm_params(text)
+    variables = top_level_variables(text)
+    expander = _Expander(variables, warnings)
+    # A `$(cat ...)`-style variable assigned at top level (mac=$(cat ...)) is unknown: leave it out.
+    argv = ["acrn-dm"]
+    for kind, chunk in _split_entries(body):
+        if kind == "sub":
+            argv += expander.helper(chunk)
+        else:
+            argv += expander.words(chunk)
+    if not re.search(r"acrn-dm\s+(\"\$\{dm_params\[@\]\}\"|\$\{dm_params\[@\]\}|\"\$\{dm_params\[\*\]\}\")", text):
+        warnings.append("the script never runs `acrn-dm \"${dm_params[@]}\"`; imported dm_params anyway")
+    return argv, warnings
+
+
+def import_launch_script(text: str, source: str, version: str = "3.x") -> ImportResult:
+    from acrnmgr.compiler.grammar import GrammarError
+    from acrnmgr.importers.dm_argv import spec_from_argv
+
+    argv, warnings = argv_from_launch_script(text)
+    variables = top_level_variables(text)
+    try:
+        imported = spec_from_argv(argv, version)
+    except GrammarError as exc:
+        raise ImportError_(f"{source}: acrn-dm would refuse this argv: {exc}") from None
+    if variables.get("vm_type") == "RTVM" and imported.data["spec"].get("vmType") != "rtvm":
+        imported.warnings.append("vm_type='RTVM' but dm_params has no --rtvm; imported as a standard VM")
+    imported.warnings[:0] = warnings
+    return ImportResult(source, "launch-script", [imported])

@@ -1,0 +1,303 @@
+"""ACRN v3 scenario.xml -> one spec per post-launched VM.
+
+Each <vm> with load_order POST_LAUNCHED_VM is turned into the acrn-dm argv that ACRN's own
+generator (misc/config_tools/launch_config/launch_cfg_gen.py) would put in its
+launch_user_vm_idN.sh, and that argv into a spec (acrnmgr.importers.dm_argv). So a scenario
+and the launch script generated from it import to the same spec.
+
+What needs the board (board.xml, `--board`): pcpu_id -> LAPIC ID, and the PCI class of
+passed-through devices (GPU -> slot 2, PTM on Ethernet, d3hot_reset on a Windows USB
+controller). Without it, pcpu_id is taken as the LAPIC ID and 00:02.0 as the GPU, with a
+warning for each VM.
+
+Things decided on the Service VM when the script runs are reported, not guessed: the
+generator's virtio-net MAC seed (the host NIC's address), and `partition:image` virtio-blk
+disks (mounted by the script)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult
+
+OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
+
+
+def _text(elem, path: str, default: str | None = None) -> str | None:
+    found = elem.find(path)
+    if found is None or found.text is None or not found.text.strip():
+        return default
+    return found.text.strip()
+
+
+def _texts(elem, path: str) -> list[str]:
+    return [e.text.strip() for e in elem.findall(path) if e.text and e.text.strip()]
+
+
+class Board:
+    """The parts of board.xml the generator reads."""
+
+    def __init__(self, root):
+        self.root = root
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Board":
+        try:
+            return cls(ET.parse(path).getroot())
+        except (OSError, ET.ParseError) as exc:
+            raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
+
+    def lapic_id(self, cpu: str) -> int | None:
+        for thread in self.root.iter("thread"):
+            if _text(thread, "cpu_id") == cpu:
+                apic = _text(thread, "apic_id")
+                return int(apic, 16) if apic else None
+        return None
+
+    def pci_class(self, bus: int, dev: int, fn: int) -> str | None:
+        for b in self.root.iter("bus"):
+            if b.get("type") == "pci" and b.get("address") == f"0x{bus:x}":
+                for d in b.findall("device"):
+                    if d.get("address") == f"0x{(dev << 16) | fn:x}":
+                        return _text(d, "class")
+        return None
+
+
+class _Slots:
+    """ACRN's VirtualBDFAllocator: 3..29 in order; explicit vBDFs are taken out of the pool."""
+
+    def __init__(self):
+        self.free = list(range(3, 30))
+
+    def take(self, slot: int | None = None) -> int:
+        if slot is None:
+            return self.free.pop(0)
+        if slot in self.free:
+            self.free.remove(slot)
+        return slot
+
+
+def _vbdf_slot(vbdf: str | None) -> int | None:
+    if not vbdf:
+        return None
+    m = re.match(r"^[0-9a-fA-F]+:([0-9a-fA-F]+)\.[0-7]$", vbdf)
+    return int(m.group(1), 16) if m else None
+
+
+def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[str]:
+    """The acrn-dm argv ACRN's generator writes for one post-launched <vm>."""
+    name = _text(vm, "name") or f"vm{vm.get('id')}"
+    rtvm = _text(vm, "vm_type") == "RTVM"
+    hv = root.find("hv")
+    params: list[str] = []
+    devices: list[list[str]] = []  # -s entries, in the generator's order
+    slots = _Slots()
+
+    def virtual(kind: str, options: str = "", slot: int | None = None) -> None:
+        if "virtio" in kind and rtvm and "--virtio_poll" not in params:
+            params.extend(["--virtio_poll", "1000000"])
+        s = slots.take(slot)
+        devices.append(["-s", f"{s},{kind}" + (f",{options}" if options else "")])
+
+    if _text(vm, "os_type") == "Windows OS":
+        params.append("--windows")
+
+    cpus = sorted(set(_texts(vm, "cpu_affinity/pcpu_id")), key=int)
+    if board is not None:
+        lapic = []
+        for cpu in cpus:
+            lid = board.lapic_id(cpu)
+            if lid is None:
+                warnings.append(f"pcpu_id {cpu} is not a CPU of the board XML; left out")
+            else:
+                lapic.append(lid)
+    else:
+        lapic = [int(c) for c in cpus]
+        if cpus:
+            warnings.append("no board XML (--board): pcpu_id values are taken as LAPIC IDs; on boards whose "
+                            "LAPIC IDs differ from CPU numbers (hyper-threading) check spec.cpu.affinity")
+    if lapic:
+        params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
+    size = _text(vm, "memory/size")
+    if size is None:
+        raise ImportError_(f"VM {name}: no <memory><size>")
+    params += ["-m", f"{size}M"]
+    if hv is not None and _text(hv, ".//SSRAM_ENABLED") == "y" and rtvm:
+        warnings.append("SSRAM_ENABLED: the generator adds a bare --ssram, which acrn-dm v3.x rejects "
+                        "(it needs a buffer layout); set settings.ssram yourself")
+    if _text(vm, "vbootloader") == "y":
+        params += ["--ovmf", OVMF_DEFAULT]
+    if not rtvm:
+        devices.append(["-s", "1:0,lpc"])
+    if _text(vm, "vuart0") == "y":
+        params += ["-l", "com1,stdio"]
+    devices.append(["-s", "0:0,hostbridge"])
+
+    for provider, prefix in (("Device Model", "dm"), ("Hypervisor", "hv")):
+        for region in root.iter("IVSHMEM_REGION"):
+            if _text(region, "PROVIDED_BY") != provider:
+                continue
+            for member in region.iter("IVSHMEM_VM"):
+                if _text(member, "VM_NAME") == name:
+                    virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')}",
+                            _vbdf_slot(_text(member, "VBDF")))
+    if _text(vm, "console_vuart") == "PCI":
+        virtual("uart", "vuart_idx:0")
+    if hv is not None:
+        idx = 0
+        for conn in hv.iter("vuart_connection"):
+            ends = [e for e in conn.findall("endpoint") if _text(e, "vm_name") == name]
+            if not ends:
+                continue
+            idx += 1
+            if _text(conn, "type") == "pci":
+                virtual("uart", f"vuart_idx:{idx}", _vbdf_slot(_text(ends[0], "vbdf")))
+
+    usb = [t.split(" ")[0] for t in _texts(vm, "usb_xhci/usb_dev")]
+    if usb:
+        virtual("xhci", ",".join(usb))
+
+    virtio = vm.find("virtio_devices")
+    if virtio is not None:
+        for inp in virtio.findall("input"):
+            dev, ident = _text(inp, "backend_device_file"), _text(inp, "id")
+            if dev:
+                virtual("virtio-input", f"{dev},id:{ident}" if ident else dev)
+        for con in virtio.findall("console"):
+            mark = "@" if _text(con, "use_type") == "Virtio console" else ""
+            backend = _text(con, "backend_type")
+            if backend == "file":
+                virtual("virtio-console", f"{mark}file:file_port={_text(con, 'output_file_path')}")
+            elif backend == "tty":
+                virtual("virtio-console", f"{mark}tty:tty_port={_text(con, 'tty_device_path')}")
+            elif backend in ("sock server", "sock client"):
+                path = _text(con, "sock_file_path") or ""
+                port = os.path.basename(path).split(".")[0]
+                virtual("virtio-console", f"socket:{port}={path}:{backend.split()[1]}")
+            elif backend in ("pty", "stdio"):
+                virtual("virtio-console", f"{mark}{backend}:{backend}_port")
+            elif backend:
+                warnings.append(f"virtio console backend_type {backend!r} is unknown; skipped")
+        for net in virtio.findall("network"):
+            iface = _text(net, "interface_name")
+            if not iface:
+                warnings.append("virtio network without interface_name; skipped")
+                continue
+            parts = iface.split(",", 1)
+            opts = [f"tap={parts[0]}"] + parts[1:]
+            if _text(net, "virtio_framework") == "Kernel based (Virtual Host)":
+                opts.append("vhost")
+            warnings.append(f"virtio-net {parts[0]}: ACRN's launch script adds mac_seed=<host NIC MAC>-{name}, "
+                            "known only on the Service VM at run time; not imported (set `mac` or `macSeed`)")
+            virtual("virtio-net", ",".join(opts))
+        for block in _texts(virtio, "block"):
+            if ":" in block:
+                partition, image = block.split(":", 1)
+                warnings.append(f"virtio-blk {block}: the launch script mounts {partition} at run time and uses "
+                                f"{image} inside it; not imported (give the image's path on the Service VM)")
+                slots.take()  # the generator still allocates its slot
+                continue
+            virtual("virtio-blk", block)
+        for gpu in virtio.findall("gpu"):
+            kind = _text(gpu, "display_type")
+            if not kind:
+                continue
+            opts = []
+            for disp in gpu.findall("displays/display"):
+                if kind == "Window":
+                    opts.append(f"geometry={_text(disp, 'window_resolutions')}+{_text(disp, 'horizontal_offset')}"
+                                f"+{_text(disp, 'vertical_offset')}")
+                elif kind == "Full screen":
+                    opts.append(f"geometry=fullscreen:{_text(disp, 'monitor_id')}")
+            virtual("virtio-gpu", ",".join(opts))
+        for cid in _texts(virtio, "vsock"):
+            virtual("vhost-vsock", f"cid={cid}")
+
+    bdf_re = re.compile(r"([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])")
+    intr_monitor = False
+    for text in _texts(vm, "pci_devs/pci_dev"):
+        m = bdf_re.match(text)
+        if not m:
+            warnings.append(f"pci_dev {text!r}: no BDF at the start; skipped")
+            continue
+        bus, dev, fn = (int(g, 16) for g in m.groups())
+        opts: list[str] = []
+        if board is not None:
+            cls = board.pci_class(bus, dev, fn) or ""
+            gpu = cls == "0x030000"
+            if cls.startswith("0x0200") and _text(vm, "PTM") == "y":
+                opts.append("enable_ptm")
+            if cls.startswith("0x0c0330") and _text(vm, "os_type") == "Windows OS":
+                opts.append("d3hot_reset")
+        else:
+            gpu = (bus, dev, fn) == (0, 2, 0)
+            warnings.append(f"pci_dev {m.group(0)}: no board XML, so its PCI class is unknown"
+                            + (" (00:02.0 taken as the integrated GPU -> slot 2)" if gpu else "")
+                            + "; enable_ptm/d3hot_reset are not derived")
+        slot = 2 if gpu else slots.take()
+        devices.append(["-s", f"{slot},passthru,{bus:x}/{dev:x}/{fn:x}" + (f",{','.join(opts)}" if opts else "")])
+        if slot != 2 and not intr_monitor:
+            intr_monitor = True
+            params += ["--intr_monitor", "10000,10,1,100"]
+
+    if rtvm:
+        params.append("--rtvm")
+        if _text(vm, "lapic_passthrough") == "y":
+            params.append("--lapic_pt")
+    params += ["--logger_setting", "console,level=4;kmsg,level=3;disk,level=5"]
+    custom = _text(vm, "customized_parameters")
+    extra: list[str] = []
+    if custom:
+        try:
+            extra = shlex.split(custom)
+        except ValueError as exc:
+            warnings.append(f"customized_parameters {custom!r}: {exc}; ignored")
+    argv = ["acrn-dm", *params]
+    for entry in devices:
+        argv += entry
+    return argv + extra + [name]
+
+
+def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
+    from acrnmgr.compiler.grammar import GrammarError
+    from acrnmgr.importers.dm_argv import spec_from_argv
+
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ImportError_(f"{source}: not well-formed XML: {exc}") from None
+    if root.tag != "acrn-config":
+        raise ImportError_(f"{source}: the root element is <{root.tag}>, not <acrn-config>")
+    board_xml = Board.load(board) if board else None
+    result = ImportResult(source, "scenario", [])
+    vms = root.findall("vm")
+    post = [vm for vm in vms if _text(vm, "load_order") == "POST_LAUNCHED_VM"]
+    if not post:
+        old = [vm for vm in vms if (_text(vm, "vm_type") or "").startswith("POST_")]
+        hint = (" (this looks like a v2.x scenario: run ACRN's scenario_config/upgrader.py first)" if old else "")
+        raise ImportError_(f"{source}: no <vm> with <load_order>POST_LAUNCHED_VM</load_order>{hint}")
+    for vm in vms:
+        if vm not in post:
+            result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
+                                   "managed by acrn-dm; skipped")
+    for vm in post:
+        warnings: list[str] = []
+        name = _text(vm, "name") or f"vm{vm.get('id')}"
+        try:
+            argv = scenario_argv(root, vm, board_xml, warnings)
+            if not any(a in argv for a in ("--ovmf", "-k", "--kernel", "-E", "--elf_file")):
+                raise GrammarError("no boot method: vbootloader is not y and customized_parameters give no "
+                                   "-k/-E; add a kernel (-k) to customized_parameters or enable vbootloader")
+            imported = spec_from_argv(argv, os_type="windows" if _text(vm, "os_type") == "Windows OS" else None)
+        except (GrammarError, ImportError_) as exc:
+            result.warnings.append(f"vm {vm.get('id')} ({name}): not imported: {exc}")
+            continue
+        imported.warnings[:0] = warnings
+        result.specs.append(imported)
+    if not result.specs:
+        raise ImportError_(f"{source}: no post-launched VM could be imported:\n  " + "\n  ".join(result.warnings))
+    return result
