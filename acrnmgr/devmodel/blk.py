@@ -80,15 +80,17 @@ def _iov_io(op, fd: int, bufs: list, offset: int, total: int) -> None:
 class BlkDevice(VirtioDevice):
     """virtio-blk backed by a raw image file or block device.
 
-    ``num_queues`` > 1 offers VIRTIO_BLK_F_MQ.  ``serial`` (<= 20 bytes) answers GET_ID.  ``seg_max`` is derived
-    from ``max_queue_size`` (size - 2, like QEMU) so an indirect table never exceeds the queue size.
+    ``num_queues`` > 1 offers VIRTIO_BLK_F_MQ.  ``serial`` (<= 20 bytes) answers GET_ID.  ``seg_max`` bounds the
+    data segments per request; Linux sizes indirect tables as seg_max + 2, and a chain longer than the queue is a
+    ring error, so it must stay <= queue size - 2 for the smallest queue the front-end uses (QEMU's
+    vhost-user-blk-pci defaults to queue-size=128, hence 126).
     """
 
     device_id = F.ID_BLOCK
     name = "virtio-blk"
 
     def __init__(self, image_path: str, read_only: bool = False, num_queues: int = 1, serial: str | bytes | None = None,
-                 max_queue_size: int = 256, blk_size: int = SECTOR, discard: bool = True):
+                 max_queue_size: int = 1024, blk_size: int = SECTOR, discard: bool = True, seg_max: int = 126):
         super().__init__()
         if num_queues < 1 or num_queues > 64:
             raise ValueError("num_queues must be 1..64")
@@ -98,6 +100,7 @@ class BlkDevice(VirtioDevice):
         self.read_only = read_only
         self.num_queues = num_queues
         self.max_queue_size = max_queue_size
+        self.seg_max = max(1, min(seg_max, max_queue_size - 2))
         self.blk_size = blk_size
         self.discard = discard and not read_only
         self.fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
@@ -134,10 +137,6 @@ class BlkDevice(VirtioDevice):
     def _features_changed(self) -> None:
         self._hdr = struct.Struct(self.byteorder + "IIQ")
         self._seg = struct.Struct(self.byteorder + "QII")
-
-    @property
-    def seg_max(self) -> int:
-        return max(1, self.max_queue_size - 2)
 
     def config_space(self) -> bytes:
         o = self.byteorder

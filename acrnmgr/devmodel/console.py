@@ -31,7 +31,7 @@ class ConsoleDevice(VirtioDevice):
     name = "virtio-console"
     num_queues = 2
 
-    def __init__(self, pty: bool = True, socket_path: str | None = None, max_queue_size: int = 256,
+    def __init__(self, pty: bool = True, socket_path: str | None = None, max_queue_size: int = 1024,
                  cols: int = 80, rows: int = 25, max_backlog: int = 64 * 1024):
         super().__init__()
         self.max_queue_size = max_queue_size

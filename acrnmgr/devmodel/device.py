@@ -34,7 +34,7 @@ class VirtioDevice:
     device_id: int = 0
     name: str = "virtio"
     num_queues: int = 1
-    max_queue_size: int = 256
+    max_queue_size: int = 1024  # QEMU VIRTQUEUE_MAX_SIZE; the transport refuses larger rings
 
     def __init__(self) -> None:
         self.status = 0

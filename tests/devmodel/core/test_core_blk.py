@@ -78,7 +78,7 @@ def blk(ram, image):
 
 
 def test_features_and_config(image):
-    dev = BlkDevice(str(image), num_queues=2, max_queue_size=128)
+    dev = BlkDevice(str(image), num_queues=2)
     f = dev.device_features()
     for b in (F.F_VERSION_1, F.F_RING_INDIRECT_DESC, F.F_RING_EVENT_IDX, F.BLK_F_FLUSH, F.BLK_F_SEG_MAX,
               F.BLK_F_BLK_SIZE, F.BLK_F_MQ, F.BLK_F_DISCARD, F.BLK_F_WRITE_ZEROES):
