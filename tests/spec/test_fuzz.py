@@ -152,3 +152,12 @@ def test_examples_round_trip_through_the_fuzz_helpers():
     for data in VALID:
         doc = parse_document(json.dumps(data), "x.json")
         assert [d for d in validate_document(doc, check_paths=False) if d.is_error] == []
+
+
+@FUZZ
+@given(st.one_of(mutated_specs(), st.dictionaries(st.sampled_from(["apiVersion", "kind", "metadata", "spec"]),
+                                                   spec_like_values, max_size=4)))
+def test_fast_schema_path_agrees_with_full_validation(data):
+    from acrnmgr.spec.validation import _valid_fast, validator
+
+    assert _valid_fast(data) == validator().is_valid(data)
