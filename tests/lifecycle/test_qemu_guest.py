@@ -1,0 +1,153 @@
+"""The qemu engine end to end with a real Linux guest (tests/guest), through the real CLI:
+up -> status -> the guest writes its disk -> down (ACPI power button) -> the write is in the image,
+and nothing is left behind. Also: the embedded device model killed mid-run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
+
+pytestmark = pytest.mark.guest
+
+ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
+BOOT_TIMEOUT = 300  # TCG boots of the guest kernel are slow on a loaded 2-core box
+
+
+@pytest.fixture(scope="module")
+def guest():
+    from tests.guest.build import build_guest_image
+    from tests.guest.qemu import pick_accel
+
+    image = build_guest_image()
+    return image, pick_accel(image)
+
+
+class QemuVm:
+    def __init__(self, root: Path, image, accel: str, script: str, backend: str):
+        from tests.guest.build import initrd_with_script
+
+        self.root = root
+        self.name = "e2e" + backend.replace("-", "")[:6]
+        self.disk = root / "disk.img"
+        self.disk.write_bytes(bytes(16 << 20))
+        initrd = initrd_with_script(script, root)
+        self.host = root / "host.yaml"
+        self.host.write_text(f"kvm: {str(accel == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
+        self.spec = root / f"{self.name}.yaml"
+        self.spec.write_text(textwrap.dedent(f"""\
+            apiVersion: acrnmgr/v1
+            kind: VM
+            metadata: {{name: {self.name}}}
+            spec:
+              cpu: {{affinity: [0]}}
+              memory: 512M
+              boot:
+                kernel: {{path: {image.kernel}, initrd: {initrd}, cmdline: "console=ttyS0 panic=-1 quiet"}}
+              console:
+                lpc: [{{port: com1, backend: stdio}}]
+              devices:
+                - {{type: virtio-blk, name: root, path: disk.img, mode: {'legacy' if backend == 'vbs-u' else 'modern'}, backend: {backend}}}
+            """))
+        self.state = root / "state"
+        self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}
+
+    def run(self, *args, check=True):
+        proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, env=self.env, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"acrnmgr {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+                                 f"\n{self.logs()}")
+        return proc
+
+    def logs(self) -> str:
+        return subprocess.run([ACRNMGR, "logs", self.name], capture_output=True, text=True, env=self.env).stdout
+
+    def status(self) -> dict:
+        return json.loads(self.run("status", self.name, "--output", "json").stdout)
+
+    def console_has(self, marker: str) -> bool:
+        log = self.state / self.name / "console.log"
+        return log.exists() and marker in log.read_text(errors="replace")
+
+    def wait_console(self, marker: str) -> None:
+        if not wait_until(lambda: self.console_has(marker), BOOT_TIMEOUT, 0.5):
+            raise AssertionError(f"guest never printed {marker}\n{self.logs()}")
+
+    def leftovers(self, run: dict) -> list[str]:
+        alive = [f"{n} pid {e['identity']['pid']}" for n, e in run["processes"].items()
+                 if ProcessIdentity.from_dict(e["identity"]).alive()]
+        sup = ProcessIdentity.from_dict(run["supervisor"])
+        if sup.alive():
+            alive.append(f"supervisor pid {sup.pid}")
+        sockets = [str(p) for p in (self.state / self.name).iterdir() if p.is_socket()]
+        return alive + sockets
+
+
+WRITE_AND_SERVE = """\
+printf 'acrnmgr-e2e-%s' "$(cat /proc/sys/kernel/random/boot_id)" > /tmp/marker
+dd if=/tmp/marker of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null
+sync
+echo "ACRNMGR-WROTE $(cat /tmp/marker)"
+while :; do sleep 1; done
+"""
+
+
+def _marker(vm: QemuVm) -> str:
+    text = (vm.state / vm.name / "console.log").read_text(errors="replace")
+    return text.split("ACRNMGR-WROTE ", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "vbs-u"])
+def test_up_write_down_graceful(tmp_path, guest, backend):
+    image, accel = guest
+    vm = QemuVm(tmp_path, image, accel, WRITE_AND_SERVE, backend)
+    vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
+    st = vm.status()
+    assert st["state"] == "running" and st["vm_status"] == "running" and st["engine"] == "qemu"
+    if backend == "embedded":
+        assert st["processes"]["devmodel-root"]["alive"]
+    vm.wait_console("ACRNMGR-WROTE")
+    assert vm.status()["state"] == "running"
+
+    down = vm.run("down", vm.name, "--timeout", "120")
+    assert "system_powerdown" in down.stderr and "(graceful)" in down.stderr, down.stderr
+    assert vm.console_has("ACRNMGR-GUEST-POWERDOWN")
+    st = vm.status()
+    assert st["state"] == "stopped" and st["exit_code"] == 0
+
+    marker = _marker(vm).encode()
+    with open(vm.disk, "rb") as fh:
+        fh.seek(4096)
+        assert fh.read(len(marker)) == marker
+    run = json.loads((vm.state / vm.name / "run.json").read_text())
+    assert vm.leftovers(run) == []
+
+
+def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(tmp_path, guest):
+    image, accel = guest
+    vm = QemuVm(tmp_path, image, accel, WRITE_AND_SERVE, "embedded")
+    vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
+    vm.wait_console("ACRNMGR-WROTE")
+    pid = vm.status()["processes"]["devmodel-root"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: vm.status()["state"] == "degraded", 30)
+    st = vm.status()
+    assert st["degraded"] == [{"process": "devmodel-root", "device": "root", "exit_code": 137, "signal": 9}]
+    text = vm.run("status", vm.name).stdout
+    assert "degraded" in text and "device root" in text and "signal 9" in text
+
+    # The guest may hang flushing a disk whose backend is gone: down escalates as needed.
+    vm.run("down", vm.name, "--timeout", "10")
+    marker = _marker(vm).encode()
+    with open(vm.disk, "rb") as fh:
+        fh.seek(4096)
+        assert fh.read(len(marker)) == marker
+    run = json.loads((vm.state / vm.name / "run.json").read_text())
+    assert vm.leftovers(run) == []
