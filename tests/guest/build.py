@@ -10,10 +10,10 @@ neither race nor see a half-built guest.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import lzma
-import gzip
 import os
 import re
 import shutil
@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,16 @@ class GuestBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built guest: kernel, base initramfs (without a test script) and what went into it."""
+    """A built guest: kernel, base initramfs (without a test script) and what went into it.
+
+    `kernel` is the uncompressed vmlinux (ELF with a PVH entry note), which QEMU's -kernel boots directly: no
+    real-mode setup and no in-guest xz decompression, seconds faster under TCG. `bzimage` is Debian's original,
+    for anything that wants a bzImage."""
 
     directory: Path
     kernel: Path
     initrd: Path
+    bzimage: Path
     kernel_version: str
     modules: tuple[str, ...]
     cmdline: str = DEFAULT_CMDLINE
@@ -292,6 +298,25 @@ def _deb_version(deb: Path) -> str:
     return _run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
 
 
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The ELF vmlinux inside an xz- or gzip-compressed bzImage (boot protocol >= 2.08 payload fields)."""
+    if bzimage[0x202:0x206] != b"HdrS":
+        raise GuestBuildError("kernel image is not a bzImage")
+    setup_sects = bzimage[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    payload = bzimage[start : start + length]
+    if payload.startswith(b"\xfd7zXZ\0"):
+        elf = lzma.LZMADecompressor().decompress(payload)  # the trailing size word is ignored as unused data
+    elif payload.startswith(b"\x1f\x8b"):
+        elf = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+    else:
+        raise GuestBuildError(f"unsupported bzImage payload compression (magic {payload[:6]!r})")
+    if elf[:4] != b"\x7fELF":
+        raise GuestBuildError("bzImage payload is not an ELF vmlinux")
+    return elf
+
+
 def _build(dest: Path, pkg: str, version: str, busybox: Path, fio: Path) -> None:
     deb = _download_kernel(pkg, version)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
@@ -304,6 +329,7 @@ def _build(dest: Path, pkg: str, version: str, busybox: Path, fio: Path) -> None
         out = work / "out"
         out.mkdir()
         shutil.copy2(vmlinuz, out / "vmlinuz")
+        (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
         shutil.copy2(work / "pkg" / "boot" / f"config-{kernel_version}", out / "config")
         _progress("writing initramfs")
         modules = _build_initramfs(out / "initrd.cpio", moddir, busybox, fio)
@@ -330,7 +356,8 @@ def build_guest_image() -> GuestImage:
     manifest = json.loads((dest / "manifest.json").read_text())
     return GuestImage(
         directory=dest,
-        kernel=dest / "vmlinuz",
+        kernel=dest / "vmlinux",
+        bzimage=dest / "vmlinuz",
         initrd=dest / "initrd.cpio",
         kernel_version=manifest["kernel_version"],
         modules=tuple(manifest["modules"]),

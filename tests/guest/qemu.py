@@ -302,11 +302,11 @@ class Guest:
 
 
 def run_guest(script: str, extra_args: list[str] = (), timeout: float = 120, memory_mb: int = 512,
-              smp: int = 1, image: GuestImage | None = None) -> GuestResult:
+              smp: int = 1, image: GuestImage | None = None, cmdline_extra: str = "") -> GuestResult:
     """Boot the guest, run `script` (busybox sh) in it, and return its exit status and console once it powers
     off. Raises GuestError (with QEMU's stderr and the console tail) if QEMU fails or the timeout passes; QEMU
     is always reaped."""
-    with Guest(script, extra_args, memory_mb, smp, image, qmp=False) as guest:
+    with Guest(script, extra_args, memory_mb, smp, image, qmp=False, cmdline_extra=cmdline_extra) as guest:
         result = guest.wait(timeout)
     if result.rc is None:
         raise GuestError(f"guest powered off without ACRNMGR-GUEST-EXIT (QEMU rc {result.qemu_rc})\n"
