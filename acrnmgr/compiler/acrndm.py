@@ -162,9 +162,12 @@ def _argv(ctx: _Ctx, spec, plans: list[DevicePlan], rtvm: bool) -> list[str]:
     if settings.get("iasl"):
         _needs_v3(ctx, ("spec", "settings", "iasl"), "--iasl", "3.2")
         argv += ["--iasl", ctx.path(settings["iasl"], ("spec", "settings", "iasl"), "")]
+    # A Windows guest's virtio drivers want the subsystem vendor --windows sets (ACRN's generator
+    # adds it for Windows VMs); `windows: false` turns that off.
+    windows = settings.get("windows", s.get("osType") == "windows")
     for key, flag in (("enableTrusty", "--enable_trusty"), ("windows", "--windows"),
                       ("debugexit", "--debugexit"), ("virtioMsi", "--virtio_msi")):
-        if settings.get(key):
+        if windows if key == "windows" else settings.get(key):
             if key == "virtioMsi":
                 _needs_v3(ctx, ("spec", "settings", key), flag, "3.0")
             argv.append(flag)

@@ -123,6 +123,13 @@ def test_non_gpu_passthrough_adds_intr_monitor(tmp_path, service_vm):
     assert argv.count("--intr_monitor") == 1 and argv[argv.index("--intr_monitor") + 1] == "1,2,3,4"
 
 
+def test_windows_guest_gets_windows_flag_unless_turned_off(tmp_path, service_vm):
+    assert "--windows" in compile_body(tmp_path, "  osType: windows\n" + BASIC, service_vm).argv
+    off = "  osType: windows\n" + BASIC + "  settings: {windows: false}\n"
+    assert "--windows" not in compile_body(tmp_path, off, service_vm).argv
+    assert "--windows" not in compile_body(tmp_path, BASIC, service_vm).argv
+
+
 @pytest.mark.parametrize("memory, expected", [("1G", "1024M"), ("2048M", "2048M"), (768, "768M"), ("131584K", "131584K")])
 def test_memory_always_has_a_unit(tmp_path, service_vm, memory, expected):
     body = BASIC.replace("512M", str(memory))
