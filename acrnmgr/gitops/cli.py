@@ -89,6 +89,36 @@ def import_(
         raise typer.Exit(1)
 
 
+def export(
+    file: Path = typer.Argument(..., metavar="FILE", help="VM spec (YAML or JSON)."),
+    format: ExportFormat = typer.Option(ExportFormat.libvirt, "--format", help="Only libvirt domain XML for now."),
+    flavor: Flavor = typer.Option(Flavor.qemu, "--flavor",
+                                  help="qemu (QEMU/KVM domain; embedded devices as vhost-user) or acrn "
+                                       "(the out-of-tree ACRN driver, acrn:///system)."),
+    host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml",
+                                        help="Host profile to export for (default: detect this machine)."),
+    no_check_paths: bool = typer.Option(False, "--no-check-paths", help="Do not require image paths to exist."),
+) -> None:
+    """Print the spec as libvirt domain XML (warnings about what libvirt cannot express go to stderr)."""
+    from acrnmgr.host import HostProfile, HostProfileError
+    from acrnmgr.libvirt.domain import ExportError, export_domain
+    from acrnmgr.spec.diagnostics import SpecError
+    from acrnmgr.spec.loader import load_spec
+
+    try:
+        profile = HostProfile.from_file(host) if host else HostProfile.detect()
+        spec = load_spec(file, check_paths=not no_check_paths)
+        xml, warnings = export_domain(spec, profile, flavor.value)
+    except SpecError as exc:
+        _fail("invalid spec:\n" + "\n".join(f"  {d}" for d in exc.diagnostics))
+    except (HostProfileError, ExportError) as exc:
+        _fail(str(exc))
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(xml, nl=False)
+
+
 def register(app: typer.Typer) -> None:
     """Attach this concept's commands to the root app."""
     app.command("import")(import_)
+    app.command("export")(export)

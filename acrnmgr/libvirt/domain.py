@@ -1,0 +1,763 @@
+"""Spec <-> libvirt domain XML (built and read with xml.etree; never string concatenation).
+
+Export flavors:
+- qemu: a QEMU/KVM domain. vbs-u devices become QEMU's own devices, vhost -> <driver name='vhost'>,
+  embedded devices -> <disk type='vhostuser'> / <interface type='vhostuser'> on the device model's
+  socket (<state>/<vm>/<device>.vhost.sock), with memfd shared memory backing (vhost-user needs the
+  backend to map guest RAM).
+- acrn: the out-of-tree ACRN driver (acrn:///system): <acrn:config> (rtvm, cpu_affinity) and
+  <acrn:commandline> for the acrn-dm options libvirt has no element for.
+
+The PCI slot the compiler assigns is written as each device's <address>, device names as user
+aliases (`ua-<name>`), and what a domain cannot say (labels, osType, acrn-dm settings, devices
+libvirt has no element for, the image behind a vhost-user disk) goes into
+<metadata><acrnmgr:vm> as JSON, so spec -> XML -> spec is stable.
+
+Import reads the standard elements (memory, vcpus and pinning, kernel/loader, disks, interfaces,
+serials, consoles/channels, rng, vsock, hostdevs, input, video, watchdog, shmem), merges the
+acrnmgr metadata when present, and lists everything it could not map."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult
+
+ACRN_NS = "http://libvirt.org/schemas/domain/acrn/1.0"
+ACRNMGR_NS = "https://acrnmgr.dev/schemas/libvirt/1.0"
+ET.register_namespace("acrn", ACRN_NS)
+ET.register_namespace("acrnmgr", ACRNMGR_NS)
+
+_MODEL = {"modern": "virtio-non-transitional", "transitional": "virtio-transitional"}
+_MODE_OF_MODEL = {v: k for k, v in _MODEL.items()}
+_LPC_INDEX = {"com1": 0, "com2": 1, "com3": 2, "com4": 3}
+# Devices the domain XML below has no element for: carried in the acrnmgr metadata (and, on the
+# acrn flavor, on <acrn:commandline>).
+_METADATA_ONLY = {"ivshmem", "xhci", "virtio-i2c", "virtio-gpio", "uart", "ahci"}
+
+
+class ExportError(ValueError):
+    pass
+
+
+def _sub(parent, tag: str, text: str | None = None, **attrs) -> ET.Element:
+    elem = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items() if v is not None})
+    if text is not None:
+        elem.text = str(text)
+    return elem
+
+
+def _pci(parent, slot: int | None) -> None:
+    if slot is not None:
+        _sub(parent, "address", type="pci", domain="0x0000", bus="0x00", slot=f"0x{slot:02x}", function="0x0")
+
+
+def _alias(parent, name: str | None) -> None:
+    if name:
+        _sub(parent, "alias", name=f"ua-{name}")
+
+
+def socket_path(state_dir: Path, device: dict, slot: int | None) -> str:
+    from acrnmgr.lifecycle.qemu_argv import device_name
+
+    return str(state_dir / f"{device_name(device, slot)}.vhost.sock")
+
+
+def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None = None) -> tuple[str, list[str]]:
+    """(domain XML text, warnings)."""
+    from acrnmgr.compiler.acrndm import compile_spec
+    from acrnmgr.compiler.backends import choose
+    from acrnmgr.compiler.slots import assign_slots
+    from acrnmgr.host import HostProfile
+    from acrnmgr.lifecycle.state import state_root
+    from acrnmgr.spec.units import parse_size
+
+    if flavor not in ("qemu", "acrn"):
+        raise ExportError(f"unknown flavor {flavor!r} (qemu or acrn)")
+    host = host or HostProfile.detect()
+    state_dir = state_dir or (state_root() / spec.name)
+    s = spec.spec
+    warnings: list[str] = []
+    devices = spec.devices
+    slots, problems = assign_slots(devices)
+    if problems:
+        raise ExportError("; ".join(p.message for p in problems))
+    rtvm = s.get("vmType", "standard") == "rtvm"
+    engine = "acrn" if flavor == "acrn" else "qemu"
+
+    if flavor == "acrn":
+        root = ET.Element("domain", {"type": "acrn"})
+    else:
+        root = ET.Element("domain", {"type": "kvm" if host.kvm else "qemu"})
+    _sub(root, "name", spec.name)
+    meta_dev: dict[str, dict] = {}
+    unmapped: list[dict] = []
+    meta = {k: v for k, v in (("labels", spec.data["metadata"].get("labels")), ("osType", s.get("osType")),
+                              ("vmType", s.get("vmType")), ("loadOrder", s.get("loadOrder")),
+                              ("settings", s.get("settings")), ("extraArgs", s.get("extraArgs")),
+                              ("network", s.get("network"))) if v}
+    metadata = _sub(root, "metadata")
+    mem = parse_size(s["memory"])
+    _sub(root, "memory", str(mem >> 10), unit="KiB")
+    affinity = list(s["cpu"]["affinity"])
+    _sub(root, "vcpu", str(len(affinity)), placement="static", cpuset=",".join(map(str, affinity)))
+    cputune = _sub(root, "cputune")
+    for n, cpu in enumerate(affinity):
+        _sub(cputune, "vcpupin", vcpu=n, cpuset=cpu)
+
+    needs_shared_memory = False
+    choices = [choose(d, host, engine) for d in devices]
+    boot = s["boot"]
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", **({} if flavor == "acrn" else {"machine": "pc"}))
+    if "kernel" in boot:
+        k = boot["kernel"]
+        _sub(os_el, "kernel", str(spec.resolve_path(k["path"])))
+        if k.get("initrd"):
+            _sub(os_el, "initrd", str(spec.resolve_path(k["initrd"])))
+        if k.get("cmdline"):
+            _sub(os_el, "cmdline", k["cmdline"])
+    elif "ovmf" in boot:
+        o = boot["ovmf"]
+        code = o.get("image") or o.get("code")
+        _sub(os_el, "loader", str(spec.resolve_path(code)), readonly="yes" if "code" in o else "no", type="pflash")
+        if o.get("vars"):
+            _sub(os_el, "nvram", str(spec.resolve_path(o["vars"])))
+        if o.get("writeback"):
+            meta["ovmfWriteback"] = True
+    else:
+        _sub(os_el, "kernel", str(spec.resolve_path(boot["elf"]["path"])))
+        meta["elf"] = True
+        if flavor == "qemu":
+            warnings.append("boot.elf: exported as a direct kernel boot; QEMU loads multiboot/PVH ELF images only")
+    features = _sub(root, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+
+    devs = _sub(root, "devices")
+    if flavor == "qemu" and host.qemu:
+        _sub(devs, "emulator", host.qemu)
+    for port in s.get("console", {}).get("lpc", []):
+        name = port["port"]
+        if name == "com5":
+            warnings.append("console.lpc com5 (the S5 UART) has no libvirt element; kept in the acrnmgr metadata")
+            meta.setdefault("lpc", []).append(port)
+            continue
+        backend = port.get("backend", "stdio")
+        kind = {"stdio": "stdio", "tty": "dev", "tcp": "tcp"}[backend]
+        serial = _sub(devs, "serial", type=kind)
+        if backend == "tty":
+            _sub(serial, "source", path=port["path"])
+        elif backend == "tcp":
+            _sub(serial, "source", mode="bind", host="0.0.0.0", service=port["tcpPort"])
+            _sub(serial, "protocol", type="raw")
+        _sub(serial, "target", port=_LPC_INDEX[name])
+
+    vs_index = 0
+    for i, d in enumerate(devices):
+        kind, slot, choice = d["type"], slots[i], choices[i]
+        backend = choice.backend
+        extra = {k: d[k] for k in ("backend",) if k in d}
+        model = _MODEL.get(d.get("mode", ""), "virtio")
+        if d.get("mode") == "legacy":
+            extra["mode"] = "legacy"  # libvirt has no legacy-only virtio model
+        name = d.get("name")
+        if kind == "virtio-blk":
+            embedded = backend == "embedded" and flavor == "qemu"
+            if embedded:
+                needs_shared_memory = True
+                disk = _sub(devs, "disk", type="vhostuser", device="disk")
+                _sub(disk, "driver", name="qemu", type="raw")
+                src = _sub(disk, "source", type="unix", path=socket_path(state_dir, d, slot))
+                _sub(src, "reconnect", enabled="yes", timeout=10)
+                # the image is the device model's business: libvirt only sees the socket
+                extra.update({k: v for k, v in d.items() if k not in ("type", "name", "boot", "readOnly", "mode", "slot")})
+                extra["path"] = str(spec.resolve_path(d["path"]))
+            else:
+                disk = _sub(devs, "disk", type="file", device="disk")
+                cache = {"writethru": "writethrough", "writeback": "writeback", "nocache": "none"}[d.get("cache", "writethru")]
+                _sub(disk, "driver", name="qemu", type="raw", cache=cache,
+                           discard="unmap" if d.get("discard") else None,
+                           io="io_uring" if d.get("aio") == "io_uring" else ("threads" if d.get("aio") == "threads" else None),
+                           queues=d.get("mq"))
+                _sub(disk, "source", file=str(spec.resolve_path(d["path"])))
+                for key in ("iothread", "range", "sectorSize"):
+                    if key in d:
+                        extra[key] = d[key]
+                if isinstance(d.get("discard"), dict):
+                    extra["discard"] = d["discard"]
+            _sub(disk, "target", dev=f"vd{chr(ord('a') + sum(1 for x in devices[:i] if x['type'] == 'virtio-blk'))}",
+                 bus="virtio")
+            if d.get("readOnly"):
+                _sub(disk, "readonly")
+            if d.get("boot"):
+                _sub(disk, "boot", order=1)
+            if model != "virtio":
+                disk.set("model", model)
+            _alias(disk, name)
+            _pci(disk, slot)
+        elif kind == "virtio-net":
+            ifname = d.get("tap") or d.get("macvtap")
+            if backend == "embedded" and flavor == "qemu":
+                needs_shared_memory = True
+                iface = _sub(devs, "interface", type="vhostuser")
+                _sub(iface, "source", type="unix", path=socket_path(state_dir, d, slot), mode="client")
+                extra["tap"] = ifname
+            elif flavor == "acrn":
+                iface = _sub(devs, "interface", type="bridge")
+                _sub(iface, "source", bridge=s.get("network", {}).get("bridge", "acrn-br0"))
+                _sub(iface, "target", dev=ifname, managed="no")
+            else:
+                iface = _sub(devs, "interface", type="ethernet")
+                _sub(iface, "target", dev=ifname, managed="no")
+            if d.get("mac"):
+                _sub(iface, "mac", address=d["mac"].lower())
+            else:
+                extra["autoMac"] = True  # libvirt invents one; acrn-dm derives its own (or from macSeed)
+            if d.get("macSeed"):
+                extra["macSeed"] = d["macSeed"]
+            if d.get("macvtap"):
+                extra["macvtap"] = True
+            _sub(iface, "model", type=model)
+            if backend == "vhost" and flavor == "qemu":
+                _sub(iface, "driver", name="vhost")
+            _alias(iface, name)
+            _pci(iface, slot)
+        elif kind == "virtio-console":
+            ctrl = _sub(devs, "controller", type="virtio-serial", index=vs_index)
+            if model != "virtio":
+                ctrl.set("model", model)
+            _alias(ctrl, name)
+            _pci(ctrl, slot)
+            for n, port in enumerate(d["ports"]):
+                tag = "console" if port.get("console") else "channel"
+                if port.get("console"):
+                    extra["consolePort"] = port["name"]  # libvirt drops a <console>'s target name
+                pkind = {"pty": "pty", "socket": "unix", "stdio": "stdio", "tty": "dev", "file": "file"}[port["kind"]]
+                el = _sub(devs, tag, type=pkind)
+                if port["kind"] == "socket":
+                    _sub(el, "source", mode="bind" if port.get("socketMode", "server") == "server" else "connect",
+                         path=port["path"])
+                elif port.get("path"):
+                    _sub(el, "source", path=port["path"])
+                _sub(el, "target", type="virtio", name=port["name"])
+                _sub(el, "address", type="virtio-serial", controller=vs_index, bus=0, port=n + 1)
+            vs_index += 1
+        elif kind == "virtio-rnd":
+            if flavor == "acrn":
+                unmapped.append({"index": i, "_slot": slot, **d})
+                continue
+            rng = _sub(devs, "rng", model=model)
+            _sub(rng, "backend", "/dev/urandom", model="random")
+            _alias(rng, name)
+            _pci(rng, slot)
+        elif kind == "vhost-vsock":
+            vsock = _sub(devs, "vsock", model="virtio")
+            _sub(vsock, "cid", auto="no", address=d["cid"])
+            _alias(vsock, name)
+            _pci(vsock, slot)
+        elif kind == "passthru":
+            hd = _sub(devs, "hostdev", mode="subsystem", type="pci", managed="yes")
+            bus, rest = d["bdf"].replace("/", ":", 1).replace("/", ".", 1).split(":", 1)
+            dev, fn = rest.split(".")
+            src = _sub(hd, "source")
+            _sub(src, "address", domain="0x0000", bus=f"0x{int(bus, 16):02x}", slot=f"0x{int(dev, 16):02x}",
+                 function=f"0x{int(fn)}")
+            if d.get("options", {}).get("romfile"):
+                _sub(hd, "rom", file=d["options"]["romfile"])
+            for key in ("gpu", "options"):
+                if key in d:
+                    extra[key] = d[key]
+            _alias(hd, name)
+            _pci(hd, slot)
+        elif kind == "virtio-input" and flavor == "qemu":
+            inp = _sub(devs, "input", type="evdev")
+            _sub(inp, "source", dev=d["device"])
+            if d.get("serial"):
+                extra["serial"] = d["serial"]
+            _alias(inp, name)
+        elif kind == "virtio-gpu" and flavor == "qemu":
+            video = _sub(devs, "video")
+            _sub(video, "model", type="virtio", heads=max(1, len(d.get("displays", []))))
+            if d.get("displays"):
+                extra["displays"] = d["displays"]
+            _alias(video, name)
+            _pci(video, slot)
+        elif kind == "wdt" and flavor == "qemu":
+            wd = _sub(devs, "watchdog", model="i6300esb", action="reset")
+            _alias(wd, name)
+            _pci(wd, slot)
+        else:
+            kept = {"index": i, "_slot": slot, **d}
+            for key in ("hd", "cd"):  # ahci images: absolute like every other path in the domain
+                if key in d:
+                    kept[key] = str(spec.resolve_path(d[key]))
+            unmapped.append(kept)
+            continue
+        if extra:
+            meta_dev[name or f"#{i}"] = extra
+        if not name and extra:
+            warnings.append(f"devices[{i}] ({kind}) has no name; its acrnmgr-only fields are matched by position")
+
+    for u in unmapped:
+        if flavor == "qemu":
+            warnings.append(f"devices[{u['index']}] ({u['type']}) has no QEMU domain element; kept in the acrnmgr "
+                            "metadata only (libvirt will not create it)")
+    if unmapped:
+        meta["devices"] = unmapped
+    if meta_dev:
+        meta["deviceExtras"] = meta_dev
+
+    if flavor == "acrn":
+        compiled = compile_spec(spec, host, engine="acrn")
+        cfg = _sub(root, f"{{{ACRN_NS}}}config")
+        if rtvm:
+            _sub(cfg, f"{{{ACRN_NS}}}rtvm")
+        _sub(cfg, f"{{{ACRN_NS}}}cpu_affinity", value=",".join(map(str, affinity)))
+        cmdline = _acrn_commandline(compiled.argv, {u["index"] for u in unmapped}, compiled.devices)
+        if cmdline:
+            cl = _sub(root, f"{{{ACRN_NS}}}commandline")
+            for arg in cmdline:
+                _sub(cl, f"{{{ACRN_NS}}}arg", value=arg)
+    elif needs_shared_memory:
+        mb = _sub(root, "memoryBacking")
+        _sub(mb, "source", type="memfd")
+        _sub(mb, "access", mode="shared")
+    if flavor == "qemu" and rtvm:
+        warnings.append("vmType rtvm has no meaning under QEMU (no LAPIC passthrough); kept in the acrnmgr metadata")
+
+    vm_meta = _sub(metadata, f"{{{ACRNMGR_NS}}}vm", hash=spec.hash)
+    vm_meta.text = json.dumps(meta, sort_keys=True)
+    # libvirt keeps <metadata> children in document order; put it right after <name>.
+    root.remove(metadata)
+    root.insert(1, metadata)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n", warnings
+
+
+# acrn-dm options the ACRN libvirt driver derives from the domain itself.
+_DRIVER_OWNED = {"-m", "--cpu_affinity", "--rtvm", "--virtio_poll", "-k", "-r", "-B", "--ovmf", "-E", "-l"}
+
+
+def _acrn_commandline(argv: list[str], unmapped_idx: set[int], plans) -> list[str]:
+    """acrn-dm options and -s slots the ACRN driver does not generate from domain elements."""
+    from acrnmgr.compiler.script import _lines
+
+    keep: list[str] = []
+    unmapped_slots = {f"{p.slot}:0,{p.emulation}" for p in plans if p.index in unmapped_idx and p.slot is not None}
+    for line in _lines(argv[1:-1]):
+        import shlex
+
+        words = shlex.split(line)
+        if words[0] in ("-s", "--pci_slot"):
+            if any(words[1].startswith(u) for u in unmapped_slots):
+                keep += words
+            continue
+        if words[0] in _DRIVER_OWNED:
+            continue
+        keep += words
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# import
+
+
+def _int(text: str | None, default: int | None = None) -> int | None:
+    if text is None:
+        return default
+    try:
+        return int(text, 0)
+    except ValueError:
+        return default
+
+
+def _slot_of(el) -> int | None:
+    addr = el.find("address")
+    if addr is not None and addr.get("type") == "pci":
+        return _int(addr.get("slot"))
+    return None
+
+
+def _alias_name(el) -> str | None:
+    a = el.find("alias")
+    if a is not None and (a.get("name") or "").startswith("ua-"):
+        return a.get("name")[3:]
+    return None
+
+
+def _memory_bytes(el) -> int:
+    units = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+             "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40}
+    unit = (el.get("unit") or "KiB").lower()
+    return int(el.text.strip()) * units.get(unit, 1 << 10)
+
+
+def _cpuset(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part.startswith("^"):
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            out += range(int(a), int(b) + 1)
+        else:
+            out.append(int(part))
+    return out
+
+
+def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
+    from acrnmgr.compiler.slots import assign_slots
+    from acrnmgr.importers.dm_argv import memory_text
+
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ImportError_(f"{source}: not well-formed XML: {exc}") from None
+    if root.tag != "domain":
+        raise ImportError_(f"{source}: the root element is <{root.tag}>, not <domain>")
+    warnings: list[str] = []
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise ImportError_(f"{source}: the domain has no <name>")
+    meta: dict = {}
+    mel = root.find(f"metadata/{{{ACRNMGR_NS}}}vm")
+    if mel is not None and mel.text:
+        try:
+            meta = json.loads(mel.text)
+        except ValueError:
+            warnings.append("the acrnmgr metadata is not valid JSON; ignored")
+    spec: dict = {}
+    for key in ("vmType", "osType", "loadOrder"):
+        if meta.get(key):
+            spec[key] = meta[key]
+    acrn_cfg = root.find(f"{{{ACRN_NS}}}config")
+    if acrn_cfg is not None and acrn_cfg.find(f"{{{ACRN_NS}}}rtvm") is not None:
+        spec["vmType"] = "rtvm"
+
+    # CPUs: acrn:cpu_affinity, else vcpupin, else the vcpu cpuset, else 0..n-1
+    affinity: list[int] = []
+    aff_el = acrn_cfg.find(f"{{{ACRN_NS}}}cpu_affinity") if acrn_cfg is not None else None
+    vcpu = root.find("vcpu")
+    count = _int(vcpu.text.strip() if vcpu is not None and vcpu.text else None, 1)
+    if aff_el is not None and aff_el.get("value"):
+        affinity = _cpuset(aff_el.get("value"))
+    else:
+        pins = sorted(((_int(p.get("vcpu"), 0), _cpuset(p.get("cpuset", ""))) for p in root.findall("cputune/vcpupin")))
+        if pins and all(len(c) == 1 for _, c in pins) and len(pins) == count:
+            affinity = [c[0] for _, c in pins]
+        elif vcpu is not None and vcpu.get("cpuset") and len(_cpuset(vcpu.get("cpuset"))) == count:
+            affinity = _cpuset(vcpu.get("cpuset"))
+        else:
+            affinity = list(range(count))
+            warnings.append(f"no one-to-one vCPU pinning in the domain; cpu.affinity set to {affinity} "
+                            "(acrn-dm needs the exact CPUs: check it)")
+    spec["cpu"] = {"affinity": affinity}
+    mem_el = root.find("memory")
+    if mem_el is None or not (mem_el.text or "").strip():
+        raise ImportError_(f"{source}: the domain has no <memory>")
+    spec["memory"] = memory_text(_memory_bytes(mem_el))
+
+    os_el = root.find("os")
+    boot: dict = {}
+    if os_el is not None and os_el.findtext("kernel"):
+        if meta.get("elf"):
+            boot = {"elf": {"path": os_el.findtext("kernel")}}
+        else:
+            k = {"path": os_el.findtext("kernel")}
+            if os_el.findtext("initrd"):
+                k["initrd"] = os_el.findtext("initrd")
+            if os_el.findtext("cmdline"):
+                k["cmdline"] = os_el.findtext("cmdline")
+            boot = {"kernel": k}
+    elif os_el is not None and os_el.findtext("loader"):
+        loader = os_el.findtext("loader").strip()
+        nvram = (os_el.findtext("nvram") or "").strip()
+        o = {"code": loader, "vars": nvram} if nvram else {"image": loader}
+        if meta.get("ovmfWriteback"):
+            o["writeback"] = True
+        boot = {"ovmf": o}
+    elif os_el is not None and os_el.get("firmware") == "efi":
+        boot = {"ovmf": {"image": "/usr/share/acrn/bios/OVMF.fd"}}
+        warnings.append("<os firmware='efi'>: firmware auto-selection has no acrn-dm form; "
+                        "boot.ovmf set to ACRN's /usr/share/acrn/bios/OVMF.fd")
+    else:
+        raise ImportError_(f"{source}: no <kernel> or <loader> in <os>: acrn-dm needs a kernel, ELF or OVMF to boot")
+    spec["boot"] = boot
+
+    devs = root.find("devices")
+    found: list[tuple[int | None, int, dict]] = []  # (slot, document order, device)
+    extras = meta.get("deviceExtras", {})
+    lpc = []
+    consoles: dict[int, dict] = {}
+    order = 0
+
+    def add(slot, device, el=None):
+        nonlocal order
+        alias = _alias_name(el) if el is not None else None
+        if alias:
+            device["name"] = alias
+        if meta:
+            # Exported by acrnmgr: the backend the spec asked for is in the metadata; the one the
+            # XML shows (vhost-user, vhost) is what the compiler chose on that host.
+            device.pop("backend", None)
+        if alias and alias in extras:
+            device.update(extras[alias])
+        found.append((slot, order, device))
+        order += 1
+
+    for el in list(devs) if devs is not None else []:
+        tag = el.tag
+        if tag in ("emulator", "memballoon"):
+            continue
+        if tag == "serial":
+            port = _int((el.find("target") or ET.Element("t")).get("port"), 0)
+            com = f"com{port + 1}"
+            t = el.get("type")
+            if t == "stdio":
+                lpc.append({"port": com, "backend": "stdio"})
+            elif t == "dev":
+                lpc.append({"port": com, "backend": "tty", "path": el.find("source").get("path")})
+            elif t == "tcp" and el.find("source") is not None:
+                lpc.append({"port": com, "backend": "tcp", "tcpPort": int(el.find("source").get("service"))})
+            elif t == "pty":
+                lpc.append({"port": com, "backend": "tty", "path": "/dev/pts/0"})
+                warnings.append(f"<serial type='pty'> {com}: acrn-dm takes a tty path; set to /dev/pts/0 (adjust it)")
+            else:
+                warnings.append(f"<serial type='{t}'> {com}: no acrn-dm LPC backend for it; skipped")
+            continue
+        if tag == "disk":
+            dev_kind = el.get("device", "disk")
+            bus = (el.find("target") if el.find("target") is not None else ET.Element("t")).get("bus")
+            src = el.find("source")
+            path = src.get("file") or src.get("dev") if src is not None else None
+            if bus == "sata" and path:
+                add(_slot_of(el), {"type": "ahci", ("cd" if dev_kind == "cdrom" else "hd"): path}, el)
+                continue
+            if bus != "virtio":
+                warnings.append(f"<disk bus='{bus}'> {path}: only virtio and sata disks map to acrn-dm; skipped")
+                continue
+            d: dict = {"type": "virtio-blk"}
+            if el.get("type") == "vhostuser":
+                d["backend"] = "embedded"
+            elif path:
+                d["path"] = path
+            drv = el.find("driver")
+            if drv is not None:
+                cache = {"writethrough": "writethru", "writeback": "writeback", "none": "nocache",
+                         "directsync": "nocache"}.get(drv.get("cache", ""))
+                if cache and cache != "writethru":
+                    d["cache"] = cache
+                if drv.get("discard") == "unmap":
+                    d["discard"] = True
+                if drv.get("io") in ("io_uring", "threads"):
+                    d["aio"] = drv.get("io")
+                if drv.get("queues"):
+                    d["mq"] = int(drv.get("queues"))
+                if drv.get("type") not in (None, "raw"):
+                    warnings.append(f"disk {path}: format {drv.get('type')}; acrn-dm reads raw images only")
+            if el.find("readonly") is not None:
+                d["readOnly"] = True
+            if el.find("boot") is not None:
+                d["boot"] = True
+            if el.get("model") in _MODE_OF_MODEL:
+                d["mode"] = _MODE_OF_MODEL[el.get("model")]
+            add(_slot_of(el), d, el)
+            if "path" not in d:
+                warnings.append("vhost-user disk without acrnmgr metadata: the image behind the socket is unknown")
+            continue
+        if tag == "interface":
+            t = el.get("type")
+            d = {"type": "virtio-net"}
+            target = el.find("target")
+            mac = el.find("mac")
+            if mac is not None:
+                d["mac"] = mac.get("address").lower()
+            model = el.find("model")
+            mtype = model.get("type") if model is not None else None
+            if mtype not in ("virtio", *_MODE_OF_MODEL):
+                warnings.append(f"<interface> model {mtype!r}: imported as virtio-net")
+            elif mtype in _MODE_OF_MODEL:
+                d["mode"] = _MODE_OF_MODEL[mtype]
+            drv = el.find("driver")
+            if t == "vhostuser":
+                d["backend"] = "embedded"
+            elif drv is not None and drv.get("name") == "vhost":
+                d["backend"] = "vhost"
+            if target is not None and target.get("dev"):
+                d["tap"] = target.get("dev")
+            elif t in ("bridge", "network", "ethernet"):
+                warnings.append(f"<interface type='{t}'> without <target dev>: tap name set to "
+                                f"tap_{name[:11]}; libvirt would have picked one")
+                d["tap"] = f"tap_{name[:11]}"
+                if t == "bridge" and el.find("source") is not None:
+                    spec.setdefault("network", {})["bridge"] = el.find("source").get("bridge")
+            elif t != "vhostuser":
+                warnings.append(f"<interface type='{t}'>: no acrn-dm equivalent; skipped")
+                continue
+            add(_slot_of(el), d, el)
+            if d.get("macvtap") is True:
+                d["macvtap"] = d.pop("tap")
+            continue
+        if tag == "controller":
+            if el.get("type") == "virtio-serial":
+                d = {"type": "virtio-console", "ports": []}
+                if el.get("model") in _MODE_OF_MODEL:
+                    d["mode"] = _MODE_OF_MODEL[el.get("model")]
+                consoles[_int(el.get("index"), 0)] = d
+                add(_slot_of(el), d, el)
+            elif el.get("type") == "usb" and el.get("model") in ("qemu-xhci", "nec-xhci"):
+                add(_slot_of(el), {"type": "xhci"}, el)
+            elif el.get("type") not in ("pci", "usb", "ide", "sata"):
+                warnings.append(f"<controller type='{el.get('type')}'>: not mapped")
+            continue
+        if tag in ("console", "channel"):
+            target = el.find("target")
+            if target is None or target.get("type") != "virtio":
+                if tag == "console" and target is not None and target.get("type") == "serial":
+                    continue  # the console view of <serial>, already imported
+                warnings.append(f"<{tag}> with target {target.get('type') if target is not None else None}: not mapped")
+                continue
+            addr = el.find("address")
+            ctrl = _int(addr.get("controller"), 0) if addr is not None else 0
+            if ctrl not in consoles:
+                consoles[ctrl] = {"type": "virtio-console", "ports": []}
+                add(None, consoles[ctrl])
+            kind = {"pty": "pty", "unix": "socket", "stdio": "stdio", "dev": "tty", "file": "file"}.get(el.get("type"))
+            if kind is None:
+                warnings.append(f"<{tag} type='{el.get('type')}'>: no acrn-dm console backend; skipped")
+                continue
+            port: dict = {"kind": kind, "name": target.get("name") or f"port{len(consoles[ctrl]['ports'])}"}
+            if tag == "console":
+                port["console"] = True
+            src = el.find("source")
+            if src is not None and src.get("path"):
+                port["path"] = src.get("path")
+            if kind == "socket" and src is not None and src.get("mode") == "connect":
+                port["socketMode"] = "client"  # server is the default
+            pos = _int(addr.get("port"), None) if addr is not None else None
+            port["_pos"] = pos if pos is not None else 1000 + len(consoles[ctrl]["ports"])
+            consoles[ctrl]["ports"].append(port)
+            continue
+        if tag == "rng":
+            d = {"type": "virtio-rnd"}
+            if el.get("model") in _MODE_OF_MODEL:
+                d["mode"] = _MODE_OF_MODEL[el.get("model")]
+            add(_slot_of(el), d, el)
+            continue
+        if tag == "vsock":
+            cid = el.find("cid")
+            if cid is None or cid.get("auto") == "yes" or not cid.get("address"):
+                warnings.append("<vsock> with an automatic CID: acrn-dm needs a fixed cid; set to 3")
+                add(_slot_of(el), {"type": "vhost-vsock", "cid": 3}, el)
+            else:
+                add(_slot_of(el), {"type": "vhost-vsock", "cid": int(cid.get("address"))}, el)
+            continue
+        if tag == "hostdev":
+            if el.get("type") != "pci":
+                warnings.append(f"<hostdev type='{el.get('type')}'>: only PCI passthrough maps to acrn-dm; skipped")
+                continue
+            a = el.find("source/address")
+            d = {"type": "passthru", "bdf": f"{_int(a.get('bus')):02x}:{_int(a.get('slot')):02x}.{_int(a.get('function'))}"}
+            rom = el.find("rom")
+            add(_slot_of(el), d, el)
+            if rom is not None and rom.get("file"):
+                d.setdefault("options", {})["romfile"] = rom.get("file")
+            if _slot_of(el) == 2:
+                d["gpu"] = True
+            continue
+        if tag == "input":
+            if el.get("type") == "evdev" and el.find("source") is not None:
+                add(None, {"type": "virtio-input", "device": el.find("source").get("dev")}, el)
+            elif el.get("type") not in ("mouse", "keyboard"):
+                warnings.append(f"<input type='{el.get('type')}'>: not mapped")
+            continue
+        if tag == "video":
+            model = el.find("model")
+            if model is not None and model.get("type") == "virtio":
+                add(_slot_of(el), {"type": "virtio-gpu"}, el)
+            else:
+                warnings.append(f"<video> model {model.get('type') if model is not None else None}: only virtio "
+                                "maps (to virtio-gpu); skipped")
+            continue
+        if tag == "watchdog":
+            if el.get("model") == "i6300esb":
+                add(_slot_of(el), {"type": "wdt"}, el)
+            else:
+                warnings.append(f"<watchdog model='{el.get('model')}'>: only i6300esb maps; skipped")
+            continue
+        if tag == "shmem":
+            size = el.find("size")
+            mb = _memory_bytes(size) >> 20 if size is not None else 2
+            add(_slot_of(el), {"type": "ivshmem", "region": f"dm:/{el.get('name')}", "size": f"{mb}M"}, el)
+            continue
+        if tag in ("graphics", "audio", "sound"):
+            warnings.append(f"<{tag}>: acrn-dm has no equivalent; skipped")
+            continue
+        warnings.append(f"<{tag}>: not mapped")
+
+    for d in consoles.values():
+        d["ports"].sort(key=lambda p: p["_pos"])
+        name_of_console = d.pop("consolePort", None)
+        for p in d["ports"]:
+            del p["_pos"]
+            if p.get("console") and name_of_console:
+                p["name"] = name_of_console
+    for _, _, d in found:
+        if d.pop("autoMac", False):
+            d.pop("mac", None)
+    for d in meta.get("devices", []):
+        d = dict(d)
+        d.pop("index", None)
+        found.append((d.pop("_slot", None), order, d))
+        order += 1
+    # Device order: by PCI slot where known (the export assigned slots in device order), then as found.
+    found.sort(key=lambda t: (t[0] if t[0] is not None else 1000, t[1]))
+    devices = [d for _, _, d in found]
+    slots = [s for s, _, _ in found]
+    for d, s in zip(devices, slots):
+        if s is not None:
+            d["slot"] = s
+    # Keep only the slots the automatic assignment would not give anyway.
+    for d in devices:
+        if "slot" in d:
+            trial = [x if x is not d else {k: v for k, v in d.items() if k != "slot"} for x in devices]
+            assigned, problems = assign_slots(trial)
+            if not problems and assigned[devices.index(d)] == d["slot"]:
+                del d["slot"]
+    if lpc or meta.get("lpc"):
+        spec["console"] = {"lpc": sorted(lpc + meta.get("lpc", []), key=lambda p: p["port"])}
+    if meta.get("network"):
+        spec["network"] = meta["network"]
+    if devices:
+        spec["devices"] = devices
+    if meta.get("settings"):
+        spec["settings"] = meta["settings"]
+    if meta.get("extraArgs"):
+        spec["extraArgs"] = meta["extraArgs"]
+    cl = root.find(f"{{{ACRN_NS}}}commandline")
+    if cl is not None and not meta:
+        args = [a.get("value") for a in cl.findall(f"{{{ACRN_NS}}}arg")]
+        if args:
+            spec["extraArgs"] = args
+            warnings.append(f"<acrn:commandline> kept verbatim in extraArgs: {' '.join(args)}")
+    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": name}, "spec": spec}
+    if meta.get("labels"):
+        data["metadata"]["labels"] = meta["labels"]
+    known = {"name", "uuid", "metadata", "memory", "currentMemory", "vcpu", "cputune", "os", "features", "clock",
+             "on_poweroff", "on_reboot", "on_crash", "devices", "memoryBacking", "cpu", "pm", "resource", "seclabel",
+             "title", "description", "genid", "sysinfo", "idmap", f"{{{ACRN_NS}}}config", f"{{{ACRN_NS}}}commandline"}
+    for child in root:
+        if child.tag not in known:
+            warnings.append(f"<{child.tag}>: not mapped")
+    return ImportedSpec(name, data, warnings)
+
+
+def import_domain_xml(text: str, source: str) -> ImportResult:
+    return ImportResult(source, "libvirt", [spec_from_domain(text, source)])
