@@ -9,11 +9,13 @@ acrn-dm does (shared/reference/acrn-dm.md section 5):
   SIGTERM            -> ACPI power button: exit 0 (STANDIN_SIGTERM=ignore: a guest that ignores it)
   SIGINT / SIGHUP    -> forced power off, exit 0
   SIGUSR1            -> a simulated crash: prints an error and exits 1
+Virtio-console socket ports are served as an upper-casing echo (a console to attach to).
 With --cmd_monitor it also serves {"command":"destroy"} -> {"ack":0} and powers off.
 Each start appends its pid to $STANDIN_STARTS when set."""
 
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -58,6 +60,15 @@ def main() -> int:
         jserver.listen(4)
         sel.register(jserver, selectors.EVENT_READ, "json")
 
+    for slot in cmd.slots:
+        if slot.emul == "virtio-console":
+            for cpath in re.findall(r"socket:[^=,]+=([^,:]+)", slot.config):
+                paths.append(cpath)
+                cserver = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                cserver.bind(cpath)
+                cserver.listen(4)
+                sel.register(cserver, selectors.EVENT_READ, "console")
+
     if os.environ.get("STANDIN_SIGTERM") == "ignore":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
@@ -69,7 +80,7 @@ def main() -> int:
 
     while True:
         for key, _ in sel.select():
-            if key.data in ("monitor", "json"):
+            if key.data in ("monitor", "json", "console"):
                 conn, _ = key.fileobj.accept()
                 sel.register(conn, selectors.EVENT_READ, (key.data, monitor.Reassembler(), bytearray()))
                 continue
@@ -79,6 +90,9 @@ def main() -> int:
             if not data:
                 sel.unregister(conn)
                 conn.close()
+                continue
+            if kind == "console":
+                conn.sendall(data.upper())
                 continue
             if kind == "json":
                 buf += data

@@ -4,9 +4,11 @@ import json
 import os
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
+
+from tests.lifecycle.conftest import ACRNMGR as ACRNMGR_BIN
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
@@ -225,3 +227,41 @@ def test_missing_bridge_is_a_clear_error(acrn_env):
     spec = acrn_env.spec(extra_devices=nic, settings="  network: {bridge: nosuchbr0}\n")
     proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False)
     assert proc.returncode == 1 and "bridge nosuchbr0 does not exist" in proc.stderr
+
+
+def test_logs_and_console(acrn_env):
+    agent = acrn_env.root / "agent.sock"
+    dev = f"    - {{type: virtio-console, name: hvc, ports: [{{kind: socket, name: agent, path: {agent}}}]}}\n"
+    acrn_env.up(acrn_env.spec(extra_devices=dev), "--wait-ready")
+    logs = acrn_env.run("logs", "vm1").stdout
+    assert "==> acrn-dm.log <==" in logs and "stand-in acrn-dm: vm1 running" in logs
+
+    from tests.lifecycle.conftest import ACRNMGR
+
+    con = subprocess.Popen([ACRNMGR, "console", "vm1"], env=acrn_env.env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    con.stdin.write(b"hello\n")
+    con.stdin.flush()
+    assert con.stdout.read(6) == b"HELLO\n"
+    con.stdin.write(b"\x1d")  # Ctrl-] detaches
+    con.stdin.flush()
+    assert con.wait(timeout=10) == 0
+    assert b"detach with Ctrl-]" in con.stderr.read()
+
+    follow = subprocess.Popen([ACRNMGR, "logs", "-f", "vm1"], env=acrn_env.env, stdout=subprocess.PIPE, text=True)
+    acrn_env.run("down", "vm1")
+    out, _ = follow.communicate(timeout=30)  # -f ends once the VM has stopped
+    assert "ACPI power button: guest shut down" in out
+    assert not agent.exists()
+
+
+def test_systemd_unit(acrn_env, tmp_path):
+    spec = acrn_env.spec()
+    proc = acrn_env.run("systemd", str(spec), "--engine", "acrn", "--dir", str(tmp_path / "units"), "--timeout", "45")
+    unit = Path(proc.stdout.strip())
+    assert unit == tmp_path / "units" / "acrnmgr-vm1.service"
+    text = unit.read_text()
+    assert "Type=oneshot\nRemainAfterExit=yes\n" in text
+    assert f"ExecStart={ACRNMGR_BIN} up --wait-ready --engine acrn {spec}\n" in text
+    assert f"ExecStop={ACRNMGR_BIN} down --timeout 45 vm1\n" in text
+    assert "WantedBy=multi-user.target" in text
