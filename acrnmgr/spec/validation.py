@@ -125,69 +125,16 @@ def _one_of(choices: Iterable[Any]) -> str:
 
 @cache
 def _fast_validators():
-    """For valid documents, a faster exact equivalent of validator(): the schema's device def is
-    a chain of `if type == X then dev-X`, and jsonschema evaluates all 15 `if`s per device
-    (~75% of validation time). Checking each device against its own dev-X def gives the same
-    verdict. Returns None (no fast path) if the device def stops having that shape."""
-    import copy
+    """The compiled validity predicate for schema() (see fastcheck), or None if it cannot be."""
+    from acrnmgr.spec.fastcheck import compile_schema
 
-    from jsonschema import Draft202012Validator
-
-    full = schema()
-    defs = full.get("$defs", {})
-    device = defs.get("device", {})
-    branches = device.get("allOf", [])
-    try:
-        types = {b["if"]["properties"]["type"]["const"]: b["then"]["$ref"] for b in branches}
-        shape_ok = (set(device) == {"type", "properties", "required", "allOf"} and device["type"] == "object"
-                    and device["required"] == ["type"] and set(types) == set(device["properties"]["type"]["enum"])
-                    and all(b["if"] == {"properties": {"type": {"const": t}}, "required": ["type"]}
-                            for t, b in zip(types, branches) if set(b) == {"if", "then"})
-                    and all(set(b) == {"if", "then"} for b in branches)
-                    and full["$defs"]["vmSpec"]["properties"]["devices"]["items"] == {"$ref": "#/$defs/device"})
-    except (KeyError, TypeError, AttributeError):
-        shape_ok = False
-    if not shape_ok:
-        return None
-    shallow = copy.deepcopy(full)
-    shallow["$defs"]["vmSpec"]["properties"]["devices"]["items"] = {}
-    try:
-        # $ref lookups are the next cost: resolve the local ones once, here.
-        top = _inline_refs({k: v for k, v in shallow.items() if k != "$defs"}, shallow["$defs"])
-        per_type = {t: Draft202012Validator(_inline_refs({"$ref": ref}, defs)) for t, ref in types.items()}
-    except RecursionError:
-        return None
-    return Draft202012Validator(top), per_type
-
-
-def _inline_refs(node: Any, defs: dict) -> Any:
-    """Replace local `{"$ref": "#/$defs/X", ...}` by X (siblings kept via allOf)."""
-    if isinstance(node, list):
-        return [_inline_refs(n, defs) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _inline_refs(v, defs) for k, v in node.items() if k != "$ref"}
-    ref = node.get("$ref")
-    if ref is None:
-        return out
-    if not (isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs):
-        raise RecursionError(f"cannot inline {ref!r}")  # not a plain local ref: no fast path
-    target = _inline_refs(defs[ref[8:]], defs)
-    return target if not out else {"allOf": [target, out]}
+    return compile_schema(schema())
 
 
 def _valid_fast(data: Any) -> bool:
     """True only if `data` is valid (False means: run the full, message-producing validation)."""
-    fast = _fast_validators()
-    if fast is None or not isinstance(data, dict):
-        return False
-    shallow, per_type = fast
-    spec = data.get("spec")
-    devices = spec.get("devices", []) if isinstance(spec, dict) else []
-    if not isinstance(devices, list) or not all(isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] in per_type
-                                                   for d in devices):
-        return False
-    return shallow.is_valid(data) and all(per_type[d["type"]].is_valid(d) for d in devices)
+    check = _fast_validators()
+    return check is not None and check(data)
 
 
 def schema_diagnostics(doc: Document) -> list[Diagnostic]:
