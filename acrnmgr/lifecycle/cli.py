@@ -14,6 +14,10 @@ class EngineChoice(str, Enum):
     auto = "auto"
     acrn = "acrn"
     qemu = "qemu"
+    libvirt = "libvirt"  # acrnmgr.libvirt.engine, with --connect URI
+
+
+_CONNECT_HELP = "libvirt connection URI (the libvirt engine), e.g. qemu:///system, acrn:///system, test:///default."
 
 
 class OutputFormat(str, Enum):
@@ -61,12 +65,18 @@ def register(app: typer.Typer) -> None:
         engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="acrn (acrn-dm on an ACRN Service VM), qemu, or auto (acrn when /dev/acrn_hsm exists)."),
         wait_ready: bool = typer.Option(False, "--wait-ready", help="Return once the VM reports running on its control channel."),
         host: Optional[Path] = typer.Option(None, "--host", help="Host profile YAML instead of probing this machine."),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP + " Implies --engine libvirt."),
     ) -> None:
         """Start VMs from their specs (a VM already running with the same spec is left alone)."""
         from acrnmgr.lifecycle import manager
 
         profile = _guard(_host, host)
         for file in files:
+            if connect or engine is EngineChoice.libvirt:
+                from acrnmgr.libvirt import engine as libvirt_engine
+
+                _guard(libvirt_engine.up, str(file), connect or "qemu:///system", profile, _progress)
+                continue
             _guard(manager.up, str(file), engine.value, wait_ready, profile, _progress)
 
     @app.command()
@@ -75,6 +85,7 @@ def register(app: typer.Typer) -> None:
         all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Stop VMs: graceful shutdown, then forced power-off, then SIGKILL (reported as such)."""
         from acrnmgr.lifecycle import manager
@@ -83,6 +94,13 @@ def register(app: typer.Typer) -> None:
         if all_ == bool(names):
             typer.echo("error: give VM names or --all (not both)", err=True)
             raise typer.Exit(2)
+        if connect:
+            from acrnmgr.libvirt import engine as libvirt_engine
+
+            targets = [v["name"] for v in _guard(libvirt_engine.list_vms, connect)] if all_ else names
+            for name in targets:
+                _guard(libvirt_engine.down, name, connect, timeout, force, _progress)
+            return
         for name in all_vms() if all_ else names:
             _guard(manager.down, name, timeout, force, _progress)
 
@@ -90,12 +108,19 @@ def register(app: typer.Typer) -> None:
     def status(
         name: Optional[str] = typer.Argument(None, help="VM name (default: all VMs)."),
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Show whether VMs are running, degraded, stopped or crashed (with exit code and last log lines)."""
         from acrnmgr.lifecycle import manager
         from acrnmgr.lifecycle.state import all_vms
 
-        results = [_guard(manager.status, n) for n in ([name] if name else all_vms())]
+        if connect:
+            from acrnmgr.libvirt import engine as libvirt_engine
+
+            results = ([_guard(libvirt_engine.status, name, connect)] if name
+                       else _guard(libvirt_engine.list_vms, connect))
+        else:
+            results = [_guard(manager.status, n) for n in ([name] if name else all_vms())]
         if output is OutputFormat.json:
             typer.echo(json.dumps(results[0] if name else results, indent=2))
             return
