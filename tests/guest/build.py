@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +339,20 @@ def _build(dest: Path, pkg: str, version: str, busybox: Path, fio: Path) -> None
         os.rename(out, dest)
 
 
+def _prune(root: Path, keep: Path) -> None:
+    """Drop cached guests of other keys unused for an hour (each is ~160 MB) and kernel packages they needed.
+    Use marks a guest by touching its manifest; the hour spares a concurrent run of another checkout."""
+    cutoff = time.time() - 3600
+    for other in root.glob("linux-image-*"):
+        manifest = other / "manifest.json"
+        if other != keep and other.is_dir() and (not manifest.exists() or manifest.stat().st_mtime < cutoff):
+            shutil.rmtree(other, ignore_errors=True)
+    wanted = {json.loads(m.read_text())["version"] for m in root.glob("linux-image-*/manifest.json")}
+    for deb in (root / "debs").glob("*.deb"):
+        if deb.stat().st_mtime < cutoff and _deb_version(deb) not in wanted:
+            deb.unlink(missing_ok=True)
+
+
 def build_guest_image() -> GuestImage:
     """Build the guest, or return the cached one. Raises GuestBuildError with the reason on failure."""
     busybox = _host_tool("busybox")
@@ -352,7 +367,19 @@ def build_guest_image() -> GuestImage:
     with open(root / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "manifest.json").exists():
+            try:
+                _download_kernel(pkg, version)
+            except GuestBuildError as first:
+                # Stale apt lists name a version the mirror no longer has (security updates replace them).
+                _progress(f"{first}; running apt-get update and retrying")
+                _run(["apt-get", "update", "-q"])
+                if resolve_kernel_package() != (pkg, version):
+                    raise GuestBuildError(
+                        f"the kernel package changed to {resolve_kernel_package()} while building; run again"
+                    ) from first
             _build(dest, pkg, version, busybox, fio)
+        os.utime(dest / "manifest.json")
+        _prune(root, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
     return GuestImage(
         directory=dest,
@@ -388,7 +415,3 @@ def initrd_with_script(script: str, directory: Path | None = None, image: GuestI
         raise
     return dest
 
-
-if __name__ == "__main__":
-    img = build_guest_image()
-    print(json.dumps({"kernel": str(img.kernel), "initrd": str(img.initrd), "modules": img.modules}, indent=2))
