@@ -4,11 +4,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.lifecycle.conftest import ACRNMGR as ACRNMGR_BIN
+ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
@@ -165,8 +166,6 @@ def test_stale_pidfile_never_kills_an_unrelated_process(acrn_env):
 def test_concurrent_up_of_one_vm_starts_it_once(acrn_env):
     spec = acrn_env.spec()
     args = ["up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec)]
-    from tests.lifecycle.conftest import ACRNMGR
-
     procs = [subprocess.Popen([ACRNMGR, *args], env=acrn_env.env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], results
@@ -236,8 +235,6 @@ def test_logs_and_console(acrn_env):
     logs = acrn_env.run("logs", "vm1").stdout
     assert "==> acrn-dm.log <==" in logs and "stand-in acrn-dm: vm1 running" in logs
 
-    from tests.lifecycle.conftest import ACRNMGR
-
     con = subprocess.Popen([ACRNMGR, "console", "vm1"], env=acrn_env.env, stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     con.stdin.write(b"hello\n")
@@ -262,6 +259,6 @@ def test_systemd_unit(acrn_env, tmp_path):
     assert unit == tmp_path / "units" / "acrnmgr-vm1.service"
     text = unit.read_text()
     assert "Type=oneshot\nRemainAfterExit=yes\n" in text
-    assert f"ExecStart={ACRNMGR_BIN} up --wait-ready --engine acrn {spec}\n" in text
-    assert f"ExecStop={ACRNMGR_BIN} down --timeout 45 vm1\n" in text
+    assert f"ExecStart={ACRNMGR} up --wait-ready --engine acrn {spec}\n" in text
+    assert f"ExecStop={ACRNMGR} down --timeout 45 vm1\n" in text
     assert "WantedBy=multi-user.target" in text
