@@ -114,6 +114,22 @@ def _finish(doc: Document, host, check_paths: bool) -> Spec:
     return spec_from_document(doc, warnings=diagnostics)
 
 
+def load_specs(path: str | Path, host=None, *, check_paths: bool = True) -> list[Spec]:
+    """Every VM of a file (YAML may hold several `---` separated documents), validated alone and
+    against each other (unique names, CIDs, MACs, taps). Raises SpecError with every problem."""
+    from acrnmgr.spec.validation import validate_files
+
+    docs, diagnostics = validate_files([path], host=host, check_paths=check_paths)
+    if any(d.is_error for d in diagnostics):
+        raise SpecError(diagnostics)
+    return [spec_from_document(doc, warnings=[d for d in diagnostics if d.line and _in(doc, d)]) for doc in docs]
+
+
+def _in(doc: Document, d: Diagnostic) -> bool:
+    lines = [line for line, _ in doc.positions.values.values()]
+    return min(lines) <= d.line <= max(lines)
+
+
 def spec_from_document(doc: Document, warnings=()) -> Spec:
     """Wrap an already validated document."""
     data = doc.data
@@ -131,7 +147,24 @@ def spec_from_document(doc: Document, warnings=()) -> Spec:
 
 
 def read_document(path: str | Path) -> Document:
-    """Read and parse a file (no validation). Raises SpecError for unreadable/malformed input."""
+    """Read and parse a one-document file (no validation). Raises SpecError for
+    unreadable/malformed input."""
+    text, name, base_dir = _read_text(path)
+    doc = parse_document(text, name, base_dir=base_dir)
+    doc.path = Path(path)
+    return doc
+
+
+def read_documents(path: str | Path) -> list[Document]:
+    """Like read_document, but a YAML file may hold several `---` separated VMs."""
+    text, name, base_dir = _read_text(path)
+    docs = parse_documents(text, name, base_dir=base_dir)
+    for doc in docs:
+        doc.path = Path(path)
+    return docs
+
+
+def _read_text(path: str | Path) -> tuple[str, str, Path]:
     p = Path(path)
     name = str(path)
     try:
@@ -145,10 +178,7 @@ def read_document(path: str | Path) -> Document:
         raise SpecError([Diagnostic(name, 0, 0, "$", f"cannot read: {exc.strerror or exc}")]) from None
     if len(raw) > MAX_FILE_BYTES:
         raise SpecError([Diagnostic(name, 0, 0, "$", f"file is larger than {MAX_FILE_BYTES >> 20} MiB; not a VM spec")])
-    text = decode_bytes(raw, name)
-    doc = parse_document(text, name, base_dir=p.resolve().parent)
-    doc.path = p
-    return doc
+    return decode_bytes(raw, name), name, p.resolve().parent
 
 
 def decode_bytes(raw: bytes, filename: str) -> str:
@@ -164,8 +194,18 @@ def decode_bytes(raw: bytes, filename: str) -> str:
 
 
 def parse_document(text: str, filename: str, base_dir: Path | None = None) -> Document:
-    """Parse YAML (or JSON when the file name ends in .json) with positions; the top level must
-    be a mapping. Raises SpecError."""
+    """Parse YAML (or JSON when the file name ends in .json) with positions; the text must hold
+    one document whose top level is a mapping. Raises SpecError."""
+    return _parse(text, filename, base_dir, multi=False)[0]
+
+
+def parse_documents(text: str, filename: str, base_dir: Path | None = None) -> list[Document]:
+    """Like parse_document, for YAML streams of several `---` separated documents (empty
+    documents are skipped). Raises SpecError listing the problems of every document."""
+    return _parse(text, filename, base_dir, multi=True)
+
+
+def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list[Document]:
     if not isinstance(text, str):
         raise SpecError([Diagnostic(filename, 0, 0, "$", f"expected text, got {type(text).__name__}")])
     if text.startswith("\ufeff"):
@@ -178,20 +218,26 @@ def parse_document(text: str, filename: str, base_dir: Path | None = None) -> Do
     if not text.strip() or _only_comments(text):
         raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty", "a spec starts with `apiVersion: acrnmgr/v1`")])
     is_json = filename.lower().endswith(".json") or _looks_like_json(text)
-    parser = _JsonParser if is_json else _YamlParser
     try:
-        data, positions, problems = parser(text, filename).parse()
+        if is_json:
+            results, problems = _JsonParser(text, filename).parse()
+        else:
+            results, problems = _YamlParser(text, filename).parse(multi)
     except RecursionError:
         raise SpecError([Diagnostic(filename, 1, 1, "$", "nesting is too deep")]) from None
+    if multi:
+        results = [(data, positions) for data, positions in results if data is not None] or results[:1]
+    for data, positions in results:
+        if not isinstance(data, dict):
+            line, col = positions.locate(())
+            kind = _kind(data)
+            problems.append(Diagnostic(filename, line, col, "$",
+                                       f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
+                                       "one VM per document; start with `apiVersion: acrnmgr/v1`"
+                                       if kind != "nothing (null)" else None))
     if problems:
-        raise SpecError(problems)
-    if not isinstance(data, dict):
-        line, col = positions.locate(())
-        kind = _kind(data)
-        raise SpecError([Diagnostic(filename, line, col, "$",
-                                    f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
-                                    "one VM per file; start with `apiVersion: acrnmgr/v1`" if kind != "nothing" else None)])
-    return Document(filename, data, positions, base_dir or Path.cwd())
+        raise SpecError(sorted(problems, key=lambda d: (d.line, d.col)))
+    return [Document(filename, data, positions, base_dir or Path.cwd()) for data, positions in results]
 
 
 def _char_at(text: str, line: int, column: int) -> str:
@@ -246,36 +292,42 @@ class _YamlParser:
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         self.problems.append(Diagnostic(self.filename, line, col, format_path(path), message, suggestion))
 
-    def parse(self):
+    def parse(self, multi: bool = False):
+        """[(data, positions)] per document, and the problems found."""
         import yaml
 
+        self.yaml = yaml
+        self.constructor = yaml.constructor.SafeConstructor()
         loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         loader = loader_cls(self.text)
+        results = []
         try:
-            node = loader.get_single_node()
+            if not multi:
+                node = loader.get_single_node()
+                if node is None:
+                    self.problems.append(Diagnostic(self.filename, 1, 1, "$", "file is empty",
+                                                    "a spec starts with `apiVersion: acrnmgr/v1`"))
+                else:
+                    results.append((self._build(node, ()), self.positions))
+            else:
+                while loader.check_node():
+                    self.positions = Positions()
+                    self.active.clear()
+                    node = loader.get_node()
+                    results.append((self._build(node, ()), self.positions))
         except yaml.MarkedYAMLError as exc:
             self._yaml_error(exc)
-            return None, self.positions, self.problems
         except yaml.reader.ReaderError as exc:
             line, col = _offset_to_linecol(self.text, max(0, min(exc.position, len(self.text))))
             char = exc.character if isinstance(exc.character, str) else chr(exc.character)
             self.problems.append(Diagnostic(self.filename, line, col, "$",
                                             f"invalid character U+{ord(char):04X} ({exc.reason})",
                                             "a spec is printable UTF-8 text"))
-            return None, self.positions, self.problems
         except yaml.YAMLError as exc:
             self.problems.append(Diagnostic(self.filename, 1, 1, "$", f"invalid YAML: {exc}"))
-            return None, self.positions, self.problems
         finally:
             loader.dispose()
-        if node is None:
-            self.problems.append(Diagnostic(self.filename, 1, 1, "$", "file is empty",
-                                            "a spec starts with `apiVersion: acrnmgr/v1`"))
-            return None, self.positions, self.problems
-        self.constructor = yaml.constructor.SafeConstructor()
-        self.yaml = yaml
-        data = self._build(node, ())
-        return data, self.positions, self.problems
+        return results, self.problems
 
     def _yaml_error(self, exc) -> None:
         mark = exc.problem_mark or exc.context_mark
@@ -413,7 +465,7 @@ class _JsonParser:
             json.loads(self.text)
         except json.JSONDecodeError as exc:
             self.problems.append(Diagnostic(self.filename, exc.lineno, exc.colno, "$", f"invalid JSON: {exc.msg}"))
-            return None, self.positions, self.problems
+            return [], self.problems
         except ValueError:
             # int() digit limit: locate the offending number ourselves
             pass
@@ -421,7 +473,7 @@ class _JsonParser:
 
         self._scanstring = scanstring
         value, _ = self._value(_WS.match(self.text, 0).end(), ())
-        return value, self.positions, self.problems
+        return [(value, self.positions)], self.problems
 
     def _value(self, i: int, path):
         s = self.text

@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any, Iterable
 
 from acrnmgr.spec.diagnostics import Diagnostic
-from acrnmgr.spec.loader import Document, read_document
+from acrnmgr.spec.loader import Document, read_documents
 
 
 @cache
@@ -39,8 +39,8 @@ def validate_document(doc: Document, host=None, check_paths: bool = True) -> lis
 
 
 def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
-    """Validate several files together: each on its own, then the cross-file checks (VM names,
-    vsock CIDs, MACs, taps must be unique on one host). Returns (documents, diagnostics); a file
+    """Validate several files (each may hold several `---` separated VMs) together: each VM on
+    its own, then the cross-VM checks (names, vsock CIDs, MACs, taps unique on one host). Returns (documents, diagnostics); a file
     that could not be parsed contributes its diagnostics and no document."""
     from acrnmgr.spec import checks
     from acrnmgr.spec.diagnostics import SpecError
@@ -49,13 +49,13 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
     diagnostics: list[Diagnostic] = []
     for path in paths:
         try:
-            doc = read_document(path)
+            found = read_documents(path)
         except SpecError as exc:
             diagnostics.extend(exc.diagnostics)
             continue
-        found = validate_document(doc, host=host, check_paths=check_paths)
-        diagnostics.extend(found)
-        docs.append(doc)
+        for doc in found:
+            diagnostics.extend(validate_document(doc, host=host, check_paths=check_paths))
+            docs.append(doc)
     if len(docs) > 1:
         diagnostics.extend(checks.cross_file_checks(docs))
     return docs, diagnostics

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from acrnmgr.host import HostProfile
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
-from acrnmgr.spec.loader import load_spec, load_spec_text, parse_document
+from acrnmgr.spec.loader import load_spec, load_spec_text, parse_document, parse_documents
 from acrnmgr.spec.validation import schema, validate_document
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -56,6 +56,11 @@ spec_like_values = st.recursive(
 def test_random_text(text):
     _load(text, "f.yaml")
     _load(text, "f.json")
+    try:
+        for doc in parse_documents(text, "multi.yaml"):
+            validate_document(doc, host=HOST)
+    except SpecError as exc:
+        assert exc.diagnostics
 
 
 @FUZZ
@@ -146,6 +151,10 @@ def test_mutated_text(data, cut, insert):
     text = yaml.safe_dump(data, sort_keys=False)
     cut = min(cut, len(text))
     _load(text[:cut] + insert + text[cut:], "t.yaml")
+    try:
+        parse_documents(text[:cut] + "\n---\n" + insert + text[cut:], "m.yaml")
+    except SpecError as exc:
+        assert exc.diagnostics
 
 
 def test_examples_round_trip_through_the_fuzz_helpers():
