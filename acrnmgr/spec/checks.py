@@ -367,10 +367,6 @@ def _check_passthru(ctx: _Ctx, spec: dict) -> None:
                                            f"({ctx.where(bdfs[key] + ('bdf',))})", "remove one of them")
             else:
                 bdfs[key] = path
-        opts = dev.get("options") or {}
-        if "romfile" in opts and dev.get("gpu") is not True:
-            ctx.warn(path + ("options", "romfile"), "`romfile` (a VBIOS) is only used for GPU passthrough",
-                     "set `gpu: true` if this is the GPU")
 
 
 def _check_ivshmem(ctx: _Ctx, spec: dict) -> None:
@@ -436,10 +432,7 @@ def _check_extra_args(ctx: _Ctx, spec: dict) -> None:
 def _check_rtvm(ctx: _Ctx, spec: dict) -> None:
     if spec.get("vmType") != "rtvm":
         return
-    lpc = (spec.get("console") or {}).get("lpc")
-    if lpc:
-        ctx.warn(("spec", "console", "lpc"), "ACRN gives an RTVM no LPC bridge, so its COM ports are not emulated the usual way",
-                 "use a `uart` device (vUART) or a virtio-console port for an RTVM's console")
+    # (An RTVM's LPC ports are a plan warning from the compiler, which owns slot 1.)
     for path, dev in _devices(spec):
         if dev.get("type") in VIRTIO_TYPES and dev.get("backend") == "embedded":
             ctx.error(path + ("backend",), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "

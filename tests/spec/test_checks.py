@@ -447,7 +447,7 @@ def test_impossible_backends(dtype, extra, backend, words):
     assert (d.line, d.col) == pos(text, f"backend: {backend}", backend)
 
 
-def test_rtvm_embedded_backend_and_lpc_warning():
+def test_rtvm_embedded_backend():
     text = spec_text("""
         vmType: rtvm
         console:
@@ -460,8 +460,7 @@ def test_rtvm_embedded_backend_and_lpc_warning():
     diags = diagnostics(text)
     d = only(diags, "spec.devices[0].backend")
     assert "no vhost-user frontend" in d.message
-    w = only(diags, "spec.console.lpc")
-    assert w.severity == "warning"
+    assert (d.line, d.col) == pos(text, "backend: embedded", "embedded")
 
 
 def test_affinity_outside_host_profile():
