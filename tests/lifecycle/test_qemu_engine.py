@@ -46,6 +46,14 @@ def test_powerdown_ignored_then_quit(tmp_path):
         return proc
 
     vars_before = (OVMF / "OVMF_VARS.fd").read_bytes()
+    try:
+        _check(run, spec, host, tmp_path)
+    finally:
+        subprocess.run([ACRNMGR, "down", "--all", "--force"], env=env, capture_output=True)
+    assert (OVMF / "OVMF_VARS.fd").read_bytes() == vars_before
+
+
+def _check(run, spec, host, tmp_path):
     run("up", "--engine", "qemu", "--host", str(host), "--wait-ready", str(spec))
     st = json.loads(run("status", "fw1", "--output", "json").stdout)
     assert (st["state"], st["vm_status"]) == ("running", "running")
@@ -57,4 +65,3 @@ def test_powerdown_ignored_then_quit(tmp_path):
     assert "system_powerdown" in down.stderr and "sent quit over QMP" in down.stderr and "(forced)" in down.stderr
     assert json.loads(run("status", "fw1", "--output", "json").stdout)["state"] == "stopped"
     assert [p.name for p in state.iterdir() if p.is_socket() or p.name.endswith(".run")] == []
-    assert (OVMF / "OVMF_VARS.fd").read_bytes() == vars_before

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +89,20 @@ class QemuVm:
         return alive + sockets
 
 
+@pytest.fixture
+def make_vm(tmp_path, guest):
+    """Build a QemuVm; whatever happens in the test, its VM is stopped afterwards."""
+    made = []
+
+    def make(script: str, backend: str) -> QemuVm:
+        made.append(QemuVm(tmp_path, *guest, script, backend))
+        return made[-1]
+
+    yield make
+    for vm in made:
+        subprocess.run([ACRNMGR, "down", "--all", "--force", "--timeout", "1"], env=vm.env, capture_output=True)
+
+
 WRITE_AND_SERVE = """\
 printf 'acrnmgr-e2e-%s' "$(cat /proc/sys/kernel/random/boot_id)" > /tmp/marker
 dd if=/tmp/marker of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null
@@ -105,9 +118,8 @@ def _marker(vm: QemuVm) -> str:
 
 
 @pytest.mark.parametrize("backend", ["embedded", "vbs-u"])
-def test_up_write_down_graceful(tmp_path, guest, backend):
-    image, accel = guest
-    vm = QemuVm(tmp_path, image, accel, WRITE_AND_SERVE, backend)
+def test_up_write_down_graceful(make_vm, backend):
+    vm = make_vm(WRITE_AND_SERVE, backend)
     vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
     st = vm.status()
     assert st["state"] == "running" and st["vm_status"] == "running" and st["engine"] == "qemu"
@@ -130,9 +142,8 @@ def test_up_write_down_graceful(tmp_path, guest, backend):
     assert vm.leftovers(run) == []
 
 
-def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(tmp_path, guest):
-    image, accel = guest
-    vm = QemuVm(tmp_path, image, accel, WRITE_AND_SERVE, "embedded")
+def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(make_vm):
+    vm = make_vm(WRITE_AND_SERVE, "embedded")
     vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
     vm.wait_console("ACRNMGR-WROTE")
     pid = vm.status()["processes"]["devmodel-root"]["pid"]
