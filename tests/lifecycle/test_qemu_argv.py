@@ -2,7 +2,6 @@
 
 import json
 import textwrap
-from pathlib import Path
 
 from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle.qemu_argv import compile_qemu, esc
