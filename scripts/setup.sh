@@ -13,6 +13,7 @@ apt_packages=(
     qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
     busybox-static cpio kmod                      # the test guest's initramfs
     fio                                           # guest-side I/O verification and bench
+    ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
     iproute2                                      # tap devices
     libvirt-dev pkg-config                        # libvirt-python builds against libvirt's headers
     libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
