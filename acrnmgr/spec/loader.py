@@ -240,6 +240,14 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
     return [Document(filename, data, positions, base_dir or Path.cwd()) for data, positions in results]
 
 
+def _integral(value):
+    """5.0 -> 5. JSON Schema counts 5.0 as an integer, so without this `slot: 5.0` would pass
+    validation and reach acrn-dm's argv as "5.0"."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _char_at(text: str, line: int, column: int) -> str:
     lines = text.split("\n", line + 1)
     return lines[line][column:column + 1] if line < len(lines) else ""
@@ -431,7 +439,7 @@ class _YamlParser:
         if isinstance(value, (bool, int, float)) or value is None:
             if record and not node.style and node.value:
                 self.positions.raw[path] = node.value
-            return value
+            return _integral(value)
         if isinstance(value, str):
             return value
         # dates, timestamps, binary, sets...: keep the source text; the schema decides.
@@ -501,7 +509,7 @@ class _JsonParser:
         m = _NUMBER.match(s, i)
         token = m.group(0)
         if "." in token or "e" in token or "E" in token:
-            return float(token), m.end()
+            return _integral(float(token)), m.end()
         try:
             return int(token), m.end()
         except ValueError:

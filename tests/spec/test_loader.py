@@ -127,3 +127,10 @@ def test_parse_size():
         with pytest.raises(ValueError):
             parse_size(bad)
     assert format_size(3 << 20) == "3M" and format_size(1 << 30) == "1G" and format_size(1536) == "1536"
+
+
+def test_integral_floats_become_ints():
+    doc = parse_document('{"a": 5.0, "b": 2.5, "c": 1e3}', "t.json")
+    assert doc.data == {"a": 5, "b": 2.5, "c": 1000} and type(doc.data["a"]) is int
+    doc = parse_document("a: 5.0\nb: .inf\n", "t.yaml")
+    assert type(doc.data["a"]) is int and doc.data["b"] == float("inf")

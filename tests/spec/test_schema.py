@@ -54,8 +54,8 @@ def test_enum_suggestion():
 def test_wrong_type_with_yaml_quote_hint():
     text = devices_text("- type: passthru\n  bdf: 00:02.0")
     d = only(diagnostics(text), "spec.devices[0].bdf")
-    assert d.message == "expected a string, got a number"
-    assert d.suggestion == 'YAML reads `00:02.0` as a number; quote it: "00:02.0"'
+    assert d.message == "expected a string, got an integer"
+    assert d.suggestion == 'YAML reads `00:02.0` as an integer; quote it: "00:02.0"'
     text = HEAD.replace("name: t1", "name: no")
     d = only(diagnostics(text), "metadata.name")
     assert d.message == "expected a string, got a boolean (false)"
