@@ -229,9 +229,14 @@ class Guest:
         self.qmp: QMP | None = None
         self._qmp_wanted = qmp
         self.proc: subprocess.Popen | None = None
+        self._final: tuple[str, str] | None = None  # console and stderr, kept when the temp dir goes
 
     def __enter__(self) -> Guest:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -251,6 +256,8 @@ class Guest:
 
     @property
     def output(self) -> str:
+        if self._final is not None:
+            return self._final[0]
         try:
             return self.console_path.read_text(errors="replace").replace("\r\n", "\n")
         except FileNotFoundError:
@@ -258,6 +265,8 @@ class Guest:
 
     @property
     def stderr(self) -> str:
+        if self._final is not None:
+            return self._final[1]
         try:
             return self.stderr_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -298,6 +307,8 @@ class Guest:
             self.proc.kill()
         if self.proc:
             self.proc.wait()
+        if self._final is None:
+            self._final = (self.output, self.stderr)
         self._tmp.cleanup()
 
 
@@ -308,7 +319,7 @@ def run_guest(script: str, extra_args: list[str] = (), timeout: float = 120, mem
     is always reaped."""
     with Guest(script, extra_args, memory_mb, smp, image, qmp=False, cmdline_extra=cmdline_extra) as guest:
         result = guest.wait(timeout)
-    if result.rc is None:
-        raise GuestError(f"guest powered off without ACRNMGR-GUEST-EXIT (QEMU rc {result.qemu_rc})\n"
-                         f"--- qemu stderr:\n{result.qemu_stderr.strip()}\n--- guest console:\n{result.output}")
+        if result.rc is None:
+            what = "the guest powered off" if result.qemu_rc == 0 else f"QEMU exited with status {result.qemu_rc}"
+            raise GuestError(guest._failure(f"{what} before the test script finished (no ACRNMGR-GUEST-EXIT)"))
     return result

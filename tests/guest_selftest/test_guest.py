@@ -104,6 +104,12 @@ def test_timeout_kills_qemu_and_reports_the_console(guest_image):
     assert "stuck-here" in str(info.value)
 
 
+def test_qemu_failure_is_reported_with_its_stderr(guest_image):
+    with pytest.raises(GuestError, match="QEMU exited with status 1") as info:
+        run_guest("true", ["-device", "no-such-device"], image=guest_image)
+    assert "no-such-device" in str(info.value)
+
+
 def test_script_archive_is_a_valid_cpio(tmp_path):
     import subprocess
 
