@@ -118,7 +118,107 @@ def export(
     typer.echo(xml, nl=False)
 
 
+class EngineChoice(str, enum.Enum):
+    auto = "auto"
+    acrn = "acrn"
+    qemu = "qemu"
+
+
+def _desired(directory: Path, host):
+    from acrnmgr.gitops.desired import load_desired
+
+    desired = load_desired(directory, host)
+    if desired.errors:
+        for d in desired.errors:
+            typer.echo(str(d), err=True)
+        _fail(f"{len(desired.errors)} problem(s) in {directory}; nothing was changed")
+    return desired
+
+
+def _profile(host: Optional[Path]):
+    from acrnmgr.host import HostProfile, HostProfileError
+
+    try:
+        return HostProfile.from_file(host) if host else HostProfile.detect()
+    except HostProfileError as exc:
+        _fail(str(exc))
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def apply(
+    directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs (recursive; multi-document "
+                                     "YAML; kustomization.yaml overlays)."),
+    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="Engine for VMs to create."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and the argv differences; change nothing."),
+    allow_restart: bool = typer.Option(False, "--allow-restart", help="Restart VMs whose spec changed."),
+    prune: bool = typer.Option(False, "--prune", help="Stop running VMs that no spec names any more."),
+    wait: bool = typer.Option(False, "--wait", help="Block until every started VM runs (or has failed)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Graceful shutdown timeout for update/prune."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (a table) or json."),
+    host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
+) -> None:
+    """Make the running VMs match the specs in DIR. Exit 0 when everything is done (or in sync),
+    1 when a VM failed or the specs are invalid."""
+    from acrnmgr.gitops.apply import apply_lock, execute, format_table, make_plan
+
+    profile = _profile(host)
+    desired = _desired(directory, profile)
+    with apply_lock(_progress):
+        changes = make_plan(desired, engine.value, profile, with_diff=dry_run, allow_restart=allow_restart,
+                            prune=prune)
+        if not dry_run:
+            execute(changes, desired, engine.value, profile, wait, timeout, _progress)
+    failed = [c.name for c in changes if c.result == "failed"]
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"dryRun": dry_run, "changes": [c.to_dict() for c in changes], "failed": failed},
+                              indent=2))
+    else:
+        typer.echo(format_table(changes))
+        if dry_run:
+            for c in changes:
+                for line in c.diff:
+                    typer.echo(line)
+        done = sum(c.result == "done" for c in changes)
+        skipped = [c.name for c in changes if c.result == "skipped"]
+        summary = f"{done} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
+        if skipped:
+            summary += f", {len(skipped)} skipped ({', '.join(skipped)})"
+        typer.echo(("dry run: " if dry_run else "") + summary, err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+def diff(
+    directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 3 when the live state differs from DIR."),
+    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="Engine VMs would be created on."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (unified diffs) or json."),
+    host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
+) -> None:
+    """Show, per VM, the unified diff between the running argv and the argv DIR asks for."""
+    from acrnmgr.gitops.apply import make_plan
+
+    profile = _profile(host)
+    desired = _desired(directory, profile)
+    changes = make_plan(desired, engine.value, profile, with_diff=True, allow_restart=True, prune=True)
+    drift = [c for c in changes if c.action != "unchanged"]
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"inSync": not drift, "changes": [c.to_dict() for c in changes]}, indent=2))
+    else:
+        for c in drift:
+            typer.echo(f"# {c.name}: {c.action} ({c.reason})")
+            for line in c.diff:
+                typer.echo(line)
+        if not drift:
+            typer.echo("in sync", err=True)
+    raise typer.Exit(3 if drift and exit_code else 0)
+
+
 def register(app: typer.Typer) -> None:
     """Attach this concept's commands to the root app."""
     app.command("import")(import_)
     app.command("export")(export)
+    app.command("apply")(apply)
+    app.command("diff")(diff)
