@@ -15,8 +15,9 @@ class OutputFormat(str, enum.Enum):
 
 
 def validate(
-    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON). Several files are "
-                                      "also checked against each other: VM names, vsock CIDs, MACs and taps must be unique."),
+    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON; a YAML file may hold several "
+                                      "`---` separated VMs). All VMs are also checked against each other: names, vsock "
+                                      "CIDs, MACs, taps and RTVM CPUs must not clash."),
     host: Optional[str] = typer.Option(None, "--host", metavar="HOST.yaml",
                                        help="Host profile to check against (CPU LAPIC IDs); default: no host checks."),
     no_check_paths: bool = typer.Option(False, "--no-check-paths",
