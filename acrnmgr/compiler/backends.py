@@ -20,6 +20,8 @@ MODERN_ONLY = {"virtio-input", "virtio-gpu", "virtio-i2c", "vhost-vsock"}
 VIRTIO = LEGACY_ONLY | MODERN_ONLY
 # What the embedded device model serves (acrnmgr.devmodel: blk, net, console, rng).
 EMBEDDED_CAPABLE = {"virtio-blk", "virtio-net", "virtio-console", "virtio-rnd"}
+# QEMU 7.2 has vhost-user frontends for blk, net and rng, but none for a console.
+QEMU_VHOST_USER = {"virtio-blk", "virtio-net", "virtio-rnd"}
 
 NO_VHOST_USER = "acrn-dm has no vhost-user frontend, so the embedded device model cannot attach to an acrn-dm VM"
 
@@ -118,10 +120,16 @@ def _acrn_virtio(device: dict, kind: str, wanted: str, mode: str | None, host: H
 
 
 def _qemu_virtio(device: dict, kind: str, wanted: str, mode: str | None, host: HostProfile) -> Choice:
+    if kind == "virtio-console" and wanted == "auto":
+        return Choice("vbs-u", "QEMU has no vhost-user console frontend: QEMU's own virtio-serial")
     if wanted == "embedded" or (wanted == "auto" and kind in EMBEDDED_CAPABLE and kind != "virtio-net"):
         if kind not in EMBEDDED_CAPABLE:
             return Choice(None, "", f"the embedded device model does not serve {kind}",
                           "remove `backend` (or set it to auto)")
+        if kind not in QEMU_VHOST_USER:
+            return Choice(None, "", f"QEMU has no vhost-user frontend for {kind}, so backend: embedded "
+                          "cannot serve it on the qemu engine",
+                          "remove `backend` (QEMU's own device is used)")
         return Choice("embedded", "served by the embedded device model over vhost-user"
                       + (" (backend: embedded asked for)" if wanted == "embedded" else " (qemu engine default)"))
     if kind in ("virtio-net", "vhost-vsock") and wanted in ("auto", "vhost"):

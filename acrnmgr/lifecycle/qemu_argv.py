@@ -98,14 +98,6 @@ def compile_qemu(spec, host, state_dir: Path) -> QemuPlan:
             continue
         choice = choose(device, host, engine="qemu")
         backend, reason = choice.backend, choice.reason
-        if backend == "embedded" and device["type"] == "virtio-console":
-            # QEMU 7.2 has no vhost-user console frontend; its own virtio-serial does the same job.
-            if device.get("backend", "auto") == "auto":
-                backend, reason = "vbs-u", "QEMU has no vhost-user console frontend: QEMU's own virtio-serial"
-            else:
-                backend, choice = None, type(choice)(None, "", "QEMU has no vhost-user console frontend, so "
-                                                     "backend: embedded cannot serve virtio-console",
-                                                     "remove `backend` (QEMU's own virtio-serial is used)")
         where = f"spec.devices[{index}] ({device_name(device, slot)})"
         if backend is None:
             plan.errors.append(f"{where}: {choice.error}" + (f" ({choice.suggestion})" if choice.suggestion else ""))
