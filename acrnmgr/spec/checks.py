@@ -89,12 +89,6 @@ def _devices(spec: dict) -> list[tuple[tuple, dict]]:
     return [(("spec", "devices", i), d) for i, d in enumerate(devs) if isinstance(d, dict)]
 
 
-def _label(dev: dict, path) -> str:
-    """How messages name a device: `rootfs` (virtio-blk) or spec.devices[0] (virtio-blk)."""
-    name = dev.get("name")
-    return f"`{name}` ({dev.get('type')})" if isinstance(name, str) else f"{format_path(path)} ({dev.get('type')})"
-
-
 def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bool = True) -> list[Diagnostic]:
     data = doc.data
     spec = data.get("spec") if isinstance(data, dict) else None
