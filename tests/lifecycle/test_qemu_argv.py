@@ -86,7 +86,7 @@ def test_devices_qemu_cannot_provide_are_plan_errors(tmp_path):
         - {type: wdt}
         """), HOST, tmp_path)
     text = "\n".join(plan.errors)
-    assert "no vhost-user console frontend" in text
+    assert "QEMU has no vhost-user frontend for virtio-console" in text
     assert "hv:/shm0 is a hypervisor (hv:/) region" in text
     assert "0000:7f:1f.7 does not exist" in text
     assert "wdt" in text and len(plan.errors) == 4
