@@ -46,8 +46,6 @@ def serve(
     image: Path | None = typer.Option(None, "--image", help="blk: raw disk image file or block device."),
     read_only: bool = typer.Option(False, "--read-only", help="blk: refuse writes (VIRTIO_BLK_F_RO)."),
     queues: int = typer.Option(1, "--queues", min=1, max=64, help="blk: number of request queues."),
-    queue_size: int = typer.Option(128, "--queue-size", min=2, max=32768, help="blk: largest ring the front-end may "
-                                   "set (QEMU's queue-size, default 128); seg_max is derived from it."),
     tap: str | None = typer.Option(None, "--tap", help="net: tap interface name (created if missing)."),
     mac: str | None = typer.Option(None, "--mac", help="net: MAC address offered to the guest."),
     pty: bool = typer.Option(False, "--pty", help="console: back the console with a new pty (default)."),
@@ -63,10 +61,8 @@ def serve(
     import signal
 
     kind = device.value
-    if kind != "blk" and (image is not None or read_only or queues != 1 or queue_size != 128):
-        raise _usage("--image, --read-only, --queues and --queue-size apply to --device blk only")
-    if queue_size & (queue_size - 1):
-        raise _usage(f"--queue-size {queue_size} is not a power of two")
+    if kind != "blk" and (image is not None or read_only or queues != 1):
+        raise _usage("--image, --read-only and --queues apply to --device blk only")
     if kind != "net" and (tap is not None or mac is not None):
         raise _usage("--tap and --mac apply to --device net only")
     if kind != "console" and (pty or console_socket is not None):
@@ -86,7 +82,7 @@ def serve(
     from acrnmgr.devmodel.server import ServerError, VhostUserServer
 
     try:
-        dev = _make_device(kind, image=image, read_only=read_only, queues=queues, queue_size=queue_size, tap=tap, mac=mac,
+        dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
                            console_socket=console_socket)
     except (OSError, ValueError) as exc:
         raise _fail(f"cannot open the {kind} device: {exc}") from None
@@ -105,15 +101,13 @@ def serve(
         dev.close()
 
 
-def _make_device(kind: str, *, image, read_only, queues, queue_size, tap, mac, console_socket):
+def _make_device(kind: str, *, image, read_only, queues, tap, mac, console_socket):
     if kind == "blk":
         from acrnmgr.devmodel.blk import BlkDevice
 
         if not Path(image).exists():
             raise ValueError(f"image {image} does not exist")
-        # The guest sizes its requests from seg_max (= max_queue_size - 2) before it knows the ring size,
-        # so this must not exceed the ring QEMU sets up or a long request would not fit the ring.
-        return BlkDevice(str(image), read_only=read_only, num_queues=queues, max_queue_size=queue_size)
+        return BlkDevice(str(image), read_only=read_only, num_queues=queues)
     if kind == "net":
         from acrnmgr.devmodel.net import NetDevice
 

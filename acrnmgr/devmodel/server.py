@@ -264,6 +264,6 @@ class VhostUserServer:
         """A device fd (tap, pty...) is readable: the device moves the data and names the rings to signal."""
         if self.backend is None:
             return
-        for qidx in callback() or ():
+        for qidx in callback(self.backend) or ():
             self._signal(qidx)
         self._sync_device_sources()
