@@ -24,12 +24,16 @@ def test_cached_build_is_reused(guest_image):
 
 
 def test_initrd_with_script_is_the_base_plus_a_script_archive(guest_image, tmp_path):
-    path = initrd_with_script("echo hi\n", tmp_path, image=guest_image)
-    base = guest_image.initrd.read_bytes()
-    data = path.read_bytes()
-    assert data[: len(base)] == base
-    assert data[len(base) :] == script_archive("echo hi\n")
-    assert initrd_with_script("echo hi\n", tmp_path, image=guest_image) == path  # content-addressed
+    base = guest_image.initrd_base.read_bytes()
+    fio = guest_image.fio_layer.read_bytes()
+    assert guest_image.initrd.read_bytes() == base + fio
+    plain = initrd_with_script("echo hi\n", tmp_path, image=guest_image)
+    assert plain.read_bytes() == base + script_archive("echo hi\n")
+    assert initrd_with_script("echo hi\n", tmp_path, image=guest_image) == plain  # content-addressed
+    with_fio = initrd_with_script("fio --version\n", tmp_path, image=guest_image)  # mentions fio: included
+    assert with_fio.read_bytes() == base + fio + script_archive("fio --version\n")
+    forced = initrd_with_script("echo hi\n", tmp_path, image=guest_image, fio=True)
+    assert forced != plain and forced.stat().st_size == len(base) + len(fio) + len(script_archive("echo hi\n"))
 
 
 def test_modules_come_after_their_dependencies(guest_image):

@@ -17,6 +17,11 @@ def test_script_exit_status_is_reported(guest_image):
     assert "from-the-guest" in result.output
 
 
+def test_fio_is_only_there_when_asked_for(guest_image):
+    assert run_guest("test -x /usr/bin/fio", image=guest_image, fio=False).rc == 1
+    assert run_guest("test -x /usr/bin/fio", image=guest_image, fio=True).rc == 0
+
+
 def test_virtio_modules_are_loaded(guest_image):
     result = run_guest(
         "set -e; test -d /sys/bus/virtio; ls /sys/bus/virtio/drivers; grep -q virtio_blk /proc/modules",
