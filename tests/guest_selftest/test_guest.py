@@ -22,11 +22,11 @@ def test_fio_is_only_there_when_asked_for(guest_image):
     assert run_guest("test -x /usr/bin/fio", image=guest_image, fio=True).rc == 0
 
 
-def test_virtio_modules_are_loaded(guest_image):
-    result = run_guest(
-        "set -e; test -d /sys/bus/virtio; ls /sys/bus/virtio/drivers; grep -q virtio_blk /proc/modules",
-        image=guest_image,
-    )
+def test_virtio_modules_are_loaded_and_device_nodes_exist(guest_image):
+    # The script checks the nodes at once: /init waits for devtmpfs before running it.
+    script = "set -e; test -d /sys/bus/virtio; ls /sys/bus/virtio/drivers; test -c /dev/vport0p1; test -c /dev/hwrng"
+    extra = ["-device", "virtio-serial-pci", "-device", "virtserialport,name=port0", "-device", "virtio-rng-pci"]
+    result = run_guest(script, extra, image=guest_image)
     assert result.rc == 0, result.output
     assert "ACRNMGR-GUEST-WARN" not in result.output  # every insmod succeeded, the power button was found
     for driver in ("virtio_blk", "virtio_net", "virtio_console", "virtio_rng"):
