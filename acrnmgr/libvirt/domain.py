@@ -4,7 +4,10 @@ Export flavors:
 - qemu: a QEMU/KVM domain. vbs-u devices become QEMU's own devices, vhost -> <driver name='vhost'>,
   embedded devices -> <disk type='vhostuser'> / <interface type='vhostuser'> on the device model's
   socket (<state>/<vm>/<device>.vhost.sock), with memfd shared memory backing (vhost-user needs the
-  backend to map guest RAM).
+  backend to map guest RAM). QEMU runs as root without relabelling (<seclabel model='dac'> +0:+0),
+  like acrn-dm and the qemu engine do: the images are the user's root-owned files, which libvirt
+  must neither chown nor expect its qemu user to reach, and the device model's sockets live in
+  root-only (0700) folders.
 - acrn: the out-of-tree ACRN driver (acrn:///system): <acrn:config> (rtvm, cpu_affinity) and
   <acrn:commandline> for the acrn-dm options libvirt has no element for.
 
@@ -324,10 +327,13 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
             cl = _sub(root, f"{{{ACRN_NS}}}commandline")
             for arg in cmdline:
                 _sub(cl, f"{{{ACRN_NS}}}arg", value=arg)
-    elif needs_shared_memory:
-        mb = _sub(root, "memoryBacking")
-        _sub(mb, "source", type="memfd")
-        _sub(mb, "access", mode="shared")
+    else:
+        if needs_shared_memory:
+            mb = _sub(root, "memoryBacking")
+            _sub(mb, "source", type="memfd")
+            _sub(mb, "access", mode="shared")
+        seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
+        _sub(seclabel, "label", "+0:+0")
     if flavor == "qemu" and rtvm:
         warnings.append("vmType rtvm has no meaning under QEMU (no LAPIC passthrough); kept in the acrnmgr metadata")
 

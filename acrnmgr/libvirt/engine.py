@@ -34,6 +34,9 @@ def connect(uri: str):
                 return conn
         except libvirt.libvirtError:
             pass
+    # libvirt's default handler prints every error to stderr, also the ones we expect (a lookup of a
+    # domain that does not exist yet); they still raise libvirtError, which is reported once.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
@@ -64,6 +67,16 @@ def domain_hash(dom) -> str | None:
 
 def flavor_for(uri: str) -> str:
     return "acrn" if uri.startswith("acrn") else "qemu"
+
+
+def _with_uuid(xml: str, uuid: str) -> str:
+    root = ET.fromstring(xml)
+    el = root.find("uuid")
+    if el is None:
+        el = ET.Element("uuid")
+        root.insert(1, el)
+    el.text = uuid
+    return ET.tostring(root, encoding="unicode")
 
 
 def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=None) -> dict:
@@ -98,6 +111,8 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
             return {"name": spec.name, "action": "unchanged", "engine": "libvirt"}
         raise LifecycleError(f"{spec.name} is running with a different spec; run `acrnmgr down {spec.name} "
                              f"--engine libvirt --connect {uri}` first")
+    if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
+        xml = _with_uuid(xml, dom.UUIDString())
     try:
         dom = conn.defineXML(xml)
         progress(f"defined {spec.name} on {uri}; starting it")

@@ -171,3 +171,13 @@ def test_cli_export_of_a_bad_spec_is_exit_1(tmp_path):
     bad.write_text("apiVersion: acrnmgr/v1\nkind: VM\nmetadata: {name: x}\nspec: {memory: 1G}\n")
     res = runner.invoke(app, ["export", str(bad)])
     assert res.exit_code == 1 and "invalid spec" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_qemu_runs_as_root_without_relabelling():
+    # like the acrn and qemu engines: the images are root's files; libvirt must not chown them
+    root = ET.fromstring(export_domain(load_spec(ROOT / "examples/linux-vm.yaml"), HOST, "qemu")[0])
+    seclabel = root.find("seclabel")
+    assert (seclabel.get("type"), seclabel.get("model"), seclabel.get("relabel")) == ("static", "dac", "no")
+    assert seclabel.find("label").text == "+0:+0"
+    assert ET.fromstring(export_domain(load_spec(ROOT / "examples/linux-vm.yaml"), HOST, "acrn")[0]).find(
+        "seclabel") is None

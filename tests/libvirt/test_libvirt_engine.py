@@ -78,3 +78,13 @@ def test_unknown_domain_and_bad_uri_are_clear_errors():
     assert res.exit_code == 1 and "no domain named nope" in res.stderr
     res = runner.invoke(app, ["status", "x", "--connect", "bogus:///nothing"])
     assert res.exit_code == 1 and "cannot connect to libvirt" in res.stderr
+
+
+def test_up_again_after_down_redefines_the_same_domain(conn):
+    # The domain stays defined after down; defining it again must keep its UUID or libvirt refuses it.
+    spec = str(ROOT / "examples/linux-vm.yaml")
+    engine.up(spec, URI)
+    uuid = conn.lookupByName("linux-demo").UUIDString()
+    engine.down("linux-demo", URI, force=True)
+    assert engine.up(spec, URI)["action"] == "started"
+    assert conn.lookupByName("linux-demo").UUIDString() == uuid

@@ -1,0 +1,108 @@
+"""The libvirt engine on qemu:///system with the real test guest (tests/guest), through the real CLI:
+up defines and starts the domain, status says running, the guest writes a marker to its virtio-blk
+disk (QEMU's own, backend vbs-u) and reports READY on its serial console (stdio, which libvirt's
+virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses the ACPI power button and the
+guest powers itself off. Afterwards the marker is in the image, the domain is defined but shut off
+(the engine's down keeps the definition) and no QEMU of it is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.guest
+ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
+TIMEOUT = 120.0  # generous: under TCG the guest boots in ~20 s
+
+
+def _qemu_pids(name: str) -> list[int]:
+    """PIDs of processes whose argv names the domain (libvirt starts QEMU with -name guest=<name>,...)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.startswith(f"guest={name},".encode()) for a in argv):
+                pids.append(int(entry))
+    return pids
+
+
+def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path):
+    import libvirt
+
+    from tests.guest import POWERDOWN_MARKER, READY_MARKER, initrd_with_script, pick_accel
+
+    uri = system_libvirt
+    name = f"lvsys-{uuid.uuid4().hex[:8]}"  # acrn-dm VM names: at most 15 characters
+    marker = f"LIBVIRT-SYSTEM-MARKER-{name}"
+    console = Path(f"/var/log/libvirt/qemu/{name}.log")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(8 << 20))
+    initrd = initrd_with_script(f"settle_devices\necho {marker} > /dev/vda\nwait_for_powerdown\n", tmp_path)
+    host = tmp_path / "host.yaml"
+    host.write_text(f"kvm: {str(pick_accel(guest_image) == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
+    spec = tmp_path / "vm.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        apiVersion: acrnmgr/v1
+        kind: VM
+        metadata: {{name: {name}}}
+        spec:
+          cpu: {{affinity: [0]}}
+          memory: 256M
+          boot:
+            kernel: {{path: {guest_image.kernel}, initrd: {initrd}, cmdline: "{guest_image.cmdline}"}}
+          console:
+            lpc: [{{port: com1, backend: stdio}}]
+          devices:
+            - {{type: virtio-blk, name: root, path: disk.img, backend: vbs-u}}
+        """))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, timeout=TIMEOUT + 30)
+        assert proc.returncode == 0, f"acrnmgr {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def console_text() -> str:
+        return console.read_text(errors="replace") if console.exists() else ""
+
+    conn = libvirt.open(uri)
+    try:
+        up = run("up", str(spec), "--engine", "libvirt", "--connect", uri, "--host", str(host))
+        assert f"defined {name} on {uri}" in up.stderr
+        st = json.loads(run("status", name, "--connect", uri, "--output", "json").stdout)
+        assert st["state"] == "running" and st["engine"] == "libvirt"
+        assert len(_qemu_pids(name)) == 1
+
+        deadline = time.monotonic() + TIMEOUT
+        while READY_MARKER not in console_text():
+            assert conn.lookupByName(name).isActive(), f"the guest stopped before READY:\n{console_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {READY_MARKER} within {TIMEOUT:g} s:\n{console_text()[-3000:]}"
+            time.sleep(0.2)
+
+        down = run("down", name, "--connect", uri, "--timeout", str(int(TIMEOUT)))
+        assert f"{name} stopped (graceful)" in down.stderr, down.stderr
+        assert POWERDOWN_MARKER in console_text()  # the guest saw the power button and powered off
+        assert disk.read_bytes().startswith(marker.encode() + b"\n")
+        st = json.loads(run("status", name, "--connect", uri, "--output", "json").stdout)
+        assert st["state"] == "stopped" and st["id"] is None  # down keeps the definition, shut off
+        assert _qemu_pids(name) == []
+    finally:
+        try:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+        conn.close()
+        console.unlink(missing_ok=True)
