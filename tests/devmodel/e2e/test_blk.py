@@ -85,11 +85,13 @@ echo "BACKMD5=$(dd if=/dev/vda bs=1M skip={WRITE_AT_MB} count=1 iflag=direct 2>/
     assert after[(WRITE_AT_MB + 1) * MiB:] == before[(WRITE_AT_MB + 1) * MiB:]
 
 
-def test_fio_verify_job(backend, disk, guest_image):
-    b = backend("blk", "--image", str(disk))
+def test_fio_verify_job_on_two_queues(backend, disk, guest_image):
+    b = backend("blk", "--image", str(disk), "--queues", "2")
     script = """
+echo "MQ=$(ls /sys/block/vda/mq | wc -l)"
 fio --name=verify --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=16 \
-    --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse >/tmp/fio.out 2>&1
+    --size=16M --numjobs=2 --offset_increment=16M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+    --output-format=terse >/tmp/fio.out 2>&1
 rc=$?
 cat /tmp/fio.out
 fio --name=mixed --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randrw --bsrange=512-64k --iodepth=8 \
@@ -97,9 +99,10 @@ fio --name=mixed --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randrw --
 tail -3 /tmp/fio2.out
 exit $rc
 """
-    result = run_guest(script, chardev(b) + ["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=1,disable-legacy=on"],
-                       image=guest_image, timeout=180)
+    result = run_guest(script, chardev(b) + ["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=2,disable-legacy=on"],
+                       image=guest_image, timeout=180, smp=2)
     assert result.rc == 0, result.output
+    assert field(result.output, "MQ") == "2"  # one blk-mq hardware queue per virtqueue
     assert b.stop() == 0, b.log
 
 
