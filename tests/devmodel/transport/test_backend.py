@@ -14,7 +14,7 @@ from acrnmgr.devmodel.vhost_user import (
     VERSION, VRING_STATE, Disconnect, Message, ProtocolFeature, Request, VhostUserBackend, encode,
 )
 
-from .frontend import DESC, FrontQueue, GuestRam, Loopback
+from .frontend import DESC, FrontQueue, Loopback
 
 MODERN = (1 << F.F_VERSION_1) | F_PROTOCOL_FEATURES
 BLK_HDR = struct.Struct("<IIQ")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    FLAG_NEED_REPLY, HEADER, MAX_PAYLOAD, VERSION, Disconnect, Message, MessageReader, Request, VhostUserBackend,
+    FLAG_NEED_REPLY, MAX_PAYLOAD, VERSION, Disconnect, Message, MessageReader, Request, VhostUserBackend,
 )
 
 from .frontend import MEM_HEADER, MEM_REGION, REGIONS, U64, VRING_ADDR, VRING_STATE, GuestRam

@@ -1,6 +1,5 @@
 """QEMU's inflight buffer: layout, tracking and recovery after a back-end crash."""
 
-import mmap
 import os
 import struct
 
