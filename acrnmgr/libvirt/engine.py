@@ -1,20 +1,24 @@
 """The libvirt engine: up / down / status through libvirt-python (define, create, shutdown,
 destroy, state) on any connection URI (qemu:///system, acrn:///system, test:///default).
 
-libvirt supervises the VM itself, so unlike the acrn/qemu engines there is no acrnmgr supervisor
-and no state folder: the spec hash lives in the domain's <metadata><acrnmgr:vm hash=...>, which is
-what `up` compares for idempotence and `apply` for drift.
+libvirt supervises the VM itself: the spec hash lives in the domain's <metadata><acrnmgr:vm
+hash=...>, which is what `up` compares for idempotence and `apply` for drift. Only a QEMU domain with
+embedded-DM devices (vhost-user disks/interfaces) has an acrnmgr state folder: `up` starts their
+`acrnmgr devmodel serve` processes under the lifecycle supervisor (DevmodelEngine) before it creates
+the domain, and they stop when the domain stops.
 
 Connections are cached per URI for the life of the process: the test driver (test:///default)
 keeps its domains only while a connection to it is open."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 import xml.etree.ElementTree as ET
 from typing import Callable
 
-from acrnmgr.lifecycle.engine import LifecycleError
+from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
 
 Progress = Callable[[str], None]
 _CONNECTIONS: dict = {}
@@ -79,6 +83,101 @@ def _with_uuid(xml: str, uuid: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+class DevmodelEngine(Engine):
+    """The lifecycle engine for a libvirt domain's embedded device models, so the manager and the
+    supervisor run them exactly like the qemu engine's helpers: the helpers are the `acrnmgr devmodel
+    serve` processes behind the domain's vhost-user sockets, the main process is the domain watcher
+    (acrnmgr.libvirt.watch), and stopping "the VM" is shutting down or destroying the domain."""
+
+    name = "libvirt"
+
+    def __init__(self, uri: str | None = None, xml: str | None = None):
+        self.uri, self.xml = uri, xml
+
+    def plan(self, spec, host, state) -> LaunchPlan:
+        from acrnmgr.lifecycle.qemu_argv import compile_qemu
+
+        if self.uri is None:
+            raise PlanError(f"{spec.name}: start libvirt domains with `acrnmgr up --engine libvirt --connect URI`")
+        sockets = {el.get("path") for el in ET.fromstring(self.xml).iter("source") if el.get("type") == "unix"}
+        # QEMU's plan names the same sockets as the exported domain; keep the helpers the domain uses
+        helpers = [h for h in compile_qemu(spec, host, state.dir).helpers if h.wait_socket in sockets]
+        watcher = ProcessSpec("libvirt-domain", [sys.executable, "-m", "acrnmgr.libvirt.watch", self.uri, spec.name],
+                              role="main")
+        return LaunchPlan("libvirt", [*helpers, watcher], cleanup=[h.wait_socket for h in helpers],
+                          info={"uri": self.uri, "vm": spec.name})
+
+    def prepare(self, spec, host, plan, progress) -> None:
+        from acrnmgr.lifecycle.acrn import prepare_taps
+
+        prepare_taps(spec, plan, progress)  # the net device model's tap, made and bridged as for the qemu engine
+
+    def _domain(self, vm: Running):
+        try:
+            return _lookup(connect(vm.info["uri"]), vm.info["vm"])
+        except LifecycleError:
+            return None
+
+    def query(self, vm: Running) -> str | None:
+        dom = self._domain(vm)
+        return _STATES.get(dom.state()[0]) if dom is not None else None
+
+    def _call(self, method: str, what: str):
+        def action(vm: Running) -> str | None:
+            import libvirt
+
+            dom = self._domain(vm)
+            try:
+                if dom is None or not dom.isActive():
+                    return None
+                getattr(dom, method)()
+            except libvirt.libvirtError:
+                return None
+            return what
+
+        return action
+
+    def graceful_actions(self, vm: Running):
+        return [self._call("shutdown", "shutdown (ACPI power button) through libvirt")]
+
+    def force_actions(self, vm: Running):
+        return [self._call("destroy", "destroy through libvirt"), send_signal(signal.SIGTERM)]
+
+
+def _start_devmodels(spec_path: str, spec, xml: str, uri: str, host, progress: Progress) -> bool:
+    """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
+    (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
+    from acrnmgr.lifecycle import manager
+
+    if not any(el.get("type") == "unix" for el in ET.fromstring(xml).iter("source")):
+        return False
+    _stop_devmodels(spec.name, progress, force=True)  # leftovers of an earlier run of this domain
+    manager.up(spec_path, DevmodelEngine(uri, xml), False, host, lambda m: progress(f"device models: {m}"))
+    return True
+
+
+def _stop_devmodels(name: str, progress: Progress, force: bool = False) -> None:
+    """Once the domain is gone, its watcher exits and the supervisor stops the device models; wait
+    for that, and stop them ourselves when it does not happen."""
+    from acrnmgr.lifecycle import manager
+    from acrnmgr.lifecycle.state import VmState, wait_until
+
+    state = VmState(name)
+    launch = state.read_json("launch.json")
+    if launch is None or launch.get("engine") != "libvirt":
+        return
+
+    def gone() -> bool:
+        vm = manager._running(state)
+        return vm is None or not manager._active(vm)
+
+    if gone():
+        return
+    if force or not wait_until(gone, 10.0, 0.1):
+        manager.down(name, 5.0, True, progress)
+    progress(f"{name}: device models stopped")
+
+
 def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=None) -> dict:
     import libvirt
 
@@ -88,15 +187,6 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
 
     host = host or HostProfile.detect()
     spec = spec or load_spec(spec_path, host=None)
-    if not uri.startswith("test:"):
-        from acrnmgr.compiler.backends import choose
-
-        embedded = [d.get("name") or d["type"] for d in spec.devices
-                    if choose(d, host, flavor_for(uri)).backend == "embedded"]
-        if embedded and flavor_for(uri) == "qemu":
-            raise LifecycleError(f"{spec.name}: {', '.join(embedded)} would be served by the embedded device model, "
-                                 "which the libvirt engine does not start; set backend: vbs-u on them, or use "
-                                 "--engine qemu")
     try:
         xml, warnings = export_domain(spec, host, flavor_for(uri))
     except ExportError as exc:
@@ -113,11 +203,15 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
                              f"--engine libvirt --connect {uri}` first")
     if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
         xml = _with_uuid(xml, dom.UUIDString())
+    # The test driver runs nothing (and its domains live in this process only): no device models for it.
+    devmodels = not uri.startswith("test:") and _start_devmodels(spec_path, spec, xml, uri, host, progress)
     try:
         dom = conn.defineXML(xml)
         progress(f"defined {spec.name} on {uri}; starting it")
         dom.create()
     except libvirt.libvirtError as exc:
+        if devmodels:
+            _stop_devmodels(spec.name, progress, force=True)
         raise LifecycleError(f"{spec.name}: libvirt refused it: {exc.get_error_message()}") from None
     return {"name": spec.name, "action": "started", "engine": "libvirt", "uri": uri, "id": dom.ID()}
 
@@ -153,6 +247,8 @@ def down(name: str, uri: str, timeout: float = 30.0, force: bool = False, progre
             dom.undefine()
     except libvirt.libvirtError as exc:
         raise LifecycleError(f"{name}: {exc.get_error_message()}") from None
+    if not uri.startswith("test:"):
+        _stop_devmodels(name, progress)
     progress(f"{name} stopped ({how})")
     return {"name": name, "action": "none" if how == "not running" else "stopped", "how": how}
 

@@ -118,5 +118,9 @@ def select_engine(choice: str, host) -> Engine:
         from acrnmgr.lifecycle.qemu import QemuEngine
 
         return QemuEngine()
+    if choice == "libvirt":  # the device models of a libvirt domain (acrnmgr.libvirt.engine)
+        from acrnmgr.libvirt.engine import DevmodelEngine
+
+        return DevmodelEngine()
     raise LifecycleError(f"unknown engine {choice!r} (expected acrn, qemu or auto)")
 

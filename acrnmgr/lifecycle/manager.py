@@ -119,13 +119,14 @@ def list_vms() -> list[dict]:
 
 # up ----------------------------------------------------------------------------------------
 
-def up(spec_path: str, engine_choice: str = "auto", wait_ready: bool = False, host=None, progress: Progress = _quiet) -> dict:
+def up(spec_path: str, engine_choice: "str | Engine" = "auto", wait_ready: bool = False, host=None, progress: Progress = _quiet) -> dict:
     from acrnmgr.host import HostProfile
     from acrnmgr.spec.loader import load_spec
 
     host = host or HostProfile.detect()
     spec = load_spec(spec_path, host=host)
-    engine = select_engine(engine_choice, host)
+    # an Engine instance: the libvirt engine's device models, whose plan needs its URI and domain XML
+    engine = engine_choice if isinstance(engine_choice, Engine) else select_engine(engine_choice, host)
     state = VmState(spec.name)
     with state.locked():
         vm = _running(state)

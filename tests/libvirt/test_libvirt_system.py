@@ -1,9 +1,10 @@
 """The libvirt engine on qemu:///system with the real test guest (tests/guest), through the real CLI:
 up defines and starts the domain, status says running, the guest writes a marker to its virtio-blk
-disk (QEMU's own, backend vbs-u) and reports READY on its serial console (stdio, which libvirt's
+disk (QEMU's own with backend vbs-u; with backend embedded a <disk type='vhostuser'> served by an
+`acrnmgr devmodel serve` process that up starts under the lifecycle supervisor) and reports READY on its serial console (stdio, which libvirt's
 virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses the ACPI power button and the
 guest powers itself off. Afterwards the marker is in the image, the domain is defined but shut off
-(the engine's down keeps the definition) and no QEMU of it is left."""
+(the engine's down keeps the definition) and no QEMU or device model of it is left."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -37,7 +39,8 @@ def _qemu_pids(name: str) -> list[int]:
     return pids
 
 
-def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path):
+@pytest.mark.parametrize("backend", ["vbs-u", "embedded"])
+def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path, backend):
     import libvirt
 
     from tests.guest import POWERDOWN_MARKER, READY_MARKER, initrd_with_script, pick_accel
@@ -64,11 +67,14 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path)
           console:
             lpc: [{{port: com1, backend: stdio}}]
           devices:
-            - {{type: virtio-blk, name: root, path: disk.img, backend: vbs-u}}
+            - {{type: virtio-blk, name: root, path: disk.img, backend: {backend}}}
         """))
 
+    env = {**os.environ, "ACRNMGR_STATE_DIR": str(tmp_path / "state")}  # the device models' state folder
+    socket = tmp_path / "state" / name / "root.vhost.sock"
+
     def run(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, timeout=TIMEOUT + 30)
+        proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, timeout=TIMEOUT + 30, env=env)
         assert proc.returncode == 0, f"acrnmgr {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
 
@@ -82,6 +88,13 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path)
         st = json.loads(run("status", name, "--connect", uri, "--output", "json").stdout)
         assert st["state"] == "running" and st["engine"] == "libvirt"
         assert len(_qemu_pids(name)) == 1
+        if backend == "embedded":
+            disk_el = ET.fromstring(conn.lookupByName(name).XMLDesc()).find("devices/disk")
+            assert disk_el.get("type") == "vhostuser" and disk_el.find("source").get("path") == str(socket)
+            helpers = json.loads(run("status", name, "--output", "json").stdout)  # the supervisor's view
+            assert helpers["engine"] == "libvirt" and helpers["state"] == "running", helpers
+            assert helpers["processes"]["devmodel-root"]["alive"]
+            devmodel_pid = helpers["processes"]["devmodel-root"]["pid"]
 
         deadline = time.monotonic() + TIMEOUT
         while READY_MARKER not in console_text():
@@ -96,7 +109,11 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path)
         st = json.loads(run("status", name, "--connect", uri, "--output", "json").stdout)
         assert st["state"] == "stopped" and st["id"] is None  # down keeps the definition, shut off
         assert _qemu_pids(name) == []
+        if backend == "embedded":
+            assert not Path(f"/proc/{devmodel_pid}").exists() and not socket.exists()
+            assert json.loads(run("status", name, "--output", "json").stdout)["state"] == "stopped"
     finally:
+        subprocess.run([ACRNMGR, "down", "--all", "--force", "--timeout", "1"], env=env, capture_output=True)
         try:
             dom = conn.lookupByName(name)
             if dom.isActive():
