@@ -105,3 +105,15 @@ def test_ovmf_vars_are_copied_unless_writeback(tmp_path):
 
 def test_comma_escaping():
     assert esc("/a,b/c") == "/a,,b/c"
+
+
+def test_embedded_net_is_a_vhost_user_netdev_on_intx(tmp_path):
+    plan = compile_qemu(_spec('- {type: virtio-net, name: lan, tap: tap0, mac: "00:16:3e:00:00:02", backend: embedded}\n'),
+                        HOST, tmp_path)
+    assert plan.errors == [], plan.errors
+    assert _opts(plan.argv, "-netdev") == ["vhost-user,id=dev3,chardev=cdev3"]
+    # INTx, not MSI-X: Debian's QEMU 7.2 crashes setting up MSI-X notifiers for vhost-user netdevs
+    assert "virtio-net-pci,netdev=dev3,mac=00:16:3e:00:00:02,vectors=0,addr=0x3" in _opts(plan.argv, "-device")
+    (helper,) = plan.helpers
+    assert helper.argv[-8:] == ["--device", "net", "--socket", f"{tmp_path}/lan.vhost.sock", "--tap", "tap0",
+                                "--mac", "00:16:3e:00:00:02"]
