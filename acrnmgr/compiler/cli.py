@@ -7,15 +7,12 @@ from typing import Optional
 
 import typer
 
+from acrnmgr.cliutil import OutputFormat, load_host
+
 
 class RenderFormat(str, enum.Enum):
     argv = "argv"
     script = "script"
-    json = "json"
-
-
-class OutputFormat(str, enum.Enum):
-    text = "text"
     json = "json"
 
 
@@ -45,16 +42,10 @@ def _fail(lines) -> None:
 
 def _compile(file: str, host: Optional[str], target_version: str, engine: str, check_paths: bool):
     from acrnmgr.compiler.acrndm import compile_spec
-    from acrnmgr.host import HostProfile, HostProfileError
     from acrnmgr.spec.diagnostics import SpecError
     from acrnmgr.spec.loader import load_spec
 
-    profile = None
-    if host is not None:
-        try:
-            profile = HostProfile.from_file(host)
-        except HostProfileError as exc:
-            _fail([f"error: {exc}"])
+    profile = load_host(host) if host is not None else None
     try:
         # Host checks on the spec (CPU affinity etc.) only for an explicit profile: rendering an
         # example on a laptop must not fail because the laptop is not the target.
@@ -63,7 +54,7 @@ def _compile(file: str, host: Optional[str], target_version: str, engine: str, c
         _fail(exc.diagnostics)
     for warning in spec.warnings:
         typer.echo(str(warning), err=True)
-    return compile_spec(spec, profile if profile is not None else HostProfile.detect(), target_version, engine)
+    return compile_spec(spec, profile if profile is not None else load_host(None), target_version, engine)
 
 
 def render(

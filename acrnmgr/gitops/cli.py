@@ -11,10 +11,7 @@ from typing import Optional
 
 import typer
 
-
-class OutputFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
+from acrnmgr.cliutil import OutputFormat, fail, load_host
 
 
 class ExportFormat(str, enum.Enum):
@@ -24,11 +21,6 @@ class ExportFormat(str, enum.Enum):
 class Flavor(str, enum.Enum):
     qemu = "qemu"
     acrn = "acrn"
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def import_(
@@ -52,14 +44,14 @@ def import_(
     try:
         result = import_file(file, board=board)
     except ImportError_ as exc:
-        _fail(str(exc))
+        fail(str(exc))
     problems = {s.name: validate(s, out_dir) for s in result.specs}
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
             files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force))}
         except (FileExistsError, OSError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if output is OutputFormat.json:
         report = result.to_dict()
         for vm in report["vms"]:
@@ -100,19 +92,18 @@ def export(
     no_check_paths: bool = typer.Option(False, "--no-check-paths", help="Do not require image paths to exist."),
 ) -> None:
     """Print the spec as libvirt domain XML (warnings about what libvirt cannot express go to stderr)."""
-    from acrnmgr.host import HostProfile, HostProfileError
     from acrnmgr.libvirt.domain import ExportError, export_domain
     from acrnmgr.spec.diagnostics import SpecError
     from acrnmgr.spec.loader import load_spec
 
+    profile = load_host(host)
     try:
-        profile = HostProfile.from_file(host) if host else HostProfile.detect()
         spec = load_spec(file, check_paths=not no_check_paths)
         xml, warnings = export_domain(spec, profile, flavor.value)
     except SpecError as exc:
-        _fail("invalid spec:\n" + "\n".join(f"  {d}" for d in exc.diagnostics))
-    except (HostProfileError, ExportError) as exc:
-        _fail(str(exc))
+        fail("invalid spec:\n" + "\n".join(f"  {d}" for d in exc.diagnostics))
+    except ExportError as exc:
+        fail(str(exc))
     for w in warnings:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(xml, nl=False)
@@ -131,17 +122,8 @@ def _desired(directory: Path, host):
     if desired.errors:
         for d in desired.errors:
             typer.echo(str(d), err=True)
-        _fail(f"{len(desired.errors)} problem(s) in {directory}; nothing was changed")
+        fail(f"{len(desired.errors)} problem(s) in {directory}; nothing was changed")
     return desired
-
-
-def _profile(host: Optional[Path]):
-    from acrnmgr.host import HostProfile, HostProfileError
-
-    try:
-        return HostProfile.from_file(host) if host else HostProfile.detect()
-    except HostProfileError as exc:
-        _fail(str(exc))
 
 
 def _progress(message: str) -> None:
@@ -164,7 +146,7 @@ def apply(
     1 when a VM failed or the specs are invalid."""
     from acrnmgr.gitops.apply import apply_lock, execute, format_table, make_plan
 
-    profile = _profile(host)
+    profile = load_host(host)
     desired = _desired(directory, profile)
     with apply_lock(_progress):
         changes = make_plan(desired, engine.value, profile, with_diff=dry_run, allow_restart=allow_restart,
@@ -200,7 +182,7 @@ def diff(
     """Show, per VM, the unified diff between the running argv and the argv DIR asks for."""
     from acrnmgr.gitops.apply import make_plan
 
-    profile = _profile(host)
+    profile = load_host(host)
     desired = _desired(directory, profile)
     changes = make_plan(desired, engine.value, profile, with_diff=True, allow_restart=True, prune=True)
     drift = [c for c in changes if c.action != "unchanged"]

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from acrnmgr.cliutil import OutputFormat, fail, load_host
+
 
 class EngineChoice(str, Enum):
     auto = "auto"
@@ -20,18 +22,8 @@ class EngineChoice(str, Enum):
 _CONNECT_HELP = "libvirt connection URI (the libvirt engine), e.g. qemu:///system, acrn:///system, test:///default."
 
 
-class OutputFormat(str, Enum):
-    text = "text"
-    json = "json"
-
-
 def _progress(message: str) -> None:
     typer.echo(message, err=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _guard(fn, *args, **kwargs):
@@ -43,17 +35,11 @@ def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except SpecError as exc:
-        _fail("invalid spec:\n" + "\n".join(f"  {d}" for d in exc.errors or exc.diagnostics))
+        fail("invalid spec:\n" + "\n".join(f"  {d}" for d in exc.errors or exc.diagnostics))
     except (LifecycleError, HostProfileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-
-
-def _host(path: Optional[Path]):
-    from acrnmgr.host import HostProfile
-
-    return HostProfile.from_file(path) if path else HostProfile.detect()
+        fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +56,7 @@ def register(app: typer.Typer) -> None:
         """Start VMs from their specs (a VM already running with the same spec is left alone)."""
         from acrnmgr.lifecycle import manager
 
-        profile = _guard(_host, host)
+        profile = load_host(host)
         for file in files:
             if connect or engine is EngineChoice.libvirt:
                 from acrnmgr.libvirt import engine as libvirt_engine

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 import sys
 from typing import List, Optional
 
 import typer
 
-
-class OutputFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
+from acrnmgr.cliutil import OutputFormat, load_host
 
 
 def validate(
@@ -29,15 +25,7 @@ def validate(
 
     from acrnmgr.spec.validation import validate_files
 
-    profile = None
-    if host is not None:
-        from acrnmgr.host import HostProfile, HostProfileError
-
-        try:
-            profile = HostProfile.from_file(host)
-        except HostProfileError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1)
+    profile = load_host(host) if host is not None else None
     docs, diagnostics = validate_files(files, host=profile, check_paths=not no_check_paths)
     errors = [d for d in diagnostics if d.is_error]
     warnings = [d for d in diagnostics if not d.is_error]

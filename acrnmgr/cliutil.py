@@ -1,0 +1,38 @@
+"""What the command modules share: the `--output` choice, failing with a message, and the host profile.
+
+Only typer is imported at module load; acrnmgr.host loads when a command asks for a profile."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Optional, Union
+
+import typer
+
+if TYPE_CHECKING:
+    from acrnmgr.host import HostProfile
+
+
+class OutputFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `error: message` on stderr and exit with `code` (1: invalid input or failed operation)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_host(path: Optional[Union[str, Path]]) -> "HostProfile":
+    """The profile in `path` (--host FILE), or the live machine's when no file is given.
+    A bad profile file is a clean exit 1."""
+    from acrnmgr.host import HostProfile, HostProfileError
+
+    if path is None:
+        return HostProfile.detect()
+    try:
+        return HostProfile.from_file(path)
+    except HostProfileError as exc:
+        fail(str(exc))
