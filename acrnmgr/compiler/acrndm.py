@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from acrnmgr.compiler import backends, slots
 from acrnmgr.compiler.grammar import version_family

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from acrnmgr.gitops.desired import Desired, DesiredSet, load_desired
+from acrnmgr.gitops.desired import Desired, DesiredSet
 
 ACTIVE = ("running", "degraded", "starting", "unsupervised")
 Progress = Callable[[str], None]

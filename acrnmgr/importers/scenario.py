@@ -22,7 +22,7 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult
+from acrnmgr.importers import ImportError_, ImportResult
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
 

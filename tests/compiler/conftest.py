@@ -6,7 +6,7 @@ import pytest
 
 from acrnmgr.compiler.acrndm import compile_spec
 from acrnmgr.host import HostProfile
-from acrnmgr.spec.loader import load_spec, load_spec_text
+from acrnmgr.spec.loader import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -59,7 +59,7 @@ def test_devices_follow_slots_backends_and_modes(tmp_path):
         """), HOST, tmp_path)
     assert plan.errors == [], plan.errors
     devs = _opts(plan.argv, "-device")
-    assert f"vhost-user-blk-pci,chardev=cdev3,num-queues=2,addr=0x3,disable-legacy=on,disable-modern=off" in devs
+    assert "vhost-user-blk-pci,chardev=cdev3,num-queues=2,addr=0x3,disable-legacy=on,disable-modern=off" in devs
     assert any(d.startswith("virtio-blk-pci,drive=dev4,addr=0x4,disable-legacy=off,disable-modern=on,write-cache=on") for d in devs)
     node = json.loads(_opts(plan.argv, "-blockdev")[0])
     assert node["file"]["filename"] == "/vm/d,1.img" and node["read-only"] is True

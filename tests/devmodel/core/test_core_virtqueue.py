@@ -389,6 +389,7 @@ def test_inflight_region_survives_a_backend_restart(ram):
         a = q.add([q.buf(b"a")])
         b = q.add([q.buf(b"b")])
         ca, cb = q.vq.pop(), q.vq.pop()
+        assert (ca.head, cb.head) == (a, b)
         q.vq.push(ca.head, 0)
         q.vq.flush_used()
         assert region.inflight_heads() == [b]
