@@ -642,7 +642,7 @@ class VhostUserBackend:
             # Every head popped before the crash is either in the used ring or still in flight, so the
             # avail position to continue from is used_idx + in-flight count, whatever base QEMU restored.
             vq.last_avail_idx = (used_idx + len(heads)) & 0xFFFF
-            vq.add_resubmit(heads)
+            vq.resubmit(heads)
             log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end", q.index, len(heads))
 
     # ------------------------------------------------------------------ config, status, reset

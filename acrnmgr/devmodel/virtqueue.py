@@ -247,8 +247,6 @@ class VirtQueue:
         """Queue descriptor heads that were in flight before a reconnect; pop() returns them first."""
         self._resubmit.extend(heads)
 
-    add_resubmit = resubmit
-
     @property
     def inflight(self):
         return self._inflight

@@ -360,7 +360,7 @@ def test_inflight_hooks_and_resubmit(ram):
     assert events == [("pop", a), ("pop", b), ("push", a), ("push", b), ("flush", (a, b), 2)]
     # Reconnect: the head b is reported in flight again and must be served before the avail ring.
     c = q.add([q.buf(b"c")])
-    q.vq.add_resubmit([b])
+    q.vq.resubmit([b])
     events.clear()
     assert q.vq.pop().head == b
     assert q.vq.pop().head == c
