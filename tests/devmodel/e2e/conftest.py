@@ -18,12 +18,17 @@ ROOT = Path(__file__).resolve().parents[3]
 class Backend:
     """`acrnmgr devmodel serve ...` as a child process; restartable (same socket) to test reconnection."""
 
-    def __init__(self, tmp: Path, device: str, *args: str) -> None:
+    def __init__(self, tmp: Path, device: str, *args: str, launcher: list[str] | None = None,
+                 log_name: str | None = None) -> None:
+        """`launcher` ([script, its args...]) runs a test wrapper around the serve command instead of the CLI."""
         sock_dir = tmp / "vhost"
         self.socket = sock_dir / f"{device}.sock"
-        self.argv = [str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--device", device,
-                     "--socket", str(self.socket), *args]
-        self.log_path = tmp / f"{device}-backend.log"
+        serve = ["--device", device, "--socket", str(self.socket), *args]
+        if launcher:
+            self.argv = [sys.executable, *launcher, *serve]
+        else:
+            self.argv = [str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", *serve]
+        self.log_path = tmp / (log_name or f"{device}-backend.log")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Backend:
@@ -72,8 +77,8 @@ def guest_image():
 def backend(tmp_path):
     started: list[Backend] = []
 
-    def make(device: str, *args: str) -> Backend:
-        b = Backend(tmp_path, device, *args)
+    def make(device: str, *args: str, **kwargs) -> Backend:
+        b = Backend(tmp_path, device, *args, **kwargs)
         started.append(b)
         return b.start()
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,58 @@ echo "BACKMD5=$(dd if=/dev/vda bs=1M count={size_mb} iflag=direct 2>/dev/null | 
     assert field(out, "BACKMD5") == pattern_md5, out
     assert b.stop() == 0
     assert md5(disk.read_bytes()[:size_mb * MiB]) == pattern_md5
+
+
+STALLING_BACKEND = Path(__file__).with_name("stalling_backend.py")
+
+
+def test_request_in_flight_when_the_backend_dies_is_resubmitted_by_the_next_one(backend, disk, guest_image, tmp_path):
+    """Deterministic inflight resubmission: the first back-end pops the guest's write of a known range, marks it in
+    flight and stalls before touching the image (stalling_backend.py); it is SIGKILLed there. QEMU reconnects to a
+    normal back-end on the same socket and hands back the inflight buffer with SET_INFLIGHT_FD; only resubmitting
+    that head can complete the guest's write and put the pattern into the image."""
+    before = disk.read_bytes()
+    first = WRITE_AT_MB * MiB // 512
+    marker = tmp_path / "stalled"
+    slow = backend("blk", "--image", str(disk), launcher=[str(STALLING_BACKEND), str(marker), str(first)],
+                   log_name="stalling-backend.log")
+    script = f"""
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=1 2>/dev/null
+echo "PATTERNMD5=$(md5sum /tmp/pattern | cut -d' ' -f1)"
+dd if=/tmp/pattern of=/dev/vda bs=1M seek={WRITE_AT_MB} count=1 oflag=direct conv=fsync 2>/tmp/dd.err
+echo "DDRC=$?"
+cat /tmp/dd.err
+echo 3 > /proc/sys/vm/drop_caches
+echo "BACKMD5=$(dd if=/dev/vda bs=1M skip={WRITE_AT_MB} count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+echo "IOERRORS=$(dmesg | grep -ciE 'i/o error|timed? ?out|critical')"
+"""
+    args = chardev(slow, reconnect=True) + ["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=1"]
+    with Guest(script, args, image=guest_image, qmp=False) as guest:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert slow.proc.poll() is None, "stalling back-end exited:\n" + slow.log
+            assert guest.proc.poll() is None, "QEMU exited:\n" + guest.output + guest.stderr
+            assert time.monotonic() < deadline, "the guest's write never reached the back-end:\n" + guest.output
+            time.sleep(0.02)
+        slow.kill9()
+        m = re.fullmatch(r"sector (\d+) bytes (\d+)\n", marker.read_text())
+        start, length = int(m.group(1)) * 512, int(m.group(2))
+        assert start == WRITE_AT_MB * MiB and length > 0
+        # The stalled request's range is untouched: nobody but the next back-end can write it.
+        assert disk.read_bytes()[start:start + length] == before[start:start + length]
+        normal = backend("blk", "--image", str(disk))
+        result = guest.wait(timeout=60)  # without the resubmission the guest waits for its write forever
+    out = result.output
+    assert result.rc == 0, out + normal.log
+    assert "front-end connected" in normal.log, normal.log
+    # Exactly the stalled head was in flight: it was the first popped since the previous used-ring flush.
+    assert "queue 0: resubmitting 1 request(s) in flight" in normal.log, normal.log
+    assert field(out, "DDRC") == "0", out
+    assert field(out, "IOERRORS") == "0", out
+    pattern_md5 = field(out, "PATTERNMD5")
+    assert field(out, "BACKMD5") == pattern_md5, out
+    assert normal.stop() == 0, normal.log
+    after = disk.read_bytes()
+    assert md5(after[WRITE_AT_MB * MiB:(WRITE_AT_MB + 1) * MiB]) == pattern_md5
+    assert after[:WRITE_AT_MB * MiB] == before[:WRITE_AT_MB * MiB]
+    assert after[(WRITE_AT_MB + 1) * MiB:] == before[(WRITE_AT_MB + 1) * MiB:]
