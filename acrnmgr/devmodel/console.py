@@ -105,12 +105,8 @@ class ConsoleDevice(VirtioDevice):
             self._output([memoryview(bytes(data[:1]))])
 
     def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
-        if self.queues.get(qidx) is not vq:
-            try:
-                self.attach_queue(qidx, vq)
-            except ValueError as e:
-                log.warning("%s", e)
-                return False
+        if not self._attached(qidx, vq):
+            return False
         if qidx == TX:
             return self._drain(vq, self._handle_tx)
         return self._rx.pump(self._input_fd(), vq, vq.ready)

@@ -119,14 +119,20 @@ class VirtioDevice:
         if vq.broken:
             self._queue_broken(vq)
 
-    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
-        """Handle everything pending on queue ``qidx``; True if the driver must be notified. Never raises."""
+    def _attached(self, qidx: int, vq: VirtQueue) -> bool:
+        """Attach ``vq`` as queue ``qidx`` on first use; False (logged) for an index the device lacks."""
         if self.queues.get(qidx) is not vq:
             try:
                 self.attach_queue(qidx, vq)
             except ValueError as e:
                 log.warning("%s", e)
                 return False
+        return True
+
+    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
+        """Handle everything pending on queue ``qidx``; True if the driver must be notified. Never raises."""
+        if not self._attached(qidx, vq):
+            return False
         return self._drain(vq, self._handle)
 
     def _handle(self, vq: VirtQueue, chain: DescriptorChain) -> int | None:

@@ -99,12 +99,8 @@ class NetDevice(VirtioDevice):
         return self.mac + struct.pack(self.byteorder + "HHH", NET_S_LINK_UP, 1, 1500)
 
     def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
-        if self.queues.get(qidx) is not vq:
-            try:
-                self.attach_queue(qidx, vq)
-            except ValueError as e:
-                log.warning("%s", e)
-                return False
+        if not self._attached(qidx, vq):
+            return False
         if qidx == TX:
             return self._drain(vq, self._handle_tx)
         return self._rx.pump(self.fd, vq, vq.ready)
