@@ -5,25 +5,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --python-only: just the virtualenv (enough for validate/render/plan; no QEMU).
+# --python-only: the virtualenv and what building it needs (enough for validate/render/plan); no QEMU.
 python_only=false
 [[ ${1:-} == --python-only ]] && python_only=true
 
+# What `pip install` needs: libvirt-python is source-only on PyPI and builds against libvirt's headers.
 apt_packages=(
-    qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
-    busybox-static cpio kmod                      # the test guest's initramfs
-    fio                                           # guest-side I/O verification and bench
-    ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
-    iproute2                                      # tap devices
-    libvirt-dev pkg-config                        # libvirt-python builds against libvirt's headers
-    libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
+    libvirt-dev pkg-config
     python3-venv
 )
+if ! $python_only; then
+    apt_packages+=(
+        qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
+        busybox-static cpio kmod                      # the test guest's initramfs
+        fio                                           # guest-side I/O verification and bench
+        ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
+        iproute2                                      # tap devices
+        libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
+        dmidecode                                     # libvirtd's host sysinfo (only a Recommends)
+    )
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-if ! $python_only && ((${#missing[@]})); then
+if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: need root to install Debian packages: ${missing[*]}" >&2
         exit 1
