@@ -22,7 +22,6 @@ if ! $python_only; then
         ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
         iproute2                                      # tap devices
         libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
-        dmidecode                                     # libvirtd's host sysinfo (only a Recommends)
     )
 fi
 missing=()
@@ -36,7 +35,7 @@ if ((${#missing[@]})); then
     fi
     echo "setup: installing Debian packages: ${missing[*]}" >&2
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
