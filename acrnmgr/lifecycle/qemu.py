@@ -3,6 +3,7 @@ vhost-user helpers; controlled over QMP."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 
@@ -14,9 +15,18 @@ class QemuEngine(Engine):
     name = "qemu"
 
     def plan(self, spec, host, state) -> LaunchPlan:
+        from acrnmgr.lifecycle.accel import kvm_usable
         from acrnmgr.lifecycle.qemu_argv import compile_qemu
 
+        fallback = None
+        if host.kvm and host.qemu:
+            usable, reason = kvm_usable(host.qemu, state.dir.parent)
+            if not usable:
+                host = dataclasses.replace(host, kvm=False)
+                fallback = f"KVM is not usable here ({reason}); running under TCG"
         q = compile_qemu(spec, host, state.dir)
+        if fallback:
+            q.warnings.insert(0, fallback)
         if q.errors:
             raise PlanError(f"{spec.name} cannot run on the qemu engine:\n" + "\n".join(f"  {e}" for e in q.errors))
         return LaunchPlan(
