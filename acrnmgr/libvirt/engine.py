@@ -183,9 +183,15 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
 
     from acrnmgr.host import HostProfile
     from acrnmgr.libvirt.domain import ExportError, export_domain
+    from acrnmgr.lifecycle.accel import with_usable_kvm
+    from acrnmgr.lifecycle.state import state_root
     from acrnmgr.spec.loader import load_spec
 
     host = host or HostProfile.detect()
+    if uri.startswith("qemu:///"):  # a local QEMU: its domain type follows whether KVM really works here
+        host, fallback = with_usable_kvm(host, state_root())
+        if fallback:
+            progress(f"warning: {fallback}")
     spec = spec or load_spec(spec_path, host=None)
     try:
         xml, warnings = export_domain(spec, host, flavor_for(uri))

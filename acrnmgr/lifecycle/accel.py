@@ -8,6 +8,7 @@ state root, which lives on a tmpfs and so is per boot."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import subprocess
@@ -35,17 +36,22 @@ def probe(qemu: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
         return False, f"cannot run {qemu}: {e.strerror or e}"
     try:
         greeting = _read_line(proc, timeout)
-        if greeting is not None and b'"QMP"' in greeting:
-            try:
-                proc.wait(SETTLE)
-            except subprocess.TimeoutExpired:
+        up = greeting is not None and b'"QMP"' in greeting
+        try:
+            status = proc.wait(SETTLE if up else 0.5)
+        except subprocess.TimeoutExpired:
+            if up:
                 return True, "QEMU ran a KVM vCPU with -cpu host"
-            detail = None
-        else:
-            detail = f"no QMP greeting within {timeout:g} s"
+            status = None
         proc.kill()
         stderr = proc.communicate(timeout=5)[1].decode(errors="replace").strip().splitlines()
-        return False, f"QEMU cannot run a KVM vCPU with -cpu host: {stderr[0] if stderr else detail or 'it exited'}"
+        if stderr:
+            detail = stderr[0]
+        elif status is not None:
+            detail = f"it exited with status {status}"
+        else:
+            detail = f"no QMP greeting within {timeout:g} s"
+        return False, f"QEMU cannot run a KVM vCPU with -cpu host: {detail}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -85,3 +91,13 @@ def kvm_usable(qemu: str, cache_dir: Path) -> tuple[bool, str]:
     except OSError:
         pass  # an uncached verdict is still right; the next run probes again
     return usable, reason
+
+
+def with_usable_kvm(host, cache_dir: Path):
+    """`host` unchanged when it has no KVM or KVM works; else a copy with kvm=False and the warning to show."""
+    if not (host.kvm and host.qemu):
+        return host, None
+    usable, reason = kvm_usable(host.qemu, cache_dir)
+    if usable:
+        return host, None
+    return dataclasses.replace(host, kvm=False), f"KVM is not usable here ({reason}); running under TCG"

@@ -3,7 +3,6 @@ vhost-user helpers; controlled over QMP."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import signal
 
@@ -15,15 +14,10 @@ class QemuEngine(Engine):
     name = "qemu"
 
     def plan(self, spec, host, state) -> LaunchPlan:
-        from acrnmgr.lifecycle.accel import kvm_usable
+        from acrnmgr.lifecycle.accel import with_usable_kvm
         from acrnmgr.lifecycle.qemu_argv import compile_qemu
 
-        fallback = None
-        if host.kvm and host.qemu:
-            usable, reason = kvm_usable(host.qemu, state.dir.parent)
-            if not usable:
-                host = dataclasses.replace(host, kvm=False)
-                fallback = f"KVM is not usable here ({reason}); running under TCG"
+        host, fallback = with_usable_kvm(host, state.dir.parent)
         q = compile_qemu(spec, host, state.dir)
         if fallback:
             q.warnings.insert(0, fallback)

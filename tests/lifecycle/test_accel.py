@@ -66,3 +66,16 @@ def test_the_probe_agrees_with_booting_linux(tmp_path, monkeypatch):
     monkeypatch.delenv("ACRNMGR_GUEST_ACCEL", raising=False)
     usable, reason = probe(QEMU)
     assert usable == (pick_accel() == "kvm"), reason
+
+
+def test_an_unusable_kvm_turns_into_tcg_with_a_warning(tmp_path):
+    from acrnmgr.host import HostProfile
+    from acrnmgr.lifecycle.accel import with_usable_kvm
+
+    broken = _standin(tmp_path, "sys.exit(1)\n")
+    host, warning = with_usable_kvm(HostProfile(kvm=True, qemu=broken), tmp_path / "state")
+    assert host.kvm is False and host.qemu == broken
+    assert warning == "KVM is not usable here (QEMU cannot run a KVM vCPU with -cpu host: it exited with status 1); running under TCG"
+    tcg = HostProfile(kvm=False, qemu=broken)
+    assert with_usable_kvm(tcg, tmp_path / "other") == (tcg, None)
+    assert not (tmp_path / "other").exists()  # no probe when KVM is not asked for
