@@ -85,7 +85,9 @@ class _Ctx:
 
 
 def _devices(spec: dict) -> list[tuple[tuple, dict]]:
-    devs = spec.get("devices") or []
+    devs = spec.get("devices")
+    if not isinstance(devs, list):  # a schema error already; the cross-file checks still run
+        return []
     return [(("spec", "devices", i), d) for i, d in enumerate(devs) if isinstance(d, dict)]
 
 
