@@ -11,7 +11,7 @@ from acrnmgr.cliutil import OutputFormat, load_host
 
 
 def validate(
-    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON; a YAML file may hold several "
+    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON; - reads standard input; a YAML file may hold several "
                                       "`---` separated VMs). All VMs are also checked against each other: names, vsock "
                                       "CIDs, MACs, taps and RTVM CPUs must not clash."),
     host: Optional[str] = typer.Option(None, "--host", metavar="HOST.yaml",
@@ -23,13 +23,14 @@ def validate(
     """Validate VM specs: schema first, then semantic checks. Reports every problem with file:line:col."""
     import json
 
-    from acrnmgr.spec.validation import validate_files
+    from acrnmgr.spec.validation import STDIN_NAME, validate_files
 
     profile = load_host(host) if host is not None else None
     docs, diagnostics = validate_files(files, host=profile, check_paths=not no_check_paths)
     errors = [d for d in diagnostics if d.is_error]
     warnings = [d for d in diagnostics if not d.is_error]
     bad_files = {d.file for d in errors}
+    files = [STDIN_NAME if f == "-" else f for f in files]  # as the diagnostics name it
     if output is OutputFormat.json:
         report = {
             "ok": not errors,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import difflib
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any, Iterable
 
 from acrnmgr.spec.diagnostics import Diagnostic
-from acrnmgr.spec.loader import Document, read_documents
+from acrnmgr.spec.loader import Document, decode_bytes, parse_documents, read_documents
 
 
 @cache
@@ -49,7 +50,7 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
     diagnostics: list[Diagnostic] = []
     for path in paths:
         try:
-            found = read_documents(path)
+            found = _stdin_documents() if str(path) == "-" else read_documents(path)
         except SpecError as exc:
             diagnostics.extend(exc.diagnostics)
             continue
@@ -59,6 +60,16 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
     if len(docs) > 1:
         diagnostics.extend(checks.cross_file_checks(docs))
     return docs, diagnostics
+
+
+def _stdin_documents() -> list[Document]:
+    """`-` names standard input; its relative paths resolve against the working directory."""
+    import sys
+
+    return parse_documents(decode_bytes(sys.stdin.buffer.read(), STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
+
+
+STDIN_NAME = "<stdin>"
 
 
 # ---------------------------------------------------------------------------------------------

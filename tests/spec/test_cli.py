@@ -16,9 +16,9 @@ ACRNMGR = Path(sys.executable).with_name("acrnmgr")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run(*args: str, cwd=None, stdin: str | None = None) -> subprocess.CompletedProcess:
     exe = [str(ACRNMGR)] if ACRNMGR.exists() else [sys.executable, "-m", "acrnmgr.cli"]
-    return subprocess.run(exe + list(args), capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run(exe + list(args), capture_output=True, text=True, cwd=cwd, timeout=60, input=stdin)
 
 
 def test_valid_file_exit_0(tmp_path):
@@ -159,3 +159,28 @@ def test_cli_module_does_not_import_heavy_libraries():
             "print(','.join(m for m in ('jsonschema', 'yaml') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == ""
+
+
+def test_dash_reads_standard_input_with_positions_and_cwd_relative_paths():
+    text = (EXAMPLES / "linux-vm.yaml").read_text()
+    r = run("validate", "-", cwd=EXAMPLES, stdin=text)
+    assert r.returncode == 0, r.stderr
+    r = run("validate", "-", "--output", "json", cwd=EXAMPLES, stdin=text.replace("type: virtio-blk", "type: virtio-blkk"))
+    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    assert report["files"] == [{"file": "<stdin>", "ok": False}]
+    (d,) = report["diagnostics"]
+    assert (d["file"], d["line"], d["json_path"]) == ("<stdin>", 25, "spec.devices[0].type"), d
+    # relative image paths resolve against the working directory, as for a file there
+    r = run("validate", "-", cwd="/", stdin=text)
+    assert r.returncode == 1 and "<stdin>" in r.stderr and "images/linux-demo.img" in r.stderr
+
+
+def test_devices_that_are_not_a_list_do_not_crash_the_cross_file_checks(tmp_path):
+    # found by hypothesis (test_mutated_specs_across_files): the cross-file checks walked `devices: true`
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(devices_text("- type: virtio-rnd"))
+    b.write_text(devices_text("").replace("name: t1", "name: t2").replace("devices:\n", "devices: true\n"))
+    r = run("validate", str(a), str(b), "--no-check-paths")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "b.yaml" in r.stderr and "spec.devices" in r.stderr
