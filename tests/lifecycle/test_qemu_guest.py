@@ -162,3 +162,48 @@ def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(make_vm):
         assert fh.read(len(marker)) == marker
     run = json.loads((vm.state / vm.name / "run.json").read_text())
     assert vm.leftovers(run) == []
+
+
+EXAMPLE_SCRIPT = """\
+printf 'acrnmgr-example-%s' "$(cat /proc/sys/kernel/random/boot_id)" > /tmp/marker
+dd if=/tmp/marker of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null
+sync
+head -c 64 /dev/hwrng | wc -c | grep -qx 64 || echo "ACRNMGR-NO-RNG"
+echo "ACRNMGR-WROTE $(cat /tmp/marker)"
+while :; do sleep 1; done
+"""
+
+
+def test_the_linux_qemu_example_boots_with_its_embedded_disk(make_vm, guest):
+    """examples/linux-qemu.yaml itself, with only its host paths (kernel, initrd, image, socket) patched."""
+    import yaml
+
+    from acrnmgr.gitops.desired import merge_patch
+    from tests.guest.build import initrd_with_script
+
+    vm = make_vm(EXAMPLE_SCRIPT, "embedded")
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "linux-qemu.yaml").read_text())
+    devices = example["spec"]["devices"]
+    assert [(d["type"], d.get("backend")) for d in devices] == [
+        ("virtio-blk", "embedded"), ("virtio-console", None), ("virtio-rnd", "embedded")]
+    devices[0]["path"] = str(vm.disk)
+    devices[1]["ports"][0]["path"] = str(vm.root / "agent.sock")
+    spec = merge_patch(example, {"spec": {"boot": {"kernel": {
+        "path": str(guest[0].kernel), "initrd": str(initrd_with_script(EXAMPLE_SCRIPT, vm.root))}}}})
+    vm.name = spec["metadata"]["name"]
+    vm.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
+    st = vm.status()
+    assert st["state"] == "running"
+    assert st["processes"]["devmodel-rootfs"]["alive"] and st["processes"]["devmodel-rng"]["alive"]
+    vm.wait_console("ACRNMGR-WROTE")
+    assert not vm.console_has("ACRNMGR-NO-RNG")
+    down = vm.run("down", vm.name, "--timeout", "120")
+    assert "(graceful)" in down.stderr, down.stderr
+    marker = _marker(vm).encode()
+    with open(vm.disk, "rb") as fh:
+        fh.seek(4096)
+        assert fh.read(len(marker)) == marker
+    run = json.loads((vm.state / vm.name / "run.json").read_text())
+    assert vm.leftovers(run) == []
