@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from acrnmgr.devmodel.inflight import InflightArea, InflightError, InflightQueue
+from acrnmgr.devmodel.inflight import InflightArea, InflightError
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
 from acrnmgr.devmodel.virtqueue import VirtQueue
 
@@ -279,7 +279,7 @@ class QueueState:
     """Per-ring vhost-user state around the core VirtQueue."""
 
     __slots__ = ("index", "vq", "num", "base", "addr", "kick_fd", "call_fd", "err_fd", "started",
-                 "enabled", "inflight", "pending")
+                 "enabled", "pending")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -292,7 +292,6 @@ class QueueState:
         self.err_fd: int | None = None
         self.started = False
         self.enabled = False
-        self.inflight: InflightQueue | None = None
         self.pending = False  # process once without waiting for a kick (start, resubmission)
 
 
@@ -619,9 +618,8 @@ class VhostUserBackend:
 
     @staticmethod
     def _detach_inflight(q: QueueState) -> None:
-        q.inflight = None
         if q.vq is not None:
-            q.vq.on_pop = q.vq.on_push = q.vq.on_flush = None
+            q.vq.inflight = None
 
     def _attach_inflight(self, q: QueueState) -> None:
         """Bind the queue to its inflight region and resubmit what a previous back-end left in flight."""
@@ -636,8 +634,7 @@ class VhostUserBackend:
             raise ProtocolError(f"queue {q.index} started without usable memory and ring addresses")
         used_idx = vq.used_idx  # read from the used ring when the addresses were resolved
         heads = region.recover(used_idx)
-        q.inflight = region
-        vq.on_pop, vq.on_push, vq.on_flush = region.mark, region.begin_put, region.end_put
+        vq.inflight = region
         if heads:
             # Every head popped before the crash is either in the used ring or still in flight, so the
             # avail position to continue from is used_idx + in-flight count, whatever base QEMU restored.
