@@ -15,12 +15,11 @@ differ, the device gets an explicit `slot`."""
 
 from __future__ import annotations
 
+from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.compiler.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
 from acrnmgr.importers import ImportedSpec
 
 IMPLIED_EMULATIONS = {"hostbridge": 0, "lpc": 1}
-PASSTHRU_INTR_MONITOR = "10000,10,1,100"
-RTVM_VIRTIO_POLL = "1000000"
 
 
 def memory_text(size: int) -> str:
@@ -82,7 +81,7 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
 
     # global settings, in the compiler's vocabulary
     poll = cmd.get("virtio_poll")
-    if poll is not None and not (rtvm and has_virtio and poll == RTVM_VIRTIO_POLL):
+    if poll is not None and not (rtvm and has_virtio and poll == str(RTVM_VIRTIO_POLL)):
         settings["virtioPoll"] = int(poll)
     elif poll is None and rtvm and has_virtio:
         warnings.append(f"an RTVM with virtio devices gets --virtio_poll {RTVM_VIRTIO_POLL} from acrnmgr (as from "

@@ -22,6 +22,7 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.importers import ImportError_, ImportResult
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
@@ -99,7 +100,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
     def virtual(kind: str, options: str = "", slot: int | None = None) -> None:
         if "virtio" in kind and rtvm and "--virtio_poll" not in params:
-            params.extend(["--virtio_poll", "1000000"])
+            params.extend(["--virtio_poll", str(RTVM_VIRTIO_POLL)])
         s = slots.take(slot)
         devices.append(["-s", f"{s},{kind}" + (f",{options}" if options else "")])
 
@@ -242,7 +243,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         devices.append(["-s", f"{slot},passthru,{bus:x}/{dev:x}/{fn:x}" + (f",{','.join(opts)}" if opts else "")])
         if slot != 2 and not intr_monitor:
             intr_monitor = True
-            params += ["--intr_monitor", "10000,10,1,100"]
+            params += ["--intr_monitor", PASSTHRU_INTR_MONITOR]
 
     if rtvm:
         params.append("--rtvm")
