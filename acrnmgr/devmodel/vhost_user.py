@@ -587,8 +587,9 @@ class VhostUserBackend:
             q.vq.enabled = q.started and self.ring_enabled(q)
 
     def ready(self, qidx: int) -> bool:
-        q = self.queues[qidx]
-        return q.vq is not None and q.vq.ready and q.started and self.ring_enabled(q)
+        # vq.enabled already mirrors "started and ring_enabled" (_update_enabled); vq.ready adds "not broken".
+        vq = self.queues[qidx].vq
+        return vq is not None and vq.ready
 
     # ------------------------------------------------------------------ inflight
 
@@ -701,10 +702,8 @@ class VhostUserBackend:
         """Run the device over ring `qidx`; True when the driver should be notified."""
         q = self.queues[qidx]
         q.pending = False
-        if not self.ready(qidx):
-            return False
         vq = q.vq
-        if vq.broken:
+        if vq is None or not vq.ready:
             return False
         notify = self.device.process_queue(qidx, vq)
         if vq.broken:
