@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from acrnmgr.compiler import backends, slots
 from acrnmgr.compiler.grammar import version_family
 from acrnmgr.host import HostProfile
-from acrnmgr.spec.diagnostics import Diagnostic
+from acrnmgr.spec.diagnostics import Diagnostic, format_path
 from acrnmgr.spec.units import parse_size
 
 DEFAULT_BRIDGE = "acrn-br0"
@@ -76,9 +76,7 @@ class _Ctx:
         self.warnings: list[Diagnostic] = []
 
     def _diag(self, path: tuple, message: str, suggestion: str | None, severity: str) -> Diagnostic:
-        from acrnmgr.spec.diagnostics import format_path
-
-        file, line, col = self.spec.locate(path) if hasattr(self.spec, "locate") else (self.spec.name, 0, 0)
+        file, line, col = self.spec.locate(path)
         return Diagnostic(file, line, col, format_path(path), message, suggestion, severity)
 
     def error(self, path: tuple, message: str, suggestion: str | None = None) -> None:
@@ -133,7 +131,7 @@ def compile_spec(spec, host: HostProfile | None = None, target_version: str = "3
     if engine == "acrn":
         argv = _argv(ctx, spec, plans, rtvm)
     compiled = Compiled(spec.name, engine, f"{family}.x" if family == "3" else "2.7", argv, plans, taps, bridge,
-                        cpus, passthru, ctx.errors, ctx.warnings, getattr(spec, "hash", ""))
+                        cpus, passthru, ctx.errors, ctx.warnings, spec.hash)
     return compiled
 
 
