@@ -453,7 +453,7 @@ class VhostUserBackend:
                 memory.add_region(r.guest_phys_addr, r.size, r.userspace_addr, r.mmap_offset, fd)
         except BaseException:
             close_fds(fds)
-            _close_memory(memory)
+            memory.close()
             raise
         close_fds(fds)  # the mappings keep the memory alive
         old, self.memory = self.memory, memory
@@ -462,7 +462,7 @@ class VhostUserBackend:
                 q.vq.set_memory(memory)
                 self._apply_addresses(q, strict=False)
         if old is not None:
-            _close_memory(old)
+            old.close()
 
     # ------------------------------------------------------------------ rings
 
@@ -729,9 +729,5 @@ class VhostUserBackend:
             self.inflight.close()
             self.inflight = None
         if self.memory is not None:
-            _close_memory(self.memory)
+            self.memory.close()
             self.memory = None
-
-
-def _close_memory(memory: GuestMemory) -> None:
-    memory.close()
