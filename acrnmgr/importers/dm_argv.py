@@ -18,16 +18,9 @@ from __future__ import annotations
 from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.compiler.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
 from acrnmgr.importers import ImportedSpec
+from acrnmgr.spec.units import format_size
 
 IMPLIED_EMULATIONS = {"hostbridge": 0, "lpc": 1}
-
-
-def memory_text(size: int) -> str:
-    if size % (1 << 30) == 0:
-        return f"{size >> 30}G"
-    if size % (1 << 20) == 0:
-        return f"{size >> 20}M"
-    return f"{size >> 10}K"
 
 
 def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = None,
@@ -59,7 +52,7 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
     memsize = cmd.get("memsize")
     if memsize is None:
         raise GrammarError("no -m/--memsize: give the VM's memory size")
-    spec["memory"] = memory_text(parse_memsize(memsize))
+    spec["memory"] = format_size(parse_memsize(memsize))
 
     spec["boot"] = _boot(cmd, warnings)
     lpc = []

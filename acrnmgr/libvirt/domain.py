@@ -420,7 +420,7 @@ def _cpuset(text: str) -> list[int]:
 
 def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     from acrnmgr.compiler.slots import assign_slots
-    from acrnmgr.importers.dm_argv import memory_text
+    from acrnmgr.spec.units import format_size
 
     try:
         root = ET.fromstring(xml_text)
@@ -468,7 +468,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     mem_el = root.find("memory")
     if mem_el is None or not (mem_el.text or "").strip():
         raise ImportError_(f"{source}: the domain has no <memory>")
-    spec["memory"] = memory_text(_memory_bytes(mem_el))
+    spec["memory"] = format_size(_memory_bytes(mem_el) & ~0x3FF)  # whole KiB, the finest unit of a spec
 
     os_el = root.find("os")
     boot: dict = {}
