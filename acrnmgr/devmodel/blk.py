@@ -18,6 +18,7 @@ import struct
 
 from . import features as F
 from .device import VirtioDevice
+from .stream import copy_into
 from .virtqueue import DescriptorChain, VirtQueue
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class BlkDevice(VirtioDevice):
         elif rtype == T_FLUSH:
             status = self._flush()
         elif rtype == T_GET_ID:
-            written = self._copy_out(data_in, self.serial)
+            written = copy_into(data_in, self.serial)
             status = S_OK
         elif rtype == T_DISCARD or rtype == T_WRITE_ZEROES:
             status = self._discard_zeroes(rtype, data_out, chain.readable_len - 16)
@@ -241,17 +242,6 @@ class BlkDevice(VirtioDevice):
                 log.warning("virtio-blk: fdatasync: %s", e)
                 return S_IOERR
         return S_OK
-
-    @staticmethod
-    def _copy_out(bufs: list, data: bytes) -> int:
-        done = 0
-        for b in bufs:
-            if done >= len(data):
-                break
-            n = min(len(b), len(data) - done)
-            b[:n] = data[done:done + n]
-            done += n
-        return done
 
     def _discard_zeroes(self, rtype: int, data_out: list, nbytes: int) -> int:
         if self.read_only:
