@@ -112,16 +112,3 @@ def negotiate(device_features: int, driver_features: int, strict: bool = True) -
         raise FeatureError("packed virtqueues are not supported")
     return accepted
 
-
-def is_modern(features: int) -> bool:
-    """VERSION_1 negotiated: little-endian rings, headers and config space."""
-    return has(features, F_VERSION_1)
-
-
-def describe(features: int) -> list[str]:
-    """Names of the common (device-independent) bits set, plus ``bitN`` for the rest; for logs."""
-    names = {F_NOTIFY_ON_EMPTY: "NOTIFY_ON_EMPTY", F_ANY_LAYOUT: "ANY_LAYOUT", F_RING_INDIRECT_DESC: "INDIRECT_DESC",
-             F_RING_EVENT_IDX: "EVENT_IDX", VHOST_USER_F_PROTOCOL_FEATURES: "PROTOCOL_FEATURES",
-             F_VERSION_1: "VERSION_1", F_ACCESS_PLATFORM: "ACCESS_PLATFORM", F_RING_PACKED: "RING_PACKED",
-             F_IN_ORDER: "IN_ORDER"}
-    return [names.get(n, f"bit{n}") for n in range(64) if features >> n & 1]

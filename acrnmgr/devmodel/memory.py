@@ -62,7 +62,7 @@ def _check_u64(name: str, value: int) -> None:
 class GuestMemory:
     """A set of non-overlapping guest memory regions.
 
-    Translation: guest-physical (``view``, ``gpa_to_region``) and frontend-virtual (``uva_to_gpa``) addresses.
+    Translation: guest-physical (``view``) and frontend-virtual (``uva_to_gpa``) addresses.
     The transport converts vring addresses (frontend virtual) with :meth:`uva_to_gpa`.
     """
 
@@ -151,23 +151,12 @@ class GuestMemory:
         off = gpa - r.gpa
         return (r.rw if writable else r.ro)[off:off + length]
 
-    def contains(self, gpa: int, length: int) -> bool:
-        try:
-            self._find(gpa, length)
-        except GuestMemoryError:
-            return False
-        return True
-
     def uva_to_gpa(self, uva: int) -> int:
         """Translate a frontend virtual address (vring addresses) to a guest-physical address."""
         for r in self.regions:
             if r.uva <= uva and uva - r.uva < r.size:
                 return r.gpa + (uva - r.uva)
         raise GuestMemoryError(f"frontend address {uva:#x} is not inside any memory region")
-
-    def gpa_to_uva(self, gpa: int) -> int:
-        r = self._find(gpa, 0)
-        return r.uva + (gpa - r.gpa)
 
     # -- little-endian scalar helpers ----------------------------------------------------------------------
     def read(self, gpa: int, length: int) -> bytes:
