@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from acrnmgr.compiler import backends, slots
 from acrnmgr.compiler.grammar import version_family
 from acrnmgr.host import HostProfile
+from acrnmgr.spec.checks import VIRTIO_TYPES
 from acrnmgr.spec.diagnostics import Diagnostic, format_path
 from acrnmgr.spec.units import parse_size
 
@@ -150,7 +151,7 @@ def _argv(ctx: _Ctx, spec, plans: list[DevicePlan], rtvm: bool) -> list[str]:
     argv += ["--cpu_affinity", _cpu_affinity(ctx, s["cpu"]["affinity"])]
 
     poll = settings.get("virtioPoll")
-    if poll is None and rtvm and any(p.type in backends.VIRTIO for p in plans):
+    if poll is None and rtvm and any(p.type in VIRTIO_TYPES for p in plans):
         poll = RTVM_VIRTIO_POLL  # as ACRN's generator does for an RTVM with virtio devices
     if poll is not None:
         argv += ["--virtio_poll", str(poll)]

@@ -13,13 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from acrnmgr.host import HostProfile
+# acrn-dm's virtio devices, the one transport each offers, and what the embedded device model
+# serves: the tables the spec checks judge `backend`/`mode` by.
+from acrnmgr.spec.checks import ACRNDM_LEGACY_ONLY, EMBEDDED_TYPES, VIRTIO_TYPES
 
-# acrn-dm's virtio devices and the one transport each offers (reference section 3).
-LEGACY_ONLY = {"virtio-blk", "virtio-net", "virtio-console", "virtio-rnd", "virtio-gpio"}
-MODERN_ONLY = {"virtio-input", "virtio-gpu", "virtio-i2c", "vhost-vsock"}
-VIRTIO = LEGACY_ONLY | MODERN_ONLY
-# What the embedded device model serves (acrnmgr.devmodel: blk, net, console, rng).
-EMBEDDED_CAPABLE = {"virtio-blk", "virtio-net", "virtio-console", "virtio-rnd"}
 # QEMU 7.2 has vhost-user frontends for blk, net and rng, but none for a console.
 QEMU_VHOST_USER = {"virtio-blk", "virtio-net", "virtio-rnd"}
 
@@ -39,7 +36,7 @@ def choose(device: dict, host: HostProfile, engine: str = "acrn", family: str = 
     kind = device["type"]
     wanted = device.get("backend", "auto")
     mode = device.get("mode")
-    if kind not in VIRTIO:
+    if kind not in VIRTIO_TYPES:
         return _non_virtio(device, wanted, engine)
     if engine == "acrn":
         return _acrn_virtio(device, kind, wanted, mode, host, family)
@@ -63,11 +60,11 @@ def _non_virtio(device: dict, wanted: str, engine: str) -> Choice:
 
 def _acrn_virtio(device: dict, kind: str, wanted: str, mode: str | None, host: HostProfile,
                  family: str) -> Choice:
-    native_mode = "legacy" if kind in LEGACY_ONLY else "modern"
+    native_mode = "legacy" if kind in ACRNDM_LEGACY_ONLY else "modern"
     mode_ok = mode is None or mode == native_mode
     qemu_hint = "or run the VM with the qemu engine"
 
-    if wanted == "embedded" or (wanted == "auto" and not mode_ok and kind in EMBEDDED_CAPABLE):
+    if wanted == "embedded" or (wanted == "auto" and not mode_ok and kind in EMBEDDED_TYPES):
         why = ("backend: embedded asked for" if wanted == "embedded"
                else f"mode: {mode} asked for, and acrn-dm's {kind} is {native_mode}-only")
         native = "vhost" if kind == "vhost-vsock" else "vbs-u"
@@ -122,8 +119,8 @@ def _acrn_virtio(device: dict, kind: str, wanted: str, mode: str | None, host: H
 def _qemu_virtio(device: dict, kind: str, wanted: str, mode: str | None, host: HostProfile) -> Choice:
     if kind == "virtio-console" and wanted == "auto":
         return Choice("vbs-u", "QEMU has no vhost-user console frontend: QEMU's own virtio-serial")
-    if wanted == "embedded" or (wanted == "auto" and kind in EMBEDDED_CAPABLE and kind != "virtio-net"):
-        if kind not in EMBEDDED_CAPABLE:
+    if wanted == "embedded" or (wanted == "auto" and kind in EMBEDDED_TYPES and kind != "virtio-net"):
+        if kind not in EMBEDDED_TYPES:
             return Choice(None, "", f"the embedded device model does not serve {kind}",
                           "remove `backend` (or set it to auto)")
         if kind not in QEMU_VHOST_USER:
