@@ -20,6 +20,8 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from acrnmgr.devmodel import features as F
+from acrnmgr.devmodel.device import CONFIG_SPACE_MAX
 from acrnmgr.devmodel.inflight import InflightArea, InflightError
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
 from acrnmgr.devmodel.virtqueue import VirtQueue
@@ -96,13 +98,11 @@ VERSION = 0x1
 FLAG_VERSION_MASK = 0x3
 FLAG_REPLY = 1 << 2
 FLAG_NEED_REPLY = 1 << 3
-F_PROTOCOL_FEATURES = 1 << 30  # virtio feature bit 30, re-used by vhost-user
+F_PROTOCOL_FEATURES = F.bit(F.VHOST_USER_F_PROTOCOL_FEATURES)  # virtio feature bit 30, re-used by vhost-user
 VRING_NOFD = 1 << 8
 VRING_IDX_MASK = 0xFF
-STATUS_NEEDS_RESET = 0x40
 MAX_REGIONS = 8  # VHOST_MEMORY_BASELINE_NREGIONS: what SET_MEM_TABLE may carry
 MAX_FDS = MAX_REGIONS
-CONFIG_SPACE_MAX = 256
 # The largest payload any request we know carries is SET_MEM_TABLE with 8 regions (264 bytes) or a
 # config message (12 + 256); anything far bigger is a broken or hostile peer.
 MAX_PAYLOAD = 4096
@@ -678,7 +678,7 @@ class VhostUserBackend:
     def _get_status(self, msg: Message) -> Reply:
         status = self.status
         if self.device.needs_reset or any(q.vq is not None and q.vq.broken for q in self.queues):
-            status |= STATUS_NEEDS_RESET
+            status |= F.S_NEEDS_RESET
         return reply(msg.request, U64.pack(status))
 
     def _reset_device(self, msg: Message) -> None:
