@@ -101,6 +101,10 @@ def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bo
         _check_modes_and_backends, _check_net, _check_vsock, _check_passthru, _check_ivshmem,
         _check_extra_args, _check_rtvm,
     ]
+    if host is not None:
+        checks.append(lambda ctx, spec: _check_host(ctx, spec, host))
+    if check_paths:
+        checks.append(_check_paths)
     out: list[Diagnostic] = []
     for check in checks:
         ctx = _Ctx(doc)
@@ -110,22 +114,6 @@ def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bo
             if schema_ok:
                 raise
             continue  # malformed data already reported by the schema
-        out.extend(ctx.out)
-    if host is not None:
-        ctx = _Ctx(doc)
-        try:
-            _check_host(ctx, spec, host)
-        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
-            if schema_ok:
-                raise
-        out.extend(ctx.out)
-    if check_paths:
-        ctx = _Ctx(doc)
-        try:
-            _check_paths(ctx, spec)
-        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
-            if schema_ok:
-                raise
         out.extend(ctx.out)
     return out
 
