@@ -33,6 +33,26 @@ def _open(fd: int) -> bool:
         return False
 
 
+def _apply(backend, ram, handed: list, request: int, flags: int, payload: bytes, nfds: int) -> bool:
+    """Hand one message (with `nfds` dups of guest RAM, recorded in `handed`) to the backend as the server
+    would: reply fds closed, ready rings processed, retired fds released. False once the backend disconnects."""
+    fds = [os.dup(ram.fd) for _ in range(nfds)]
+    handed += fds
+    try:
+        answer = backend.handle(Message(request, flags, payload, fds))
+    except Disconnect:
+        return False
+    if answer is not None:
+        (rep,) = MessageReader().feed(answer.data, answer.fds)
+        for fd in rep.fds:
+            os.close(fd)
+    for q in backend.queues:
+        if backend.ready(q.index):
+            backend.process(q.index)
+    backend.release_retired()
+    return True
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(message, max_size=25))
 def test_random_message_streams(stream):
@@ -42,21 +62,9 @@ def test_random_message_streams(stream):
     handed = []
     try:
         for request, need_reply, payload, nfds in stream:
-            fds = [os.dup(ram.fd) for _ in range(nfds)]
-            handed += fds
-            msg = Message(request, VERSION | (FLAG_NEED_REPLY if need_reply else 0), payload, fds)
-            try:
-                answer = backend.handle(msg)
-            except Disconnect:
+            flags = VERSION | (FLAG_NEED_REPLY if need_reply else 0)
+            if not _apply(backend, ram, handed, request, flags, payload, nfds):
                 break
-            if answer is not None:
-                (rep,) = MessageReader().feed(answer.data, answer.fds)
-                for fd in rep.fds:
-                    os.close(fd)
-            for q in backend.queues:
-                if backend.ready(q.index):
-                    backend.process(q.index)
-            backend.release_retired()
     finally:
         backend.close()
         dev.close()
@@ -130,20 +138,8 @@ def test_mutated_setup_with_hostile_ring_contents(mutations, ring_bytes):
         for request, payload, nfds in steps:
             if request < 0:
                 continue
-            fds = [os.dup(ram.fd) for _ in range(nfds)]
-            handed += fds
-            try:
-                answer = backend.handle(Message(request, VERSION | FLAG_NEED_REPLY, payload, fds))
-            except Disconnect:
+            if not _apply(backend, ram, handed, request, VERSION | FLAG_NEED_REPLY, payload, nfds):
                 break
-            if answer is not None:
-                (rep,) = MessageReader().feed(answer.data, answer.fds)
-                for fd in rep.fds:
-                    os.close(fd)
-            for q in backend.queues:
-                if backend.ready(q.index):
-                    backend.process(q.index)
-            backend.release_retired()
     finally:
         backend.close()
         dev.close()
