@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 import xml.etree.ElementTree as ET
 from typing import Callable
 
 from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
+from acrnmgr.lifecycle.state import VmState, wait_until
 
 Progress = Callable[[str], None]
 _CONNECTIONS: dict = {}
@@ -160,7 +160,6 @@ def _stop_devmodels(name: str, progress: Progress, force: bool = False) -> None:
     """Once the domain is gone, its watcher exits and the supervisor stops the device models; wait
     for that, and stop them ourselves when it does not happen."""
     from acrnmgr.lifecycle import manager
-    from acrnmgr.lifecycle.state import VmState, wait_until
 
     state = VmState(name)
     launch = state.read_json("launch.json")
@@ -240,10 +239,7 @@ def down(name: str, uri: str, timeout: float = 30.0, force: bool = False, progre
                     dom.shutdown()
                 except libvirt.libvirtError as exc:
                     progress(f"{name}: shutdown refused ({exc.get_error_message()})")
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline and dom.isActive():
-                    time.sleep(0.1)
-                if not dom.isActive():
+                if wait_until(lambda: not dom.isActive(), timeout, 0.1):
                     how = "graceful"
             if how is None:
                 progress(f"{name}: destroy (forced power-off)")

@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from acrnmgr.lifecycle.state import wait_until
+
 POLL = 0.5
 
 
@@ -41,12 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except libvirt.libvirtError as exc:
         print(f"cannot connect to {args.uri}: {exc.get_error_message()}", flush=True)
         return 1
-    deadline = time.monotonic() + args.start_timeout
-    while not _active(conn, args.name):
-        if time.monotonic() > deadline:
-            print(f"domain {args.name} did not start within {args.start_timeout:g} s", flush=True)
-            return 1
-        time.sleep(0.1)
+    if not wait_until(lambda: _active(conn, args.name), args.start_timeout, 0.1):
+        print(f"domain {args.name} did not start within {args.start_timeout:g} s", flush=True)
+        return 1
     print(f"domain {args.name} is running", flush=True)
     while _active(conn, args.name):
         time.sleep(POLL)
