@@ -63,9 +63,9 @@ def _alias(parent, name: str | None) -> None:
 
 
 def socket_path(state_dir: Path, device: dict, slot: int | None) -> str:
-    from acrnmgr.lifecycle.qemu_argv import device_name
+    from acrnmgr.lifecycle.qemu_argv import device_name, vhost_socket_path
 
-    return str(state_dir / f"{device_name(device, slot)}.vhost.sock")
+    return str(vhost_socket_path(state_dir, device_name(device, slot)))
 
 
 def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None = None) -> tuple[str, list[str]]:

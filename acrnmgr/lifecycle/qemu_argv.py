@@ -183,8 +183,13 @@ def _mode_props(device: dict) -> str:
     return f",disable-legacy={legacy},disable-modern={modern}"
 
 
+def vhost_socket_path(state_dir: Path, name: str) -> Path:
+    """Where the embedded device model of device `name` listens (the libvirt domain export names the same)."""
+    return state_dir / f"{name}.vhost.sock"
+
+
 def _helper_socket(name: str, plan: QemuPlan, state_dir: Path) -> Path:
-    path = state_dir / f"{name}.vhost.sock"
+    path = vhost_socket_path(state_dir, name)
     plan.sockets.append(str(path))
     return path
 
