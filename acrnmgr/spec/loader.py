@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acrnmgr.spec.diagnostics import Diagnostic, SpecError, format_path
+from acrnmgr.spec.diagnostics import Diagnostic, SpecError, format_path, type_name
 
 # Alias expansion can turn a tiny YAML file into a huge tree ("billion laughs"); no VM spec
 # comes anywhere near this many nodes.
@@ -230,7 +230,7 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
     for data, positions in results:
         if not isinstance(data, dict):
             line, col = positions.locate(())
-            kind = _kind(data)
+            kind = type_name(data)
             problems.append(Diagnostic(filename, line, col, "$",
                                        f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
                                        "one VM per document; start with `apiVersion: acrnmgr/v1`"
@@ -266,12 +266,6 @@ def _looks_like_json(text: str) -> bool:
 
 def _only_comments(text: str) -> bool:
     return all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines())
-
-
-def _kind(value: Any) -> str:
-    from acrnmgr.spec.validation import type_name
-
-    return type_name(value)
 
 
 def _offset_to_linecol(text: str, offset: int) -> tuple[int, int]:
@@ -418,7 +412,7 @@ class _YamlParser:
         if isinstance(value, str):
             return value
         shown = key_node.value or "(empty)"
-        self._problem(key_node.start_mark, f"key `{shown}` is read by YAML as {_kind(value)}, not a string",
+        self._problem(key_node.start_mark, f"key `{shown}` is read by YAML as {type_name(value)}, not a string",
                       path + (key_node.value,), f'quote it: "{key_node.value}"')
         return None
 

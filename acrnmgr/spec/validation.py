@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from acrnmgr.spec.diagnostics import Diagnostic
+from acrnmgr.spec.diagnostics import Diagnostic, type_name
 from acrnmgr.spec.loader import Document, decode_bytes, parse_documents, read_documents
 
 
@@ -77,24 +77,6 @@ STDIN_NAME = "<stdin>"
 
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean (true/false)",
                "object": "a mapping", "array": "a list", "null": "null"}
-
-
-def type_name(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 def show(value: Any, limit: int = 60) -> str:
