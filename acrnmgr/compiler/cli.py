@@ -54,7 +54,7 @@ def _compile(file: str, host: Optional[str], target_version: str, engine: str, c
         _fail(exc.diagnostics)
     for warning in spec.warnings:
         typer.echo(str(warning), err=True)
-    return compile_spec(spec, profile if profile is not None else load_host(None), target_version, engine)
+    return compile_spec(spec, profile, target_version, engine)  # no profile: compile_spec detects this machine
 
 
 def render(
