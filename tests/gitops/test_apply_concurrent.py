@@ -14,52 +14,13 @@ import json
 import os
 import select
 import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
-ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
-STANDIN = Path(__file__).resolve().parents[1] / "lifecycle" / "standin_acrn_dm.py"
+from tests.lifecycle.conftest import ACRNMGR, Env
+
 WAITING = b"another apply is running; waiting for it to finish"
 VMS = ("vm1", "vm2", "vm3")
-
-
-def _fake_host(root: Path) -> tuple[Path, dict]:
-    """(host profile, environment) for the acrn engine with the stand-in acrn-dm; nothing of the real host."""
-    (root / "bin").mkdir()
-    acrn_dm = root / "bin" / "acrn-dm"
-    acrn_dm.write_text(f"#!{sys.executable}\n" + STANDIN.read_text())
-    acrn_dm.chmod(0o755)
-    for n in range(4):
-        (root / "cpu" / f"cpu{n}").mkdir(parents=True)
-        (root / "cpu" / f"cpu{n}" / "online").write_text("1")
-    (root / "remove_cpu").write_text("")
-    (root / "cpuinfo").write_text("".join(f"processor\t: {n}\napicid\t\t: {n * 2}\n\n" for n in range(4)))
-    host = root / "host.yaml"
-    host.write_text(textwrap.dedent(f"""\
-        is_service_vm: true
-        hsm_device: /dev/acrn_hsm
-        acrn_dm: {acrn_dm}
-        acrn_dm_version: "3.2"
-        net_tun: true
-        lapic_ids: [0, 2, 4, 6]
-        hugepages_total: 1024
-        hugepages_free: 1024
-        iasl: /usr/bin/true
-        """))
-    env = {
-        **os.environ,
-        "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
-        "ACRNMGR_STATE_DIR": str(root / "state"),
-        "ACRNMGR_ACRN_MNGR_DIR": str(root / "mngr"),
-        "ACRNMGR_HSM_REMOVE_CPU": str(root / "remove_cpu"),
-        "ACRNMGR_CPU_SYSFS": str(root / "cpu"),
-        "ACRNMGR_CPUINFO": str(root / "cpuinfo"),
-        "ACRNMGR_LIFE_MNGR_SOCKET": str(root / "life_mngr.sock"),
-        "STANDIN_STARTS": str(root / "starts"),
-    }
-    return host, env
 
 
 def _read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 60.0) -> bytes:
@@ -78,7 +39,8 @@ def _read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 60.0) ->
 
 
 def test_two_concurrent_applies_start_each_vm_once(tmp_path):
-    host, env = _fake_host(tmp_path)
+    fake = Env(tmp_path)  # the lifecycle tests' fake ACRN host: stand-in acrn-dm, CPU sysfs, cpuinfo, HSM
+    host, env = fake.host, fake.env
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "bzImage").write_bytes(b"kernel")
@@ -96,8 +58,7 @@ def test_two_concurrent_applies_start_each_vm_once(tmp_path):
               devices:
                 - {{type: virtio-blk, name: root, path: {name}.img}}
             """))
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
+    state = fake.state
     argv = [ACRNMGR, "apply", str(specs), "--engine", "acrn", "--host", str(host), "--wait", "--output", "json"]
     procs: list[subprocess.Popen] = []
     try:
