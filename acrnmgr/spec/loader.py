@@ -122,12 +122,14 @@ def load_specs(path: str | Path, host=None, *, check_paths: bool = True) -> list
     docs, diagnostics = validate_files([path], host=host, check_paths=check_paths)
     if any(d.is_error for d in diagnostics):
         raise SpecError(diagnostics)
-    return [spec_from_document(doc, warnings=[d for d in diagnostics if d.line and _in(doc, d)]) for doc in docs]
+    return [spec_from_document(doc, warnings=_within(doc, diagnostics)) for doc in docs]
 
 
-def _in(doc: Document, d: Diagnostic) -> bool:
+def _within(doc: Document, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """The diagnostics that point into `doc`'s lines of the file."""
     lines = [line for line, _ in doc.positions.values.values()]
-    return min(lines) <= d.line <= max(lines)
+    first, last = min(lines), max(lines)
+    return [d for d in diagnostics if d.line and first <= d.line <= last]
 
 
 def spec_from_document(doc: Document, warnings=()) -> Spec:
