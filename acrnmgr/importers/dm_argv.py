@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.compiler.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
+from acrnmgr.compiler.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT
 from acrnmgr.importers import ImportedSpec
 from acrnmgr.spec.units import format_size
 
-IMPLIED_EMULATIONS = {"hostbridge": 0, "lpc": 1}
+IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
 
 
 def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = None,
@@ -252,7 +253,7 @@ def _device(dev: SlotDevice, warnings: list[str]) -> dict | None:
         return {"type": "vhost-vsock", "cid": p["cid"]}
     if e == "passthru":
         d = {"type": "passthru", "bdf": p["bdf"]}
-        if dev.slot == 2:
+        if dev.slot == GPU_SLOT:
             d["gpu"] = True
         if p["options"]:
             d["options"] = dict(p["options"])

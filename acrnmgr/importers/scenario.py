@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
+from acrnmgr.compiler.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
 from acrnmgr.importers import ImportError_, ImportResult
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
@@ -72,7 +73,7 @@ class _Slots:
     """ACRN's VirtualBDFAllocator: 3..29 in order; explicit vBDFs are taken out of the pool."""
 
     def __init__(self):
-        self.free = list(range(3, 30))
+        self.free = list(range(FIRST_FREE, LAST_FREE + 1))
 
     def take(self, slot: int | None = None) -> int:
         if slot is None:
@@ -239,9 +240,9 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             warnings.append(f"pci_dev {m.group(0)}: no board XML, so its PCI class is unknown"
                             + (" (00:02.0 taken as the integrated GPU -> slot 2)" if gpu else "")
                             + "; enable_ptm/d3hot_reset are not derived")
-        slot = 2 if gpu else slots.take()
+        slot = GPU_SLOT if gpu else slots.take()
         devices.append(["-s", f"{slot},passthru,{bus:x}/{dev:x}/{fn:x}" + (f",{','.join(opts)}" if opts else "")])
-        if slot != 2 and not intr_monitor:
+        if slot != GPU_SLOT and not intr_monitor:
             intr_monitor = True
             params += ["--intr_monitor", PASSTHRU_INTR_MONITOR]
 
