@@ -15,6 +15,19 @@ class ImportError_(ValueError):
     """The input cannot be imported at all (not a format we know, malformed, no VM in it)."""
 
 
+def xml_root(text: str, source: str, tag: str):
+    """Parse XML whose root element must be <tag>; anything else is an ImportError_ naming `source`."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ImportError_(f"{source}: not well-formed XML: {exc}") from None
+    if root.tag != tag:
+        raise ImportError_(f"{source}: the root element is <{root.tag}>, not <{tag}>")
+    return root
+
+
 @dataclass
 class ImportedSpec:
     name: str

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.compiler.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
-from acrnmgr.importers import ImportError_, ImportResult
+from acrnmgr.importers import ImportError_, ImportResult, xml_root
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
 
@@ -268,12 +268,7 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     from acrnmgr.compiler.grammar import GrammarError
     from acrnmgr.importers.dm_argv import spec_from_argv
 
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise ImportError_(f"{source}: not well-formed XML: {exc}") from None
-    if root.tag != "acrn-config":
-        raise ImportError_(f"{source}: the root element is <{root.tag}>, not <acrn-config>")
+    root = xml_root(text, source, "acrn-config")
     board_xml = Board.load(board) if board else None
     result = ImportResult(source, "scenario", [])
     vms = root.findall("vm")

@@ -26,7 +26,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult
+from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult, xml_root
 
 ACRN_NS = "http://libvirt.org/schemas/domain/acrn/1.0"
 ACRNMGR_NS = "https://acrnmgr.dev/schemas/libvirt/1.0"
@@ -422,12 +422,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     from acrnmgr.compiler.slots import assign_slots
     from acrnmgr.spec.units import format_size
 
-    try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise ImportError_(f"{source}: not well-formed XML: {exc}") from None
-    if root.tag != "domain":
-        raise ImportError_(f"{source}: the root element is <{root.tag}>, not <domain>")
+    root = xml_root(xml_text, source, "domain")
     warnings: list[str] = []
     name = (root.findtext("name") or "").strip()
     if not name:
