@@ -18,6 +18,7 @@ if ! $python_only; then
     apt_packages+=(
         qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
         busybox-static cpio kmod                      # the test guest's initramfs
+        gcc libc6-dev                                 # small C helpers built by tests (concurrent ring reader)
         fio                                           # guest-side I/O verification and bench
         ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
         iproute2                                      # tap devices

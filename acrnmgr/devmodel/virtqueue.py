@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import platform
 import struct
 import sys
 import threading
@@ -48,11 +49,12 @@ VRING_USED_F_NO_NOTIFY = 1
 MAX_QUEUE_SIZE = 32768
 DESC_SIZE = 16
 
-# One struct set per byte order: modern rings are little-endian, legacy ones guest-native.
-_STRUCTS = {
-    order: (struct.Struct(order + "QIHH"), struct.Struct(order + "H"), struct.Struct(order + "II"))
-    for order in ("<", ">")
-}
+# Descriptor tables are read with struct: the driver fills a descriptor before it publishes the avail index, so
+# nothing writes one while we read it.  Ring *fields* are different (see _resolve).
+_DESC_STRUCTS = {order: struct.Struct(order + "QIHH") for order in ("<", ">")}
+_NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
+# x86 (TSO) keeps stores in program order; elsewhere publishing needs an explicit barrier between element and index.
+_STORES_ORDERED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 _fence_lock = threading.Lock()
 
@@ -65,6 +67,14 @@ def memory_barrier() -> None:
     """
     _fence_lock.acquire()
     _fence_lock.release()
+
+
+def _bswap16(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+def _bswap32(v: int) -> int:
+    return int.from_bytes(v.to_bytes(4, "little"), "big")
 
 
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
@@ -125,7 +135,8 @@ class VirtQueue:
         self._inflight = None
         self._resubmit: collections.deque[int] = collections.deque()
         self._flushed_heads: list[int] = []
-        self._desc = self._avail = self._used = None
+        self._desc = None
+        self._clear_ring_views()
         self._used_synced = False
         self._select_structs()
         self._reset_indexes()
@@ -146,7 +157,8 @@ class VirtQueue:
         else:
             order = ">" if self.legacy_big_endian else "<"
         self.byteorder = order
-        self._desc_s, self._u16, self._elem = _STRUCTS[order]
+        self._desc_s = _DESC_STRUCTS[order]
+        self._swap = order != _NATIVE_ORDER
         self._event_idx = F.has(self.features, F.F_RING_EVENT_IDX)
         self._indirect = F.has(self.features, F.F_RING_INDIRECT_DESC)
         self._notify_on_empty = F.has(self.features, F.F_NOTIFY_ON_EMPTY)
@@ -179,8 +191,15 @@ class VirtQueue:
         self.size = size
         self._resolve(strict=False)
 
+    def _clear_ring_views(self) -> None:
+        self._avail = self._used = None
+        self._avail16: memoryview | None = None
+        self._used16: memoryview | None = None
+        self._used32: memoryview | None = None
+
     def _resolve(self, strict: bool) -> None:
-        self._desc = self._avail = self._used = None
+        self._desc = None
+        self._clear_ring_views()
         if self.mem is None or self.desc_gpa is None:
             return
         n = self.size
@@ -197,10 +216,28 @@ class VirtQueue:
             self.mark_broken(f"ring not in guest memory: {e}")
             return
         self._desc, self._avail, self._used = desc, avail, used
+        # The driver reads and writes ring fields concurrently from another CPU.  struct.pack_into zero-fills a
+        # field before writing it (a reader can see used->idx == 0) and struct reads go byte by byte (a reader
+        # can see half an index), so every field shared with the driver goes through these typed views: one
+        # aligned load or store of the field's full width (memoryview item access is a fixed-size memcpy).
+        # The ring addresses are aligned (checked above) and regions are page-aligned mappings.
+        #   avail16: flags [0], idx [1], ring [2 + i], used_event [2 + size]
+        #   used16:  flags [0], idx [1], avail_event [2 + 4 * size];  used32: elem i = id [1 + 2i], len [2 + 2i]
+        self._avail16 = avail.cast("H")
+        self._used16 = used.cast("H")
+        self._used32 = used[:4 + 8 * n].cast("I")
         if not self._used_synced:
             # Like libvhost-user: on (re)configuration we continue from the used index the ring already holds.
-            self.used_idx = self._published_used = self._u16.unpack_from(used, 2)[0]
+            self.used_idx = self._published_used = self._load16(self._used16, 1)
             self._used_synced = True
+
+    # Single full-width loads and stores of ring fields, in the ring's byte order.
+    def _load16(self, view: memoryview, i: int) -> int:
+        v = view[i]
+        return _bswap16(v) if self._swap else v
+
+    def _store16(self, view: memoryview, i: int, v: int) -> None:
+        view[i] = _bswap16(v) if self._swap else v
 
     def reset(self) -> None:
         """Forget everything guest-provided (device reset / RESET_OWNER)."""
@@ -208,7 +245,8 @@ class VirtQueue:
         self.broken = False
         self.broken_reason = None
         self.desc_gpa = self.avail_gpa = self.used_gpa = None
-        self._desc = self._avail = self._used = None
+        self._desc = None
+        self._clear_ring_views()
         self._used_synced = False
         self._resubmit.clear()
         self._flushed_heads.clear()
@@ -263,10 +301,10 @@ class VirtQueue:
 
     # -- avail side -----------------------------------------------------------------------------------------
     def avail_idx(self) -> int:
-        return self._u16.unpack_from(self._avail, 2)[0]
+        return self._load16(self._avail16, 1)
 
     def avail_flags(self) -> int:
-        return self._u16.unpack_from(self._avail, 0)[0]
+        return self._load16(self._avail16, 0)
 
     def has_pending(self) -> bool:
         """Whether pop() would find work (never raises; False when not ready)."""
@@ -288,13 +326,13 @@ class VirtQueue:
                 return self._walk(head)
             last = self._last_avail
             if self._shadow_avail == last:
-                shadow = self._u16.unpack_from(self._avail, 2)[0]
+                shadow = self._load16(self._avail16, 1)
                 if shadow == last:
                     return None
                 if (shadow - last) & 0xFFFF > self.size:
                     raise QueueBroken(f"avail idx {shadow} jumped more than queue size {self.size} past {last}")
                 self._shadow_avail = shadow
-            head = self._u16.unpack_from(self._avail, 4 + 2 * (last % self.size))[0]
+            head = self._load16(self._avail16, 2 + last % self.size)
             self._last_avail = (last + 1) & 0xFFFF
             chain = self._walk(head)
             if self.on_pop is not None:
@@ -379,15 +417,27 @@ class VirtQueue:
         if self.on_push is not None:
             self.on_push(head)
             self._flushed_heads.append(head)
-        self._elem.pack_into(self._used, 4 + 8 * (self.used_idx % self.size), head, written_len & 0xFFFFFFFF)
+        # The element is written now, each field with one 32-bit store; the driver only looks at it once
+        # flush_used() has published an index past it.
+        used32 = self._used32
+        slot = 1 + 2 * (self.used_idx % self.size)
+        written_len &= 0xFFFFFFFF
+        if self._swap:
+            head, written_len = _bswap32(head), _bswap32(written_len)
+        used32[slot] = head
+        used32[slot + 1] = written_len
         self.used_idx = (self.used_idx + 1) & 0xFFFF
 
     def flush_used(self) -> None:
         """Publish the used index (one write for a batch of push()es)."""
         if self._used is None or self.used_idx == self._published_used:
             return
-        # x86 keeps stores in order; the element writes above are visible before this index write.
-        self._u16.pack_into(self._used, 2, self.used_idx)
+        # Publication order: the elements (push) first, then used->idx with ONE 16-bit store, never a zero-fill
+        # followed by a write (struct.pack_into), or a driver polling the index sees it go back to 0.  x86 keeps
+        # stores in program order; other CPUs need a barrier between the element stores and the index store.
+        if not _STORES_ORDERED:
+            memory_barrier()
+        self._store16(self._used16, 1, self.used_idx)
         self._published_used = self.used_idx
         self._pending_notify = True
         if self.on_flush is not None and self._flushed_heads:
@@ -408,21 +458,21 @@ class VirtQueue:
         old = self._signalled_used
         new = self._signalled_used = self.used_idx
         self._signalled_valid = True
-        used_event = self._u16.unpack_from(self._avail, 4 + 2 * self.size)[0]
+        used_event = self._load16(self._avail16, 2 + self.size)
         return not valid or vring_need_event(used_event, new, old)
 
     def disable_notification(self) -> None:
         """Ask the driver not to kick while we are processing (NO_NOTIFY; no-op with EVENT_IDX)."""
         if self._used is not None and not self._event_idx and not self.broken:
-            self._u16.pack_into(self._used, 0, VRING_USED_F_NO_NOTIFY)
+            self._store16(self._used16, 0, VRING_USED_F_NO_NOTIFY)
 
     def enable_notification(self) -> bool:
         """Re-arm driver kicks (avail_event with EVENT_IDX, else clear NO_NOTIFY); True if work arrived meanwhile."""
         if self._used is None or self.broken:
             return False
         if self._event_idx:
-            self._u16.pack_into(self._used, 4 + 8 * self.size, self.avail_idx())
+            self._store16(self._used16, 2 + 4 * self.size, self.avail_idx())
         else:
-            self._u16.pack_into(self._used, 0, 0)
+            self._store16(self._used16, 0, 0)
         memory_barrier()
         return self.has_pending()
