@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from acrnmgr import __version__
-from acrnmgr.compiler import cli as compiler_cli
+from acrnmgr.render import cli as compiler_cli
 from acrnmgr.devmodel import cli as devmodel_cli
 from acrnmgr.gitops import cli as gitops_cli
 from acrnmgr.lifecycle import cli as lifecycle_cli

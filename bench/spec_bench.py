@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from acrnmgr.compiler.acrndm import compile_spec  # noqa: E402
-from acrnmgr.compiler.script import render_script  # noqa: E402
+from acrnmgr.render.acrndm import compile_spec  # noqa: E402
+from acrnmgr.render.script import render_script  # noqa: E402
 from acrnmgr.host import HostProfile  # noqa: E402
 from acrnmgr.spec.loader import load_spec_text  # noqa: E402
 

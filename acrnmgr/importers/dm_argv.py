@@ -1,6 +1,6 @@
-"""An acrn-dm argv -> an acrnmgr spec document, through acrnmgr.compiler.grammar.
+"""An acrn-dm argv -> an acrnmgr spec document, through acrnmgr.render.grammar.
 
-The spec renders back (acrnmgr.compiler.acrndm) to an argv that is *equivalent*: the same
+The spec renders back (acrnmgr.render.acrndm) to an argv that is *equivalent*: the same
 `normalized_argv()`. What normalization covers, explicitly:
 - option order: the compiler writes options in a fixed order and `-s` slots sorted by slot;
 - `-m` in MiB (`-m 1G` -> `-m 1024M`);
@@ -15,9 +15,9 @@ differ, the device gets an explicit `slot`."""
 
 from __future__ import annotations
 
-from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
-from acrnmgr.compiler.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
-from acrnmgr.compiler.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT
+from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
+from acrnmgr.render.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
+from acrnmgr.plan.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT
 from acrnmgr.importers import ImportedSpec
 from acrnmgr.spec.units import format_size
 
@@ -47,7 +47,7 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
     if affinity is None:
         raise GrammarError("no --cpu_affinity: acrnmgr specs pin every VM to explicit CPUs (LAPIC IDs); "
                            "add --cpu_affinity to the source")
-    from acrnmgr.compiler.grammar import parse_cpu_affinity
+    from acrnmgr.render.grammar import parse_cpu_affinity
 
     spec["cpu"] = {"affinity": parse_cpu_affinity(affinity, cmd.version[0])}
     memsize = cmd.get("memsize")
@@ -137,7 +137,7 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
 
 
 def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
-    from acrnmgr.compiler.grammar import parse_ovmf
+    from acrnmgr.render.grammar import parse_ovmf
 
     kinds = [k for k in ("ovmf", "kernel", "elf_file") if cmd.has(k)]
     if len(kinds) > 1:
@@ -164,7 +164,7 @@ def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
 
 
 def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) -> tuple[list[dict], list[int]]:
-    from acrnmgr.compiler.slots import assign_slots
+    from acrnmgr.plan.slots import assign_slots, requests_of
 
     present = {s.emul for s in cmd.slots}
     if "hostbridge" not in present:
@@ -193,7 +193,7 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
 
     # Keep every device on its slot: pin a slot only where the automatic assignment differs.
     for _ in range(len(devices) + 1):
-        assigned, _problems = assign_slots(devices)
+        assigned, _problems = assign_slots(requests_of(devices))
         wrong = [i for i, s in enumerate(assigned) if s != slots[i] and "slot" not in devices[i]]
         if not wrong:
             break

@@ -236,7 +236,7 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
 
 
 def import_launch_script(text: str, source: str, version: str = "3.x") -> ImportResult:
-    from acrnmgr.compiler.grammar import GrammarError
+    from acrnmgr.render.grammar import GrammarError
     from acrnmgr.importers.dm_argv import spec_from_argv
 
     argv, warnings = argv_from_launch_script(text)

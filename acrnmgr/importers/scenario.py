@@ -22,8 +22,8 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from acrnmgr.compiler.acrndm import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
-from acrnmgr.compiler.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
+from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
+from acrnmgr.plan.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
 from acrnmgr.importers import ImportError_, ImportResult, xml_root
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
@@ -265,7 +265,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
 
 def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
-    from acrnmgr.compiler.grammar import GrammarError
+    from acrnmgr.render.grammar import GrammarError
     from acrnmgr.importers.dm_argv import spec_from_argv
 
     root = xml_root(text, source, "acrn-config")

@@ -26,7 +26,11 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from acrnmgr.devices import vm_from_spec
+from acrnmgr.devices.base import vhost_socket_path
 from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult, xml_root
+from acrnmgr.plan import make_plan
+from acrnmgr.render.acrndm import render_acrndm
 
 ACRN_NS = "http://libvirt.org/schemas/domain/acrn/1.0"
 ACRNMGR_NS = "https://acrnmgr.dev/schemas/libvirt/1.0"
@@ -62,17 +66,8 @@ def _alias(parent, name: str | None) -> None:
         _sub(parent, "alias", name=f"ua-{name}")
 
 
-def socket_path(state_dir: Path, device: dict, slot: int | None) -> str:
-    from acrnmgr.lifecycle.qemu_argv import device_name, vhost_socket_path
-
-    return str(vhost_socket_path(state_dir, device_name(device, slot)))
-
-
 def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None = None) -> tuple[str, list[str]]:
     """(domain XML text, warnings)."""
-    from acrnmgr.compiler.acrndm import compile_spec
-    from acrnmgr.compiler.backends import choose
-    from acrnmgr.compiler.slots import assign_slots
     from acrnmgr.host import HostProfile
     from acrnmgr.lifecycle.state import state_root
     from acrnmgr.spec.units import parse_size
@@ -84,9 +79,11 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
     s = spec.spec
     warnings: list[str] = []
     devices = spec.devices
-    slots, problems = assign_slots(devices)
-    if problems:
-        raise ExportError("; ".join(p.message for p in problems))
+    engine = "acrn" if flavor == "acrn" else "qemu"
+    plan = make_plan(vm_from_spec(spec), host, engine, state_dir=state_dir)
+    slots = [p.slot for p in plan.devices]
+    if any(slot is None for slot in slots):
+        raise ExportError("; ".join(e.message for e in plan.errors if e.json_path.endswith((".slot", ".gpu"))))
     rtvm = s.get("vmType", "standard") == "rtvm"
     engine = "acrn" if flavor == "acrn" else "qemu"
 
@@ -111,7 +108,6 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
         _sub(cputune, "vcpupin", vcpu=n, cpuset=cpu)
 
     needs_shared_memory = False
-    choices = [choose(d, host, engine) for d in devices]
     boot = s["boot"]
     os_el = _sub(root, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", **({} if flavor == "acrn" else {"machine": "pc"}))
@@ -163,8 +159,9 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
 
     vs_index = 0
     for i, d in enumerate(devices):
-        kind, slot, choice = d["type"], slots[i], choices[i]
-        backend = choice.backend
+        kind, slot = d["type"], slots[i]
+        backend = plan.devices[i].backend
+        sock = str(vhost_socket_path(state_dir, plan.devices[i].name))
         extra = {k: d[k] for k in ("backend",) if k in d}
         model = _MODEL.get(d.get("mode", ""), "virtio")
         if d.get("mode") == "legacy":
@@ -176,7 +173,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
                 needs_shared_memory = True
                 disk = _sub(devs, "disk", type="vhostuser", device="disk")
                 _sub(disk, "driver", name="qemu", type="raw")
-                src = _sub(disk, "source", type="unix", path=socket_path(state_dir, d, slot))
+                src = _sub(disk, "source", type="unix", path=sock)
                 _sub(src, "reconnect", enabled="yes", timeout=10)
                 # the image is the device model's business: libvirt only sees the socket
                 extra.update({k: v for k, v in d.items() if k not in ("type", "name", "boot", "readOnly", "mode", "slot")})
@@ -209,7 +206,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
             if backend == "embedded" and flavor == "qemu":
                 needs_shared_memory = True
                 iface = _sub(devs, "interface", type="vhostuser")
-                _sub(iface, "source", type="unix", path=socket_path(state_dir, d, slot), mode="client")
+                _sub(iface, "source", type="unix", path=sock, mode="client")
                 extra["tap"] = ifname
             elif flavor == "acrn":
                 iface = _sub(devs, "interface", type="bridge")
@@ -317,7 +314,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
         meta["deviceExtras"] = meta_dev
 
     if flavor == "acrn":
-        compiled = compile_spec(spec, host, engine="acrn")
+        compiled = render_acrndm(plan)
         cfg = _sub(root, f"{{{ACRN_NS}}}config")
         if rtvm:
             _sub(cfg, f"{{{ACRN_NS}}}rtvm")
@@ -352,7 +349,7 @@ _DRIVER_OWNED = {"-m", "--cpu_affinity", "--rtvm", "--virtio_poll", "-k", "-r", 
 
 def _acrn_commandline(argv: list[str], unmapped_idx: set[int], plans) -> list[str]:
     """acrn-dm options and -s slots the ACRN driver does not generate from domain elements."""
-    from acrnmgr.compiler.script import _lines
+    from acrnmgr.render.script import _lines
 
     keep: list[str] = []
     unmapped_slots = {f"{p.slot}:0,{p.emulation}" for p in plans if p.index in unmapped_idx and p.slot is not None}
@@ -419,7 +416,7 @@ def _cpuset(text: str) -> list[int]:
 
 
 def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
-    from acrnmgr.compiler.slots import assign_slots
+    from acrnmgr.plan.slots import assign_slots, requests_of
     from acrnmgr.spec.units import format_size
 
     root = xml_root(xml_text, source, "domain")
@@ -729,7 +726,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     for d in devices:
         if "slot" in d:
             trial = [x if x is not d else {k: v for k, v in d.items() if k != "slot"} for x in devices]
-            assigned, problems = assign_slots(trial)
+            assigned, problems = assign_slots(requests_of(trial))
             if not problems and assigned[devices.index(d)] == d["slot"]:
                 del d["slot"]
     if lpc or meta.get("lpc"):

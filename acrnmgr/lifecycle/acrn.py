@@ -50,7 +50,7 @@ class AcrnEngine(Engine):
 
     # plan ----------------------------------------------------------------------------------
     def plan(self, spec, host, state) -> LaunchPlan:
-        from acrnmgr.compiler.acrndm import compile_spec
+        from acrnmgr.render.acrndm import compile_spec
 
         compiled = compile_spec(spec, host)
         if compiled.errors:

@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from acrnmgr.cli import app
-from acrnmgr.compiler.acrndm import compile_spec
+from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.host import HostProfile
 from acrnmgr.importers import ImportError_, import_file
 from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
@@ -135,7 +135,7 @@ def test_tricky_dm_params(tmp_path):
 
 
 def test_spec_from_argv_refuses_what_acrn_dm_refuses():
-    from acrnmgr.compiler.grammar import GrammarError
+    from acrnmgr.render.grammar import GrammarError
 
     with pytest.raises(GrammarError, match="uuid"):
         spec_from_argv(["acrn-dm", "-U", "x", "-m", "1G", "vm"])

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 
-from acrnmgr.compiler.grammar import GrammarError, parse_argv
+from acrnmgr.render.grammar import GrammarError, parse_argv
 from acrnmgr.lifecycle import monitor
 
 

@@ -7,8 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from acrnmgr.compiler.acrndm import compile_spec
-from acrnmgr.compiler.script import render_script
+from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.render.script import render_script
 
 from .conftest import make_spec
 

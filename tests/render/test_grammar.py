@@ -2,7 +2,7 @@
 
 import pytest
 
-from acrnmgr.compiler.grammar import GrammarError, parse_argv, parse_slot
+from acrnmgr.render.grammar import GrammarError, parse_argv, parse_slot
 
 BASE = ["acrn-dm", "-m", "1024M", "-s", "0:0,hostbridge", "-s", "1:0,lpc", "-l", "com1,stdio"]
 

@@ -5,7 +5,9 @@ skipping slots that devices ask for explicitly. The result depends only on the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 HOSTBRIDGE_SLOT = 0
 LPC_SLOT = 1
@@ -22,15 +24,28 @@ class SlotProblem:
     suggestion: str | None = None
 
 
-def assign_slots(devices: list[dict]) -> tuple[list[int | None], list[SlotProblem]]:
+@dataclass(frozen=True)
+class SlotRequest:
+    """What slot assignment needs of a device: the slot it asks for, and whether it is the GPU passthrough."""
+
+    slot: int | None = None
+    gpu: bool = False
+
+
+def requests_of(devices: Sequence[Mapping[str, Any]]) -> list[SlotRequest]:
+    """Slot requests of spec-shaped device mappings (the importers build those before a model exists)."""
+    return [SlotRequest(d.get("slot"), d.get("type") == "passthru" and bool(d.get("gpu"))) for d in devices]
+
+
+def assign_slots(devices: Sequence[SlotRequest]) -> tuple[list[int | None], list[SlotProblem]]:
     """Return (slot per device, problems). A device with a problem gets None."""
     slots: list[int | None] = [None] * len(devices)
     problems: list[SlotProblem] = []
     owner: dict[int, int] = {}
 
-    gpus = [i for i, d in enumerate(devices) if d.get("type") == "passthru" and d.get("gpu")]
+    gpus = [i for i, d in enumerate(devices) if d.gpu]
     for n, i in enumerate(gpus):
-        explicit = devices[i].get("slot")
+        explicit = devices[i].slot
         if n:
             problems.append(SlotProblem(i, "gpu", f"only one GPU passthrough per VM (device {gpus[0]} is already the GPU)",
                                         "drop `gpu: true` from all but one passthru device"))
@@ -42,7 +57,7 @@ def assign_slots(devices: list[dict]) -> tuple[list[int | None], list[SlotProble
             owner[GPU_SLOT] = i
 
     for i, device in enumerate(devices):
-        explicit = device.get("slot")
+        explicit = device.slot
         if explicit is None or i in gpus:
             continue
         if not FIRST_FREE <= explicit <= LAST_FREE:
@@ -59,7 +74,7 @@ def assign_slots(devices: list[dict]) -> tuple[list[int | None], list[SlotProble
 
     next_free = FIRST_FREE
     for i, device in enumerate(devices):
-        if slots[i] is not None or device.get("slot") is not None or i in gpus:
+        if slots[i] is not None or device.slot is not None or i in gpus:
             continue
         while next_free in owner:
             next_free += 1

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from acrnmgr.compiler.acrndm import compile_spec
-from acrnmgr.compiler.cli import format_plan
-from acrnmgr.compiler.script import render_script
+from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.render.cli import format_plan
+from acrnmgr.render.script import render_script
 from acrnmgr.spec.loader import load_spec
 
 from .conftest import EXAMPLE_FILES, EXAMPLES

@@ -41,7 +41,7 @@ def _fail(lines) -> None:
 
 
 def _compile(file: str, host: Optional[str], target_version: str, engine: str, check_paths: bool):
-    from acrnmgr.compiler.acrndm import compile_spec
+    from acrnmgr.render.acrndm import compile_spec
     from acrnmgr.spec.diagnostics import SpecError
     from acrnmgr.spec.loader import load_spec
 
@@ -79,7 +79,7 @@ def render(
     if format is RenderFormat.argv:
         typer.echo(shlex.join(compiled.argv))
     elif format is RenderFormat.script:
-        from acrnmgr.compiler.script import render_script
+        from acrnmgr.render.script import render_script
 
         typer.echo(render_script(compiled), nl=False)
     else:

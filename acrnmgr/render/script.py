@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from functools import cache
 
-from acrnmgr.compiler.acrndm import Compiled
+from acrnmgr.render.acrndm import Compiled
 
 TEMPLATE = "launch_user_vm.sh.j2"
 
@@ -34,7 +34,7 @@ def _template():
 
 def _lines(argv: list[str]) -> list[str]:
     """dm_params one option per line: `-s 3:0,virtio-blk,...` stays together (quoted apart)."""
-    from acrnmgr.compiler.grammar import OPTIONS_V2, OPTIONS_V3
+    from acrnmgr.render.grammar import OPTIONS_V2, OPTIONS_V3
 
     takes_arg = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
     takes_arg |= {f"-{o.short}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg and o.short}

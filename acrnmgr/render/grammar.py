@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from acrnmgr.plan import family_of
+
 MAX_VM_NAME_LEN = 15
 MIN_MEMORY = 128 << 20
 
@@ -114,10 +116,10 @@ OBSOLETE_EMULATIONS = frozenset({"pci-gvt", "virtio-hdcp", "npk", "virtio-coreu"
 
 def version_family(version: str) -> str:
     """'3.x', '3.2', 'v3.0' -> '3'; '2.7', '2.x' -> '2'."""
-    match = re.match(r"v?(\d+)", str(version))
-    if not match or match.group(1) not in ("2", "3"):
-        raise GrammarError(f"unsupported acrn-dm version {version!r}: use 3.x or 2.7")
-    return match.group(1)
+    try:
+        return family_of(version)
+    except ValueError as exc:
+        raise GrammarError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from acrnmgr.compiler.acrndm import compile_spec
+from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.host import HostProfile
 from acrnmgr.spec.loader import load_spec
 

@@ -6,9 +6,26 @@ import dataclasses
 
 import pytest
 
-from acrnmgr.compiler.backends import choose
-from acrnmgr.compiler.grammar import GrammarError, parse_argv
-from acrnmgr.compiler.slots import assign_slots
+from pathlib import Path
+
+from acrnmgr.devices import device_from_spec
+from acrnmgr.plan.slots import assign_slots as assign_requests
+from acrnmgr.plan.slots import requests_of
+from acrnmgr.render.grammar import GrammarError, parse_argv
+
+# The fields each kind requires, so that a test can name only what it is about.
+_REQUIRED = {"virtio-blk": {"path": "/img"}, "virtio-console": {"ports": []}, "virtio-input": {"device": "/dev/x"},
+             "virtio-i2c": {"args": "x"}, "virtio-gpio": {"args": "x"}, "vhost-vsock": {"cid": 3},
+             "passthru": {"bdf": "00:1f.3"}, "ivshmem": {"region": "dm:/x", "size": "2M"}}
+
+
+def choose(raw, host, engine="acrn", family="3"):
+    device = device_from_spec(0, {**_REQUIRED.get(raw["type"], {}), **raw}, Path("/"))
+    return device.choose(host, engine, family)
+
+
+def assign_slots(devices):
+    return assign_requests(requests_of(devices))
 
 from .conftest import BASIC, compile_body
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from acrnmgr.compiler.acrndm import compile_spec
-from acrnmgr.compiler.grammar import parse_argv, parse_cpu_affinity, parse_memsize
+from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.render.grammar import parse_argv, parse_cpu_affinity, parse_memsize
 from acrnmgr.spec.loader import load_spec
 from acrnmgr.spec.units import parse_size
 

@@ -1,0 +1,256 @@
+"""What every device-kind module builds on: the backend choice, and the contexts the renderers hand a device.
+
+Backends: ``vbs-u`` (the VMM's own user-space virtio device: acrn-dm's VBS-U, or QEMU's built-in device on the
+qemu engine), ``vhost`` (kernel vhost), ``embedded`` (our Python device model over vhost-user), ``passthru`` (a host
+PCI function), ``acrn-dm`` (a non-virtio device acrn-dm emulates itself) and ``hypervisor`` (an hv:/ ivshmem
+region).  acrn-dm has no vhost-user frontend, so an ``embedded`` device cannot attach to an acrn-dm VM.
+
+A device kind is a :class:`~acrnmgr.model.Device` subclass in ``acrnmgr/devices/<kind>.py`` that implements
+``from_spec`` (typed fields, defaults applied), ``choose`` (backend and reason per engine), ``acrn_args`` (the
+acrn-dm ``-s`` config) and ``qemu`` (QEMU arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.host import HostProfile
+from acrnmgr.model import Device, JsonPath
+from acrnmgr.spec.diagnostics import Diagnostic, format_path
+
+NO_VHOST_USER = "acrn-dm has no vhost-user frontend, so the embedded device model cannot attach to an acrn-dm VM"
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str | None  # None when there is no valid choice (see error)
+    reason: str
+    error: str | None = None
+    suggestion: str | None = None
+
+
+class Diagnostics:
+    """Collects diagnostics pinned to the spec's file:line:col."""
+
+    def __init__(self, locate: Any) -> None:
+        self._locate = locate
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+
+    def _diag(self, path: JsonPath, message: str, suggestion: str | None, severity: str) -> Diagnostic:
+        file, line, col = self._locate(path)
+        return Diagnostic(file, line, col, format_path(path), message, suggestion, severity)
+
+    def error(self, path: JsonPath, message: str, suggestion: str | None = None) -> None:
+        self.errors.append(self._diag(path, message, suggestion, "error"))
+
+    def warn(self, path: JsonPath, message: str, suggestion: str | None = None) -> None:
+        self.warnings.append(self._diag(path, message, suggestion, "warning"))
+
+
+class AcrnArgs:
+    """What a device needs to write its acrn-dm config: the grammar family and a diagnostics sink."""
+
+    def __init__(self, diags: Diagnostics, family: str) -> None:
+        self.diags = diags
+        self.family = family
+
+    def path(self, value: str, where: JsonPath, separators: str = ",") -> str:
+        """``value`` (already absolute) for acrn-dm; acrn-dm splits its option strings on ``separators``, so a
+        path containing one cannot be expressed."""
+        bad = [c for c in separators if c in value]
+        if bad:
+            self.diags.error(where, f"path {value!r} contains {bad[0]!r}, which acrn-dm uses to split this option",
+                             "rename or symlink the file to a path without it")
+        return value
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A process the VM needs running before it starts (an embedded device model)."""
+
+    name: str
+    argv: list[str]
+    socket: str
+    device: str
+
+
+@dataclass
+class QemuArgs:
+    """The QEMU argv being built, and what it needs around it (helpers, sockets, consoles, copies)."""
+
+    vm_name: str
+    state_dir: Path
+    diags: Diagnostics
+    argv: list[str] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)  # every unix socket to remove after stop
+    consoles: list[dict[str, Any]] = field(default_factory=list)  # {"name", "kind": socket|pty|tty, "path"}
+    copies: list[tuple[str, str]] = field(default_factory=list)  # (source, per-run copy) made before start
+
+    def stdio_socket(self, name: str, chardev_id: str | None = None) -> str:
+        """A console that would be stdio under acrn-dm: a unix socket in the state folder, logged."""
+        path = self.state_dir / f"{name}.console.sock"
+        self.sockets.append(str(path))
+        self.consoles.append({"name": name, "kind": "socket", "path": str(path)})
+        log = self.state_dir / "console.log"
+        return f"socket,id={chardev_id or name},path={esc(path)},server=on,wait=off,logfile={esc(log)},logappend=on"
+
+    def helper(self, device: Device, model: str, extra: list[str]) -> Path:
+        """Start ``acrnmgr devmodel serve --device MODEL`` for ``device``; returns its vhost-user socket."""
+        name = device.display_name
+        sock = vhost_socket_path(self.state_dir, name)
+        self.sockets.append(str(sock))
+        self.helpers.append(Helper(f"devmodel-{name}", [*devmodel_command(), "--device", model, "--socket",
+                                                        str(sock), *extra], str(sock), name))
+        return sock
+
+
+def esc(value: object) -> str:
+    """QEMU's key=value option syntax: a comma inside a value is written twice."""
+    return str(value).replace(",", ",,")
+
+
+def blockdev(node: Mapping[str, Any]) -> str:
+    return json.dumps(node)
+
+
+def devmodel_command() -> list[str]:
+    script = Path(sys.executable).with_name("acrnmgr")
+    return [str(script) if script.exists() else (shutil.which("acrnmgr") or "acrnmgr"), "devmodel", "serve"]
+
+
+def vhost_socket_path(state_dir: Path, name: str) -> Path:
+    """Where the embedded device model of device ``name`` listens (the libvirt domain export names the same)."""
+    return state_dir / f"{name}.vhost.sock"
+
+
+_QEMU_MODES = {"legacy": ("off", "on"), "transitional": ("off", "off"), "modern": ("on", "off")}
+
+
+def qemu_mode(device: Device) -> str:
+    """mode legacy|transitional|modern -> QEMU's disable-legacy / disable-modern."""
+    if not device.mode:
+        return ""
+    legacy, modern = _QEMU_MODES[device.mode]
+    return f",disable-legacy={legacy},disable-modern={modern}"
+
+
+def parse_bdf(text: str) -> tuple[int, int, int, int]:
+    """A PCI address as (domain, bus, device, function): ``00:1f.3``, ``00/1f/3`` or ``0000:00:1f.3``."""
+    parts = text.replace("/", ":").replace(".", ":").split(":")
+    if len(parts) == 3:
+        parts.insert(0, "0")
+    if len(parts) != 4:
+        raise ValueError(f"not a PCI address: {text!r}")
+    domain, bus, dev, func = (int(p, 16) for p in parts)
+    if not (0 <= domain <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= dev <= 0x1F and 0 <= func <= 7):
+        raise ValueError(f"not a PCI address: {text!r}")
+    return domain, bus, dev, func
+
+
+class VirtioDevice(Device):
+    """A virtio device kind.  Class attributes say what serves it:
+
+    - ``ACRN_MODE``: the one transport acrn-dm's own device offers (``legacy``: PIO BAR0, ``modern``: MMIO BAR4);
+    - ``EMBEDDED``: our embedded device model serves it (over vhost-user);
+    - ``QEMU_VHOST_USER``: QEMU 7.2 has a vhost-user frontend for it.
+    """
+
+    VIRTIO: ClassVar[bool] = True
+    ACRN_MODE: ClassVar[str] = "legacy"
+    EMBEDDED: ClassVar[bool] = False
+    QEMU_VHOST_USER: ClassVar[bool] = False
+
+    def choose(self, host: HostProfile, engine: str, family: str) -> Choice:
+        if engine == "acrn":
+            return self.choose_acrn(host, family)
+        return self.choose_qemu(host)
+
+    # -- acrn-dm ---------------------------------------------------------------------------------------------
+    def acrn_mode_choice(self) -> Choice | None:
+        """The embedded-or-refuse decision every acrn-dm virtio device makes first (None: acrn-dm serves it)."""
+        native_mode = self.ACRN_MODE
+        mode_ok = self.mode is None or self.mode == native_mode
+        wanted = self.backend
+        if wanted == "embedded" or (wanted == "auto" and not mode_ok and self.EMBEDDED):
+            why = ("backend: embedded asked for" if wanted == "embedded"
+                   else f"mode: {self.mode} asked for, and acrn-dm's {self.KIND} is {native_mode}-only")
+            native = "vhost" if self.KIND == "vhost-vsock" else "vbs-u"
+            return Choice("embedded", f"{why}: needs the embedded device model",
+                          f"{why}, which needs the embedded device model over vhost-user; {NO_VHOST_USER}",
+                          f"use mode: {native_mode} with backend: auto ({native}, acrn-dm's own {self.KIND}), "
+                          "or run the VM with the qemu engine")
+        if not mode_ok:
+            return Choice(None, "", f"acrn-dm's {self.KIND} is {native_mode}-only; it cannot give mode: {self.mode}",
+                          f"use mode: {native_mode} (or drop `mode`)")
+        return None
+
+    def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        early = self.acrn_mode_choice()
+        if early is not None:
+            return early
+        if self.backend == "vhost":
+            return Choice(None, "", f"acrn-dm has kernel vhost only for virtio-net and vhost-vsock, not {self.KIND}",
+                          "remove `backend` (or set it to auto or vbs-u)")
+        return Choice("vbs-u", f"acrn-dm's user-space {self.KIND} (VBS-U, {self.ACRN_MODE})"
+                      + (" (backend: vbs-u asked for)" if self.backend == "vbs-u" else ""))
+
+    # -- QEMU ------------------------------------------------------------------------------------------------
+    def choose_qemu(self, host: HostProfile) -> Choice:
+        wanted = self.backend
+        if wanted == "embedded" or (wanted == "auto" and self.EMBEDDED and self.QEMU_VHOST_USER):
+            if not self.EMBEDDED:
+                return Choice(None, "", f"the embedded device model does not serve {self.KIND}",
+                              "remove `backend` (or set it to auto)")
+            if not self.QEMU_VHOST_USER:
+                return Choice(None, "", f"QEMU has no vhost-user frontend for {self.KIND}, so backend: embedded "
+                              "cannot serve it on the qemu engine", "remove `backend` (QEMU's own device is used)")
+            return Choice("embedded", "served by the embedded device model over vhost-user"
+                          + (" (backend: embedded asked for)" if wanted == "embedded" else " (qemu engine default)"))
+        if wanted == "vhost":
+            return Choice(None, "", f"there is no kernel vhost for {self.KIND}", "remove `backend`")
+        return Choice("vbs-u", f"QEMU's user-space {self.KIND}")
+
+    # -- renderers -------------------------------------------------------------------------------------------
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return ""
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
+
+    def missing_on_host(self) -> str | None:
+        """Why this device cannot run on this machine (a host probe), or None."""
+        return None
+
+
+class EmulatedDevice(Device):
+    """A non-virtio device that acrn-dm emulates itself (or passes through)."""
+
+    def choose(self, host: HostProfile, engine: str, family: str) -> Choice:
+        if self.backend != "auto":
+            return Choice(None, "", f"backend: {self.backend} only applies to virtio devices; {self.KIND} is not one",
+                          "remove `backend` (or set it to auto)")
+        return self.choose_native(engine)
+
+    def choose_native(self, engine: str) -> Choice:
+        if engine != "acrn":
+            return Choice(None, "", f"{self.KIND} is an acrn-dm device; the {engine} engine cannot provide it",
+                          "use the acrn engine")
+        return Choice("acrn-dm", f"{self.KIND} is emulated by acrn-dm itself")
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return ""
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
+
+    def missing_on_host(self) -> str | None:
+        return None

@@ -1,0 +1,51 @@
+"""vhost-vsock: always the kernel's vhost-vsock (acrn-dm and QEMU alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice
+from acrnmgr.host import HostProfile
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class VhostVsock(VirtioDevice):
+    KIND: ClassVar[str] = "vhost-vsock"
+    ACRN_MODE: ClassVar[str] = "modern"
+
+    cid: int = 3
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VhostVsock:
+        return cls(**common_fields(index, raw), cid=raw["cid"])
+
+    def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        early = self.acrn_mode_choice()
+        if early is not None:
+            return early
+        if self.backend == "vbs-u":
+            return Choice(None, "", "acrn-dm has no user-space vsock: vhost-vsock always uses kernel vhost",
+                          "remove `backend` (or set it to auto or vhost)")
+        if not host.vhost_vsock:
+            return Choice(None, "", "vhost-vsock needs /dev/vhost-vsock, which the host profile lacks "
+                          "(acrn-dm treats the failure to open it as fatal)",
+                          "load the vhost_vsock kernel module on the Service VM, or remove the device")
+        return Choice("vhost", "vhost-vsock always uses kernel vhost (/dev/vhost-vsock is present)")
+
+    def choose_qemu(self, host: HostProfile) -> Choice:
+        if self.backend in ("auto", "vhost"):
+            if host.vhost_vsock:
+                return Choice("vhost", "host has /dev/vhost-vsock: kernel vhost")
+            return Choice(None, "", "vhost-vsock with kernel vhost needs /dev/vhost-vsock, which the host profile "
+                          "lacks", "load the vhost kernel module")
+        return super().choose_qemu(host)
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return f"cid={self.cid}"
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},addr={slot:#x}"]

@@ -1,0 +1,112 @@
+"""virtio-blk: acrn-dm's VBS-U block device (legacy), QEMU's virtio-blk-pci, or the embedded device model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice, blockdev, esc, qemu_mode
+from acrnmgr.model import common_fields, resolve
+
+DEFAULT_CACHE = "writethru"
+
+
+@dataclass(frozen=True)
+class VirtioBlk(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-blk"
+    EMBEDDED: ClassVar[bool] = True
+    QEMU_VHOST_USER: ClassVar[bool] = True
+
+    path: str = ""
+    boot: bool = False
+    cache: str = DEFAULT_CACHE
+    read_only: bool = False
+    discard: bool | tuple[int, int, int] = False  # True, or (maxSectors, maxSegments, alignment)
+    sector_size: tuple[int, int | None] | None = None  # (logical, physical)
+    range: tuple[int, int] | None = None  # (startLba, size) in 512-byte sectors
+    iothread: bool | tuple[int, tuple[tuple[int, ...], ...]] = False  # True, or (count, cpu groups)
+    mq: int | None = None
+    aio: str | None = None
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioBlk:
+        discard = raw.get("discard", False)
+        if isinstance(discard, Mapping):
+            discard = (discard["maxSectors"], discard["maxSegments"], discard["alignment"])
+        iothread = raw.get("iothread", False)
+        if isinstance(iothread, Mapping):
+            iothread = (iothread["count"], tuple(tuple(group) for group in iothread.get("cpus", [])))
+        ss = raw.get("sectorSize")
+        rng = raw.get("range")
+        return cls(**common_fields(index, raw), path=resolve(base_dir, raw["path"]), boot=bool(raw.get("boot")),
+                   cache=raw.get("cache", DEFAULT_CACHE), read_only=bool(raw.get("readOnly")), discard=discard,
+                   sector_size=(ss["logical"], ss.get("physical")) if ss else None,
+                   range=(rng["startLba"], rng["size"]) if rng else None, iothread=iothread, mq=raw.get("mq"),
+                   aio=raw.get("aio"))
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        out = ["b"] if self.boot else []
+        if self.iothread is True:
+            out.append("iothread")
+        elif isinstance(self.iothread, tuple):
+            count, groups = self.iothread
+            text = f"iothread={count}"
+            if groups:
+                text += "@" + "/".join(":".join(str(c) for c in group) for group in groups)
+            out.append(text)
+        if self.mq:
+            out.append(f"mq={self.mq}")
+        out.append(ctx.path(self.path, (*self.where, "path")))
+        if self.cache != DEFAULT_CACHE:
+            out.append(self.cache)
+        if self.read_only:
+            out.append("ro")
+        if self.discard is True:
+            out.append("discard")
+        elif isinstance(self.discard, tuple):
+            out.append("discard={}:{}:{}".format(*self.discard))
+        if self.sector_size:
+            logical, physical = self.sector_size
+            out.append(f"sectorsize={logical}" + (f"/{physical}" if physical else ""))
+        if self.range:
+            out.append(f"range={self.range[0]}/{self.range[1]}")
+        if self.aio:
+            out.append(f"aio={self.aio}")
+        return ",".join(out)
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        nid, addr, mode = f"dev{slot}", f"addr={slot:#x}", qemu_mode(self)
+        if backend == "embedded":
+            queues = self.mq or 1
+            sock = ctx.helper(self, "blk", ["--image", self.path, "--queues", str(queues)]
+                              + (["--read-only"] if self.read_only else []))
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
+                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={queues},{addr}{mode}"
+                         + (",bootindex=1" if self.boot else "")]
+            return
+        node: dict[str, Any] = {
+            "driver": "raw", "node-name": nid, "read-only": self.read_only,
+            "discard": "unmap" if self.discard else "ignore",
+            "cache": {"direct": self.cache == "nocache"},
+            "file": {"driver": "file", "filename": self.path, "aio": self.aio or "threads"},
+        }
+        if self.range:
+            node["offset"] = self.range[0] * 512
+            node["size"] = self.range[1] * 512
+        props = [f"virtio-blk-pci,drive={nid},{addr}{mode}",
+                 f"write-cache={'off' if self.cache == DEFAULT_CACHE else 'on'}"]
+        if self.mq:
+            props.append(f"num-queues={self.mq}")
+        if self.sector_size:
+            logical, physical = self.sector_size
+            props.append(f"logical_block_size={logical}")
+            props.append(f"physical_block_size={physical or logical}")
+        if self.iothread:
+            ctx.argv += ["-object", f"iothread,id=io{nid}"]
+            props.append(f"iothread=io{nid}")
+        if self.boot:
+            props.append("bootindex=1")
+        ctx.argv += ["-blockdev", blockdev(node), "-device", ",".join(props)]
+

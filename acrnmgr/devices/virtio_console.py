@@ -1,0 +1,83 @@
+"""virtio-console: acrn-dm's VBS-U console (legacy) or, on QEMU, its virtio-serial (QEMU 7.2 has no vhost-user
+console frontend, so the embedded console is reachable only through our own frontend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.host import HostProfile
+from acrnmgr.model import JsonPath, common_fields, resolve
+
+DEFAULT_SOCKET_MODE = "server"
+
+
+@dataclass(frozen=True)
+class ConsolePort:
+    kind: str  # pty | socket | stdio | tty | file
+    name: str
+    console: bool = False
+    path: str | None = None
+    socket_mode: str = DEFAULT_SOCKET_MODE
+    where: JsonPath = ()
+
+
+@dataclass(frozen=True)
+class VirtioConsole(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-console"
+    EMBEDDED: ClassVar[bool] = True
+
+    ports: tuple[ConsolePort, ...] = ()
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioConsole:
+        ports = tuple(
+            ConsolePort(p["kind"], p["name"], bool(p.get("console")),
+                        resolve(base_dir, p["path"]) if p.get("path") else None,
+                        p.get("socketMode", DEFAULT_SOCKET_MODE), ("spec", "devices", index, "ports", n))
+            for n, p in enumerate(raw["ports"]))
+        return cls(**common_fields(index, raw), ports=ports)
+
+    def choose_qemu(self, host: HostProfile) -> Choice:
+        if self.backend == "auto":
+            return Choice("vbs-u", "QEMU has no vhost-user console frontend: QEMU's own virtio-serial")
+        return super().choose_qemu(host)
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        items = []
+        for port in self.ports:
+            item = ("@" if port.console else "") + f"{port.kind}:{port.name}"
+            if port.path:
+                item += "=" + ctx.path(port.path, (*port.where, "path"), ",:")
+            elif port.kind in ("tty", "file", "socket"):
+                ctx.diags.error(port.where, f"a {port.kind} console port needs `path`")
+            if port.kind == "socket":
+                item += ":" + port.socket_mode
+            items.append(item)
+        return ",".join(items)
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        nid = f"dev{slot}"
+        ctx.argv += ["-device", f"virtio-serial-pci,id={nid},addr={slot:#x}{qemu_mode(self)}"]
+        for i, port in enumerate(self.ports):
+            cid = f"{nid}p{i}"
+            if port.kind == "stdio":
+                chardev = ctx.stdio_socket(port.name, cid)
+            elif port.kind == "pty":
+                chardev = f"pty,id={cid}"
+                ctx.consoles.append({"name": port.name, "kind": "pty", "path": None})
+            elif port.kind == "socket":
+                server = port.socket_mode == "server"
+                chardev = f"socket,id={cid},path={esc(port.path)}" + (",server=on,wait=off" if server else "")
+                if server and port.path:
+                    ctx.sockets.append(port.path)
+                ctx.consoles.append({"name": port.name, "kind": "socket", "path": port.path})
+            elif port.kind == "tty":
+                chardev = f"tty,id={cid},path={esc(port.path)}"
+            else:
+                chardev = f"file,id={cid},path={esc(port.path)}"
+            frontend = "virtconsole" if port.console else "virtserialport"
+            ctx.argv += ["-chardev", chardev, "-device", f"{frontend},bus={nid}.0,chardev={cid},name={esc(port.name)}"]

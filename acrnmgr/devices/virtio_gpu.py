@@ -1,0 +1,44 @@
+"""virtio-gpu: acrn-dm's modern virtio-gpu with its displays, QEMU's virtio-gpu-pci."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class Display:
+    geometry: str | None = None  # WxH+X+Y
+    fullscreen: bool = False
+    monitor: int | None = None
+
+
+@dataclass(frozen=True)
+class VirtioGpu(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-gpu"
+    ACRN_MODE: ClassVar[str] = "modern"
+
+    displays: tuple[Display, ...] = ()
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioGpu:
+        displays = tuple(Display(d.get("geometry"), bool(d.get("fullscreen")), d.get("monitor"))
+                         for d in raw.get("displays", []))
+        return cls(**common_fields(index, raw), displays=displays)
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        out = []
+        for display in self.displays:
+            if display.fullscreen:
+                out.append("geometry=fullscreen" + (f":{display.monitor}" if display.monitor is not None else ""))
+            elif display.geometry:
+                out.append(f"geometry={display.geometry}")
+        return ",".join(out)
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},addr={slot:#x}"]

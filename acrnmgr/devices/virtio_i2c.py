@@ -1,0 +1,26 @@
+"""virtio-i2c: acrn-dm's modern virtio-i2c over host adapters (its raw acrn-dm config string)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, VirtioDevice
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class VirtioI2c(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-i2c"
+    ACRN_MODE: ClassVar[str] = "modern"
+
+    args: str = ""
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioI2c:
+        return cls(**common_fields(index, raw), args=raw["args"])
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return self.args

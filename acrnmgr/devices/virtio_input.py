@@ -1,0 +1,35 @@
+"""virtio-input: a host evdev node passed to the guest (acrn-dm's modern virtio-input, QEMU's
+virtio-input-host-pci)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice, esc
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class VirtioInput(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-input"
+    ACRN_MODE: ClassVar[str] = "modern"
+
+    device: str = ""
+    serial: str | None = None
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioInput:
+        return cls(**common_fields(index, raw), device=raw["device"], serial=raw.get("serial"))
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return ctx.path(self.device, (*self.where, "device")) + (f",{self.serial}" if self.serial else "")
+
+    def missing_on_host(self) -> str | None:
+        return None if os.path.exists(self.device) else f"{self.device} does not exist on this host"
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(self.device)},addr={slot:#x}"]

@@ -1,0 +1,122 @@
+"""virtio-net: kernel vhost-net, acrn-dm's VBS-U (legacy), QEMU's virtio-net-pci, or the embedded device model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.host import HostProfile
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class VirtioNet(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-net"
+    EMBEDDED: ClassVar[bool] = True
+    QEMU_VHOST_USER: ClassVar[bool] = True
+
+    tap: str | None = None
+    macvtap: str | None = None
+    mac: str | None = None  # lower case
+    mac_seed: str | None = None
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioNet:
+        mac = raw.get("mac")
+        return cls(**common_fields(index, raw), tap=raw.get("tap"), macvtap=raw.get("macvtap"),
+                   mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"))
+
+    @property
+    def ifname(self) -> str | None:
+        return self.tap or self.macvtap
+
+    def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        early = self.acrn_mode_choice()
+        if early is not None:
+            return early
+        wanted = self.backend
+        if wanted in ("auto", "vhost", "vbs-u") and not host.net_tun and self.tap:
+            return Choice(None, "", "a tap device needs /dev/net/tun, which the host profile lacks",
+                          "load the tun kernel module")
+        if wanted == "vbs-u":
+            return Choice("vbs-u", "backend: vbs-u asked for (acrn-dm's user-space virtio-net)")
+        if self.mac_seed and family == "3":
+            if wanted == "vhost":
+                return Choice(None, "", "acrn-dm takes mac_seed= only right after the tap name and swallows the "
+                              "rest of the option string, so `,vhost` cannot be combined with macSeed",
+                              "use `mac:` instead of `macSeed:`, or backend: auto/vbs-u")
+            return Choice("vbs-u", "macSeed given: acrn-dm reads mac_seed= to the end of the options, "
+                          "so ,vhost cannot follow it")
+        if host.vhost_net:
+            return Choice("vhost", "host has /dev/vhost-net: kernel vhost-net"
+                          + (" (backend: vhost asked for)" if wanted == "vhost" else ""))
+        if wanted == "vhost":
+            return Choice(None, "", "backend: vhost needs /dev/vhost-net, which the host profile lacks "
+                          "(acrn-dm would silently fall back to VBS-U)",
+                          "load the vhost_net kernel module, or use backend: auto")
+        return Choice("vbs-u", "host has no /dev/vhost-net: acrn-dm's user-space virtio-net (VBS-U)")
+
+    def choose_qemu(self, host: HostProfile) -> Choice:
+        if self.backend == "embedded":
+            return super().choose_qemu(host)
+        if self.backend in ("auto", "vhost"):
+            if host.vhost_net:
+                return Choice("vhost", "host has /dev/vhost-net: kernel vhost")
+            if self.backend == "vhost":
+                return Choice(None, "", "virtio-net with kernel vhost needs /dev/vhost-net, which the host profile "
+                              "lacks", "load the vhost kernel module")
+            return Choice("vbs-u", "host has no /dev/vhost-net: QEMU's user-space virtio-net")
+        return Choice("vbs-u", f"QEMU's user-space {self.KIND}")
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        name = self.ifname
+        if not name:
+            ctx.diags.error(self.where, "virtio-net needs `tap` or `macvtap`")
+            name = ""
+        if ctx.family == "3":
+            out = [f"tap={name}"]
+            if self.mac_seed:
+                return f"tap={name},mac_seed={self.mac_seed}"  # mac_seed must come last: it takes the rest
+        else:
+            if not ("tap" in name or name.startswith("vmnet")):
+                ctx.diags.error((*self.where, "tap" if self.tap else "macvtap"),
+                                f"acrn-dm v2.x only accepts interface names containing 'tap' or starting with "
+                                f"'vmnet', not {name!r}", f"rename it, e.g. tap_{name}"[:60])
+            out = [name]
+        if backend == "vhost":
+            out.append("vhost")
+        if self.mac:
+            out.append(f"mac={self.mac}")
+        return ",".join(out)
+
+    def qemu_mac(self, vm_name: str, slot: int) -> str:
+        return self.mac or mac_from_seed(self.mac_seed or f"{vm_name}-{slot}")
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        if self.macvtap:
+            ctx.diags.error(self.where, "macvtap is not supported by the qemu engine; use a tap")
+            return
+        nid, addr, mode = f"dev{slot}", f"addr={slot:#x}", qemu_mode(self)
+        tap = self.tap or ""
+        mac = self.qemu_mac(ctx.vm_name, slot)
+        if backend == "embedded":
+            sock = ctx.helper(self, "net", ["--tap", tap, "--mac", mac])
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
+                         "-netdev", f"vhost-user,id={nid},chardev=c{nid}"]
+            # vectors=0 (INTx): Debian's QEMU 7.2 segfaults setting up MSI-X notifiers for any
+            # vhost-user netdev (tests/devmodel/e2e/test_net.py); the data path is the same.
+            ctx.argv += ["-device", f"virtio-net-pci,netdev={nid},mac={mac},vectors=0,{addr}{mode}"]
+        else:
+            vhost = ",vhost=on" if backend == "vhost" else ""
+            ctx.argv += ["-netdev", f"tap,id={nid},ifname={esc(tap)},script=no,downscript=no{vhost}"]
+            ctx.argv += ["-device", f"virtio-net-pci,netdev={nid},mac={mac},{addr}{mode}"]
+
+
+def mac_from_seed(seed: str) -> str:
+    """A stable, locally administered unicast MAC derived from the seed (not acrn-dm's algorithm)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))

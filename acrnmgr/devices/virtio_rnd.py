@@ -1,0 +1,38 @@
+"""virtio-rnd: acrn-dm's VBS-U entropy device (legacy), QEMU's virtio-rng-pci, or the embedded device model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.host import HostProfile
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class VirtioRnd(VirtioDevice):
+    KIND: ClassVar[str] = "virtio-rnd"
+    EMBEDDED: ClassVar[bool] = True
+    QEMU_VHOST_USER: ClassVar[bool] = True
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioRnd:
+        return cls(**common_fields(index, raw))
+
+    def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        if self.backend == "auto" and self.acrn_mode_choice() is None:
+            return Choice("vbs-u", "acrn-dm's user-space virtio-rnd (VBS-U; VBS-K is legacy)")
+        return super().choose_acrn(host, family)
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        nid, addr = f"dev{slot}", f"addr={slot:#x}"
+        if backend == "embedded":
+            sock = ctx.helper(self, "rng", [])
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
+                         "-device", f"vhost-user-rng-pci,chardev=c{nid},{addr}"]
+        else:
+            ctx.argv += ["-object", f"rng-random,id={nid},filename=/dev/urandom",
+                         "-device", f"virtio-rng-pci,rng={nid},{addr}{qemu_mode(self)}"]

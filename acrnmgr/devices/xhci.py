@@ -1,0 +1,36 @@
+"""xhci: acrn-dm's USB controller, with host ports passed through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice
+from acrnmgr.model import common_fields
+
+
+@dataclass(frozen=True)
+class Xhci(EmulatedDevice):
+    KIND: ClassVar[str] = "xhci"
+
+    ports: tuple[str, ...] = ()
+    tablet: bool = False
+    log: str | None = None
+    cap: str | None = None
+
+    @classmethod
+    def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Xhci:
+        return cls(**common_fields(index, raw), ports=tuple(raw.get("ports", [])), tablet=bool(raw.get("tablet")),
+                   log=raw.get("log"), cap=raw.get("cap"))
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        out = [":".join(self.ports)] if self.ports else []
+        if self.tablet:
+            out.append("tablet")
+        if self.log:
+            out.append("log=" + self.log)
+        if self.cap:
+            out.append("cap=" + self.cap)
+        return ",".join(out)
