@@ -78,6 +78,15 @@ class Plan:
         return out
 
 
+def resolve_engine(choice: str, host: HostProfile) -> str:
+    """``auto`` is the acrn engine on an ACRN Service VM and the qemu engine anywhere else."""
+    if choice == "auto":
+        return "acrn" if host.is_service_vm else "qemu"
+    if choice not in ENGINES:
+        raise ValueError(f"unknown engine {choice!r} ({', '.join(ENGINES)} or auto)")
+    return choice
+
+
 def family_of(target_version: str) -> str:
     """The acrn-dm grammar family of a version: '3.x', '3.2', 'v3.0' -> '3'; '2.7', '2.x' -> '2'."""
     match = re.match(r"v?(\d+)", str(target_version))

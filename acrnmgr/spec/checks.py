@@ -266,14 +266,11 @@ def _check_modes_and_backends(ctx: _Ctx, spec: dict) -> None:
         if mode is None:
             continue
         mpath = path + ("mode",)
+        # Whether acrn-dm's own backend can give the mode is the acrn engine's plan to say: QEMU's can.
         if dtype in ACRNDM_LEGACY_ONLY and mode != "legacy":
             if dtype not in EMBEDDED_TYPES:
                 ctx.error(mpath, f"acrn-dm's {dtype} is legacy-only and no other backend serves it, so mode `{mode}` "
                                  "cannot be given", "use `mode: legacy` or remove `mode`")
-            elif backend in ("vbs-u", "vhost"):
-                ctx.error(mpath, f"acrn-dm's {dtype} is legacy-only, so backend `{backend}` cannot give mode `{mode}`",
-                          "use `backend: embedded` (served on the qemu engine) for a "
-                          f"{mode} device, or `mode: legacy` with acrn-dm")
         elif dtype in ACRNDM_MODERN_ONLY and mode != "modern":
             ctx.error(mpath, f"acrn-dm's {dtype} is modern-only, so mode `{mode}` cannot be given",
                       "use `mode: modern` or remove `mode`")

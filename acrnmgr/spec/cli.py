@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from typing import List, Optional
 
 import typer
 
 from acrnmgr.cliutil import OutputFormat, load_host
+
+
+class ValidateEngine(str, enum.Enum):
+    auto = "auto"
+    acrn = "acrn"
+    qemu = "qemu"
 
 
 def validate(
@@ -19,6 +26,9 @@ def validate(
     no_check_paths: bool = typer.Option(False, "--no-check-paths",
                                         help="Do not require image/firmware paths to exist (planning for another host)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (gcc-style lines) or json."),
+    engine: Optional[ValidateEngine] = typer.Option(
+        None, "--engine", help="Also plan every VM for this engine (acrn, qemu, or auto as `up` picks it) and report "
+        "what would stop it there. Without it, only what holds on every engine is checked."),
 ) -> None:
     """Validate VM specs: schema first, then semantic checks. Reports every problem with file:line:col."""
     import json
@@ -27,6 +37,8 @@ def validate(
 
     profile = load_host(host) if host is not None else None
     docs, diagnostics = validate_files(files, host=profile, check_paths=not no_check_paths)
+    if engine is not None:
+        diagnostics += _plan_diagnostics(docs, diagnostics, profile, engine.value)
     errors = [d for d in diagnostics if d.is_error]
     warnings = [d for d in diagnostics if not d.is_error]
     bad_files = {d.file for d in errors}
@@ -48,6 +60,25 @@ def validate(
             summary += f"; {_count(len(errors), 'error')}, {_count(len(warnings), 'warning')}"
         typer.echo(summary, err=bool(errors))
     raise typer.Exit(1 if errors else 0)
+
+
+def _plan_diagnostics(docs, diagnostics, profile, engine: str) -> list:
+    """What the one planner says of each VM that passed validation, on the chosen engine."""
+    from acrnmgr.devices import vm_from_spec
+    from acrnmgr.host import HostProfile
+    from acrnmgr.plan import make_plan, resolve_engine
+    from acrnmgr.spec.loader import spec_from_document
+
+    live = profile is None
+    host = profile if profile is not None else HostProfile.detect()
+    failed = {d.file for d in diagnostics if d.is_error}
+    out = []
+    for doc in docs:
+        if doc.filename in failed:
+            continue
+        plan = make_plan(vm_from_spec(spec_from_document(doc)), host, resolve_engine(engine, host), live_host=live)
+        out += plan.errors + plan.warnings
+    return out
 
 
 def _count(n: int, word: str) -> str:

@@ -44,7 +44,7 @@ def test_render_v27():
 
 
 def test_plan_table_and_json():
-    result = run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", BOX)
+    result = run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", BOX, "--engine", "acrn")
     assert result.exit_code == 0
     assert "lan     virtio-net      4     vbs-u    host has no /dev/vhost-net" in result.stdout
     data = json.loads(run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", SOS, "--output", "json").stdout)
@@ -60,6 +60,38 @@ def test_plan_errors_exit_1_and_say_why():
     assert run("plan", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS, "--engine", "qemu").exit_code == 0
     result = run("render", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS)
     assert result.exit_code == 1 and result.stdout == ""
+
+
+def test_plan_and_render_default_to_auto_as_up_does():
+    """auto is acrn on an ACRN Service VM, qemu anywhere else: plan, render and up pick the same engine."""
+    on_sos = json.loads(run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", SOS, "--output", "json").stdout)
+    on_box = json.loads(run("plan", str(EXAMPLES / "linux-vm.yaml"), "--host", BOX, "--output", "json").stdout)
+    assert (on_sos["engine"], on_box["engine"]) == ("acrn", "qemu")
+    argv = run("render", str(EXAMPLES / "linux-qemu.yaml"), "--host", BOX).stdout
+    assert shlex.split(argv)[0].endswith("qemu-system-x86_64")
+    assert "vhost-user-blk-pci" in argv
+    script = run("render", str(EXAMPLES / "linux-qemu.yaml"), "--host", BOX, "--format", "script")
+    assert script.exit_code == 1 and "--engine acrn" in script.stderr
+
+
+def test_a_comma_in_a_disk_path_is_an_acrn_plan_error_only(tmp_path):
+    """acrn-dm splits its options on commas; QEMU escapes them. Every command that plans agrees on that."""
+    (tmp_path / "a,b.img").write_bytes(b"\0" * 512)
+    (tmp_path / "bzImage").write_bytes(b"\0" * 512)
+    spec = tmp_path / "vm.yaml"
+    spec.write_text("apiVersion: acrnmgr/v1\nkind: VM\nmetadata: {name: comma}\nspec:\n  cpu: {affinity: [2]}\n"
+                    "  memory: 512M\n  boot: {kernel: {path: bzImage}}\n"
+                    "  devices:\n    - {type: virtio-blk, path: 'a,b.img', backend: vbs-u}\n")
+    for command in ("plan", "render"):
+        acrn = run(command, str(spec), "--host", SOS, "--engine", "acrn")
+        assert acrn.exit_code == 1 and "which acrn-dm uses to split this option" in acrn.stderr
+        assert run(command, str(spec), "--host", SOS, "--engine", "qemu").exit_code == 0
+    argv = json.loads(run("render", str(spec), "--host", SOS, "--engine", "qemu", "--format", "json").stdout)["argv"]
+    blockdev = json.loads(argv[argv.index("-blockdev") + 1])  # JSON syntax: the comma needs no escaping
+    assert blockdev["file"]["filename"] == str(tmp_path / "a,b.img")
+    validate = run("validate", str(spec), "--host", SOS, "--engine", "acrn")
+    assert validate.exit_code == 1 and "which acrn-dm uses to split this option" in validate.stderr
+    assert run("validate", str(spec), "--host", SOS, "--engine", "qemu").exit_code == 0
 
 
 def test_bad_input_exit_codes(tmp_path):

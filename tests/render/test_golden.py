@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.devices import vm_from_spec
+from acrnmgr.plan import make_plan
+from acrnmgr.render.acrndm import compile_spec, render_acrndm
 from acrnmgr.render.cli import format_plan
 from acrnmgr.render.script import render_script
 from acrnmgr.spec.loader import load_spec
@@ -39,9 +41,10 @@ def _check(name: str, actual: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("version", ["3.x", "2.7"])
 def test_example_golden(example, version, service_vm):
-    compiled = compile_spec(load_spec(example), service_vm, version)
+    the_plan = make_plan(vm_from_spec(load_spec(example)), service_vm, "acrn", version)
+    compiled = render_acrndm(the_plan)
     suffix = "" if version == "3.x" else ".v27"
-    plan = format_plan(compiled) + "".join(f"\n{d}" for d in compiled.warnings + compiled.errors) + "\n"
+    plan = format_plan(the_plan) + "".join(f"\n{d}" for d in compiled.warnings + compiled.errors) + "\n"
     _check(f"{example.stem}{suffix}.plan.txt", plan)
     if compiled.ok:
         _check(f"{example.stem}{suffix}.argv.json", json.dumps(compiled.argv, indent=1) + "\n")

@@ -27,7 +27,7 @@ def choose(raw, host, engine="acrn", family="3"):
 def assign_slots(devices):
     return assign_requests(requests_of(devices))
 
-from .conftest import BASIC, compile_body
+from .conftest import BASIC, compile_body, make_spec
 
 
 # --- slots -----------------------------------------------------------------------------------
@@ -217,3 +217,15 @@ def test_compiled_to_dict_is_json_ready(tmp_path, service_vm):
     data = json.loads(json.dumps(compiled.to_dict()))
     assert data["devices"][0]["backend"] == "vbs-u" and data["argv"] == compiled.argv
     assert dataclasses.is_dataclass(compiled.devices[0])
+
+
+def test_modern_vbs_u_blk_is_an_acrn_plan_error_and_a_qemu_device(tmp_path, service_vm, plain_box):
+    """Validation used to refuse this for every engine; QEMU's virtio-blk gives any mode."""
+    body = BASIC + "  devices:\n    - {type: virtio-blk, path: disk.img, backend: vbs-u, mode: modern}\n"
+    acrn = compile_body(tmp_path, body, service_vm)
+    assert [e.message for e in acrn.errors] == ["acrn-dm's virtio-blk is legacy-only; it cannot give mode: modern"]
+    qemu = compile_body(tmp_path, body, plain_box, engine="qemu")
+    assert qemu.ok and [(d.backend, d.slot) for d in qemu.devices] == [("vbs-u", 3)]
+    from acrnmgr.lifecycle.qemu_argv import compile_qemu
+    argv = compile_qemu(make_spec(tmp_path, body), plain_box, tmp_path).argv
+    assert any(a.startswith("virtio-blk-pci,drive=dev3,addr=0x3,disable-legacy=on,disable-modern=off,") for a in argv)
