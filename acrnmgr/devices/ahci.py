@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError
 from acrnmgr.model import common_fields, resolve
 
 
@@ -27,3 +27,20 @@ class Ahci(EmulatedDevice):
         if not out:
             ctx.diags.error(self.where, "ahci needs `hd` or `cd`")
         return ",".join(out)
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if emul in ("ahci-hd", "ahci-cd"):
+        if not body:
+            raise GrammarError(f"{emul}: needs an image path")
+        return {"hd" if emul == "ahci-hd" else "cd": [body]}
+    params: dict = {"hd": [], "cd": []}
+    for tok in body.split(",") if body else []:
+        kind, sep, path = tok.partition(":")
+        if kind not in ("hd", "cd") or not sep or not path:
+            raise GrammarError(f"ahci: {tok!r}: use hd:<path> or cd:<path>")
+        params[kind].append(path)
+    if not params["hd"] and not params["cd"]:
+        raise GrammarError("ahci: needs at least one hd:<path> or cd:<path>")
+    return params

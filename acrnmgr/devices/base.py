@@ -28,6 +28,21 @@ NO_VHOST_USER = "acrn-dm has no vhost-user frontend, so the embedded device mode
 MAX_SOCKET_PATH = 107
 
 
+class GrammarError(ValueError):
+    """An acrn-dm argv acrn-dm would refuse (usage error, or a device config that fails to parse)."""
+
+
+def acrn_int(text: str, what: str, lo: int | None = None, hi: int | None = None, base: int = 10) -> int:
+    """A number in an acrn-dm option, range-checked as acrn-dm checks it."""
+    try:
+        value = int(text, base)
+    except (TypeError, ValueError):
+        raise GrammarError(f"{what}: {text!r} is not a number") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise GrammarError(f"{what}: {value} out of range {lo}..{hi}")
+    return value
+
+
 @dataclass(frozen=True)
 class Choice:
     backend: str | None  # None when there is no valid choice (see error)

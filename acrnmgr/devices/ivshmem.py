@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice
+from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, acrn_int
 from acrnmgr.model import common_fields
 from acrnmgr.spec.units import parse_size
 
@@ -47,3 +48,17 @@ class Ivshmem(EmulatedDevice):
         if self.region_id is not None:
             out.append(str(self.region_id))
         return ",".join(out)
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    parts = body.split(",")
+    if len(parts) not in (2, 3) or not re.match(r"^(dm|hv):/[^/]+", parts[0]):
+        raise GrammarError(f"ivshmem: {body!r}: use {{dm:/<name>|hv:/<name>}},<size_MB>[,<region_id>]")
+    size = acrn_int(parts[1], "ivshmem size (MB)", 2, 1023)
+    if size & (size - 1):
+        raise GrammarError(f"ivshmem: size {size} MB is not a power of two")
+    params = {"region": parts[0], "sizeMb": size}
+    if len(parts) == 3:
+        params["regionId"] = acrn_int(parts[2], "ivshmem region id", 0)
+    return params

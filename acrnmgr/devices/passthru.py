@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, QemuArgs, parse_bdf
+from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, QemuArgs, acrn_int, parse_bdf
 from acrnmgr.model import common_fields, resolve
 
 _FLAGS = (("keep_gsi", "keep_gsi"), ("no_reset", "no_reset"), ("d3hot_reset", "d3hot_reset"))
@@ -84,3 +85,38 @@ class Passthru(EmulatedDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vfio-pci,host={self.sysfs_name},addr={slot:#x}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+_BDF_RE = re.compile(r"^([0-9a-fA-F]{1,2})[/:]([0-9a-fA-F]{1,2})[/.]([0-7])$")
+
+
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    tokens = body.split(",")
+    match = _BDF_RE.match(tokens.pop(0))
+    if not match:
+        raise GrammarError(f"passthru: invalid BDF in {body!r}: use <bus>/<dev>/<func> in hex")
+    bus, dev, func = (int(g, 16) for g in match.groups())
+    if dev > 31:
+        raise GrammarError(f"passthru: device {dev:#x} > 0x1f")
+    params: dict = {"bdf": f"{bus:02x}:{dev:02x}.{func}", "options": {}}
+    opts = params["options"]
+    while tokens:
+        tok = tokens.pop(0)
+        key, eq, val = tok.partition("=")
+        if tok in ("keep_gsi", "no_reset", "d3hot_reset", "enable_ptm"):
+            opts[{"keep_gsi": "keepGsi", "no_reset": "noReset", "d3hot_reset": "d3hotReset",
+                  "enable_ptm": "enablePtm"}[tok]] = True
+        elif tok == "vmsix_on_msi":
+            if not tokens:
+                raise GrammarError("passthru: vmsix_on_msi needs a BAR index: vmsix_on_msi,<bar>")
+            opts["vmsixOnMsi"] = acrn_int(tokens.pop(0), "passthru vmsix_on_msi bar", 0, 5)
+        elif key == "romfile" and val:
+            opts["romfile"] = val
+        elif key == "irq" and val:
+            opts["irq"] = acrn_int(val, "passthru irq", 0, 255)
+        elif key == "dsdt" and val:
+            opts["dsdt"] = val
+        else:
+            raise GrammarError(f"passthru: unknown option {tok!r}")
+    return params

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, acrn_int
 from acrnmgr.model import common_fields
 
 
@@ -23,3 +23,10 @@ class Uart(EmulatedDevice):
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         return f"vuart_idx:{self.vuart_idx}"
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if not body.startswith("vuart_idx:"):
+        raise GrammarError(f"uart: {body!r}: use vuart_idx:<n>")
+    return {"vuartIdx": acrn_int(body[len("vuart_idx:"):], "uart vuart_idx", 0)}

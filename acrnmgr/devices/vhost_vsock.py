@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, acrn_int
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -49,3 +49,13 @@ class VhostVsock(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},addr={slot:#x}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if not body.startswith("cid="):
+        raise GrammarError(f"vhost-vsock: {body!r}: use cid=<N>")
+    cid = acrn_int(body[4:], "vhost-vsock cid")
+    if not 2 < cid < 0xFFFFFFFF:
+        raise GrammarError(f"vhost-vsock: cid {cid} must be > 2 and < 4294967295")
+    return {"cid": cid}

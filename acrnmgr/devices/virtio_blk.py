@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice, blockdev, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice, acrn_int, blockdev, esc, qemu_mode
 from acrnmgr.model import common_fields, resolve
 
 DEFAULT_CACHE = "writethru"
@@ -110,3 +110,69 @@ class VirtioBlk(VirtioDevice):
             props.append("bootindex=1")
         ctx.argv += ["-blockdev", blockdev(node), "-device", ",".join(props)]
 
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+_SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    tokens = body.split(",") if body else []
+    params: dict = {"cache": "writethru", "readOnly": False}
+    if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
+        tok = tokens.pop(0)
+        count, cpus = 1, []
+        if "=" in tok:
+            spec = tok.split("=", 1)[1]
+            num, _, affinity = spec.partition("@")
+            count = acrn_int(num, "virtio-blk iothread count", 1, 64)
+            if affinity:
+                cpus = [[acrn_int(c, "virtio-blk iothread cpu", 0) for c in group.split(":")]
+                        for group in affinity.split("/")]
+        params["iothread"] = {"count": count, "cpus": cpus}
+    if tokens and tokens[0].startswith("mq="):
+        params["mq"] = acrn_int(tokens.pop(0)[3:], "virtio-blk mq", 1, 64)
+    if not tokens or not tokens[0]:
+        raise GrammarError(f"virtio-blk: missing image path in {body!r}")
+    path = tokens.pop(0)
+    if path.startswith(("iothread", "mq=")):
+        raise GrammarError(f"virtio-blk: {path!r} must come before mq= and the path (order: iothread, mq, path)")
+    params["path"] = None if path == "nodisk" else path
+    for tok in tokens:
+        key, eq, val = tok.partition("=")
+        if tok in ("writeback", "writethru", "nocache"):
+            params["cache"] = tok
+        elif tok == "ro":
+            params["readOnly"] = True
+        elif tok == "no_bst_block":
+            params["noBstBlock"] = True
+        elif key == "discard":
+            if eq:
+                parts = val.split(":")
+                if len(parts) != 3:
+                    raise GrammarError(f"virtio-blk: discard={val}: use discard=max_sect:max_seg:align")
+                params["discard"] = {"maxSectors": acrn_int(parts[0], "discard max_sect", 1),
+                                     "maxSegments": acrn_int(parts[1], "discard max_seg", 1),
+                                     "alignment": acrn_int(parts[2], "discard align", 1)}
+            else:
+                params["discard"] = True
+        elif key == "sectorsize" and eq:
+            logical, _, physical = val.partition("/")
+            lsz = acrn_int(logical, "sectorsize", 512)
+            psz = acrn_int(physical, "sectorsize", 512) if physical else lsz
+            if lsz not in _SECTOR_SIZES or psz not in _SECTOR_SIZES or psz < lsz:
+                raise GrammarError(f"virtio-blk: invalid sectorsize {val}")
+            params["sectorSize"] = {"logical": lsz, "physical": psz}
+        elif key == "range" and eq:
+            start, sep, size = val.partition("/")
+            if not sep:
+                raise GrammarError(f"virtio-blk: range={val}: use range=<startlba>/<size>")
+            params["range"] = {"startLba": acrn_int(start, "range start", 0), "size": acrn_int(size, "range size", 1)}
+        elif key == "aio" and eq:
+            if val not in ("threads", "io_uring"):
+                raise GrammarError(f"virtio-blk: aio={val}: use threads or io_uring")
+            params["aio"] = val
+        elif tok.startswith(("iothread", "mq=")):
+            raise GrammarError(f"virtio-blk: {tok!r} must come before the path")
+        else:
+            raise GrammarError(f"virtio-blk: invalid device option {tok!r}")
+    return params

@@ -3,12 +3,13 @@ console frontend, so the embedded console is reachable only through our own fron
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields, resolve
 
@@ -81,3 +82,34 @@ class VirtioConsole(VirtioDevice):
                 chardev = f"file,id={cid},path={esc(port.path)}"
             frontend = "virtconsole" if port.console else "virtserialport"
             ctx.argv += ["-chardev", chardev, "-device", f"{frontend},bus={nid}.0,chardev={cid},name={esc(port.name)}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+_CONSOLE_RE = re.compile(r"^(@?)(stdio|tty|pty|file|socket):([^=:]+)(?:=([^:]*))?(?::(server|client))?$")
+
+
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if not body:
+        raise GrammarError("virtio-console: at least one port is needed")
+    ports, names = [], set()
+    for item in body.split(","):
+        match = _CONSOLE_RE.match(item)
+        if not match:
+            raise GrammarError(f"virtio-console: invalid port {item!r}: [@]kind:name[=path][:server|client]")
+        at, kind, name, path, mode = match.groups()
+        if kind in ("tty", "file", "socket") and not path:
+            raise GrammarError(f"virtio-console: {kind} port {name!r} needs =<path>")
+        if mode and kind != "socket":
+            raise GrammarError(f"virtio-console: :{mode} only applies to socket ports")
+        if name in names:
+            raise GrammarError(f"virtio-console: port name {name!r} used twice")
+        names.add(name)
+        port = {"kind": kind, "name": name, "console": bool(at)}
+        if path:
+            port["path"] = path
+        if kind == "socket":
+            port["socketMode"] = mode or "server"
+        ports.append(port)
+    if sum(p["console"] for p in ports) > 1:
+        raise GrammarError("virtio-console: only one port can be the console (@)")
+    return {"ports": ports}

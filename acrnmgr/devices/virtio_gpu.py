@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice
+from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice
 from acrnmgr.model import common_fields
 
 
@@ -42,3 +43,20 @@ class VirtioGpu(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},addr={slot:#x}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    displays = []
+    for tok in body.split(",") if body else []:
+        match = re.fullmatch(r"geometry=(?:(\d+)x(\d+)\+(\d+)\+(\d+)|fullscreen(?::(\d+))?)", tok)
+        if not match:
+            raise GrammarError(f"virtio-gpu: invalid display {tok!r}: geometry=WxH+X+Y or geometry=fullscreen[:monitor]")
+        if match.group(1):
+            displays.append({"geometry": f"{match.group(1)}x{match.group(2)}+{match.group(3)}+{match.group(4)}"})
+        else:
+            display: dict = {"fullscreen": True}
+            if match.group(5):
+                display["monitor"] = int(match.group(5))
+            displays.append(display)
+    return {"displays": displays}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, QemuArgs, VirtioDevice, esc
+from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice, esc
 from acrnmgr.model import common_fields
 
 
@@ -33,3 +33,11 @@ class VirtioInput(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(self.device)},addr={slot:#x}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    device, _, serial = body.partition(",")
+    if not device.startswith("/"):
+        raise GrammarError(f"virtio-input: {body!r}: use /dev/input/eventX[,serial]")
+    return {"device": device, **({"serial": serial} if serial else {})}

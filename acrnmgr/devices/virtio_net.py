@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -120,3 +121,44 @@ def mac_from_seed(seed: str) -> str:
     """A stable, locally administered unicast MAC derived from the seed (not acrn-dm's algorithm)."""
     digest = hashlib.sha256(seed.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def check_mac(mac: str) -> str:
+    if not _MAC_RE.match(mac):
+        raise GrammarError(f"virtio-net: invalid mac {mac!r}")
+    first = int(mac[:2], 16)
+    if first & 1 or mac.replace(":", "") == "000000000000":
+        raise GrammarError(f"virtio-net: mac {mac!r} is multicast or zero")
+    return mac.lower()
+
+
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if family == "3":
+        if not body.startswith("tap="):
+            raise GrammarError(f"virtio-net: v3.x needs tap=<name> first, got {body!r}")
+        name, _, rest = body[4:].partition(",")
+        params: dict = {"tap": name, "vhost": False}
+        if rest.startswith("mac_seed="):
+            params["macSeed"] = rest[len("mac_seed="):]  # takes the rest of the string
+            rest = ""
+    else:
+        name, _, rest = body.partition(",")
+        if not ("tap" in name or name.startswith("vmnet")):
+            raise GrammarError(f"virtio-net: v2.x tap name {name!r} must contain 'tap' or start with 'vmnet'")
+        params = {"tap": name, "vhost": False}
+    if not name or len(name) > 15:
+        raise GrammarError(f"virtio-net: invalid tap name {name!r} (1-15 characters)")
+    for tok in rest.split(",") if rest else []:
+        if tok == "vhost":
+            params["vhost"] = True
+        elif tok.startswith("mac="):
+            params["mac"] = check_mac(tok[4:])
+        elif tok.startswith("mac_seed="):
+            raise GrammarError("virtio-net: mac_seed= is only recognised right after the tap name")
+        else:
+            raise GrammarError(f"virtio-net: unknown option {tok!r}")
+    return params

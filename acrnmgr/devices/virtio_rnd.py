@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import Choice, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -36,3 +36,10 @@ class VirtioRnd(VirtioDevice):
         else:
             ctx.argv += ["-object", f"rng-random,id={nid},filename=/dev/urandom",
                          "-device", f"virtio-rng-pci,rng={nid},{addr}{qemu_mode(self)}"]
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    if body not in ("", "kernel=on"):
+        raise GrammarError(f"virtio-rnd: unknown config {body!r}")
+    return {"kernel": body == "kernel=on"}

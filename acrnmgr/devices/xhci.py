@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError
 from acrnmgr.model import common_fields
 
 
@@ -34,3 +35,22 @@ class Xhci(EmulatedDevice):
         if self.cap:
             out.append("cap=" + self.cap)
         return ",".join(out)
+
+
+# -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
+def parse_acrn(emul: str, body: str, family: str) -> dict:
+    params: dict = {"ports": []}
+    for tok in body.split(",") if body else []:
+        if tok == "tablet":
+            params["tablet"] = True
+        elif tok.startswith("log="):
+            params["log"] = tok[4:]
+        elif tok.startswith("cap="):
+            if tok != "cap=apl":
+                raise GrammarError(f"xhci: unknown capability {tok!r} (only cap=apl)")
+            params["cap"] = "apl"
+        elif re.fullmatch(r"\d+-\d+(\.\d+)*(:\d+-\d+(\.\d+)*)*", tok):
+            params["ports"].extend(tok.split(":"))
+        else:
+            raise GrammarError(f"xhci: unknown option {tok!r}")
+    return params

@@ -13,14 +13,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from acrnmgr.devices import ahci, ivshmem, passthru, uart, vhost_vsock, virtio_blk, virtio_console, virtio_gpu
+from acrnmgr.devices import virtio_input, virtio_net, virtio_rnd, xhci
+from acrnmgr.devices.base import GrammarError, acrn_int
 from acrnmgr.plan import family_of
 
 MAX_VM_NAME_LEN = 15
 MIN_MEMORY = 128 << 20
-
-
-class GrammarError(ValueError):
-    """An argv acrn-dm would refuse (usage error or a device that fails to parse)."""
 
 
 @dataclass(frozen=True)
@@ -286,22 +285,12 @@ def parse_memsize(value: str) -> int:
     return size
 
 
-def _int(text: str, what: str, lo: int | None = None, hi: int | None = None, base: int = 10) -> int:
-    try:
-        value = int(text, base)
-    except (TypeError, ValueError):
-        raise GrammarError(f"{what}: {text!r} is not a number") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise GrammarError(f"{what}: {value} out of range {lo}..{hi}")
-    return value
-
-
 def parse_cpu_affinity(value: str, family: str = "3") -> list[int]:
     cpus: list[int] = []
     for part in value.split(","):
         if family == "2" and "-" in part:
             lo, _, hi = part.partition("-")
-            a, b = _int(lo, "--cpu_affinity", 0), _int(hi, "--cpu_affinity", 0)
+            a, b = acrn_int(lo, "--cpu_affinity", 0), acrn_int(hi, "--cpu_affinity", 0)
             if a > b:
                 raise GrammarError(f"invalid pcpu param {value}: range {part} is reversed")
             cpus.extend(range(a, b + 1))
@@ -322,8 +311,8 @@ def parse_lpc(value: str) -> tuple[str, dict]:
         parts = rest.split(",")
         if len(parts) != 3 or not parts[0]:
             raise GrammarError(f"invalid lpc device configuration '{value}': com5,<path>,<port>,<irq>")
-        return lname, {"backend": "s5", "path": parts[0], "port": _int(parts[1], "com5 port", 0, 65535),
-                       "irq": _int(parts[2], "com5 irq", 0, 255)}
+        return lname, {"backend": "s5", "path": parts[0], "port": acrn_int(parts[1], "com5 port", 0, 65535),
+                       "irq": acrn_int(parts[2], "com5 irq", 0, 255)}
     if lname not in ("com1", "com2", "com3", "com4"):
         raise GrammarError(f"invalid lpc device configuration '{value}': unknown device {name!r}")
     if not rest:
@@ -331,7 +320,7 @@ def parse_lpc(value: str) -> tuple[str, dict]:
     if rest == "stdio":
         return lname, {"backend": "stdio"}
     if rest.startswith("tcp:"):
-        return lname, {"backend": "tcp", "port": _int(rest[4:], f"{lname} tcp port", 1, 65535)}
+        return lname, {"backend": "tcp", "port": acrn_int(rest[4:], f"{lname} tcp port", 1, 65535)}
     return lname, {"backend": "tty", "path": rest}
 
 
@@ -365,7 +354,7 @@ def _check_option(name: str, value: str | None, family: str, lpc: dict) -> None:
     elif name == "cpu_affinity":
         parse_cpu_affinity(value, family)
     elif name == "virtio_poll":
-        _int(value, "invalid virtio poll interval", 1, 10_000_000)
+        acrn_int(value, "invalid virtio poll interval", 1, 10_000_000)
     elif name == "bootargs":
         if len(value) > 1023:
             raise GrammarError(f"-B bootargs is {len(value)} characters; the maximum is 1023")
@@ -454,267 +443,6 @@ def _raw(emul: str, body: str, family: str) -> dict:
     return {"args": body}
 
 
-_SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
-
-
-def _parse_virtio_blk(emul: str, body: str, family: str) -> dict:
-    tokens = body.split(",") if body else []
-    params: dict = {"cache": "writethru", "readOnly": False}
-    if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
-        tok = tokens.pop(0)
-        count, cpus = 1, []
-        if "=" in tok:
-            spec = tok.split("=", 1)[1]
-            num, _, affinity = spec.partition("@")
-            count = _int(num, "virtio-blk iothread count", 1, 64)
-            if affinity:
-                cpus = [[_int(c, "virtio-blk iothread cpu", 0) for c in group.split(":")]
-                        for group in affinity.split("/")]
-        params["iothread"] = {"count": count, "cpus": cpus}
-    if tokens and tokens[0].startswith("mq="):
-        params["mq"] = _int(tokens.pop(0)[3:], "virtio-blk mq", 1, 64)
-    if not tokens or not tokens[0]:
-        raise GrammarError(f"virtio-blk: missing image path in {body!r}")
-    path = tokens.pop(0)
-    if path.startswith(("iothread", "mq=")):
-        raise GrammarError(f"virtio-blk: {path!r} must come before mq= and the path (order: iothread, mq, path)")
-    params["path"] = None if path == "nodisk" else path
-    for tok in tokens:
-        key, eq, val = tok.partition("=")
-        if tok in ("writeback", "writethru", "nocache"):
-            params["cache"] = tok
-        elif tok == "ro":
-            params["readOnly"] = True
-        elif tok == "no_bst_block":
-            params["noBstBlock"] = True
-        elif key == "discard":
-            if eq:
-                parts = val.split(":")
-                if len(parts) != 3:
-                    raise GrammarError(f"virtio-blk: discard={val}: use discard=max_sect:max_seg:align")
-                params["discard"] = {"maxSectors": _int(parts[0], "discard max_sect", 1),
-                                     "maxSegments": _int(parts[1], "discard max_seg", 1),
-                                     "alignment": _int(parts[2], "discard align", 1)}
-            else:
-                params["discard"] = True
-        elif key == "sectorsize" and eq:
-            logical, _, physical = val.partition("/")
-            lsz = _int(logical, "sectorsize", 512)
-            psz = _int(physical, "sectorsize", 512) if physical else lsz
-            if lsz not in _SECTOR_SIZES or psz not in _SECTOR_SIZES or psz < lsz:
-                raise GrammarError(f"virtio-blk: invalid sectorsize {val}")
-            params["sectorSize"] = {"logical": lsz, "physical": psz}
-        elif key == "range" and eq:
-            start, sep, size = val.partition("/")
-            if not sep:
-                raise GrammarError(f"virtio-blk: range={val}: use range=<startlba>/<size>")
-            params["range"] = {"startLba": _int(start, "range start", 0), "size": _int(size, "range size", 1)}
-        elif key == "aio" and eq:
-            if val not in ("threads", "io_uring"):
-                raise GrammarError(f"virtio-blk: aio={val}: use threads or io_uring")
-            params["aio"] = val
-        elif tok.startswith(("iothread", "mq=")):
-            raise GrammarError(f"virtio-blk: {tok!r} must come before the path")
-        else:
-            raise GrammarError(f"virtio-blk: invalid device option {tok!r}")
-    return params
-
-
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
-def check_mac(mac: str) -> str:
-    if not _MAC_RE.match(mac):
-        raise GrammarError(f"virtio-net: invalid mac {mac!r}")
-    first = int(mac[:2], 16)
-    if first & 1 or mac.replace(":", "") == "000000000000":
-        raise GrammarError(f"virtio-net: mac {mac!r} is multicast or zero")
-    return mac.lower()
-
-
-def _parse_virtio_net(emul: str, body: str, family: str) -> dict:
-    if family == "3":
-        if not body.startswith("tap="):
-            raise GrammarError(f"virtio-net: v3.x needs tap=<name> first, got {body!r}")
-        name, _, rest = body[4:].partition(",")
-        params: dict = {"tap": name, "vhost": False}
-        if rest.startswith("mac_seed="):
-            params["macSeed"] = rest[len("mac_seed="):]  # takes the rest of the string
-            rest = ""
-    else:
-        name, _, rest = body.partition(",")
-        if not ("tap" in name or name.startswith("vmnet")):
-            raise GrammarError(f"virtio-net: v2.x tap name {name!r} must contain 'tap' or start with 'vmnet'")
-        params = {"tap": name, "vhost": False}
-    if not name or len(name) > 15:
-        raise GrammarError(f"virtio-net: invalid tap name {name!r} (1-15 characters)")
-    for tok in rest.split(",") if rest else []:
-        if tok == "vhost":
-            params["vhost"] = True
-        elif tok.startswith("mac="):
-            params["mac"] = check_mac(tok[4:])
-        elif tok.startswith("mac_seed="):
-            raise GrammarError("virtio-net: mac_seed= is only recognised right after the tap name")
-        else:
-            raise GrammarError(f"virtio-net: unknown option {tok!r}")
-    return params
-
-
-_CONSOLE_RE = re.compile(r"^(@?)(stdio|tty|pty|file|socket):([^=:]+)(?:=([^:]*))?(?::(server|client))?$")
-
-
-def _parse_virtio_console(emul: str, body: str, family: str) -> dict:
-    if not body:
-        raise GrammarError("virtio-console: at least one port is needed")
-    ports, names = [], set()
-    for item in body.split(","):
-        match = _CONSOLE_RE.match(item)
-        if not match:
-            raise GrammarError(f"virtio-console: invalid port {item!r}: [@]kind:name[=path][:server|client]")
-        at, kind, name, path, mode = match.groups()
-        if kind in ("tty", "file", "socket") and not path:
-            raise GrammarError(f"virtio-console: {kind} port {name!r} needs =<path>")
-        if mode and kind != "socket":
-            raise GrammarError(f"virtio-console: :{mode} only applies to socket ports")
-        if name in names:
-            raise GrammarError(f"virtio-console: port name {name!r} used twice")
-        names.add(name)
-        port = {"kind": kind, "name": name, "console": bool(at)}
-        if path:
-            port["path"] = path
-        if kind == "socket":
-            port["socketMode"] = mode or "server"
-        ports.append(port)
-    if sum(p["console"] for p in ports) > 1:
-        raise GrammarError("virtio-console: only one port can be the console (@)")
-    return {"ports": ports}
-
-
-_BDF_RE = re.compile(r"^([0-9a-fA-F]{1,2})[/:]([0-9a-fA-F]{1,2})[/.]([0-7])$")
-
-
-def _parse_passthru(emul: str, body: str, family: str) -> dict:
-    tokens = body.split(",")
-    match = _BDF_RE.match(tokens.pop(0))
-    if not match:
-        raise GrammarError(f"passthru: invalid BDF in {body!r}: use <bus>/<dev>/<func> in hex")
-    bus, dev, func = (int(g, 16) for g in match.groups())
-    if dev > 31:
-        raise GrammarError(f"passthru: device {dev:#x} > 0x1f")
-    params: dict = {"bdf": f"{bus:02x}:{dev:02x}.{func}", "options": {}}
-    opts = params["options"]
-    while tokens:
-        tok = tokens.pop(0)
-        key, eq, val = tok.partition("=")
-        if tok in ("keep_gsi", "no_reset", "d3hot_reset", "enable_ptm"):
-            opts[{"keep_gsi": "keepGsi", "no_reset": "noReset", "d3hot_reset": "d3hotReset",
-                  "enable_ptm": "enablePtm"}[tok]] = True
-        elif tok == "vmsix_on_msi":
-            if not tokens:
-                raise GrammarError("passthru: vmsix_on_msi needs a BAR index: vmsix_on_msi,<bar>")
-            opts["vmsixOnMsi"] = _int(tokens.pop(0), "passthru vmsix_on_msi bar", 0, 5)
-        elif key == "romfile" and val:
-            opts["romfile"] = val
-        elif key == "irq" and val:
-            opts["irq"] = _int(val, "passthru irq", 0, 255)
-        elif key == "dsdt" and val:
-            opts["dsdt"] = val
-        else:
-            raise GrammarError(f"passthru: unknown option {tok!r}")
-    return params
-
-
-def _parse_ivshmem(emul: str, body: str, family: str) -> dict:
-    parts = body.split(",")
-    if len(parts) not in (2, 3) or not re.match(r"^(dm|hv):/[^/]+", parts[0]):
-        raise GrammarError(f"ivshmem: {body!r}: use {{dm:/<name>|hv:/<name>}},<size_MB>[,<region_id>]")
-    size = _int(parts[1], "ivshmem size (MB)", 2, 1023)
-    if size & (size - 1):
-        raise GrammarError(f"ivshmem: size {size} MB is not a power of two")
-    params = {"region": parts[0], "sizeMb": size}
-    if len(parts) == 3:
-        params["regionId"] = _int(parts[2], "ivshmem region id", 0)
-    return params
-
-
-def _parse_vsock(emul: str, body: str, family: str) -> dict:
-    if not body.startswith("cid="):
-        raise GrammarError(f"vhost-vsock: {body!r}: use cid=<N>")
-    cid = _int(body[4:], "vhost-vsock cid")
-    if not 2 < cid < 0xFFFFFFFF:
-        raise GrammarError(f"vhost-vsock: cid {cid} must be > 2 and < 4294967295")
-    return {"cid": cid}
-
-
-def _parse_virtio_gpu(emul: str, body: str, family: str) -> dict:
-    displays = []
-    for tok in body.split(",") if body else []:
-        match = re.fullmatch(r"geometry=(?:(\d+)x(\d+)\+(\d+)\+(\d+)|fullscreen(?::(\d+))?)", tok)
-        if not match:
-            raise GrammarError(f"virtio-gpu: invalid display {tok!r}: geometry=WxH+X+Y or geometry=fullscreen[:monitor]")
-        if match.group(1):
-            displays.append({"geometry": f"{match.group(1)}x{match.group(2)}+{match.group(3)}+{match.group(4)}"})
-        else:
-            display: dict = {"fullscreen": True}
-            if match.group(5):
-                display["monitor"] = int(match.group(5))
-            displays.append(display)
-    return {"displays": displays}
-
-
-def _parse_virtio_input(emul: str, body: str, family: str) -> dict:
-    device, _, serial = body.partition(",")
-    if not device.startswith("/"):
-        raise GrammarError(f"virtio-input: {body!r}: use /dev/input/eventX[,serial]")
-    return {"device": device, **({"serial": serial} if serial else {})}
-
-
-def _parse_virtio_rnd(emul: str, body: str, family: str) -> dict:
-    if body not in ("", "kernel=on"):
-        raise GrammarError(f"virtio-rnd: unknown config {body!r}")
-    return {"kernel": body == "kernel=on"}
-
-
-def _parse_xhci(emul: str, body: str, family: str) -> dict:
-    params: dict = {"ports": []}
-    for tok in body.split(",") if body else []:
-        if tok == "tablet":
-            params["tablet"] = True
-        elif tok.startswith("log="):
-            params["log"] = tok[4:]
-        elif tok.startswith("cap="):
-            if tok != "cap=apl":
-                raise GrammarError(f"xhci: unknown capability {tok!r} (only cap=apl)")
-            params["cap"] = "apl"
-        elif re.fullmatch(r"\d+-\d+(\.\d+)*(:\d+-\d+(\.\d+)*)*", tok):
-            params["ports"].extend(tok.split(":"))
-        else:
-            raise GrammarError(f"xhci: unknown option {tok!r}")
-    return params
-
-
-def _parse_uart(emul: str, body: str, family: str) -> dict:
-    if not body.startswith("vuart_idx:"):
-        raise GrammarError(f"uart: {body!r}: use vuart_idx:<n>")
-    return {"vuartIdx": _int(body[len("vuart_idx:"):], "uart vuart_idx", 0)}
-
-
-def _parse_ahci(emul: str, body: str, family: str) -> dict:
-    if emul in ("ahci-hd", "ahci-cd"):
-        if not body:
-            raise GrammarError(f"{emul}: needs an image path")
-        return {"hd" if emul == "ahci-hd" else "cd": [body]}
-    params: dict = {"hd": [], "cd": []}
-    for tok in body.split(",") if body else []:
-        kind, sep, path = tok.partition(":")
-        if kind not in ("hd", "cd") or not sep or not path:
-            raise GrammarError(f"ahci: {tok!r}: use hd:<path> or cd:<path>")
-        params[kind].append(path)
-    if not params["hd"] and not params["cd"]:
-        raise GrammarError("ahci: needs at least one hd:<path> or cd:<path>")
-    return params
-
-
 def _parse_heci(emul: str, body: str, family: str) -> dict:
     if not re.fullmatch(r"[0-9a-fA-F]+:[0-9a-fA-F]+:[0-7],d[0-8]", body):
         raise GrammarError(f"virtio-heci: {body!r}: use <b>:<d>:<f>,d<0-8>")
@@ -728,20 +456,20 @@ def _parse_rpmb(emul: str, body: str, family: str) -> dict:
 
 
 _EMUL_PARSERS = {
-    "virtio-blk": _parse_virtio_blk,
-    "virtio-net": _parse_virtio_net,
-    "virtio-console": _parse_virtio_console,
-    "passthru": _parse_passthru,
-    "ivshmem": _parse_ivshmem,
-    "vhost-vsock": _parse_vsock,
-    "virtio-gpu": _parse_virtio_gpu,
-    "virtio-input": _parse_virtio_input,
-    "virtio-rnd": _parse_virtio_rnd,
-    "xhci": _parse_xhci,
-    "uart": _parse_uart,
-    "ahci": _parse_ahci,
-    "ahci-hd": _parse_ahci,
-    "ahci-cd": _parse_ahci,
+    "virtio-blk": virtio_blk.parse_acrn,
+    "virtio-net": virtio_net.parse_acrn,
+    "virtio-console": virtio_console.parse_acrn,
+    "passthru": passthru.parse_acrn,
+    "ivshmem": ivshmem.parse_acrn,
+    "vhost-vsock": vhost_vsock.parse_acrn,
+    "virtio-gpu": virtio_gpu.parse_acrn,
+    "virtio-input": virtio_input.parse_acrn,
+    "virtio-rnd": virtio_rnd.parse_acrn,
+    "xhci": xhci.parse_acrn,
+    "uart": uart.parse_acrn,
+    "ahci": ahci.parse_acrn,
+    "ahci-hd": ahci.parse_acrn,
+    "ahci-cd": ahci.parse_acrn,
     "virtio-heci": _parse_heci,
     "virtio-rpmb": _parse_rpmb,
     "virtio-i2c": _raw,
