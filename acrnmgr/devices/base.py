@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,45 @@ class QemuArgs:
         self.helpers.append(Helper(f"devmodel-{name}", [*devmodel_command(), "--device", model, "--socket",
                                                         str(sock), *extra], str(sock), name))
         return sock
+
+
+# -- libvirt domain XML ---------------------------------------------------------------------------------------
+LIBVIRT_MODEL = {"modern": "virtio-non-transitional", "transitional": "virtio-transitional"}
+
+
+def xml_sub(parent: ET.Element, tag: str, text: object = None, **attrs: object) -> ET.Element:
+    """A child element; attributes that are None are left out, a trailing _ in a name is dropped (type_)."""
+    elem = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items() if v is not None})
+    if text is not None:
+        elem.text = str(text)
+    return elem
+
+
+def xml_pci(parent: ET.Element, slot: int | None) -> None:
+    if slot is not None:
+        xml_sub(parent, "address", type="pci", domain="0x0000", bus="0x00", slot=f"0x{slot:02x}", function="0x0")
+
+
+def xml_alias(parent: ET.Element, name: str | None) -> None:
+    if name:
+        xml_sub(parent, "alias", name=f"ua-{name}")
+
+
+@dataclass
+class LibvirtOut:
+    """The domain's <devices> being written, and what devices tell the domain around them."""
+
+    flavor: str  # qemu | acrn
+    devices: ET.Element
+    bridge: str
+    state_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    needs_shared_memory: bool = False  # a vhost-user device: guest RAM must be a shared memfd
+    serial_controllers: int = 0
+    disks: int = 0
+
+    def socket(self, device: Device) -> str:
+        return str(vhost_socket_path(self.state_dir, device.display_name))
 
 
 def esc(value: object) -> str:
@@ -245,6 +285,18 @@ class VirtioDevice(Device):
         """Why this device cannot run on this machine (a host probe), or None."""
         return None
 
+    def libvirt_extra(self) -> tuple[dict[str, Any], str]:
+        """The acrnmgr-only fields every virtio element carries in the metadata, and its libvirt model."""
+        extra = {k: self.raw[k] for k in ("backend",) if k in self.raw}
+        if self.mode == "legacy":
+            extra["mode"] = "legacy"  # libvirt has no legacy-only virtio model
+        return extra, LIBVIRT_MODEL.get(self.mode or "", "virtio")
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        """Write this device's domain element; returns its acrnmgr-only fields, or None when the domain has no
+        element for it (the device is then kept whole in the acrnmgr metadata)."""
+        return None
+
 
 class EmulatedDevice(Device):
     """A non-virtio device that acrn-dm emulates itself (or passes through)."""
@@ -268,4 +320,8 @@ class EmulatedDevice(Device):
         ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
 
     def missing_on_host(self) -> str | None:
+        return None
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        """As VirtioDevice.libvirt."""
         return None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, QemuArgs, acrn_int, parse_bdf
+from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, LibvirtOut, QemuArgs, acrn_int, parse_bdf, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields, resolve
 
 _FLAGS = (("keep_gsi", "keep_gsi"), ("no_reset", "no_reset"), ("d3hot_reset", "d3hot_reset"))
@@ -85,6 +85,20 @@ class Passthru(EmulatedDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vfio-pci,host={self.sysfs_name},addr={slot:#x}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        extra = {k: self.raw[k] for k in ("backend", "gpu", "options") if k in self.raw}
+        hd = xml_sub(out.devices, "hostdev", mode="subsystem", type="pci", managed="yes")
+        domain, bus, dev, func = self.bdf
+        src = xml_sub(hd, "source")
+        xml_sub(src, "address", domain=f"0x{domain:04x}", bus=f"0x{bus:02x}", slot=f"0x{dev:02x}",
+                function=f"0x{func}")
+        if self.options.romfile:
+            xml_sub(hd, "rom", file=self.raw["options"]["romfile"])
+        xml_alias(hd, self.name)
+        xml_pci(hd, slot)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, acrn_int
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -49,6 +49,15 @@ class VhostVsock(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},addr={slot:#x}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        extra, _ = self.libvirt_extra()
+        vsock = xml_sub(out.devices, "vsock", model="virtio")
+        xml_sub(vsock, "cid", auto="no", address=self.cid)
+        xml_alias(vsock, self.name)
+        xml_pci(vsock, slot)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice, acrn_int, blockdev, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, blockdev, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields, resolve
 
 DEFAULT_CACHE = "writethru"
+_LIBVIRT_CACHE = {"writethru": "writethrough", "writeback": "writeback", "nocache": "none"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,39 @@ class VirtioBlk(VirtioDevice):
         if self.boot:
             props.append("bootindex=1")
         ctx.argv += ["-blockdev", blockdev(node), "-device", ",".join(props)]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        extra, model = self.libvirt_extra()
+        if backend == "embedded" and out.flavor == "qemu":
+            out.needs_shared_memory = True
+            disk = xml_sub(out.devices, "disk", type="vhostuser", device="disk")
+            xml_sub(disk, "driver", name="qemu", type="raw")
+            src = xml_sub(disk, "source", type="unix", path=out.socket(self))
+            xml_sub(src, "reconnect", enabled="yes", timeout=10)
+            # the image is the device model's business: libvirt only sees the socket
+            extra.update({k: v for k, v in self.raw.items()
+                          if k not in ("type", "name", "boot", "readOnly", "mode", "slot")})
+            extra["path"] = self.path
+        else:
+            disk = xml_sub(out.devices, "disk", type="file", device="disk")
+            xml_sub(disk, "driver", name="qemu", type="raw", cache=_LIBVIRT_CACHE[self.cache],
+                    discard="unmap" if self.discard else None, io=self.aio, queues=self.mq)
+            xml_sub(disk, "source", file=self.path)
+            extra.update({k: self.raw[k] for k in ("iothread", "range", "sectorSize") if k in self.raw})
+            if isinstance(self.discard, tuple):
+                extra["discard"] = self.raw["discard"]
+        xml_sub(disk, "target", dev=f"vd{chr(ord('a') + out.disks)}", bus="virtio")
+        out.disks += 1
+        if self.read_only:
+            xml_sub(disk, "readonly")
+        if self.boot:
+            xml_sub(disk, "boot", order=1)
+        if model != "virtio":
+            disk.set("model", model)
+        xml_alias(disk, self.name)
+        xml_pci(disk, slot)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

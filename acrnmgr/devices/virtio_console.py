@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields, resolve
 
 DEFAULT_SOCKET_MODE = "server"
+_LIBVIRT_PORT = {"pty": "pty", "socket": "unix", "stdio": "stdio", "tty": "dev", "file": "file"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,28 @@ class VirtioConsole(VirtioDevice):
                 chardev = f"file,id={cid},path={esc(port.path)}"
             frontend = "virtconsole" if port.console else "virtserialport"
             ctx.argv += ["-chardev", chardev, "-device", f"{frontend},bus={nid}.0,chardev={cid},name={esc(port.name)}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        extra, model = self.libvirt_extra()
+        index = out.serial_controllers
+        out.serial_controllers += 1
+        ctrl = xml_sub(out.devices, "controller", type="virtio-serial", index=index)
+        if model != "virtio":
+            ctrl.set("model", model)
+        xml_alias(ctrl, self.name)
+        xml_pci(ctrl, slot)
+        for n, port in enumerate(self.ports):
+            if port.console:
+                extra["consolePort"] = port.name  # libvirt drops a <console>'s target name
+            el = xml_sub(out.devices, "console" if port.console else "channel", type=_LIBVIRT_PORT[port.kind])
+            if port.kind == "socket":
+                xml_sub(el, "source", mode="bind" if port.socket_mode == "server" else "connect", path=port.path)
+            elif port.path:
+                xml_sub(el, "source", path=port.path)
+            xml_sub(el, "target", type="virtio", name=port.name)
+            xml_sub(el, "address", type="virtio-serial", controller=index, bus=0, port=n + 1)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice
+from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields
 
 
@@ -43,6 +43,19 @@ class VirtioGpu(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},addr={slot:#x}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        if out.flavor != "qemu":
+            return None
+        extra, _ = self.libvirt_extra()
+        video = xml_sub(out.devices, "video")
+        xml_sub(video, "model", type="virtio", heads=max(1, len(self.displays)))
+        if self.displays:
+            extra["displays"] = self.raw["displays"]
+        xml_alias(video, self.name)
+        xml_pci(video, slot)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

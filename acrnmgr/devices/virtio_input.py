@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, QemuArgs, VirtioDevice, esc
+from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, xml_alias, xml_sub
 from acrnmgr.model import common_fields
 
 
@@ -33,6 +33,18 @@ class VirtioInput(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(self.device)},addr={slot:#x}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        if out.flavor != "qemu":
+            return None
+        extra, _ = self.libvirt_extra()
+        inp = xml_sub(out.devices, "input", type="evdev")
+        xml_sub(inp, "source", dev=self.device)
+        if self.serial:
+            extra["serial"] = self.serial
+        xml_alias(inp, self.name)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

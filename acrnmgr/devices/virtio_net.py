@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -115,6 +115,35 @@ class VirtioNet(VirtioDevice):
             vhost = ",vhost=on" if backend == "vhost" else ""
             ctx.argv += ["-netdev", f"tap,id={nid},ifname={esc(tap)},script=no,downscript=no{vhost}"]
             ctx.argv += ["-device", f"virtio-net-pci,netdev={nid},mac={mac},{addr}{mode}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        extra, model = self.libvirt_extra()
+        if backend == "embedded" and out.flavor == "qemu":
+            out.needs_shared_memory = True
+            iface = xml_sub(out.devices, "interface", type="vhostuser")
+            xml_sub(iface, "source", type="unix", path=out.socket(self), mode="client")
+            extra["tap"] = self.ifname
+        elif out.flavor == "acrn":
+            iface = xml_sub(out.devices, "interface", type="bridge")
+            xml_sub(iface, "source", bridge=out.bridge)
+            xml_sub(iface, "target", dev=self.ifname, managed="no")
+        else:
+            iface = xml_sub(out.devices, "interface", type="ethernet")
+            xml_sub(iface, "target", dev=self.ifname, managed="no")
+        if self.mac:
+            xml_sub(iface, "mac", address=self.mac)
+        else:
+            extra["autoMac"] = True  # libvirt invents one; acrn-dm derives its own (or from macSeed)
+        if self.mac_seed:
+            extra["macSeed"] = self.mac_seed
+        if self.macvtap:
+            extra["macvtap"] = True
+        xml_sub(iface, "model", type=model)
+        if backend == "vhost" and out.flavor == "qemu":
+            xml_sub(iface, "driver", name="vhost")
+        xml_alias(iface, self.name)
+        xml_pci(iface, slot)
+        return extra
 
 
 def mac_from_seed(seed: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import Choice, GrammarError, QemuArgs, VirtioDevice, esc, qemu_mode
+from acrnmgr.devices.base import Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 
@@ -36,6 +36,17 @@ class VirtioRnd(VirtioDevice):
         else:
             ctx.argv += ["-object", f"rng-random,id={nid},filename=/dev/urandom",
                          "-device", f"virtio-rng-pci,rng={nid},{addr}{qemu_mode(self)}"]
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        if out.flavor == "acrn":
+            return None
+        extra, model = self.libvirt_extra()
+        rng = xml_sub(out.devices, "rng", model=model)
+        xml_sub(rng, "backend", "/dev/urandom", model="random")
+        xml_alias(rng, self.name)
+        xml_pci(rng, slot)
+        return extra
+
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import EmulatedDevice
+from acrnmgr.devices.base import EmulatedDevice, LibvirtOut, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields
 
 
@@ -19,3 +19,11 @@ class Wdt(EmulatedDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Wdt:
         return cls(**common_fields(index, raw))
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        if out.flavor != "qemu":
+            return None
+        wd = xml_sub(out.devices, "watchdog", model="i6300esb", action="reset")
+        xml_alias(wd, self.name)
+        xml_pci(wd, slot)
+        return {k: self.raw[k] for k in ("backend",) if k in self.raw}

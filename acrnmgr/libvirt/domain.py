@@ -27,8 +27,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from acrnmgr.devices import vm_from_spec
-from acrnmgr.devices.base import vhost_socket_path
+from acrnmgr.devices.base import LIBVIRT_MODEL, LibvirtOut
+from acrnmgr.devices.base import xml_sub as _sub
 from acrnmgr.importers import ImportedSpec, ImportError_, ImportResult, xml_root
+from acrnmgr.model import KernelBoot, OvmfBoot
 from acrnmgr.plan import make_plan
 from acrnmgr.render.acrndm import render_acrndm
 
@@ -37,8 +39,7 @@ ACRNMGR_NS = "https://acrnmgr.dev/schemas/libvirt/1.0"
 ET.register_namespace("acrn", ACRN_NS)
 ET.register_namespace("acrnmgr", ACRNMGR_NS)
 
-_MODEL = {"modern": "virtio-non-transitional", "transitional": "virtio-transitional"}
-_MODE_OF_MODEL = {v: k for k, v in _MODEL.items()}
+_MODE_OF_MODEL = {v: k for k, v in LIBVIRT_MODEL.items()}
 _LPC_INDEX = {"com1": 0, "com2": 1, "com3": 2, "com4": 3}
 # Devices the domain XML below has no element for: carried in the acrnmgr metadata (and, on the
 # acrn flavor, on <acrn:commandline>).
@@ -49,49 +50,24 @@ class ExportError(ValueError):
     pass
 
 
-def _sub(parent, tag: str, text: str | None = None, **attrs) -> ET.Element:
-    elem = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items() if v is not None})
-    if text is not None:
-        elem.text = str(text)
-    return elem
-
-
-def _pci(parent, slot: int | None) -> None:
-    if slot is not None:
-        _sub(parent, "address", type="pci", domain="0x0000", bus="0x00", slot=f"0x{slot:02x}", function="0x0")
-
-
-def _alias(parent, name: str | None) -> None:
-    if name:
-        _sub(parent, "alias", name=f"ua-{name}")
-
-
 def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None = None) -> tuple[str, list[str]]:
     """(domain XML text, warnings)."""
     from acrnmgr.host import HostProfile
     from acrnmgr.lifecycle.state import state_root
-    from acrnmgr.spec.units import parse_size
 
     if flavor not in ("qemu", "acrn"):
         raise ExportError(f"unknown flavor {flavor!r} (qemu or acrn)")
     host = host or HostProfile.detect()
     state_dir = state_dir or (state_root() / spec.name)
     s = spec.spec
-    warnings: list[str] = []
     devices = spec.devices
-    engine = "acrn" if flavor == "acrn" else "qemu"
-    plan = make_plan(vm_from_spec(spec), host, engine, state_dir=state_dir)
-    slots = [p.slot for p in plan.devices]
-    if any(slot is None for slot in slots):
+    plan = make_plan(vm_from_spec(spec), host, "acrn" if flavor == "acrn" else "qemu", state_dir=state_dir)
+    vm = plan.vm
+    if any(p.slot is None for p in plan.devices):
         raise ExportError("; ".join(e.message for e in plan.errors if e.json_path.endswith((".slot", ".gpu"))))
-    rtvm = s.get("vmType", "standard") == "rtvm"
-    engine = "acrn" if flavor == "acrn" else "qemu"
 
-    if flavor == "acrn":
-        root = ET.Element("domain", {"type": "acrn"})
-    else:
-        root = ET.Element("domain", {"type": "kvm" if host.kvm else "qemu"})
-    _sub(root, "name", spec.name)
+    root = ET.Element("domain", {"type": "acrn" if flavor == "acrn" else ("kvm" if host.kvm else "qemu")})
+    _sub(root, "name", vm.name)
     meta_dev: dict[str, dict] = {}
     unmapped: list[dict] = []
     meta = {k: v for k, v in (("labels", spec.data["metadata"].get("labels")), ("osType", s.get("osType")),
@@ -99,211 +75,72 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
                               ("settings", s.get("settings")), ("extraArgs", s.get("extraArgs")),
                               ("network", s.get("network"))) if v}
     metadata = _sub(root, "metadata")
-    mem = parse_size(s["memory"])
-    _sub(root, "memory", str(mem >> 10), unit="KiB")
-    affinity = list(s["cpu"]["affinity"])
-    _sub(root, "vcpu", str(len(affinity)), placement="static", cpuset=",".join(map(str, affinity)))
+    _sub(root, "memory", str(vm.memory >> 10), unit="KiB")
+    _sub(root, "vcpu", str(len(vm.affinity)), placement="static", cpuset=",".join(map(str, vm.affinity)))
     cputune = _sub(root, "cputune")
-    for n, cpu in enumerate(affinity):
+    for n, cpu in enumerate(vm.affinity):
         _sub(cputune, "vcpupin", vcpu=n, cpuset=cpu)
 
-    needs_shared_memory = False
-    boot = s["boot"]
     os_el = _sub(root, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", **({} if flavor == "acrn" else {"machine": "pc"}))
-    if "kernel" in boot:
-        k = boot["kernel"]
-        _sub(os_el, "kernel", str(spec.resolve_path(k["path"])))
-        if k.get("initrd"):
-            _sub(os_el, "initrd", str(spec.resolve_path(k["initrd"])))
-        if k.get("cmdline"):
-            _sub(os_el, "cmdline", k["cmdline"])
-    elif "ovmf" in boot:
-        o = boot["ovmf"]
-        code = o.get("image") or o.get("code")
-        _sub(os_el, "loader", str(spec.resolve_path(code)), readonly="yes" if "code" in o else "no", type="pflash")
-        if o.get("vars"):
-            _sub(os_el, "nvram", str(spec.resolve_path(o["vars"])))
-        if o.get("writeback"):
-            meta["ovmfWriteback"] = True
-    else:
-        _sub(os_el, "kernel", str(spec.resolve_path(boot["elf"]["path"])))
-        meta["elf"] = True
-        if flavor == "qemu":
-            warnings.append("boot.elf: exported as a direct kernel boot; QEMU loads multiboot/PVH ELF images only")
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
-
     devs = _sub(root, "devices")
+    out = LibvirtOut(flavor, devs, vm.bridge, state_dir)
+    _sub(os_el, "type", "hvm", arch="x86_64", **({} if flavor == "acrn" else {"machine": "pc"}))
+    boot = vm.boot
+    if isinstance(boot, KernelBoot):
+        _sub(os_el, "kernel", boot.path)
+        if boot.initrd:
+            _sub(os_el, "initrd", boot.initrd)
+        if boot.cmdline:
+            _sub(os_el, "cmdline", boot.cmdline)
+    elif isinstance(boot, OvmfBoot):
+        _sub(os_el, "loader", boot.image or boot.code, readonly="no" if boot.image else "yes", type="pflash")
+        if boot.vars:
+            _sub(os_el, "nvram", boot.vars)
+        if boot.writeback:
+            meta["ovmfWriteback"] = True
+    else:
+        _sub(os_el, "kernel", boot.path)
+        meta["elf"] = True
+        if flavor == "qemu":
+            out.warnings.append("boot.elf: exported as a direct kernel boot; QEMU loads multiboot/PVH ELF images only")
+
     if flavor == "qemu" and host.qemu:
         _sub(devs, "emulator", host.qemu)
-    for port in s.get("console", {}).get("lpc", []):
-        name = port["port"]
-        if name == "com5":
-            warnings.append("console.lpc com5 (the S5 UART) has no libvirt element; kept in the acrnmgr metadata")
-            meta.setdefault("lpc", []).append(port)
+    for port, raw_port in zip(vm.lpc, (s.get("console") or {}).get("lpc", [])):
+        if port.port == "com5":
+            out.warnings.append("console.lpc com5 (the S5 UART) has no libvirt element; kept in the acrnmgr metadata")
+            meta.setdefault("lpc", []).append(raw_port)
             continue
-        backend = port.get("backend", "stdio")
-        kind = {"stdio": "stdio", "tty": "dev", "tcp": "tcp"}[backend]
-        serial = _sub(devs, "serial", type=kind)
-        if backend == "tty":
-            _sub(serial, "source", path=port["path"])
-        elif backend == "tcp":
-            _sub(serial, "source", mode="bind", host="0.0.0.0", service=port["tcpPort"])
+        serial = _sub(devs, "serial", type={"stdio": "stdio", "tty": "dev", "tcp": "tcp"}[port.backend])
+        if port.backend == "tty":
+            _sub(serial, "source", path=raw_port["path"])
+        elif port.backend == "tcp":
+            _sub(serial, "source", mode="bind", host="0.0.0.0", service=port.tcp_port)
             _sub(serial, "protocol", type="raw")
-        _sub(serial, "target", port=_LPC_INDEX[name])
+        _sub(serial, "target", port=_LPC_INDEX[port.port])
 
-    vs_index = 0
-    for i, d in enumerate(devices):
-        kind, slot = d["type"], slots[i]
-        backend = plan.devices[i].backend
-        sock = str(vhost_socket_path(state_dir, plan.devices[i].name))
-        extra = {k: d[k] for k in ("backend",) if k in d}
-        model = _MODEL.get(d.get("mode", ""), "virtio")
-        if d.get("mode") == "legacy":
-            extra["mode"] = "legacy"  # libvirt has no legacy-only virtio model
-        name = d.get("name")
-        if kind == "virtio-blk":
-            embedded = backend == "embedded" and flavor == "qemu"
-            if embedded:
-                needs_shared_memory = True
-                disk = _sub(devs, "disk", type="vhostuser", device="disk")
-                _sub(disk, "driver", name="qemu", type="raw")
-                src = _sub(disk, "source", type="unix", path=sock)
-                _sub(src, "reconnect", enabled="yes", timeout=10)
-                # the image is the device model's business: libvirt only sees the socket
-                extra.update({k: v for k, v in d.items() if k not in ("type", "name", "boot", "readOnly", "mode", "slot")})
-                extra["path"] = str(spec.resolve_path(d["path"]))
-            else:
-                disk = _sub(devs, "disk", type="file", device="disk")
-                cache = {"writethru": "writethrough", "writeback": "writeback", "nocache": "none"}[d.get("cache", "writethru")]
-                _sub(disk, "driver", name="qemu", type="raw", cache=cache,
-                           discard="unmap" if d.get("discard") else None,
-                           io="io_uring" if d.get("aio") == "io_uring" else ("threads" if d.get("aio") == "threads" else None),
-                           queues=d.get("mq"))
-                _sub(disk, "source", file=str(spec.resolve_path(d["path"])))
-                for key in ("iothread", "range", "sectorSize"):
-                    if key in d:
-                        extra[key] = d[key]
-                if isinstance(d.get("discard"), dict):
-                    extra["discard"] = d["discard"]
-            _sub(disk, "target", dev=f"vd{chr(ord('a') + sum(1 for x in devices[:i] if x['type'] == 'virtio-blk'))}",
-                 bus="virtio")
-            if d.get("readOnly"):
-                _sub(disk, "readonly")
-            if d.get("boot"):
-                _sub(disk, "boot", order=1)
-            if model != "virtio":
-                disk.set("model", model)
-            _alias(disk, name)
-            _pci(disk, slot)
-        elif kind == "virtio-net":
-            ifname = d.get("tap") or d.get("macvtap")
-            if backend == "embedded" and flavor == "qemu":
-                needs_shared_memory = True
-                iface = _sub(devs, "interface", type="vhostuser")
-                _sub(iface, "source", type="unix", path=sock, mode="client")
-                extra["tap"] = ifname
-            elif flavor == "acrn":
-                iface = _sub(devs, "interface", type="bridge")
-                _sub(iface, "source", bridge=s.get("network", {}).get("bridge", "acrn-br0"))
-                _sub(iface, "target", dev=ifname, managed="no")
-            else:
-                iface = _sub(devs, "interface", type="ethernet")
-                _sub(iface, "target", dev=ifname, managed="no")
-            if d.get("mac"):
-                _sub(iface, "mac", address=d["mac"].lower())
-            else:
-                extra["autoMac"] = True  # libvirt invents one; acrn-dm derives its own (or from macSeed)
-            if d.get("macSeed"):
-                extra["macSeed"] = d["macSeed"]
-            if d.get("macvtap"):
-                extra["macvtap"] = True
-            _sub(iface, "model", type=model)
-            if backend == "vhost" and flavor == "qemu":
-                _sub(iface, "driver", name="vhost")
-            _alias(iface, name)
-            _pci(iface, slot)
-        elif kind == "virtio-console":
-            ctrl = _sub(devs, "controller", type="virtio-serial", index=vs_index)
-            if model != "virtio":
-                ctrl.set("model", model)
-            _alias(ctrl, name)
-            _pci(ctrl, slot)
-            for n, port in enumerate(d["ports"]):
-                tag = "console" if port.get("console") else "channel"
-                if port.get("console"):
-                    extra["consolePort"] = port["name"]  # libvirt drops a <console>'s target name
-                pkind = {"pty": "pty", "socket": "unix", "stdio": "stdio", "tty": "dev", "file": "file"}[port["kind"]]
-                el = _sub(devs, tag, type=pkind)
-                if port["kind"] == "socket":
-                    _sub(el, "source", mode="bind" if port.get("socketMode", "server") == "server" else "connect",
-                         path=port["path"])
-                elif port.get("path"):
-                    _sub(el, "source", path=port["path"])
-                _sub(el, "target", type="virtio", name=port["name"])
-                _sub(el, "address", type="virtio-serial", controller=vs_index, bus=0, port=n + 1)
-            vs_index += 1
-        elif kind == "virtio-rnd":
-            if flavor == "acrn":
-                unmapped.append({"index": i, "_slot": slot, **d})
-                continue
-            rng = _sub(devs, "rng", model=model)
-            _sub(rng, "backend", "/dev/urandom", model="random")
-            _alias(rng, name)
-            _pci(rng, slot)
-        elif kind == "vhost-vsock":
-            vsock = _sub(devs, "vsock", model="virtio")
-            _sub(vsock, "cid", auto="no", address=d["cid"])
-            _alias(vsock, name)
-            _pci(vsock, slot)
-        elif kind == "passthru":
-            hd = _sub(devs, "hostdev", mode="subsystem", type="pci", managed="yes")
-            bus, rest = d["bdf"].replace("/", ":", 1).replace("/", ".", 1).split(":", 1)
-            dev, fn = rest.split(".")
-            src = _sub(hd, "source")
-            _sub(src, "address", domain="0x0000", bus=f"0x{int(bus, 16):02x}", slot=f"0x{int(dev, 16):02x}",
-                 function=f"0x{int(fn)}")
-            if d.get("options", {}).get("romfile"):
-                _sub(hd, "rom", file=d["options"]["romfile"])
-            for key in ("gpu", "options"):
-                if key in d:
-                    extra[key] = d[key]
-            _alias(hd, name)
-            _pci(hd, slot)
-        elif kind == "virtio-input" and flavor == "qemu":
-            inp = _sub(devs, "input", type="evdev")
-            _sub(inp, "source", dev=d["device"])
-            if d.get("serial"):
-                extra["serial"] = d["serial"]
-            _alias(inp, name)
-        elif kind == "virtio-gpu" and flavor == "qemu":
-            video = _sub(devs, "video")
-            _sub(video, "model", type="virtio", heads=max(1, len(d.get("displays", []))))
-            if d.get("displays"):
-                extra["displays"] = d["displays"]
-            _alias(video, name)
-            _pci(video, slot)
-        elif kind == "wdt" and flavor == "qemu":
-            wd = _sub(devs, "watchdog", model="i6300esb", action="reset")
-            _alias(wd, name)
-            _pci(wd, slot)
-        else:
-            kept = {"index": i, "_slot": slot, **d}
+    for i, (d, p) in enumerate(zip(devices, plan.devices)):
+        extra = p.device.libvirt(out, p.slot, p.backend)
+        if extra is None:
+            kept = {"index": i, "_slot": p.slot, **d}
             for key in ("hd", "cd"):  # ahci images: absolute like every other path in the domain
                 if key in d:
                     kept[key] = str(spec.resolve_path(d[key]))
             unmapped.append(kept)
             continue
+        name, kind = d.get("name"), d["type"]
         if extra:
             meta_dev[name or f"#{i}"] = extra
         if not name and extra:
-            warnings.append(f"devices[{i}] ({kind}) has no name; its acrnmgr-only fields are matched by position")
+            out.warnings.append(f"devices[{i}] ({kind}) has no name; its acrnmgr-only fields are matched by position")
 
+    warnings = out.warnings
     for u in unmapped:
         if flavor == "qemu":
             warnings.append(f"devices[{u['index']}] ({u['type']}) has no QEMU domain element; kept in the acrnmgr "
@@ -316,22 +153,22 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
     if flavor == "acrn":
         compiled = render_acrndm(plan)
         cfg = _sub(root, f"{{{ACRN_NS}}}config")
-        if rtvm:
+        if vm.rtvm:
             _sub(cfg, f"{{{ACRN_NS}}}rtvm")
-        _sub(cfg, f"{{{ACRN_NS}}}cpu_affinity", value=",".join(map(str, affinity)))
+        _sub(cfg, f"{{{ACRN_NS}}}cpu_affinity", value=",".join(map(str, vm.affinity)))
         cmdline = _acrn_commandline(compiled.argv, {u["index"] for u in unmapped}, compiled.devices)
         if cmdline:
             cl = _sub(root, f"{{{ACRN_NS}}}commandline")
             for arg in cmdline:
                 _sub(cl, f"{{{ACRN_NS}}}arg", value=arg)
     else:
-        if needs_shared_memory:
+        if out.needs_shared_memory:
             mb = _sub(root, "memoryBacking")
             _sub(mb, "source", type="memfd")
             _sub(mb, "access", mode="shared")
         seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
         _sub(seclabel, "label", "+0:+0")
-    if flavor == "qemu" and rtvm:
+    if flavor == "qemu" and vm.rtvm:
         warnings.append("vmType rtvm has no meaning under QEMU (no LAPIC passthrough); kept in the acrnmgr metadata")
 
     vm_meta = _sub(metadata, f"{{{ACRNMGR_NS}}}vm", hash=spec.hash)
