@@ -12,6 +12,7 @@ keeps its domains only while a connection to it is open."""
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import xml.etree.ElementTree as ET
@@ -23,6 +24,9 @@ from acrnmgr.lifecycle.state import VmState, wait_until
 
 Progress = Callable[[str], None]
 _CONNECTIONS: dict = {}
+# Drop them while libvirt's module is intact: one left to the interpreter's teardown is closed by
+# virConnect.__del__ after libvirtmod is gone ("Exception ignored ... 'NoneType' object is not callable").
+atexit.register(_CONNECTIONS.clear)
 
 
 def _quiet(_: str) -> None:
