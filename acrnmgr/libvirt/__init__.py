@@ -13,5 +13,6 @@ def libvirt_python() -> ModuleType:
     try:
         import libvirt
     except ImportError as exc:
-        raise LifecycleError(f"the libvirt engine needs libvirt-python ({exc}): pip install 'acrnmgr[libvirt]'") from None
+        raise LifecycleError(f"the libvirt engine needs libvirt-python ({exc}): "
+                             "pip install 'acrnmgr[libvirt]'") from None
     return libvirt
