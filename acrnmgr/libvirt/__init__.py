@@ -11,7 +11,7 @@ def libvirt_python() -> ModuleType:
     from acrnmgr.lifecycle.engine import LifecycleError
 
     try:
-        import libvirt
+        import libvirt  # type: ignore[import-untyped]  # libvirt-python ships no py.typed
     except ImportError as exc:
         raise LifecycleError(f"the libvirt engine needs libvirt-python ({exc}): "
                              "pip install 'acrnmgr[libvirt]'") from None
