@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 python_only=false
 [[ ${1:-} == --python-only ]] && python_only=true
 
-# What `pip install` needs: libvirt-python is source-only on PyPI and builds against libvirt's headers.
+# What `pip install` needs: libvirt-python (the `libvirt` extra) is source-only on PyPI and builds
+# against libvirt's headers.
 apt_packages=(
     libvirt-dev pkg-config
     python3-venv
@@ -42,4 +43,4 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,libvirt]'

@@ -12,16 +12,21 @@ keeps its domains only while a connection to it is open."""
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import xml.etree.ElementTree as ET
 from typing import Callable
 
+from acrnmgr.libvirt import libvirt_python
 from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
 from acrnmgr.lifecycle.state import VmState, wait_until
 
 Progress = Callable[[str], None]
 _CONNECTIONS: dict = {}
+# Drop them while libvirt's module is intact: one left to the interpreter's teardown is closed by
+# virConnect.__del__ after libvirtmod is gone ("Exception ignored ... 'NoneType' object is not callable").
+atexit.register(_CONNECTIONS.clear)
 
 
 def _quiet(_: str) -> None:
@@ -29,7 +34,7 @@ def _quiet(_: str) -> None:
 
 
 def connect(uri: str):
-    import libvirt
+    libvirt = libvirt_python()
 
     conn = _CONNECTIONS.get(uri)
     if conn is not None:
@@ -50,7 +55,7 @@ def connect(uri: str):
 
 
 def _lookup(conn, name: str):
-    import libvirt
+    libvirt = libvirt_python()
 
     try:
         return conn.lookupByName(name)
@@ -124,7 +129,7 @@ class DevmodelEngine(Engine):
 
     def _call(self, method: str, what: str):
         def action(vm: Running) -> str | None:
-            import libvirt
+            libvirt = libvirt_python()
 
             dom = self._domain(vm)
             try:
@@ -178,7 +183,7 @@ def _stop_devmodels(name: str, progress: Progress, force: bool = False) -> None:
 
 
 def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=None) -> dict:
-    import libvirt
+    libvirt = libvirt_python()
 
     from acrnmgr.host import HostProfile
     from acrnmgr.libvirt.domain import ExportError, export_domain
@@ -223,7 +228,7 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
 
 def down(name: str, uri: str, timeout: float = 30.0, force: bool = False, progress: Progress = _quiet,
          undefine: bool = False) -> dict:
-    import libvirt
+    libvirt = libvirt_python()
 
     conn = connect(uri)
     dom = _lookup(conn, name)

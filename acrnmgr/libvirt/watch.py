@@ -15,13 +15,15 @@ import argparse
 import sys
 import time
 
+from acrnmgr.libvirt import libvirt_python
+from acrnmgr.lifecycle.engine import LifecycleError
 from acrnmgr.lifecycle.state import wait_until
 
 POLL = 0.5
 
 
 def _active(conn, name: str) -> bool:
-    import libvirt
+    libvirt = libvirt_python()
 
     try:
         return bool(conn.lookupByName(name).isActive())
@@ -30,8 +32,11 @@ def _active(conn, name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import libvirt
-
+    try:
+        libvirt = libvirt_python()
+    except LifecycleError as exc:
+        print(exc, flush=True)
+        return 1
     parser = argparse.ArgumentParser(prog="acrnmgr-libvirt-watch")
     parser.add_argument("uri")
     parser.add_argument("name")

@@ -18,10 +18,10 @@ TEMPLATE = "launch_user_vm.sh.j2"
 def _template():
     import jinja2
 
-    from acrnmgr.resources import data_dir
+    from acrnmgr.resources import template_loader
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        loader=template_loader(),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

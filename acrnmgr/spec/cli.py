@@ -87,9 +87,9 @@ def _count(n: int, word: str) -> str:
 
 def schema() -> None:
     """Print the VM spec's JSON Schema (draft 2020-12)."""
-    from acrnmgr.resources import data_dir
+    from acrnmgr.resources import schema_text
 
-    sys.stdout.write((data_dir("schemas") / "vm.schema.json").read_text(encoding="utf-8"))
+    sys.stdout.write(schema_text())
 
 
 def register(app: typer.Typer) -> None:

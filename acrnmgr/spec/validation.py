@@ -15,10 +15,9 @@ from acrnmgr.spec.loader import Document, decode_bytes, parse_documents, read_do
 
 @cache
 def schema() -> dict:
-    from acrnmgr.resources import data_dir
+    from acrnmgr.resources import schema_text
 
-    with open(data_dir("schemas") / "vm.schema.json", encoding="utf-8") as fh:
-        return json.load(fh)
+    return json.loads(schema_text())
 
 
 @cache

@@ -61,7 +61,8 @@ def _wait_until(ready, proc: subprocess.Popen, what: str, log: Path, timeout: fl
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode} while starting:\n{log.read_text(errors='replace')[-3000:]}")
+            tail = log.read_text(errors="replace")[-3000:]
+            pytest.fail(f"{what} exited with {proc.returncode} while starting:\n{tail}")
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not answer within {timeout:g} s:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,12 +20,18 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 VALID = [yaml.safe_load(p.read_text()) for p in EXAMPLES]
 HOST = HostProfile(lapic_ids=[0, 1, 2, 3])
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TMP = Path(tempfile.mkdtemp(prefix="acrnmgr-fuzz-"))
 
 
-def _load(text: str, filename: str, **kw) -> None:
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    """One folder for the module: the specs' base folder and the files the tests write (pytest removes it).
+    Module scope, since Hypothesis runs each test many times over the same fixture values."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _load(text: str, filename: str, base_dir: Path, **kw) -> None:
     try:
-        spec = load_spec_text(text, filename, host=HOST, base_dir=TMP, **kw)
+        spec = load_spec_text(text, filename, host=HOST, base_dir=base_dir, **kw)
     except SpecError as exc:
         assert exc.diagnostics, "a SpecError always carries diagnostics"
         for d in exc.diagnostics:
@@ -53,9 +59,9 @@ spec_like_values = st.recursive(
 
 @FUZZ
 @given(st.text(max_size=300))
-def test_random_text(text):
-    _load(text, "f.yaml")
-    _load(text, "f.json")
+def test_random_text(tmp, text):
+    _load(text, "f.yaml", tmp)
+    _load(text, "f.json", tmp)
     try:
         for doc in parse_documents(text, "multi.yaml"):
             validate_document(doc, host=HOST)
@@ -65,8 +71,8 @@ def test_random_text(text):
 
 @FUZZ
 @given(st.binary(max_size=300))
-def test_random_bytes(raw):
-    f = TMP / "bytes.yaml"
+def test_random_bytes(tmp, raw):
+    f = tmp / "bytes.yaml"
     f.write_bytes(raw)
     try:
         load_spec(f, host=HOST)
@@ -76,18 +82,18 @@ def test_random_bytes(raw):
 
 @FUZZ
 @given(json_values)
-def test_random_json_structures(value):
-    _load(json.dumps(value), "f.json")
-    _load(yaml.safe_dump(value), "f.yaml")
+def test_random_json_structures(tmp, value):
+    _load(json.dumps(value), "f.json", tmp)
+    _load(yaml.safe_dump(value), "f.yaml", tmp)
 
 
 @FUZZ
 @given(st.dictionaries(st.sampled_from(["apiVersion", "kind", "metadata", "spec"]), spec_like_values, max_size=4),
        spec_like_values)
-def test_spec_shaped_structures(top, spec_part):
+def test_spec_shaped_structures(tmp, top, spec_part):
     top.setdefault("spec", spec_part)
-    _load(json.dumps(top), "f.json", check_paths=False)
-    _load(json.dumps(top), "f.json")
+    _load(json.dumps(top), "f.json", tmp, check_paths=False)
+    _load(json.dumps(top), "f.json", tmp)
 
 
 def _paths(value, prefix=()):
@@ -125,19 +131,19 @@ def mutated_specs(draw):
 
 @FUZZ
 @given(mutated_specs())
-def test_mutated_valid_specs(data):
-    _load(yaml.safe_dump(data, sort_keys=False), "m.yaml")
-    _load(json.dumps(data), "m.json", check_paths=False)
+def test_mutated_valid_specs(tmp, data):
+    _load(yaml.safe_dump(data, sort_keys=False), "m.yaml", tmp)
+    _load(json.dumps(data), "m.json", tmp, check_paths=False)
 
 
 @FUZZ
 @given(st.lists(mutated_specs(), min_size=2, max_size=3))
-def test_mutated_specs_across_files(specs):
+def test_mutated_specs_across_files(tmp, specs):
     from acrnmgr.spec.validation import validate_files
 
     files = []
     for i, data in enumerate(specs):
-        f = TMP / f"multi{i}.yaml"
+        f = tmp / f"multi{i}.yaml"
         f.write_text(yaml.safe_dump(data))
         files.append(f)
     docs, diags = validate_files(files, host=HOST, check_paths=False)
@@ -147,10 +153,10 @@ def test_mutated_specs_across_files(specs):
 
 @FUZZ
 @given(mutated_specs(), st.integers(0, 2000), st.text(max_size=8))
-def test_mutated_text(data, cut, insert):
+def test_mutated_text(tmp, data, cut, insert):
     text = yaml.safe_dump(data, sort_keys=False)
     cut = min(cut, len(text))
-    _load(text[:cut] + insert + text[cut:], "t.yaml")
+    _load(text[:cut] + insert + text[cut:], "t.yaml", tmp)
     try:
         parse_documents(text[:cut] + "\n---\n" + insert + text[cut:], "m.yaml")
     except SpecError as exc:
