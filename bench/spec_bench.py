@@ -24,7 +24,7 @@ import yaml  # noqa: E402
 from acrnmgr.render.acrndm import compile_spec  # noqa: E402
 from acrnmgr.render.script import render_script  # noqa: E402
 from acrnmgr.host import HostProfile  # noqa: E402
-from acrnmgr.spec.loader import load_spec_text  # noqa: E402
+from acrnmgr.spec.validation import load_spec_text  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 SOURCES = ["linux-vm", "windows-gpu", "rtvm", "ivshmem-vsock"]

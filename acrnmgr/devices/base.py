@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from acrnmgr.host import HostProfile
 from acrnmgr.model import Device, JsonPath
@@ -27,6 +27,16 @@ from acrnmgr.spec.diagnostics import Diagnostic, format_path
 
 NO_VHOST_USER = "acrn-dm has no vhost-user frontend, so the embedded device model cannot attach to an acrn-dm VM"
 MAX_SOCKET_PATH = 107
+
+
+class CheckContext(Protocol):
+    """Where a device kind's semantic checks report (acrnmgr.spec.checks gives one per spec)."""
+
+    def error(self, path: JsonPath, message: str, hint: str | None = None, *, key: bool = False) -> None: ...
+
+    def warn(self, path: JsonPath, message: str, hint: str | None = None) -> None: ...
+
+    def where(self, path: JsonPath) -> str: ...
 
 
 class GrammarError(ValueError):
@@ -223,6 +233,37 @@ class VirtioDevice(Device):
     ACRN_MODE: ClassVar[str] = "legacy"
     EMBEDDED: ClassVar[bool] = False
     QEMU_VHOST_USER: ClassVar[bool] = False
+    VHOST: ClassVar[bool] = False  # the kernel has a vhost backend for it
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        """The backend and mode rules that hold on every engine; the engines' own limits are plan errors.
+
+        ``items`` are this kind's devices of one spec as (JSON path, mapping): schema-valid unless the schema
+        already failed, when a check that trips over malformed data is skipped by the caller."""
+        rtvm = spec.get("vmType") == "rtvm"
+        for path, dev in items:
+            backend, mode = dev.get("backend", "auto"), dev.get("mode")
+            if backend == "vhost" and not cls.VHOST:
+                ctx.error((*path, "backend"), f"there is no kernel vhost backend for {cls.KIND} (only virtio-net and "
+                          "vhost-vsock)", "use `backend: vbs-u`" + (" or `embedded`" if cls.EMBEDDED else "")
+                          + ", or `auto`")
+            elif backend == "embedded" and not cls.EMBEDDED:
+                ctx.error((*path, "backend"), f"the embedded device model does not serve {cls.KIND} "
+                          "(it serves virtio-blk, virtio-net, virtio-console and virtio-rnd)",
+                          "use `backend: vhost`" if cls.VHOST else "use `backend: vbs-u` or `auto`")
+            elif backend == "embedded" and rtvm:
+                ctx.error((*path, "backend"), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "
+                          "embedded backend cannot serve it", "use `backend: vbs-u` or `auto`")
+            if mode is None:
+                continue
+            # Whether acrn-dm's own backend can give the mode is the acrn engine's plan to say: QEMU's can.
+            if cls.ACRN_MODE == "legacy" and mode != "legacy" and not cls.EMBEDDED:
+                ctx.error((*path, "mode"), f"acrn-dm's {cls.KIND} is legacy-only and no other backend serves it, so "
+                          f"mode `{mode}` cannot be given", "use `mode: legacy` or remove `mode`")
+            elif cls.ACRN_MODE == "modern" and mode != "modern":
+                ctx.error((*path, "mode"), f"acrn-dm's {cls.KIND} is modern-only, so mode `{mode}` cannot be given",
+                          "use `mode: modern` or remove `mode`")
 
     def choose(self, host: HostProfile, engine: str, family: str) -> Choice:
         if engine == "acrn":
@@ -300,6 +341,13 @@ class VirtioDevice(Device):
 
 class EmulatedDevice(Device):
     """A non-virtio device that acrn-dm emulates itself (or passes through)."""
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        for path, dev in items:
+            if "backend" in dev and dev["backend"] != "auto":
+                ctx.error((*path, "backend"), f"`backend` applies to virtio devices; {cls.KIND} is always emulated "
+                          "or passed through by acrn-dm itself", "remove `backend`")
 
     def choose(self, host: HostProfile, engine: str, family: str) -> Choice:
         if self.backend != "auto":

@@ -8,9 +8,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, acrn_int
-from acrnmgr.model import common_fields
-from acrnmgr.spec.units import parse_size
+from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, EmulatedDevice, GrammarError, acrn_int
+from acrnmgr.model import JsonPath, common_fields
+from acrnmgr.spec.diagnostics import format_path
+from acrnmgr.spec.units import format_size, parse_size
+
+
+def size_problem(size: int) -> tuple[str, str] | None:
+    """(message, hint) when ``size`` bytes is no ivshmem size acrn-dm takes (a power of two from 2M to 512M)."""
+    shown = format_size(size) if size else "0"
+    if size % (1 << 20):
+        return f"ivshmem size {shown} is not a whole number of MiB", "use a power of two from 2M to 512M"
+    if size < (2 << 20) or size >= (1 << 30):
+        return f"ivshmem size {shown} is out of range (at least 2M, less than 1G)", "use a power of two from 2M to 512M"
+    if size & (size - 1):
+        lower = 1 << (size.bit_length() - 1)
+        return (f"ivshmem size {shown} is not a power of two",
+                f"use {format_size(lower)} or {format_size(lower << 1)}" if lower << 1 < (1 << 30)
+                else f"use {format_size(lower)}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,29 @@ class Ivshmem(EmulatedDevice):
         return cls(**common_fields(index, raw), region=raw["region"], size=parse_size(raw["size"]),
                    region_id=raw.get("regionId"))
 
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        regions: dict[str, JsonPath] = {}
+        for path, dev in items:
+            if "size" in dev:
+                try:
+                    size = parse_size(dev["size"])
+                except ValueError:
+                    size = None
+                if size is not None:
+                    problem = size_problem(size)
+                    if problem:
+                        ctx.error((*path, "size"), *problem)
+            region = dev.get("region")
+            if isinstance(region, str):
+                if region in regions:
+                    ctx.error((*path, "region"), f"region `{region}` is already mapped by "
+                              f"{format_path(regions[region])} ({ctx.where((*regions[region], 'region'))})",
+                              "map each region once")
+                else:
+                    regions[region] = path
+
     @property
     def hypervisor_region(self) -> bool:
         return self.region.startswith("hv:/")
@@ -40,11 +79,7 @@ class Ivshmem(EmulatedDevice):
         return super().choose_native(engine)
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
-        mb = self.size >> 20
-        if self.size % (1 << 20) or mb < 2 or mb >= 1024 or mb & (mb - 1):
-            ctx.diags.error((*self.where, "size"),
-                            f"ivshmem size {self.raw.get('size')} must be a power of two from 2M to 512M")
-        out = [self.region, str(mb)]
+        out = [self.region, str(self.size >> 20)]
         if self.region_id is not None:
             out.append(str(self.region_id))
         return ",".join(out)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, EmulatedDevice, GrammarError, LibvirtOut, QemuArgs, acrn_int, parse_bdf, xml_alias, xml_pci, xml_sub
-from acrnmgr.model import common_fields, resolve
+from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, EmulatedDevice, GrammarError, LibvirtOut, QemuArgs, acrn_int, parse_bdf, xml_alias, xml_pci, xml_sub
+from acrnmgr.model import JsonPath, common_fields, resolve
+from acrnmgr.spec.diagnostics import format_path
 
 _FLAGS = (("keep_gsi", "keep_gsi"), ("no_reset", "no_reset"), ("d3hot_reset", "d3hot_reset"))
 
@@ -44,6 +45,28 @@ class Passthru(EmulatedDevice):
             romfile=resolve(base_dir, o["romfile"]) if o.get("romfile") else None, irq=o.get("irq"),
             dsdt=resolve(base_dir, o["dsdt"]) if o.get("dsdt") else None)
         return cls(**common_fields(index, raw), bdf=parse_bdf(raw["bdf"]), gpu=bool(raw.get("gpu")), options=options)
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        gpu: JsonPath | None = None
+        bdfs: dict[tuple[int, int, int, int], JsonPath] = {}
+        for path, dev in items:
+            if dev.get("gpu") is True:
+                if gpu is not None:
+                    ctx.error((*path, "gpu"), f"GPU passthrough is already given by {format_path(gpu)} "
+                              f"({ctx.where(gpu)})", "a VM can have one GPU passthrough (slot 2); pass other GPUs "
+                              "as plain `passthru` without `gpu`")
+                else:
+                    gpu = path
+            bdf = dev.get("bdf")
+            if isinstance(bdf, str):
+                key = parse_bdf(bdf)
+                if key in bdfs:
+                    ctx.error((*path, "bdf"), f"device {bdf} is already passed through by {format_path(bdfs[key])} "
+                                              f"({ctx.where((*bdfs[key], 'bdf'))})", "remove one of them")
+                else:
+                    bdfs[key] = path
 
     @property
     def host_bdf(self) -> str:

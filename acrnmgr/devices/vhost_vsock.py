@@ -7,21 +7,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
-from acrnmgr.model import common_fields
+from acrnmgr.model import JsonPath, common_fields
+from acrnmgr.spec.diagnostics import format_path
 
 
 @dataclass(frozen=True)
 class VhostVsock(VirtioDevice):
     KIND: ClassVar[str] = "vhost-vsock"
     ACRN_MODE: ClassVar[str] = "modern"
+    VHOST: ClassVar[bool] = True
 
     cid: int = 3
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VhostVsock:
         return cls(**common_fields(index, raw), cid=raw["cid"])
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        for path, dev in items:
+            if dev.get("backend") == "vbs-u":
+                ctx.error((*path, "backend"), "vhost-vsock is served only by the kernel's vhost-vsock, not by "
+                          "acrn-dm's user space", "use `backend: vhost` or `auto`")
+        first = items[0][0]
+        for path, _ in items[1:]:
+            ctx.error(path, f"a VM has one vsock context; {format_path(first)} ({ctx.where(first)}) already gives it "
+                      "a CID", "remove this device")
 
     def choose_acrn(self, host: HostProfile, family: str) -> Choice:
         early = self.acrn_mode_choice()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields, resolve
+from acrnmgr.spec.diagnostics import format_path
 
 DEFAULT_SOCKET_MODE = "server"
 _LIBVIRT_PORT = {"pty": "pty", "socket": "unix", "stdio": "stdio", "tty": "dev", "file": "file"}
@@ -42,6 +43,31 @@ class VirtioConsole(VirtioDevice):
                         p.get("socketMode", DEFAULT_SOCKET_MODE), ("spec", "devices", index, "ports", n))
             for n, p in enumerate(raw["ports"]))
         return cls(**common_fields(index, raw), ports=ports)
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        for path, dev in items:
+            names: dict[str, JsonPath] = {}
+            console_port: JsonPath | None = None
+            for j, port in enumerate(dev.get("ports") or []):
+                if not isinstance(port, dict):
+                    continue
+                ppath = (*path, "ports", j)
+                name = port.get("name")
+                if isinstance(name, str):
+                    if name in names:
+                        ctx.error((*ppath, "name"), f"port name `{name}` is already used by {format_path(names[name])} "
+                                                    f"({ctx.where(names[name])})", "port names must be unique per device")
+                    else:
+                        names[name] = ppath
+                if port.get("console") is True:
+                    if console_port is not None:
+                        ctx.error((*ppath, "console"), f"{format_path(console_port)} is already this device's console "
+                                  f"port ({ctx.where(console_port)})",
+                                  "only one port per virtio-console device can be the console (hvc)")
+                    else:
+                        console_port = ppath
 
     def choose_qemu(self, host: HostProfile) -> Choice:
         if self.backend == "auto":

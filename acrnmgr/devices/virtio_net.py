@@ -9,9 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
 from acrnmgr.host import HostProfile
-from acrnmgr.model import common_fields
+from acrnmgr.model import JsonPath, common_fields
+from acrnmgr.spec.diagnostics import format_path
+
+
+# The schema's pattern for a MAC, as Python's re reads it (fullmatch: `$` would accept a final newline).
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+def mac_problem(mac: str) -> str | None:
+    """Why a well-formed MAC cannot be a NIC's, or None."""
+    octets = [int(x, 16) for x in mac.split(":")]
+    if not any(octets):
+        return "is the all-zero MAC address"
+    if octets[0] & 1:
+        return "is a multicast address; a NIC needs a unicast MAC (first octet even)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,7 @@ class VirtioNet(VirtioDevice):
     KIND: ClassVar[str] = "virtio-net"
     EMBEDDED: ClassVar[bool] = True
     QEMU_VHOST_USER: ClassVar[bool] = True
+    VHOST: ClassVar[bool] = True
 
     tap: str | None = None
     macvtap: str | None = None
@@ -30,6 +46,38 @@ class VirtioNet(VirtioDevice):
         mac = raw.get("mac")
         return cls(**common_fields(index, raw), tap=raw.get("tap"), macvtap=raw.get("macvtap"),
                    mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"))
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        macs: dict[str, JsonPath] = {}
+        taps: dict[str, tuple[JsonPath, str]] = {}
+        for path, dev in items:
+            if "mac" in dev and "macSeed" in dev:
+                ctx.error((*path, "macSeed"), "give either `mac` or `macSeed`, not both",
+                          "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
+            mac = dev.get("mac")
+            if isinstance(mac, str) and MAC_RE.fullmatch(mac):
+                problem = mac_problem(mac)
+                if problem:
+                    ctx.error((*path, "mac"), f"MAC `{mac}` {problem}",
+                              "use a locally administered address such as 02:16:3e:xx:xx:xx")
+                key = mac.lower()
+                if key in macs:
+                    ctx.error((*path, "mac"), f"MAC `{mac}` is already used by {format_path(macs[key])} "
+                                              f"({ctx.where((*macs[key], 'mac'))})", "every NIC needs its own MAC")
+                else:
+                    macs[key] = path
+            for field_name in ("tap", "macvtap"):
+                tap = dev.get(field_name)
+                if isinstance(tap, str):
+                    if tap in taps:
+                        other, other_field = taps[tap]
+                        ctx.error((*path, field_name), f"interface `{tap}` is already used by {format_path(other)} "
+                                                       f"({ctx.where((*other, other_field))})",
+                                  "each virtio-net needs its own tap")
+                    else:
+                        taps[tap] = (path, field_name)
 
     @property
     def ifname(self) -> str | None:
@@ -153,14 +201,10 @@ def mac_from_seed(seed: str) -> str:
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
 def check_mac(mac: str) -> str:
-    if not _MAC_RE.match(mac):
+    if not MAC_RE.fullmatch(mac):
         raise GrammarError(f"virtio-net: invalid mac {mac!r}")
-    first = int(mac[:2], 16)
-    if first & 1 or mac.replace(":", "") == "000000000000":
+    if mac_problem(mac):
         raise GrammarError(f"virtio-net: mac {mac!r} is multicast or zero")
     return mac.lower()
 

@@ -94,7 +94,7 @@ def export(
     """Print the spec as libvirt domain XML (warnings about what libvirt cannot express go to stderr)."""
     from acrnmgr.libvirt.domain import ExportError, export_domain
     from acrnmgr.spec.diagnostics import SpecError
-    from acrnmgr.spec.loader import load_spec
+    from acrnmgr.spec.validation import load_spec
 
     profile = load_host(host)
     try:

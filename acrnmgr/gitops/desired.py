@@ -114,7 +114,8 @@ def absolutize(data: dict, base_dir: Path) -> dict:
 
 def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object, bool]]:
     """[(source label, Spec, single-document file)] for one file."""
-    from acrnmgr.spec.loader import decode_bytes, load_spec_text
+    from acrnmgr.spec.loader import decode_bytes
+    from acrnmgr.spec.validation import load_spec_text
 
     try:
         text = decode_bytes(path.read_bytes(), str(path))
@@ -140,7 +141,7 @@ def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object, boo
 def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Desired]:
     import yaml
 
-    from acrnmgr.spec.loader import load_spec_text
+    from acrnmgr.spec.validation import load_spec_text
 
     def err(message: str, line: int = 1) -> None:
         out.errors.append(Diagnostic(str(kfile), line, 1, "$", message))
@@ -230,7 +231,7 @@ def load_desired(root: str | Path, host=None) -> DesiredSet:
                 # with absolute paths, and its hash is that of what `up` will read.
                 import json
 
-                from acrnmgr.spec.loader import load_spec_text
+                from acrnmgr.spec.validation import load_spec_text
 
                 spec = load_spec_text(json.dumps(absolutize(spec.data, spec.base_dir)), label, host=host,
                                       base_dir=spec.base_dir)

@@ -25,7 +25,7 @@ def validate(imported: ImportedSpec, base_dir: Path | None = None) -> list[str]:
     import yaml
 
     from acrnmgr.spec.diagnostics import SpecError
-    from acrnmgr.spec.loader import load_spec_text
+    from acrnmgr.spec.validation import load_spec_text
 
     try:
         load_spec_text(yaml.safe_dump(imported.data, sort_keys=False), f"{imported.name}.yaml",

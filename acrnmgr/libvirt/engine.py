@@ -189,7 +189,7 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
     from acrnmgr.libvirt.domain import ExportError, export_domain
     from acrnmgr.lifecycle.accel import with_usable_kvm
     from acrnmgr.lifecycle.state import state_root
-    from acrnmgr.spec.loader import load_spec
+    from acrnmgr.spec.validation import load_spec
 
     host = host or HostProfile.detect()
     if uri.startswith("qemu:///"):  # a local QEMU: its domain type follows whether KVM really works here

@@ -121,7 +121,7 @@ def list_vms() -> list[dict]:
 
 def up(spec_path: str, engine_choice: "str | Engine" = "auto", wait_ready: bool = False, host=None, progress: Progress = _quiet) -> dict:
     from acrnmgr.host import HostProfile
-    from acrnmgr.spec.loader import load_spec
+    from acrnmgr.spec.validation import load_spec
 
     host = host or HostProfile.detect()
     spec = load_spec(spec_path, host=host)

@@ -43,7 +43,7 @@ WantedBy=multi-user.target
 
 
 def write_unit(spec_file: Path, engine: str, unit_dir: Path, timeout: float) -> Path:
-    from acrnmgr.spec.loader import load_spec
+    from acrnmgr.spec.validation import load_spec
 
     spec = load_spec(spec_file)
     path = Path(unit_dir) / f"acrnmgr-{spec.name}.service"

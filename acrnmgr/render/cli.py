@@ -45,7 +45,7 @@ def make_cli_plan(file: str, host: Optional[str], target_version: str, engine: s
     from acrnmgr.host import HostProfile
     from acrnmgr.plan import make_plan, resolve_engine
     from acrnmgr.spec.diagnostics import SpecError
-    from acrnmgr.spec.loader import load_spec
+    from acrnmgr.spec.validation import load_spec
 
     profile = load_host(host) if host is not None else None
     try:

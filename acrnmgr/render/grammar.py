@@ -17,9 +17,9 @@ from acrnmgr.devices import ahci, ivshmem, passthru, uart, vhost_vsock, virtio_b
 from acrnmgr.devices import virtio_input, virtio_net, virtio_rnd, xhci
 from acrnmgr.devices.base import GrammarError, acrn_int
 from acrnmgr.plan import family_of
+from acrnmgr.spec.checks import MIN_MEMORY
 
 MAX_VM_NAME_LEN = 15
-MIN_MEMORY = 128 << 20
 
 
 @dataclass(frozen=True)

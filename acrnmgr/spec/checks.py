@@ -7,24 +7,15 @@ over malformed data is skipped instead of guessing."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+from acrnmgr.devices import KINDS
 from acrnmgr.spec.diagnostics import Diagnostic, format_path
 from acrnmgr.spec.loader import Document
 from acrnmgr.spec.units import format_size, parse_size
 
 MIN_MEMORY = 128 << 20
-
-VIRTIO_TYPES = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd", "virtio-input", "virtio-gpu",
-                "virtio-i2c", "virtio-gpio", "vhost-vsock")
-# acrn-dm's own virtio devices: these are legacy-only (PIO BAR0) ...
-ACRNDM_LEGACY_ONLY = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd", "virtio-gpio")
-# ... and these modern-only (MMIO BAR4 capabilities).
-ACRNDM_MODERN_ONLY = ("virtio-input", "virtio-gpu", "virtio-i2c", "vhost-vsock")
-# What our embedded Python device model serves (over vhost-user, on the qemu engine).
-EMBEDDED_TYPES = ("virtio-blk", "virtio-net", "virtio-console", "virtio-rnd")
-# Kernel vhost exists in acrn-dm for these two only.
-VHOST_TYPES = ("virtio-net", "vhost-vsock")
 
 # acrn-dm v3.x: options that are gone or ignored, with what to do instead.
 OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
@@ -97,10 +88,15 @@ def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bo
     if not isinstance(spec, dict):
         return []
     checks: list[Callable[[_Ctx, dict], None]] = [
-        _check_memory, _check_names, _check_slots, _check_stdio, _check_lpc, _check_console_ports,
-        _check_modes_and_backends, _check_net, _check_vsock, _check_passthru, _check_ivshmem,
-        _check_extra_args, _check_rtvm,
+        _check_memory, _check_names, _check_slots, _check_stdio, _check_lpc, _check_extra_args,
     ]
+    # Each device kind checks its own devices (acrnmgr/devices/<kind>.py).
+    by_kind: dict[str, list[tuple[tuple, dict]]] = {}
+    for path, dev in _devices(spec):
+        if isinstance(dev.get("type"), str) and dev["type"] in KINDS:
+            by_kind.setdefault(dev["type"], []).append((path, dev))
+    for kind, items in by_kind.items():
+        checks.append(functools.partial(_check_kind, KINDS[kind], items))
     if host is not None:
         checks.append(lambda ctx, spec: _check_host(ctx, spec, host))
     if check_paths:
@@ -119,6 +115,10 @@ def run_checks(doc: Document, host=None, check_paths: bool = True, schema_ok: bo
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_kind(kind, items: list[tuple[tuple, dict]], ctx: _Ctx, spec: dict) -> None:
+    kind.check_spec(ctx, spec, items)
 
 
 def _check_memory(ctx: _Ctx, spec: dict) -> None:
@@ -219,169 +219,6 @@ def _check_lpc(ctx: _Ctx, spec: dict) -> None:
             seen[name] = path
 
 
-def _check_console_ports(ctx: _Ctx, spec: dict) -> None:
-    for path, dev in _devices(spec):
-        if dev.get("type") != "virtio-console":
-            continue
-        names: dict[str, tuple] = {}
-        console_port = None
-        for j, port in enumerate(dev.get("ports") or []):
-            if not isinstance(port, dict):
-                continue
-            ppath = path + ("ports", j)
-            name = port.get("name")
-            if isinstance(name, str):
-                if name in names:
-                    ctx.error(ppath + ("name",), f"port name `{name}` is already used by {format_path(names[name])} "
-                                                 f"({ctx.where(names[name])})", "port names must be unique per device")
-                else:
-                    names[name] = ppath
-            if port.get("console") is True:
-                if console_port is not None:
-                    ctx.error(ppath + ("console",), f"{format_path(console_port)} is already this device's console port "
-                                                    f"({ctx.where(console_port)})",
-                              "only one port per virtio-console device can be the console (hvc)")
-                else:
-                    console_port = ppath
-
-
-def _check_modes_and_backends(ctx: _Ctx, spec: dict) -> None:
-    for path, dev in _devices(spec):
-        dtype, backend, mode = dev.get("type"), dev.get("backend", "auto"), dev.get("mode")
-        if dtype not in VIRTIO_TYPES:
-            if backend != "auto" and "backend" in dev:
-                ctx.error(path + ("backend",), f"`backend` applies to virtio devices; {dtype} is always emulated "
-                                               "or passed through by acrn-dm itself", "remove `backend`")
-            continue
-        if backend == "vhost" and dtype not in VHOST_TYPES:
-            ctx.error(path + ("backend",), f"there is no kernel vhost backend for {dtype} (only virtio-net and vhost-vsock)",
-                      "use `backend: vbs-u`" + (" or `embedded`" if dtype in EMBEDDED_TYPES else "") + ", or `auto`")
-        elif backend == "embedded" and dtype not in EMBEDDED_TYPES:
-            ctx.error(path + ("backend",), f"the embedded device model does not serve {dtype} "
-                                           "(it serves virtio-blk, virtio-net, virtio-console and virtio-rnd)",
-                      "use `backend: vhost`" if dtype == "vhost-vsock" else "use `backend: vbs-u` or `auto`")
-        elif backend == "vbs-u" and dtype == "vhost-vsock":
-            ctx.error(path + ("backend",), "vhost-vsock is served only by the kernel's vhost-vsock, not by acrn-dm's user space",
-                      "use `backend: vhost` or `auto`")
-        if mode is None:
-            continue
-        mpath = path + ("mode",)
-        # Whether acrn-dm's own backend can give the mode is the acrn engine's plan to say: QEMU's can.
-        if dtype in ACRNDM_LEGACY_ONLY and mode != "legacy":
-            if dtype not in EMBEDDED_TYPES:
-                ctx.error(mpath, f"acrn-dm's {dtype} is legacy-only and no other backend serves it, so mode `{mode}` "
-                                 "cannot be given", "use `mode: legacy` or remove `mode`")
-        elif dtype in ACRNDM_MODERN_ONLY and mode != "modern":
-            ctx.error(mpath, f"acrn-dm's {dtype} is modern-only, so mode `{mode}` cannot be given",
-                      "use `mode: modern` or remove `mode`")
-
-
-def _mac_problem(mac: str) -> str | None:
-    octets = [int(x, 16) for x in mac.split(":")]
-    if not any(octets):
-        return "is the all-zero MAC address"
-    if octets[0] & 1:
-        return "is a multicast address; a NIC needs a unicast MAC (first octet even)"
-    return None
-
-
-def _check_net(ctx: _Ctx, spec: dict) -> None:
-    macs: dict[str, tuple] = {}
-    taps: dict[str, tuple] = {}
-    for path, dev in _devices(spec):
-        if dev.get("type") != "virtio-net":
-            continue
-        if "mac" in dev and "macSeed" in dev:
-            ctx.error(path + ("macSeed",), "give either `mac` or `macSeed`, not both",
-                      "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
-        mac = dev.get("mac")
-        if isinstance(mac, str) and len(mac) == 17:
-            problem = _mac_problem(mac)
-            if problem:
-                ctx.error(path + ("mac",), f"MAC `{mac}` {problem}", "use a locally administered address such as 02:16:3e:xx:xx:xx")
-            key = mac.lower()
-            if key in macs:
-                ctx.error(path + ("mac",), f"MAC `{mac}` is already used by {format_path(macs[key])} "
-                                           f"({ctx.where(macs[key] + ('mac',))})", "every NIC needs its own MAC")
-            else:
-                macs[key] = path
-        for field in ("tap", "macvtap"):
-            tap = dev.get(field)
-            if isinstance(tap, str):
-                if tap in taps:
-                    other, ofield = taps[tap]
-                    ctx.error(path + (field,), f"interface `{tap}` is already used by {format_path(other)} "
-                                               f"({ctx.where(other + (ofield,))})", "each virtio-net needs its own tap")
-                else:
-                    taps[tap] = (path, field)
-
-
-def _check_vsock(ctx: _Ctx, spec: dict) -> None:
-    first = None
-    for path, dev in _devices(spec):
-        if dev.get("type") != "vhost-vsock":
-            continue
-        if first is not None:
-            ctx.error(path, f"a VM has one vsock context; {format_path(first)} ({ctx.where(first)}) already gives it a CID",
-                      "remove this device")
-        else:
-            first = path
-
-
-def _check_passthru(ctx: _Ctx, spec: dict) -> None:
-    gpu = None
-    bdfs: dict[tuple, tuple] = {}
-    for path, dev in _devices(spec):
-        if dev.get("type") != "passthru":
-            continue
-        if dev.get("gpu") is True:
-            if gpu is not None:
-                ctx.error(path + ("gpu",), f"GPU passthrough is already given by {format_path(gpu)} ({ctx.where(gpu)})",
-                          "a VM can have one GPU passthrough (slot 2); pass other GPUs as plain `passthru` without `gpu`")
-            else:
-                gpu = path
-        bdf = dev.get("bdf")
-        if isinstance(bdf, str):
-            key = tuple(int(p, 16) for p in bdf.replace("/", ":").replace(".", ":").split(":"))
-            if key in bdfs:
-                ctx.error(path + ("bdf",), f"device {bdf} is already passed through by {format_path(bdfs[key])} "
-                                           f"({ctx.where(bdfs[key] + ('bdf',))})", "remove one of them")
-            else:
-                bdfs[key] = path
-
-
-def _check_ivshmem(ctx: _Ctx, spec: dict) -> None:
-    regions: dict[str, tuple] = {}
-    for path, dev in _devices(spec):
-        if dev.get("type") != "ivshmem":
-            continue
-        if "size" in dev:
-            try:
-                size = parse_size(dev["size"])
-            except ValueError:
-                size = None
-            if size is not None:
-                spath = path + ("size",)
-                shown = format_size(size) if size else "0"
-                if size % (1 << 20):
-                    ctx.error(spath, f"ivshmem size {shown} is not a whole number of MiB", "use a power of two from 2M to 512M")
-                elif size < (2 << 20) or size >= (1 << 30):
-                    ctx.error(spath, f"ivshmem size {shown} is out of range (at least 2M, less than 1G)",
-                              "use a power of two from 2M to 512M")
-                elif size & (size - 1):
-                    lower = 1 << (size.bit_length() - 1)
-                    ctx.error(spath, f"ivshmem size {shown} is not a power of two",
-                              f"use {format_size(lower)} or {format_size(lower << 1)}"
-                              if lower << 1 < (1 << 30) else f"use {format_size(lower)}")
-        region = dev.get("region")
-        if isinstance(region, str):
-            if region in regions:
-                ctx.error(path + ("region",), f"region `{region}` is already mapped by {format_path(regions[region])} "
-                                              f"({ctx.where(regions[region] + ('region',))})", "map each region once")
-            else:
-                regions[region] = path
-
-
 def _option_of(token: str) -> str | None:
     """The acrn-dm option a raw argument names, if it is one we know about."""
     if token.startswith("--"):
@@ -408,16 +245,6 @@ def _check_extra_args(ctx: _Ctx, spec: dict) -> None:
         else:
             ctx.warn(path, f"`{option}` is generated from the spec; passing it raw duplicates or contradicts it",
                      f"use {MODELLED_OPTIONS[option]} instead")
-
-
-def _check_rtvm(ctx: _Ctx, spec: dict) -> None:
-    if spec.get("vmType") != "rtvm":
-        return
-    # (An RTVM's LPC ports are a plan warning from the compiler, which owns slot 1.)
-    for path, dev in _devices(spec):
-        if dev.get("type") in VIRTIO_TYPES and dev.get("backend") == "embedded":
-            ctx.error(path + ("backend",), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "
-                                           "embedded backend cannot serve it", "use `backend: vbs-u` or `auto`")
 
 
 def _check_host(ctx: _Ctx, spec: dict, host) -> None:

@@ -91,47 +91,6 @@ def canonical_hash(data: Any) -> str:
 # Public entry points
 
 
-def load_spec(path: str | Path, host=None, *, check_paths: bool = True) -> Spec:
-    """Read, parse and fully validate one spec file. Raises SpecError with every problem."""
-    doc = read_document(path)
-    return _finish(doc, host, check_paths)
-
-
-def load_spec_text(text: str, filename: str = "<string>", host=None, *, check_paths: bool = True,
-                   base_dir: str | Path | None = None) -> Spec:
-    """Parse and fully validate an in-memory spec; `filename` picks JSON (.json) or YAML and
-    names the source in diagnostics; relative paths resolve against `base_dir` (default cwd)."""
-    doc = parse_document(text, filename, base_dir=Path(base_dir) if base_dir else Path.cwd())
-    return _finish(doc, host, check_paths)
-
-
-def _finish(doc: Document, host, check_paths: bool) -> Spec:
-    from acrnmgr.spec.validation import validate_document
-
-    diagnostics = validate_document(doc, host=host, check_paths=check_paths)
-    if any(d.is_error for d in diagnostics):
-        raise SpecError(diagnostics)
-    return spec_from_document(doc, warnings=diagnostics)
-
-
-def load_specs(path: str | Path, host=None, *, check_paths: bool = True) -> list[Spec]:
-    """Every VM of a file (YAML may hold several `---` separated documents), validated alone and
-    against each other (unique names, CIDs, MACs, taps). Raises SpecError with every problem."""
-    from acrnmgr.spec.validation import validate_files
-
-    docs, diagnostics = validate_files([path], host=host, check_paths=check_paths)
-    if any(d.is_error for d in diagnostics):
-        raise SpecError(diagnostics)
-    return [spec_from_document(doc, warnings=_within(doc, diagnostics)) for doc in docs]
-
-
-def _within(doc: Document, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
-    """The diagnostics that point into `doc`'s lines of the file."""
-    lines = [line for line, _ in doc.positions.values.values()]
-    first, last = min(lines), max(lines)
-    return [d for d in diagnostics if d.line and first <= d.line <= last]
-
-
 def spec_from_document(doc: Document, warnings=()) -> Spec:
     """Wrap an already validated document."""
     data = doc.data

@@ -9,8 +9,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from acrnmgr.spec.diagnostics import Diagnostic, type_name
-from acrnmgr.spec.loader import Document, decode_bytes, parse_documents, read_documents
+from acrnmgr.spec import checks
+from acrnmgr.spec.diagnostics import Diagnostic, SpecError, type_name
+from acrnmgr.spec.loader import (Document, Spec, decode_bytes, parse_document, parse_documents, read_document,
+                                 read_documents, spec_from_document)
 
 
 @cache
@@ -30,8 +32,6 @@ def validator():
 
 def validate_document(doc: Document, host=None, check_paths: bool = True) -> list[Diagnostic]:
     """Schema problems (sorted by position) then semantic ones, for one parsed document."""
-    from acrnmgr.spec import checks
-
     problems = schema_diagnostics(doc)
     semantic = checks.run_checks(doc, host=host, check_paths=check_paths, schema_ok=not problems)
     semantic.sort(key=lambda d: (d.line, d.col))
@@ -42,9 +42,6 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
     """Validate several files (each may hold several `---` separated VMs) together: each VM on
     its own, then the cross-VM checks (names, vsock CIDs, MACs, taps unique on one host). Returns (documents, diagnostics); a file
     that could not be parsed contributes its diagnostics and no document."""
-    from acrnmgr.spec import checks
-    from acrnmgr.spec.diagnostics import SpecError
-
     docs: list[Document] = []
     diagnostics: list[Diagnostic] = []
     for path in paths:
@@ -232,3 +229,44 @@ def _required_hint(path: tuple, key: str) -> str | None:
     if path == () and key == "kind":
         return "add `kind: VM`"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading validated specs
+
+
+def load_spec(path: str | Path, host=None, *, check_paths: bool = True) -> Spec:
+    """Read, parse and fully validate one spec file. Raises SpecError with every problem."""
+    doc = read_document(path)
+    return _finish(doc, host, check_paths)
+
+
+def load_spec_text(text: str, filename: str = "<string>", host=None, *, check_paths: bool = True,
+                   base_dir: str | Path | None = None) -> Spec:
+    """Parse and fully validate an in-memory spec; `filename` picks JSON (.json) or YAML and
+    names the source in diagnostics; relative paths resolve against `base_dir` (default cwd)."""
+    doc = parse_document(text, filename, base_dir=Path(base_dir) if base_dir else Path.cwd())
+    return _finish(doc, host, check_paths)
+
+
+def _finish(doc: Document, host, check_paths: bool) -> Spec:
+    diagnostics = validate_document(doc, host=host, check_paths=check_paths)
+    if any(d.is_error for d in diagnostics):
+        raise SpecError(diagnostics)
+    return spec_from_document(doc, warnings=diagnostics)
+
+
+def load_specs(path: str | Path, host=None, *, check_paths: bool = True) -> list[Spec]:
+    """Every VM of a file (YAML may hold several `---` separated documents), validated alone and
+    against each other (unique names, CIDs, MACs, taps). Raises SpecError with every problem."""
+    docs, diagnostics = validate_files([path], host=host, check_paths=check_paths)
+    if any(d.is_error for d in diagnostics):
+        raise SpecError(diagnostics)
+    return [spec_from_document(doc, warnings=_within(doc, diagnostics)) for doc in docs]
+
+
+def _within(doc: Document, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """The diagnostics that point into `doc`'s lines of the file."""
+    lines = [line for line, _ in doc.positions.values.values()]
+    first, last = min(lines), max(lines)
+    return [d for d in diagnostics if d.line and first <= d.line <= last]

@@ -22,7 +22,7 @@ from acrnmgr.host import HostProfile
 from acrnmgr.importers import ImportError_, import_file
 from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
 from acrnmgr.importers.launch_script import argv_from_launch_script
-from acrnmgr.spec.loader import load_spec_text
+from acrnmgr.spec.validation import load_spec_text
 
 FIX = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]

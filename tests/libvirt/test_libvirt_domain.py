@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from acrnmgr.cli import app
 from acrnmgr.host import HostProfile
 from acrnmgr.libvirt.domain import ACRN_NS, export_domain, spec_from_domain
-from acrnmgr.spec.loader import load_spec, load_spec_text
+from acrnmgr.spec.validation import load_spec, load_spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -5,7 +5,7 @@ import textwrap
 
 from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle.qemu_argv import compile_qemu, esc
-from acrnmgr.spec.loader import load_spec_text
+from acrnmgr.spec.validation import load_spec_text
 
 HOST = HostProfile(kvm=True, qemu="/usr/bin/qemu-system-x86_64", vhost_net=True, net_tun=True, cpu_count=4,
                    lapic_ids=[0, 1, 2, 3])

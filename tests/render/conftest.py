@@ -6,7 +6,7 @@ import pytest
 
 from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.host import HostProfile
-from acrnmgr.spec.loader import load_spec
+from acrnmgr.spec.validation import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -15,7 +15,7 @@ from acrnmgr.plan import make_plan
 from acrnmgr.render.acrndm import compile_spec, render_acrndm
 from acrnmgr.render.cli import format_plan
 from acrnmgr.render.script import render_script
-from acrnmgr.spec.loader import load_spec
+from acrnmgr.spec.validation import load_spec
 
 from .conftest import EXAMPLE_FILES, EXAMPLES
 

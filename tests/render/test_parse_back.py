@@ -8,7 +8,7 @@ import pytest
 
 from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.render.grammar import parse_argv, parse_cpu_affinity, parse_memsize
-from acrnmgr.spec.loader import load_spec
+from acrnmgr.spec.validation import load_spec
 from acrnmgr.spec.units import parse_size
 
 from .conftest import EXAMPLE_FILES, make_spec

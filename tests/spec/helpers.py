@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
-from acrnmgr.spec.loader import load_spec_text
+from acrnmgr.spec.validation import load_spec_text
 
 HEAD = """\
 apiVersion: acrnmgr/v1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from acrnmgr.host import HostProfile
-from acrnmgr.spec.loader import load_spec, load_spec_text
+from acrnmgr.spec.validation import load_spec, load_spec_text
 from acrnmgr.spec.validation import validate_files
 
 from .helpers import devices_text, diagnostics, only, pos, spec_text

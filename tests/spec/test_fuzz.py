@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from acrnmgr.host import HostProfile
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
-from acrnmgr.spec.loader import load_spec, load_spec_text, parse_document, parse_documents
+from acrnmgr.spec.loader import parse_document, parse_documents
+from acrnmgr.spec.validation import load_spec, load_spec_text
 from acrnmgr.spec.validation import schema, validate_document
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

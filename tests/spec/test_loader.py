@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from acrnmgr.spec.diagnostics import SpecError
-from acrnmgr.spec.loader import load_spec, parse_document, read_document
+from acrnmgr.spec.loader import parse_document, read_document
+from acrnmgr.spec.validation import load_spec
 from acrnmgr.spec.units import format_size, parse_size
 
 from .helpers import HEAD, pos

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from acrnmgr.spec.diagnostics import SpecError
-from acrnmgr.spec.loader import load_spec, load_specs, parse_documents
+from acrnmgr.spec.loader import parse_documents
+from acrnmgr.spec.validation import load_spec, load_specs
 
 from .helpers import devices_text
 
