@@ -4,12 +4,15 @@ for a target it is not running on (e.g. an ACRN Service VM with vhost-net)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 _VERSION_RE = re.compile(r"DM version is:\s*v?(\d+\.\d+(?:\.\d+)?)")
 
@@ -68,8 +71,6 @@ class HostProfile:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(map(str, data)) - set(known))
         if unknown:
-            import difflib
-
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -91,8 +92,6 @@ class HostProfile:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "HostProfile":
-        import yaml
-
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -27,8 +27,17 @@ from acrnmgr.devices.virtio_net import VirtioNet
 from acrnmgr.devices.virtio_rnd import VirtioRnd
 from acrnmgr.devices.wdt import Wdt
 from acrnmgr.devices.xhci import Xhci
-from acrnmgr.model import (DEFAULT_BRIDGE, DEFAULT_LOAD_ORDER, DEFAULT_OS_TYPE, DEFAULT_VM_TYPE, Device, VmSpec,
-                           build_boot, build_lpc, build_settings)
+from acrnmgr.model import (
+    DEFAULT_BRIDGE,
+    DEFAULT_LOAD_ORDER,
+    DEFAULT_OS_TYPE,
+    DEFAULT_VM_TYPE,
+    Device,
+    VmSpec,
+    build_boot,
+    build_lpc,
+    build_settings,
+)
 from acrnmgr.spec.loader import Spec
 from acrnmgr.spec.units import parse_size
 

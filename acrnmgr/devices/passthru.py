@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, EmulatedDevice, GrammarError, LibvirtOut, QemuArgs, acrn_int, parse_bdf, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    CheckContext,
+    Choice,
+    EmulatedDevice,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    acrn_int,
+    parse_bdf,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.model import JsonPath, common_fields, resolve
 from acrnmgr.spec.diagnostics import format_path
 

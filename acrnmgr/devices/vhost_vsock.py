@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    CheckContext,
+    Choice,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    acrn_int,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields
 from acrnmgr.spec.diagnostics import format_path

@@ -7,7 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, acrn_int, blockdev, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    acrn_int,
+    blockdev,
+    esc,
+    qemu_mode,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.model import common_fields, resolve
 
 DEFAULT_CACHE = "writethru"

@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    CheckContext,
+    Choice,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    esc,
+    qemu_mode,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields, resolve
 from acrnmgr.spec.diagnostics import format_path

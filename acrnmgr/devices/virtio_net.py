@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-import re
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    CheckContext,
+    Choice,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    esc,
+    qemu_mode,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields
 from acrnmgr.spec.diagnostics import format_path
-
 
 # The schema's pattern for a MAC, as Python's re reads it (fullmatch: `$` would accept a final newline).
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import Choice, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, qemu_mode, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    Choice,
+    GrammarError,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    esc,
+    qemu_mode,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.host import HostProfile
 from acrnmgr.model import common_fields
 

@@ -92,7 +92,7 @@ def export(
     no_check_paths: bool = typer.Option(False, "--no-check-paths", help="Do not require image paths to exist."),
 ) -> None:
     """Print the spec as libvirt domain XML (warnings about what libvirt cannot express go to stderr)."""
-    from acrnmgr.libvirt.domain import ExportError, export_domain
+    from acrnmgr.render.libvirt import ExportError, export_domain
     from acrnmgr.spec.diagnostics import SpecError
     from acrnmgr.spec.validation import load_spec
 

@@ -15,10 +15,18 @@ differ, the device gets an explicit `slot`."""
 
 from __future__ import annotations
 
+from acrnmgr.importers.common import ImportedSpec
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
-from acrnmgr.render.grammar import DmCommand, GrammarError, SlotDevice, parse_argv, parse_memsize
-from acrnmgr.plan.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT
-from acrnmgr.importers import ImportedSpec
+from acrnmgr.plan.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT, assign_slots, requests_of
+from acrnmgr.render.grammar import (
+    DmCommand,
+    GrammarError,
+    SlotDevice,
+    parse_argv,
+    parse_cpu_affinity,
+    parse_memsize,
+    parse_ovmf,
+)
 from acrnmgr.spec.units import format_size
 
 IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
@@ -47,7 +55,6 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
     if affinity is None:
         raise GrammarError("no --cpu_affinity: acrnmgr specs pin every VM to explicit CPUs (LAPIC IDs); "
                            "add --cpu_affinity to the source")
-    from acrnmgr.render.grammar import parse_cpu_affinity
 
     spec["cpu"] = {"affinity": parse_cpu_affinity(affinity, cmd.version[0])}
     memsize = cmd.get("memsize")
@@ -137,8 +144,6 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
 
 
 def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
-    from acrnmgr.render.grammar import parse_ovmf
-
     kinds = [k for k in ("ovmf", "kernel", "elf_file") if cmd.has(k)]
     if len(kinds) > 1:
         warnings.append(f"more than one boot method ({', '.join('--' + k for k in kinds)}); using --{kinds[0]}")
@@ -164,8 +169,6 @@ def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
 
 
 def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) -> tuple[list[dict], list[int]]:
-    from acrnmgr.plan.slots import assign_slots, requests_of
-
     present = {s.emul for s in cmd.slots}
     if "hostbridge" not in present:
         warnings.append("no -s 0:0,hostbridge in the source; acrnmgr always adds it")

@@ -21,7 +21,9 @@ from __future__ import annotations
 import re
 import shlex
 
-from acrnmgr.importers import ImportError_, ImportResult
+from acrnmgr.importers.common import ImportError_, ImportResult
+from acrnmgr.importers.dm_argv import spec_from_argv
+from acrnmgr.render.grammar import GrammarError
 
 _ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -236,9 +238,6 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
 
 
 def import_launch_script(text: str, source: str, version: str = "3.x") -> ImportResult:
-    from acrnmgr.render.grammar import GrammarError
-    from acrnmgr.importers.dm_argv import spec_from_argv
-
     argv, warnings = argv_from_launch_script(text)
     variables = top_level_variables(text)
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from acrnmgr.importers import ImportedSpec, ImportResult
+import yaml
+
+from acrnmgr.importers.common import ImportedSpec, ImportResult
+from acrnmgr.spec.diagnostics import SpecError
+from acrnmgr.spec.validation import load_spec_text
 
 
 def spec_yaml(imported: ImportedSpec, source: str) -> str:
-    import yaml
-
     lines = [f"# Imported by `acrnmgr import` from {source}"]
     if imported.warnings:
         lines.append("# Not mapped / changed on import:")
@@ -22,11 +24,6 @@ def spec_yaml(imported: ImportedSpec, source: str) -> str:
 def validate(imported: ImportedSpec, base_dir: Path | None = None) -> list[str]:
     """Schema + semantic errors of the imported spec (image paths are not required to exist:
     they are paths on the machine the source came from)."""
-    import yaml
-
-    from acrnmgr.spec.diagnostics import SpecError
-    from acrnmgr.spec.validation import load_spec_text
-
     try:
         load_spec_text(yaml.safe_dump(imported.data, sort_keys=False), f"{imported.name}.yaml",
                        check_paths=False, base_dir=base_dir)

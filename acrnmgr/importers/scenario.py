@@ -22,9 +22,11 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
+from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.plan.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
-from acrnmgr.importers import ImportError_, ImportResult, xml_root
+from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
 
@@ -265,9 +267,6 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
 
 def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
-    from acrnmgr.render.grammar import GrammarError
-    from acrnmgr.importers.dm_argv import spec_from_argv
-
     root = xml_root(text, source, "acrn-config")
     board_xml = Board.load(board) if board else None
     result = ImportResult(source, "scenario", [])

@@ -68,7 +68,7 @@ _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
 
 
 def domain_hash(dom) -> str | None:
-    from acrnmgr.libvirt.domain import ACRNMGR_NS
+    from acrnmgr.render.libvirt import ACRNMGR_NS
 
     meta = ET.fromstring(dom.XMLDesc()).find(f"metadata/{{{ACRNMGR_NS}}}vm")
     return meta.get("hash") if meta is not None else None
@@ -186,7 +186,7 @@ def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=No
     libvirt = libvirt_python()
 
     from acrnmgr.host import HostProfile
-    from acrnmgr.libvirt.domain import ExportError, export_domain
+    from acrnmgr.render.libvirt import ExportError, export_domain
     from acrnmgr.lifecycle.accel import with_usable_kvm
     from acrnmgr.lifecycle.state import state_root
     from acrnmgr.spec.validation import load_spec

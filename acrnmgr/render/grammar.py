@@ -13,8 +13,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from acrnmgr.devices import ahci, ivshmem, passthru, uart, vhost_vsock, virtio_blk, virtio_console, virtio_gpu
-from acrnmgr.devices import virtio_input, virtio_net, virtio_rnd, xhci
+from acrnmgr.devices import (
+    ahci,
+    ivshmem,
+    passthru,
+    uart,
+    vhost_vsock,
+    virtio_blk,
+    virtio_console,
+    virtio_gpu,
+    virtio_input,
+    virtio_net,
+    virtio_rnd,
+    xhci,
+)
 from acrnmgr.devices.base import GrammarError, acrn_int
 from acrnmgr.plan import family_of
 from acrnmgr.spec.checks import MIN_MEMORY

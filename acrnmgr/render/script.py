@@ -10,6 +10,8 @@ import shlex
 from functools import cache
 
 from acrnmgr.render.acrndm import Compiled
+from acrnmgr.render.grammar import OPTIONS_V2, OPTIONS_V3
+from acrnmgr.resources import template_loader
 
 TEMPLATE = "launch_user_vm.sh.j2"
 
@@ -18,7 +20,6 @@ TEMPLATE = "launch_user_vm.sh.j2"
 def _template():
     import jinja2
 
-    from acrnmgr.resources import template_loader
 
     env = jinja2.Environment(
         loader=template_loader(),
@@ -32,10 +33,8 @@ def _template():
     return env.get_template(TEMPLATE)
 
 
-def _lines(argv: list[str]) -> list[str]:
+def dm_lines(argv: list[str]) -> list[str]:
     """dm_params one option per line: `-s 3:0,virtio-blk,...` stays together (quoted apart)."""
-    from acrnmgr.render.grammar import OPTIONS_V2, OPTIONS_V3
-
     takes_arg = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
     takes_arg |= {f"-{o.short}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg and o.short}
     lines, i = [], 0
@@ -56,7 +55,7 @@ def render_script(compiled: Compiled) -> str:
         name=compiled.name,
         target_version=compiled.target_version,
         spec_hash=compiled.spec_hash,
-        dm_lines=_lines(compiled.argv[1:]),
+        dm_lines=dm_lines(compiled.argv[1:]),
         taps=compiled.taps,
         bridge=compiled.bridge,
         passthru=compiled.passthru,

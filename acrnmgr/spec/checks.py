@@ -8,6 +8,7 @@ over malformed data is skipped instead of guessing."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Callable
 
 from acrnmgr.devices import KINDS
@@ -286,7 +287,6 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
             for f in ("romfile", "dsdt"):
                 if isinstance(opts.get(f), str):
                     wanted.append((path + ("options", f), opts[f]))
-    from pathlib import Path
 
     base = ctx.doc.base_dir
     for path, value in wanted:

@@ -10,8 +10,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from json.decoder import scanstring
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError, format_path, type_name
 
@@ -257,8 +260,6 @@ class _YamlParser:
 
     def parse(self, multi: bool = False):
         """[(data, positions)] per document, and the problems found."""
-        import yaml
-
         self.yaml = yaml
         self.constructor = yaml.constructor.SafeConstructor()
         loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -432,7 +433,6 @@ class _JsonParser:
         except ValueError:
             # int() digit limit: locate the offending number ourselves
             pass
-        from json.decoder import scanstring
 
         self._scanstring = scanstring
         value, _ = self._value(_WS.match(self.text, 0).end(), ())

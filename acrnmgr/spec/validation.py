@@ -5,20 +5,29 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from acrnmgr.resources import schema_text
 from acrnmgr.spec import checks
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError, type_name
-from acrnmgr.spec.loader import (Document, Spec, decode_bytes, parse_document, parse_documents, read_document,
-                                 read_documents, spec_from_document)
+from acrnmgr.spec.fastcheck import compile_schema
+from acrnmgr.spec.loader import (
+    Document,
+    Spec,
+    decode_bytes,
+    parse_document,
+    parse_documents,
+    read_document,
+    read_documents,
+    spec_from_document,
+)
 
 
 @cache
 def schema() -> dict:
-    from acrnmgr.resources import schema_text
-
     return json.loads(schema_text())
 
 
@@ -60,8 +69,6 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
 
 def _stdin_documents() -> list[Document]:
     """`-` names standard input; its relative paths resolve against the working directory."""
-    import sys
-
     return parse_documents(decode_bytes(sys.stdin.buffer.read(), STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
 
 
@@ -115,8 +122,6 @@ def _one_of(choices: Iterable[Any]) -> str:
 @cache
 def _fast_validators():
     """The compiled validity predicate for schema() (see fastcheck), or None if it cannot be."""
-    from acrnmgr.spec.fastcheck import compile_schema
-
     return compile_schema(schema())
 
 

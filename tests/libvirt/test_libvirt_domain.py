@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from acrnmgr.cli import app
 from acrnmgr.host import HostProfile
-from acrnmgr.libvirt.domain import ACRN_NS, export_domain, spec_from_domain
+from acrnmgr.importers.libvirt_domain import spec_from_domain
+from acrnmgr.render.libvirt import ACRN_NS, export_domain
 from acrnmgr.spec.validation import load_spec, load_spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
