@@ -28,6 +28,7 @@ _COM_INDEX = {"com1": 0, "com2": 1, "com3": 2, "com4": 3}
 
 @dataclass(frozen=True)
 class QemuLaunch:
+    state_dir: Path  # the VM's sockets, console log and firmware copies
     argv: list[str]
     helpers: list[Helper] = field(default_factory=list)
     sockets: list[str] = field(default_factory=list)  # every unix socket to remove after stop; QMP's first
@@ -67,7 +68,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
             diags.error(("spec",), f"socket path too long for AF_UNIX ({len(sock)} > {MAX_SOCKET_PATH}): {sock}")
     if vm.extra_args:
         diags.warn(("spec", "extraArgs"), "spec.extraArgs are acrn-dm arguments; the qemu engine ignores them")
-    return QemuLaunch(ctx.argv, ctx.helpers, ctx.sockets, ctx.consoles, ctx.copies)
+    return QemuLaunch(state_dir, ctx.argv, ctx.helpers, ctx.sockets, ctx.consoles, ctx.copies)
 
 
 def _boot(vm: VmSpec, ctx: QemuArgs) -> None:

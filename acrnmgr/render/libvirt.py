@@ -31,9 +31,10 @@ from acrnmgr.devices.base import xml_sub as _sub
 from acrnmgr.host import HostProfile
 from acrnmgr.model import KernelBoot, OvmfBoot
 from acrnmgr.paths import state_root
-from acrnmgr.plan import make_plan
+from acrnmgr.plan import Plan, make_plan
 from acrnmgr.render.acrndm import render_acrndm
 from acrnmgr.render.script import dm_lines
+from acrnmgr.spec.loader import Spec
 
 ACRN_NS = "http://libvirt.org/schemas/domain/acrn/1.0"
 ACRNMGR_NS = "https://acrnmgr.dev/schemas/libvirt/1.0"
@@ -47,16 +48,24 @@ class ExportError(ValueError):
     pass
 
 
-def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None = None) -> tuple[str, list[str]]:
-    """(domain XML text, warnings)."""
+def export_domain(spec: Spec, host: HostProfile | None = None, flavor: str = "qemu",
+                  state_dir: Path | None = None) -> tuple[str, list[str]]:
+    """Plan a loaded spec for the flavor's engine (acrn: acrn-dm, qemu: QEMU) and render it as a domain."""
     if flavor not in ("qemu", "acrn"):
         raise ExportError(f"unknown flavor {flavor!r} (qemu or acrn)")
     host = host or HostProfile.detect()
-    state_dir = state_dir or (state_root() / spec.name)
-    s = spec.spec
-    devices = spec.devices
-    plan = make_plan(vm_from_spec(spec), host, "acrn" if flavor == "acrn" else "qemu", state_dir=state_dir)
+    plan = make_plan(vm_from_spec(spec), host, "acrn" if flavor == "acrn" else "qemu",
+                     state_dir=state_dir or (state_root() / spec.name))
+    return render_domain(plan, host)
+
+
+def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
+    """(domain XML text, warnings) of a plan: the acrn flavor for an acrn plan, the qemu flavor otherwise."""
+    flavor = "acrn" if plan.engine == "acrn" else "qemu"
     vm = plan.vm
+    s = vm.data["spec"]
+    devices = s.get("devices", [])
+    state_dir = plan.qemu.state_dir if plan.qemu else state_root() / vm.name
     if any(p.slot is None for p in plan.devices):
         raise ExportError("; ".join(e.message for e in plan.errors if e.json_path.endswith((".slot", ".gpu"))))
 
@@ -64,7 +73,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
     _sub(root, "name", vm.name)
     meta_dev: dict[str, dict] = {}
     unmapped: list[dict] = []
-    meta = {k: v for k, v in (("labels", spec.data["metadata"].get("labels")), ("osType", s.get("osType")),
+    meta = {k: v for k, v in (("labels", vm.data["metadata"].get("labels")), ("osType", s.get("osType")),
                               ("vmType", s.get("vmType")), ("loadOrder", s.get("loadOrder")),
                               ("settings", s.get("settings")), ("extraArgs", s.get("extraArgs")),
                               ("network", s.get("network"))) if v}
@@ -125,7 +134,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
             kept = {"index": i, "_slot": p.slot, **d}
             for key in ("hd", "cd"):  # ahci images: absolute like every other path in the domain
                 if key in d:
-                    kept[key] = str(spec.resolve_path(d[key]))
+                    kept[key] = getattr(p.device, key)
             unmapped.append(kept)
             continue
         name, kind = d.get("name"), d["type"]
@@ -165,7 +174,7 @@ def export_domain(spec, host=None, flavor: str = "qemu", state_dir: Path | None 
     if flavor == "qemu" and vm.rtvm:
         warnings.append("vmType rtvm has no meaning under QEMU (no LAPIC passthrough); kept in the acrnmgr metadata")
 
-    vm_meta = _sub(metadata, f"{{{ACRNMGR_NS}}}vm", hash=spec.hash)
+    vm_meta = _sub(metadata, f"{{{ACRNMGR_NS}}}vm", hash=vm.hash)
     vm_meta.text = json.dumps(meta, sort_keys=True)
     # libvirt keeps <metadata> children in document order; put it right after <name>.
     root.remove(metadata)
