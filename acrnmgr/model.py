@@ -176,8 +176,11 @@ def build_boot(raw: Mapping[str, Any], base_dir: Path) -> Boot:
                           k.get("cmdline") or None)
     if "ovmf" in raw:
         o = raw["ovmf"]
-        return OvmfBoot(*(resolve(base_dir, o[key]) if o.get(key) else None for key in ("image", "code", "vars")),
-                        writeback=bool(o.get("writeback", False)))
+
+        def path(key: str) -> str | None:
+            return resolve(base_dir, o[key]) if o.get(key) else None
+
+        return OvmfBoot(path("image"), path("code"), path("vars"), writeback=bool(o.get("writeback", False)))
     return ElfBoot(resolve(base_dir, raw["elf"]["path"]))
 
 

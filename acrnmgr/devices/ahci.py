@@ -20,7 +20,8 @@ class Ahci(EmulatedDevice):
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Ahci:
-        return cls(**common_fields(index, raw), **{k: resolve(base_dir, raw[k]) for k in ("hd", "cd") if raw.get(k)})
+        return cls(**common_fields(index, raw), hd=resolve(base_dir, raw["hd"]) if raw.get("hd") else None,
+                   cd=resolve(base_dir, raw["cd"]) if raw.get("cd") else None)
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = [f"{k}:{ctx.path(v, (*self.where, k))}" for k, v in (("hd", self.hd), ("cd", self.cd)) if v]
@@ -30,12 +31,12 @@ class Ahci(EmulatedDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if emul in ("ahci-hd", "ahci-cd"):
         if not body:
             raise GrammarError(f"{emul}: needs an image path")
         return {"hd" if emul == "ahci-hd" else "cd": [body]}
-    params: dict = {"hd": [], "cd": []}
+    params: dict[str, Any] = {"hd": [], "cd": []}
     for tok in body.split(",") if body else []:
         kind, sep, path = tok.partition(":")
         if kind not in ("hd", "cd") or not sep or not path:

@@ -86,7 +86,7 @@ class Ivshmem(EmulatedDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     parts = body.split(",")
     if len(parts) not in (2, 3) or not re.match(r"^(dm|hv):/[^/]+", parts[0]):
         raise GrammarError(f"ivshmem: {body!r}: use {{dm:/<name>|hv:/<name>}},<size_MB>[,<region_id>]")

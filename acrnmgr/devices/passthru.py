@@ -141,7 +141,7 @@ class Passthru(EmulatedDevice):
 _BDF_RE = re.compile(r"^([0-9a-fA-F]{1,2})[/:]([0-9a-fA-F]{1,2})[/.]([0-7])$")
 
 
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     tokens = body.split(",")
     match = _BDF_RE.match(tokens.pop(0))
     if not match:
@@ -149,7 +149,7 @@ def parse_acrn(emul: str, body: str, family: str) -> dict:
     bus, dev, func = (int(g, 16) for g in match.groups())
     if dev > 31:
         raise GrammarError(f"passthru: device {dev:#x} > 0x1f")
-    params: dict = {"bdf": f"{bus:02x}:{dev:02x}.{func}", "options": {}}
+    params: dict[str, Any] = {"bdf": f"{bus:02x}:{dev:02x}.{func}", "options": {}}
     opts = params["options"]
     while tokens:
         tok = tokens.pop(0)

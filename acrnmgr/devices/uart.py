@@ -26,7 +26,7 @@ class Uart(EmulatedDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if not body.startswith("vuart_idx:"):
         raise GrammarError(f"uart: {body!r}: use vuart_idx:<n>")
     return {"vuartIdx": acrn_int(body[len("vuart_idx:"):], "uart vuart_idx", 0)}

@@ -87,7 +87,7 @@ class VhostVsock(VirtioDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if not body.startswith("cid="):
         raise GrammarError(f"vhost-vsock: {body!r}: use cid=<N>")
     cid = acrn_int(body[4:], "vhost-vsock cid")

@@ -162,9 +162,9 @@ class VirtioBlk(VirtioDevice):
 _SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     tokens = body.split(",") if body else []
-    params: dict = {"cache": "writethru", "readOnly": False}
+    params: dict[str, Any] = {"cache": "writethru", "readOnly": False}
     if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
         tok = tokens.pop(0)
         count, cpus = 1, []

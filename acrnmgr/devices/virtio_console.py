@@ -150,7 +150,7 @@ class VirtioConsole(VirtioDevice):
 _CONSOLE_RE = re.compile(r"^(@?)(stdio|tty|pty|file|socket):([^=:]+)(?:=([^:]*))?(?::(server|client))?$")
 
 
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if not body:
         raise GrammarError("virtio-console: at least one port is needed")
     ports, names = [], set()
@@ -172,6 +172,6 @@ def parse_acrn(emul: str, body: str, family: str) -> dict:
         if kind == "socket":
             port["socketMode"] = mode or "server"
         ports.append(port)
-    if sum(p["console"] for p in ports) > 1:
+    if sum(1 for p in ports if p["console"]) > 1:
         raise GrammarError("virtio-console: only one port can be the console (@)")
     return {"ports": ports}

@@ -59,7 +59,7 @@ class VirtioGpu(VirtioDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     displays = []
     for tok in body.split(",") if body else []:
         match = re.fullmatch(r"geometry=(?:(\d+)x(\d+)\+(\d+)\+(\d+)|fullscreen(?::(\d+))?)", tok)
@@ -68,7 +68,7 @@ def parse_acrn(emul: str, body: str, family: str) -> dict:
         if match.group(1):
             displays.append({"geometry": f"{match.group(1)}x{match.group(2)}+{match.group(3)}+{match.group(4)}"})
         else:
-            display: dict = {"fullscreen": True}
+            display: dict[str, Any] = {"fullscreen": True}
             if match.group(5):
                 display["monitor"] = int(match.group(5))
             displays.append(display)

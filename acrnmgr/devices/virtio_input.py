@@ -48,7 +48,7 @@ class VirtioInput(VirtioDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     device, _, serial = body.partition(",")
     if not device.startswith("/"):
         raise GrammarError(f"virtio-input: {body!r}: use /dev/input/eventX[,serial]")

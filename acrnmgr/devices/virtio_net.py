@@ -221,12 +221,12 @@ def check_mac(mac: str) -> str:
     return mac.lower()
 
 
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if family == "3":
         if not body.startswith("tap="):
             raise GrammarError(f"virtio-net: v3.x needs tap=<name> first, got {body!r}")
         name, _, rest = body[4:].partition(",")
-        params: dict = {"tap": name, "vhost": False}
+        params: dict[str, Any] = {"tap": name, "vhost": False}
         if rest.startswith("mac_seed="):
             params["macSeed"] = rest[len("mac_seed="):]  # takes the rest of the string
             rest = ""

@@ -61,7 +61,7 @@ class VirtioRnd(VirtioDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     if body not in ("", "kernel=on"):
         raise GrammarError(f"virtio-rnd: unknown config {body!r}")
     return {"kernel": body == "kernel=on"}

@@ -38,8 +38,8 @@ class Xhci(EmulatedDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-def parse_acrn(emul: str, body: str, family: str) -> dict:
-    params: dict = {"ports": []}
+def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"ports": []}
     for tok in body.split(",") if body else []:
         if tok == "tablet":
             params["tablet"] = True
