@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
-from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
+from acrnmgr.lifecycle.state import ProcessIdentity, VmState, wait_until
 
 
 def _pid_gone(pid: int) -> bool:
@@ -126,8 +127,7 @@ def test_kill_9_of_vm_process_leaves_no_socket(acrn_env):
 
 def test_kill_9_of_supervisor_takes_the_vm_down(acrn_env):
     acrn_env.up(acrn_env.spec(), "--wait-ready")
-    run = json.loads((acrn_env.state / "vm1" / "run.json").read_text())
-    sup, pid = run["supervisor"]["pid"], acrn_env.status("vm1")["pid"]
+    sup, pid = VmState("vm1", acrn_env.state).read_run().supervisor.pid, acrn_env.status("vm1")["pid"]
     os.kill(sup, signal.SIGKILL)
     assert wait_until(lambda: _pid_gone(pid), 10)  # PR_SET_PDEATHSIG
     st = acrn_env.status("vm1")
@@ -143,17 +143,15 @@ def test_stale_pidfile_never_kills_an_unrelated_process(acrn_env):
     try:
         # Make the state claim acrn-dm is still running under the bystander's pid: once with the
         # old process's identity (pid reused), once with the right cmdline but another start time.
-        run_path = acrn_env.state / "vm1" / "run.json"
-        run = json.loads(run_path.read_text())
-        run["state"] = "running"
-        entry = run["processes"]["acrn-dm"]
-        entry.update(exit_code=None, signal=None)
+        state = VmState("vm1", acrn_env.state)
+        run = state.read_run()
+        entry = run.process("acrn-dm")
         for identity in (
-            {**entry["identity"], "pid": bystander.pid},
-            {"pid": bystander.pid, "start_time": 1, "cmdline": ["sleep", "300"]},
+            replace(entry.identity, pid=bystander.pid),
+            ProcessIdentity(bystander.pid, 1, ["sleep", "300"]),
         ):
-            entry["identity"] = identity
-            run_path.write_text(json.dumps(run))
+            state.write_run(replace(run, state="running").with_process(
+                replace(entry, identity=identity, exit_code=None, signal=None)))
             assert acrn_env.status("vm1")["state"] == "crashed"
             down = acrn_env.run("down", "vm1", "--timeout", "1")
             assert "not running" in down.stderr
