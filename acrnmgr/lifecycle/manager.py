@@ -184,13 +184,13 @@ class SupervisedEngine:
             if vm is not None:
                 cleanup(state, vm.launch, _main_pid(vm))
             plan = self.plan(spec, host, state.ensure())
-            _reset(state)
             try:
                 self.prepare(spec, host, plan, progress)
             except BaseException:
                 for argv in plan.post_stop:  # undo what prepare did before it failed (e.g. taps)
                     subprocess.run(argv, capture_output=True)
                 raise
+            _reset(state)  # only now: a start that fails before this keeps the previous run's records
             launch = LaunchRecord(
                 name=spec.name, engine=self.name, processes=tuple(plan.processes), spec_hash=spec.hash,
                 spec_path=str(Path(spec.path).resolve()) if spec.path else None, created_at=time.time(),

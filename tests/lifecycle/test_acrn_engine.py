@@ -260,3 +260,16 @@ def test_systemd_unit(acrn_env, tmp_path):
     assert f"ExecStart={ACRNMGR} up --wait-ready --engine acrn {spec}\n" in text
     assert f"ExecStop={ACRNMGR} down --timeout 45 vm1\n" in text
     assert "WantedBy=multi-user.target" in text
+
+
+
+def test_a_failed_up_keeps_the_previous_runs_records(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.up(spec)
+    acrn_env.run("down", "vm1")
+    acrn_env.host.write_text(acrn_env.host.read_text().replace("hugepages_free: 1024", "hugepages_free: 10"))
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False)
+    assert proc.returncode == 1 and "hugepages" in proc.stderr
+    st = acrn_env.status("vm1")  # the stopped VM is still known, with its last run's logs
+    assert st["state"] == "stopped" and st["exit_code"] == 0
+    assert "stand-in acrn-dm: vm1 running" in acrn_env.run("logs", "vm1").stdout
