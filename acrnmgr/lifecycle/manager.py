@@ -225,7 +225,9 @@ class SupervisedEngine:
     def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:
         state = self._launched(name).state
         with state.locked():
-            vm = load(state)
+            vm = load(state)  # again: an up or down may have changed it while we waited for the lock
+            if vm is None:
+                raise _unknown(name)
             if not is_active(vm):
                 cleanup(state, vm.launch, _main_pid(vm))
                 progress(f"{name} is not running")

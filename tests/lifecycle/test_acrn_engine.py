@@ -273,3 +273,28 @@ def test_a_failed_up_keeps_the_previous_runs_records(acrn_env):
     st = acrn_env.status("vm1")  # the stopped VM is still known, with its last run's logs
     assert st["state"] == "stopped" and st["exit_code"] == 0
     assert "stand-in acrn-dm: vm1 running" in acrn_env.run("logs", "vm1").stdout
+
+
+def _lock_waiter(lock: Path) -> bool:
+    """Some process waits in flock() for `lock` (a "->" line of /proc/locks names its inode)."""
+    inode = f":{os.stat(lock).st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_down_waiting_for_the_lock_of_a_vm_that_vanishes_is_a_clear_error(acrn_env):
+    import fcntl
+
+    acrn_env.up(acrn_env.spec())
+    acrn_env.run("down", "vm1")
+    folder = acrn_env.state / "vm1"
+    fd = os.open(folder / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as an `up` would, while it starts the VM again
+        down = subprocess.Popen([ACRNMGR, "down", "vm1"], env=acrn_env.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert wait_until(lambda: _lock_waiter(folder / "lock"), 30), "down never waited for the VM's lock"
+        (folder / "launch.json").unlink()  # the VM's records are gone when down gets the lock
+    finally:
+        os.close(fd)
+    _, err = down.communicate(timeout=60)
+    assert down.returncode == 1 and "no VM named vm1" in err and "Traceback" not in err, err
