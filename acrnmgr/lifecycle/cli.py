@@ -194,6 +194,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_status(st: dict) -> None:
+    from acrnmgr.lifecycle.manager import describe_exit
+
     line = f"{st['name']}: {st['state']} (engine {st['engine'] or 'unknown'}"
     if st.get("pid"):
         line += f", pid {st['pid']}"
@@ -201,12 +203,12 @@ def _print_status(st: dict) -> None:
         line += f", vm reports {st['vm_status']}"
     typer.echo(line + ")")
     for d in st.get("degraded", []):
-        how = f"signal {d['signal']}" if d.get("signal") else f"exit code {d['exit_code']}"
-        typer.echo(f"  device {d['device'] or d['process']}: its device model died ({how})")
+        typer.echo(f"  device {d['device'] or d['process']}: its device model died "
+                   f"({describe_exit(d['exit_code'], d['signal'])})")
     if st["state"] == "unreadable":
         typer.echo(f"  {st['error']}")
-    elif st["state"] in ("crashed", "failed"):
-        how = f"signal {st['signal']}" if st.get("signal") else f"exit code {st.get('exit_code')}"
+    elif st["state"] in ("crashed", "failed") and "exit_code" in st:
+        how = describe_exit(st["exit_code"], st.get("signal"))
         typer.echo(f"  {st.get('error') or 'the VM process exited'} ({how}); last log lines:")
         for line in st.get("log", []):
             typer.echo(f"  | {line}")

@@ -41,6 +41,18 @@ def is_active(vm: Running) -> bool:
     return vm.run is not None and any(p.alive() for p in vm.run.processes)
 
 
+def describe_exit(exit_code: int | None, sig: int | None) -> str:
+    """How a process ended, for people."""
+    if sig is not None:
+        try:
+            return f"killed by {signal.Signals(sig).name} (signal {sig})"
+        except ValueError:
+            return f"killed by signal {sig}"
+    if exit_code is not None:
+        return f"exit code {exit_code}"
+    return "exit status unknown: no one saw it exit"
+
+
 def _unknown(name: str) -> LifecycleError:
     return LifecycleError(f"no VM named {name} (known: {', '.join(all_vms()) or 'none'})")
 
@@ -163,6 +175,7 @@ class SupervisedEngine:
         elif run_state in ACTIVE_RUN_STATES:
             result["state"] = "crashed"
             result["error"] = "the supervisor died; the VM is gone"
+            result["exit_code"] = result["signal"] = None  # no one reaped it
             result["log"] = state.tail(f"{launch.main.name}.log", 20)
         else:
             result["state"] = "stopped"
@@ -219,7 +232,8 @@ class SupervisedEngine:
         if not state.supervisor_alive():
             st = self.status(state.name)
             tail = "\n".join(f"  | {line}" for line in st.get("log", []))
-            raise LifecycleError(f"{state.name} exited during start ({st['state']}, exit code {st.get('exit_code')})\n{tail}")
+            raise LifecycleError(f"{state.name} exited during start ({st['state']}, "
+                                 f"{describe_exit(st.get('exit_code'), st.get('signal'))})\n{tail}")
 
     # down --------------------------------------------------------------------------------------
     def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:

@@ -298,3 +298,17 @@ def test_down_waiting_for_the_lock_of_a_vm_that_vanishes_is_a_clear_error(acrn_e
         os.close(fd)
     _, err = down.communicate(timeout=60)
     assert down.returncode == 1 and "no VM named vm1" in err and "Traceback" not in err, err
+
+
+def test_status_says_how_the_vm_process_ended(acrn_env):
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    os.kill(acrn_env.status("vm1")["pid"], signal.SIGKILL)
+    assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
+    assert "killed by SIGKILL (signal 9)" in acrn_env.run("status", "vm1").stdout
+
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    pid = acrn_env.status("vm1")["pid"]
+    os.kill(VmState("vm1", acrn_env.state).read_run().supervisor.pid, signal.SIGKILL)
+    assert wait_until(lambda: _pid_gone(pid), 10)
+    text = acrn_env.run("status", "vm1").stdout
+    assert "supervisor died" in text and "None" not in text and "exit status unknown" in text, text
