@@ -20,7 +20,7 @@ from pathlib import Path
 from acrnmgr.lifecycle.engine import Console, LaunchPlan, Progress, Running, quiet, send_signal
 from acrnmgr.lifecycle.errors import LifecycleError
 from acrnmgr.lifecycle.manager import SupervisedEngine
-from acrnmgr.lifecycle.state import ProcessSpec, VmState, wait_until
+from acrnmgr.lifecycle.state import VM_NAME, ProcessSpec, VmState, wait_until
 
 DEFAULT_URI = "qemu:///system"
 _CONNECTIONS: dict = {}
@@ -163,7 +163,10 @@ class LibvirtEngine:
         return DevmodelEngine(self.uri)
 
     def _has_devmodels(self, name: str) -> bool:
-        """The domain has device models in a state folder."""
+        """The domain has device models in a state folder (a domain acrnmgr did not define may have a
+        name that cannot name a state folder: it has none)."""
+        if not VM_NAME.fullmatch(name):
+            return False
         launch = VmState(name).read_launch()
         return launch is not None and launch.engine == self.name and launch.engine_options.get("uri") == self.uri
 

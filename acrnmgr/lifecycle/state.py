@@ -366,7 +366,7 @@ class RunRecord:
 
 class VmState:
     def __init__(self, name: str, root: Path | None = None):
-        self.name = name
+        self.name = check_name(name)
         self.dir = (root or state_root()) / name
 
     def ensure(self) -> "VmState":

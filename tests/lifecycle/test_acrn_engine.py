@@ -13,7 +13,7 @@ import pytest
 ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
-from acrnmgr.lifecycle.state import ProcessIdentity, VmState, wait_until
+from acrnmgr.lifecycle.state import VM_NAME, ProcessIdentity, VmState, wait_until
 
 
 def _pid_gone(pid: int) -> bool:
@@ -312,3 +312,20 @@ def test_status_says_how_the_vm_process_ended(acrn_env):
     assert wait_until(lambda: _pid_gone(pid), 10)
     text = acrn_env.run("status", "vm1").stdout
     assert "supervisor died" in text and "None" not in text and "exit status unknown" in text, text
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "down", "console"])
+def test_a_vm_name_that_is_a_path_is_refused(acrn_env, command):
+    acrn_env.up(acrn_env.spec())
+    acrn_env.run("down", "vm1")
+    outside = acrn_env.root / "outside"  # a VM's state folder outside the state root
+    subprocess.run(["cp", "-a", str(acrn_env.state / "vm1"), str(outside)], check=True)
+    before = sorted(p.name for p in outside.iterdir())
+    proc = acrn_env.run(command, "../outside", check=False)
+    assert proc.returncode == 1 and "invalid VM name '../outside'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in outside.iterdir()) == before
+
+
+def test_the_vm_name_pattern_is_the_schemas():
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "vm.schema.json").read_text())
+    assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == f"^{VM_NAME.pattern}$"
