@@ -64,14 +64,19 @@ def _known(choice: EngineChoice, connect: Optional[str]):
 
 
 def _statuses(choice: EngineChoice, connect: Optional[str]) -> list[dict]:
-    out = []
-    for vm in _known(choice, connect):
-        if vm.engine is None:
-            out.append({"name": vm.name, "engine": None, "state": "unreadable", "pid": None, "spec": None,
-                        "error": vm.error})
-        else:
-            out.append(_guard(vm.engine.status, vm.name))
-    return out
+    """The status of every known VM; one whose state files cannot be read is listed as unreadable."""
+    from acrnmgr.lifecycle.errors import StateError
+
+    def status(vm) -> dict:
+        error = vm.error
+        if vm.engine is not None:
+            try:
+                return vm.engine.status(vm.name)
+            except StateError as exc:
+                error = str(exc)
+        return {"name": vm.name, "engine": None, "state": "unreadable", "pid": None, "spec": None, "error": error}
+
+    return [_guard(status, vm) for vm in _known(choice, connect)]
 
 
 def register(app: typer.Typer) -> None:

@@ -25,12 +25,8 @@ ACTIVE_RUN_STATES = ("running", "degraded", "starting")
 
 def load(state: VmState) -> Running | None:
     """The records of the VM in `state`, None when it has never been launched."""
-    try:
-        launch = state.read_launch()
-        return None if launch is None else Running(state, launch, state.read_run())
-    except StateError as exc:
-        raise StateError(f"{exc}\n(if no process of {state.name} runs any more, remove {state.dir} and start it "
-                         "again)") from None
+    launch = state.read_launch()
+    return None if launch is None else Running(state, launch, state.read_run())
 
 
 def is_active(vm: Running) -> bool:

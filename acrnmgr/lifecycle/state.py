@@ -409,13 +409,11 @@ class VmState:
 
     def read_launch(self) -> LaunchRecord | None:
         """launch.json, None when there is none; StateError when it cannot be used."""
-        data = self._read("launch.json")
-        return None if data is None else LaunchRecord.from_dict(data, str(self.path("launch.json")))
+        return self._read("launch.json", LaunchRecord)
 
     def read_run(self) -> RunRecord | None:
         """run.json, None when there is none (yet); StateError when it cannot be used."""
-        data = self._read("run.json")
-        return None if data is None else RunRecord.from_dict(data, str(self.path("run.json")))
+        return self._read("run.json", RunRecord)
 
     def write_launch(self, record: LaunchRecord) -> None:
         self._write("launch.json", record.to_dict())
@@ -423,18 +421,23 @@ class VmState:
     def write_run(self, record: RunRecord) -> None:
         self._write("run.json", record.to_dict())
 
-    def _read(self, name: str) -> Any:
+    def _read(self, name: str, record):
         path = self.path(name)
         try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise StateError(f"{path} is corrupt (not JSON: {exc})") from None
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                return None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StateError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise StateError(f"{path} is corrupt (not JSON: {exc})") from None
+            return record.from_dict(data, str(path))
+        except StateError as exc:
+            raise StateError(f"{exc}\n(if no process of {self.name} runs any more, remove {self.dir} and start it "
+                             "again)") from None
 
     def _write(self, name: str, data: dict) -> None:
         write_atomic(self.path(name), json.dumps(data, indent=2, sort_keys=True) + "\n")
