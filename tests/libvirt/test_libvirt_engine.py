@@ -94,3 +94,39 @@ def test_up_again_after_down_redefines_the_same_domain(conn):
     engine.down("linux-demo", force=True)
     assert up(spec)["action"] == "started"
     assert conn.lookupByName("linux-demo").UUIDString() == uuid
+
+
+def test_list_apply_and_diff_work_with_the_libvirt_engine(conn, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACRNMGR_STATE_DIR", str(tmp_path / "state"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    one = (ROOT / "examples/linux-vm.yaml").read_text().replace("images/", str(ROOT / "examples/images") + "/")
+    # two documents in one file: up takes the loaded specs, nothing is written to disk for them
+    (specs / "vms.yaml").write_text(one + "---\n" + one.replace("name: linux-demo", "name: linux-qemu"))
+    res = runner.invoke(app, ["diff", str(specs), "--connect", URI, "--exit-code"])
+    assert res.exit_code == 3 and "# linux-demo: create" in res.stdout and "+<domain" in res.stdout, res.output
+    res = runner.invoke(app, ["apply", str(specs), "--connect", URI, "--output", "json"])
+    assert res.exit_code == 0, res.output
+    assert {c["name"]: (c["action"], c["engine"], c["result"]) for c in json.loads(res.stdout)["changes"]} == {
+        "linux-demo": ("create", "libvirt", "done"), "linux-qemu": ("create", "libvirt", "done")}
+    assert conn.lookupByName("linux-demo").isActive() and conn.lookupByName("linux-qemu").isActive()
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["apply.lock"]
+    res = runner.invoke(app, ["diff", str(specs), "--connect", URI, "--exit-code"])
+    assert res.exit_code == 0, res.output
+
+    res = runner.invoke(app, ["list", "--connect", URI, "--output", "json"])
+    assert res.exit_code == 0, res.output
+    listed = {v["name"]: (v["engine"], v["state"]) for v in json.loads(res.stdout)}
+    assert listed == {"linux-demo": ("libvirt", "running"), "linux-qemu": ("libvirt", "running")}
+
+    (specs / "vms.yaml").write_text(one)
+    res = runner.invoke(app, ["apply", str(specs), "--connect", URI, "--prune", "--output", "json"])
+    assert res.exit_code == 0, res.output
+    assert {c["name"]: (c["action"], c["result"]) for c in json.loads(res.stdout)["changes"]} == {
+        "linux-demo": ("unchanged", None), "linux-qemu": ("prune", "done")}
+    assert not conn.lookupByName("linux-qemu").isActive()
+
+
+def test_connect_is_an_option_of_the_libvirt_engine_only(tmp_path):
+    res = runner.invoke(app, ["up", str(ROOT / "examples/linux-vm.yaml"), "--engine", "qemu", "--connect", URI])
+    assert res.exit_code == 1 and "the qemu engine does not take uri" in res.stderr
