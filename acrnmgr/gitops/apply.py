@@ -1,5 +1,6 @@
-"""Reconcile: desired state (specs under a directory) against live state (the lifecycle state
-folder), as a plan of create / update / prune / unchanged, and carry it out.
+"""Reconcile: desired state (specs under a directory) against live state (the VMs the engines
+know: every state folder, and the chosen engine's VMs, e.g. a libvirt URI's domains), as a plan of
+create / update / prune / unchanged, and carry it out.
 
 - create: a spec with no running VM;
 - update: the running VM's spec hash differs; restarted only with allow_restart;
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import difflib
 import fcntl
-import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
-from acrnmgr.gitops.desired import Desired, DesiredSet
+from acrnmgr.gitops.desired import DesiredSet
+from acrnmgr.lifecycle.engine import Engine
 
 ACTIVE = ("running", "degraded", "starting", "unsupervised")
 Progress = Callable[[str], None]
@@ -33,92 +34,86 @@ class Change:
     live_state: str | None = None
     reason: str = ""
     blocked: str | None = None  # why the action will not be done without a flag
-    diff: list[str] = field(default_factory=list)  # unified diff of argv lines, live -> desired
+    diff: list[str] = field(default_factory=list)  # unified diff of launch lines (argv, domain XML), live -> desired
     result: str | None = None  # after apply: done | skipped | failed
     error: str | None = None
+    runner: Engine | None = field(default=None, repr=False, compare=False)  # the engine that carries it out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runner"}
 
 
-def argv_lines(argv: list[str]) -> list[str]:
-    """One option (with its value) per line, so a diff shows which option changed."""
-    lines: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            lines.append(f"{argv[i]} {argv[i + 1]}")
-            i += 2
-        else:
-            lines.append(argv[i])
-            i += 1
-    return lines
+@dataclass
+class Live:
+    status: dict
+    engine: Engine
 
 
-def _live() -> dict[str, dict]:
-    from acrnmgr.lifecycle import manager
-    from acrnmgr.lifecycle.engine import LifecycleError
-    from acrnmgr.lifecycle.state import VmState, all_vms
+def live_vms(engine: Engine | None) -> dict[str, Live]:
+    """The VMs the engines know (see acrnmgr.lifecycle.engine.known_vms) with their status. A VM whose
+    state cannot be read is left out: starting it again reports why."""
+    from acrnmgr.lifecycle.engine import known_vms
+    from acrnmgr.lifecycle.errors import LifecycleError
 
     out = {}
-    for name in all_vms():
+    for vm in known_vms(engine):
+        if vm.engine is None:
+            continue
         try:
-            st = manager.status(name)
+            out[vm.name] = Live(vm.engine.status(vm.name), vm.engine)
         except LifecycleError:
             continue
-        launch = VmState(name).read_json("launch.json") or {}
-        procs = launch.get("processes") or [{}]
-        st["argv"] = procs[-1].get("argv", [])
-        out[name] = st
     return out
 
 
-def _desired_argv(vm: Desired, engine: str, host) -> list[str]:
-    from acrnmgr.lifecycle.engine import select_engine
-    from acrnmgr.lifecycle.state import VmState
+def _lines(what: Callable[[], list[str]]) -> list[str]:
+    """Launch lines, or the reason there are none in their place."""
+    from acrnmgr.lifecycle.errors import LifecycleError
+    from acrnmgr.spec.diagnostics import SpecError
 
-    eng = select_engine(engine, host)
     try:
-        return eng.plan(vm.spec, host, VmState(vm.name)).main.argv
-    except Exception as exc:  # a plan error is shown in place of the argv
+        return what()
+    except (LifecycleError, SpecError) as exc:
         return [f"<cannot plan: {exc}>"]
 
 
-def make_plan(desired: DesiredSet, engine: str = "auto", host=None, with_diff: bool = False,
+def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = True, with_diff: bool = False,
               allow_restart: bool = False, prune: bool = False) -> list[Change]:
-    from acrnmgr.host import HostProfile
-
-    host = host or HostProfile.detect()
-    live = _live()
+    """The changes that make the live VMs match `desired`; new VMs go to `engine`, whose own VMs are
+    live state too when it was chosen explicitly (not by auto)."""
+    live = live_vms(engine if explicit else None)
     changes: list[Change] = []
     for vm in sorted(desired.vms, key=lambda v: v.name):
-        st = live.get(vm.name)
+        cur = live.get(vm.name)
+        st = cur.status if cur else None
         active = st is not None and st.get("state") in ACTIVE
-        eng = st["engine"] if active else engine
+        runner = cur.engine if active else engine
         if not active:
-            c = Change(vm.name, "create", vm.source, eng, st.get("state") if st else None,
+            c = Change(vm.name, "create", vm.source, runner.name, st.get("state") if st else None,
                        "no VM running" if not st else f"the VM is {st.get('state')}")
         elif st.get("spec_hash") == vm.spec.hash:
-            c = Change(vm.name, "unchanged", vm.source, eng, st["state"], "running with this spec")
+            c = Change(vm.name, "unchanged", vm.source, runner.name, st["state"], "running with this spec")
         else:
-            c = Change(vm.name, "update", vm.source, eng, st["state"],
+            c = Change(vm.name, "update", vm.source, runner.name, st["state"],
                        f"spec hash {str(st.get('spec_hash'))[:12]} -> {vm.spec.hash[:12]}")
             if not allow_restart:
                 c.blocked = "needs --allow-restart (the VM is restarted)"
+        c.runner = runner
         if with_diff and c.action in ("create", "update"):
-            old = argv_lines(st.get("argv", [])) if active else []
-            new = argv_lines(_desired_argv(vm, eng, host))
+            old = _lines(lambda: runner.launch_lines(vm.name)) if active else []
+            new = _lines(lambda: runner.planned_lines(vm.spec, host))
             c.diff = list(difflib.unified_diff(old, new, f"live/{vm.name}", f"desired/{vm.name}", lineterm=""))
         changes.append(c)
     names = {vm.name for vm in desired.vms}
-    for name, st in sorted(live.items()):
+    for name, cur in sorted(live.items()):
+        st = cur.status
         if name in names or st.get("state") not in ACTIVE:
             continue
-        c = Change(name, "prune", None, st.get("engine"), st.get("state"), "no spec names this VM")
+        c = Change(name, "prune", None, cur.engine.name, st.get("state"), "no spec names this VM", runner=cur.engine)
         if not prune:
             c.blocked = "needs --prune (the VM is stopped)"
         if with_diff:
-            c.diff = list(difflib.unified_diff(argv_lines(st.get("argv", [])), [], f"live/{name}",
+            c.diff = list(difflib.unified_diff(_lines(lambda: cur.engine.launch_lines(name)), [], f"live/{name}",
                                                f"desired/{name}", lineterm=""))
         changes.append(c)
     return changes
@@ -142,22 +137,9 @@ def apply_lock(progress: Progress):
         os.close(fd)
 
 
-def _spec_file(vm: Desired) -> str:
-    if not vm.materialize:
-        return str(vm.file)
-    from acrnmgr.lifecycle.state import state_root, write_atomic
-
-    folder = state_root() / "gitops"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{vm.name}.json"
-    write_atomic(path, json.dumps(vm.spec.data, indent=2))
-    return str(path)
-
-
-def execute(changes: list[Change], desired: DesiredSet, engine: str = "auto", host=None, wait: bool = False,
-            timeout: float = 30.0, progress: Progress = lambda m: None) -> list[Change]:
-    from acrnmgr.lifecycle import manager
-    from acrnmgr.lifecycle.engine import LifecycleError
+def execute(changes: list[Change], desired: DesiredSet, host=None, wait: bool = False, timeout: float = 30.0,
+            progress: Progress = lambda m: None) -> list[Change]:
+    from acrnmgr.lifecycle.errors import LifecycleError
     from acrnmgr.spec.diagnostics import SpecError
 
     by_name = {vm.name: vm for vm in desired.vms}
@@ -171,11 +153,10 @@ def execute(changes: list[Change], desired: DesiredSet, engine: str = "auto", ho
         try:
             if c.action in ("update", "prune"):
                 progress(f"{c.name}: stopping ({c.action})")
-                manager.down(c.name, timeout, False, progress)
+                c.runner.down(c.name, timeout=timeout, progress=progress)
             if c.action in ("create", "update"):
                 progress(f"{c.name}: starting ({c.action})")
-                manager.up(_spec_file(by_name[c.name]), c.engine if c.action == "update" else engine,
-                           wait, host, progress)
+                c.runner.up(by_name[c.name].spec, host, wait_ready=wait, progress=progress)
             c.result = "done"
         except (LifecycleError, SpecError, OSError) as exc:
             c.result = "failed"

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from acrnmgr.cliutil import OutputFormat, fail, load_host
+from acrnmgr.lifecycle.engine import EngineChoice
 
 
 class ExportFormat(str, enum.Enum):
@@ -109,16 +110,17 @@ def export(
     typer.echo(xml, nl=False)
 
 
-class EngineChoice(str, enum.Enum):
-    auto = "auto"
-    acrn = "acrn"
-    qemu = "qemu"
+_ENGINE_HELP = ("Engine for VMs to create: acrn, qemu, libvirt (see --connect), or auto (libvirt with --connect, "
+                "else acrn on an ACRN Service VM, else qemu). A VM that runs stays on its engine.")
+_CONNECT_HELP = ("The libvirt engine's connection URI, e.g. qemu:///system (its default); that URI's domains are "
+                 "live state too.")
 
 
-def _desired(directory: Path, host):
+def _desired(directory: Path, engine, host):
+    """The specs in `directory`, checked against `host` when the engine runs VMs here."""
     from acrnmgr.gitops.desired import load_desired
 
-    desired = load_desired(directory, host)
+    desired = load_desired(directory, host if engine.spec_host_checks else None)
     if desired.errors:
         for d in desired.errors:
             typer.echo(str(d), err=True)
@@ -130,10 +132,32 @@ def _progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _guard(fn, *args, **kwargs):
+    """Run an engine operation; a LifecycleError (e.g. libvirt unreachable) is a clean exit 1."""
+    from acrnmgr.lifecycle.errors import LifecycleError
+
+    try:
+        return fn(*args, **kwargs)
+    except LifecycleError as exc:
+        fail(str(exc))
+
+
+def _engine(choice: EngineChoice, host, connect: Optional[str]):
+    from acrnmgr.lifecycle.engine import get_engine
+
+    return _guard(get_engine, choice.value, host, uri=connect)
+
+
+def _explicit(choice: EngineChoice, connect: Optional[str]) -> bool:
+    """An engine chosen by name or by --connect: its own VMs are live state too."""
+    return choice.value != "auto" or connect is not None
+
+
 def apply(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs (recursive; multi-document "
                                      "YAML; kustomization.yaml overlays)."),
-    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="Engine for VMs to create."),
+    engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and the argv differences; change nothing."),
     allow_restart: bool = typer.Option(False, "--allow-restart", help="Restart VMs whose spec changed."),
     prune: bool = typer.Option(False, "--prune", help="Stop running VMs that no spec names any more."),
@@ -147,12 +171,13 @@ def apply(
     from acrnmgr.gitops.apply import apply_lock, execute, format_table, make_plan
 
     profile = load_host(host)
-    desired = _desired(directory, profile)
+    eng = _engine(engine, profile, connect)
+    desired = _desired(directory, eng, profile)
     with apply_lock(_progress):
-        changes = make_plan(desired, engine.value, profile, with_diff=dry_run, allow_restart=allow_restart,
-                            prune=prune)
+        changes = _guard(make_plan, desired, eng, profile, explicit=_explicit(engine, connect), with_diff=dry_run,
+                         allow_restart=allow_restart, prune=prune)
         if not dry_run:
-            execute(changes, desired, engine.value, profile, wait, timeout, _progress)
+            execute(changes, desired, profile, wait, timeout, _progress)
     failed = [c.name for c in changes if c.result == "failed"]
     if output is OutputFormat.json:
         typer.echo(json.dumps({"dryRun": dry_run, "changes": [c.to_dict() for c in changes], "failed": failed},
@@ -175,7 +200,8 @@ def apply(
 def diff(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 3 when the live state differs from DIR."),
-    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="Engine VMs would be created on."),
+    engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (unified diffs) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
 ) -> None:
@@ -183,8 +209,10 @@ def diff(
     from acrnmgr.gitops.apply import make_plan
 
     profile = load_host(host)
-    desired = _desired(directory, profile)
-    changes = make_plan(desired, engine.value, profile, with_diff=True, allow_restart=True, prune=True)
+    eng = _engine(engine, profile, connect)
+    desired = _desired(directory, eng, profile)
+    changes = _guard(make_plan, desired, eng, profile, explicit=_explicit(engine, connect), with_diff=True,
+                     allow_restart=True, prune=True)
     drift = [c for c in changes if c.action != "unchanged"]
     if output is OutputFormat.json:
         typer.echo(json.dumps({"inSync": not drift, "changes": [c.to_dict() for c in changes]}, indent=2))

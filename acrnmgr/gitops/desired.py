@@ -33,10 +33,8 @@ _DOC_SEP = re.compile(r"^---(?:\s.*)?$")
 @dataclass
 class Desired:
     name: str
-    spec: object  # acrnmgr.spec.loader.Spec
-    source: str  # "file.yaml" or "file.yaml#2" (document 2) or "overlay/kustomization.yaml"
-    file: Path  # a single-spec file `up` can read (the source, or a materialized copy)
-    materialize: bool  # True: `file` must be written from `spec.data` before `up`
+    spec: object  # acrnmgr.spec.loader.Spec, what the engine's `up` takes
+    source: str  # "file.yaml" or "file.yaml#2" (document 2) or "overlay/kustomization.yaml:name"
 
 
 @dataclass
@@ -112,8 +110,8 @@ def absolutize(data: dict, base_dir: Path) -> dict:
     return data
 
 
-def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object, bool]]:
-    """[(source label, Spec, single-document file)] for one file."""
+def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object]]:
+    """[(source label, Spec)] for one file."""
     from acrnmgr.spec.loader import decode_bytes
     from acrnmgr.spec.validation import load_spec_text
 
@@ -133,8 +131,7 @@ def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object, boo
         except SpecError as exc:
             out.errors += exc.diagnostics
             continue
-        label = str(path) if len(docs) == 1 else f"{path}#{n}"
-        result.append((label, spec, len(docs) == 1))
+        result.append((str(path) if len(docs) == 1 else f"{path}#{n}", spec))
     return result
 
 
@@ -169,7 +166,7 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Des
             continue
         claimed.update(files)
         for f in files:
-            bases += [(label, spec) for label, spec, _ in _load_docs(f, None, out)]
+            bases += _load_docs(f, None, out)
     patches: dict[str, list[dict]] = {}
     for item in conf.get("patches", []) or []:
         if not isinstance(item, dict) or not ({"path", "patch"} & set(item)):
@@ -205,7 +202,7 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Des
         except SpecError as exc:
             out.errors += exc.diagnostics
             continue
-        result.append(Desired(patched.name, patched, f"{kfile}:{spec.name}", Path(), True))
+        result.append(Desired(patched.name, patched, f"{kfile}:{spec.name}"))
     return result
 
 
@@ -225,17 +222,7 @@ def load_desired(root: str | Path, host=None) -> DesiredSet:
             continue
         if path.parent in overlay_dirs or any(d in path.parents for d in overlay_dirs) or path.resolve() in claimed:
             continue
-        for label, spec, single in _load_docs(path, host, out):
-            if not single:
-                # `up` reads one spec per file: a document of a multi-document file is written out
-                # with absolute paths, and its hash is that of what `up` will read.
-                import json
-
-                from acrnmgr.spec.validation import load_spec_text
-
-                spec = load_spec_text(json.dumps(absolutize(spec.data, spec.base_dir)), label, host=host,
-                                      base_dir=spec.base_dir)
-            out.vms.append(Desired(spec.name, spec, label, path if single else Path(), not single))
+        out.vms += [Desired(spec.name, spec, label) for label, spec in _load_docs(path, host, out)]
     seen: dict[str, str] = {}
     for vm in out.vms:
         if vm.name in seen:

@@ -16,21 +16,19 @@ import atexit
 import signal
 import sys
 import xml.etree.ElementTree as ET
-from typing import Callable
+from pathlib import Path
 
 from acrnmgr.libvirt import libvirt_python
-from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
-from acrnmgr.lifecycle.state import VmState, wait_until
+from acrnmgr.lifecycle.engine import Console, LaunchPlan, Progress, Running, quiet, send_signal
+from acrnmgr.lifecycle.errors import LifecycleError
+from acrnmgr.lifecycle.manager import SupervisedEngine
+from acrnmgr.lifecycle.state import VM_NAME, ProcessSpec, VmState, wait_until
 
-Progress = Callable[[str], None]
+DEFAULT_URI = "qemu:///system"
 _CONNECTIONS: dict = {}
 # Drop them while libvirt's module is intact: one left to the interpreter's teardown is closed by
 # virConnect.__del__ after libvirtmod is gone ("Exception ignored ... 'NoneType' object is not callable").
 atexit.register(_CONNECTIONS.clear)
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def connect(uri: str):
@@ -88,25 +86,26 @@ def _with_uuid(xml: str, uuid: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-class DevmodelEngine(Engine):
-    """The lifecycle engine for a libvirt domain's embedded device models, so the manager and the
-    supervisor run them exactly like the qemu engine's helpers: the helpers are the `acrnmgr devmodel
-    serve` processes behind the domain's vhost-user sockets, the main process is the domain watcher
-    (acrnmgr.libvirt.watch), and stopping "the VM" is shutting down or destroying the domain."""
+class DevmodelEngine(SupervisedEngine):
+    """The supervised engine of a libvirt domain's embedded device models, so the supervisor runs
+    them exactly like the qemu engine's helpers: the helpers are the `acrnmgr devmodel serve`
+    processes behind the domain's vhost-user sockets, the main process is the domain watcher
+    (acrnmgr.libvirt.watch), and stopping "the VM" is shutting down or destroying the domain. Its
+    state folder's launch record names the libvirt engine with its URI, so `engine_of` of the VM is
+    the LibvirtEngine."""
 
     name = "libvirt"
 
-    def __init__(self, uri: str | None = None, xml: str | None = None):
-        self.uri, self.xml = uri, xml
+    def __init__(self, uri: str, sockets: frozenset[str] = frozenset()):
+        super().__init__()
+        self.options = {"uri": uri}
+        self.uri, self.sockets = uri, sockets
 
     def plan(self, spec, host, state) -> LaunchPlan:
         from acrnmgr.lifecycle.qemu_argv import compile_qemu
 
-        if self.uri is None:
-            raise PlanError(f"{spec.name}: start libvirt domains with `acrnmgr up --engine libvirt --connect URI`")
-        sockets = {el.get("path") for el in ET.fromstring(self.xml).iter("source") if el.get("type") == "unix"}
         # QEMU's plan names the same sockets as the exported domain; keep the helpers the domain uses
-        helpers = [h for h in compile_qemu(spec, host, state.dir).helpers if h.wait_socket in sockets]
+        helpers = [h for h in compile_qemu(spec, host, state.dir).helpers if h.wait_socket in self.sockets]
         watcher = ProcessSpec("libvirt-domain", [sys.executable, "-m", "acrnmgr.libvirt.watch", self.uri, spec.name],
                               role="main")
         return LaunchPlan("libvirt", [*helpers, watcher], cleanup=[h.wait_socket for h in helpers],
@@ -149,132 +148,163 @@ class DevmodelEngine(Engine):
         return [self._call("destroy", "destroy through libvirt"), send_signal(signal.SIGTERM)]
 
 
-def _start_devmodels(spec_path: str, spec, xml: str, uri: str, host, progress: Progress) -> bool:
-    """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
-    (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
-    from acrnmgr.lifecycle import manager
+class LibvirtEngine:
+    """The libvirt engine (acrnmgr.lifecycle.engine.Engine) on one connection URI."""
 
-    if not any(el.get("type") == "unix" for el in ET.fromstring(xml).iter("source")):
-        return False
-    _stop_devmodels(spec.name, progress, force=True)  # leftovers of an earlier run of this domain
-    manager.up(spec_path, DevmodelEngine(uri, xml), False, host, lambda m: progress(f"device models: {m}"))
-    return True
+    name = "libvirt"
+    spec_host_checks = False  # the domain's host is libvirt's, not necessarily the one acrnmgr probes
 
+    def __init__(self, uri: str = DEFAULT_URI):
+        self.uri = uri
+        self.options = {"uri": uri}
 
-def _stop_devmodels(name: str, progress: Progress, force: bool = False) -> None:
-    """Once the domain is gone, its watcher exits and the supervisor stops the device models; wait
-    for that, and stop them ourselves when it does not happen."""
-    from acrnmgr.lifecycle import manager
+    def _domain(self, name: str):
+        dom = _lookup(connect(self.uri), name)
+        if dom is None:
+            raise LifecycleError(f"no domain named {name} on {self.uri}")
+        return dom
 
-    state = VmState(name)
-    launch = state.read_json("launch.json")
-    if launch is None or launch.get("engine") != "libvirt":
-        return
+    def _devmodels(self) -> DevmodelEngine:
+        return DevmodelEngine(self.uri)
 
-    def gone() -> bool:
-        vm = manager._running(state)
-        return vm is None or not manager._active(vm)
+    def _has_devmodels(self, name: str) -> bool:
+        """The domain has device models in a state folder (a domain acrnmgr did not define may have a
+        name that cannot name a state folder: it has none)."""
+        if not VM_NAME.fullmatch(name):
+            return False
+        launch = VmState(name).read_launch()
+        return launch is not None and launch.engine == self.name and launch.engine_options.get("uri") == self.uri
 
-    if gone():
-        return
-    if force or not wait_until(gone, 10.0, 0.1):
-        manager.down(name, 5.0, True, progress)
-    progress(f"{name}: device models stopped")
+    # up ----------------------------------------------------------------------------------------
+    def up(self, spec, host, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
+        """Define and start the domain (libvirt returns once it runs: `wait_ready` has nothing to add)."""
+        libvirt = libvirt_python()
 
+        xml = self._export(spec, host, progress)
+        conn = connect(self.uri)
+        dom = _lookup(conn, spec.name)
+        if dom is not None and dom.isActive():
+            if domain_hash(dom) == spec.hash:
+                progress(f"{spec.name} is already running with this spec")
+                return {"name": spec.name, "action": "unchanged", "engine": self.name}
+            raise LifecycleError(f"{spec.name} is running with a different spec; run `acrnmgr down {spec.name} "
+                                 f"--connect {self.uri}` first")
+        if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
+            xml = _with_uuid(xml, dom.UUIDString())
+        # The test driver runs nothing (and its domains live in this process only): no device models for it.
+        devmodels = not self.uri.startswith("test:") and self._start_devmodels(spec, xml, host, progress)
+        try:
+            dom = conn.defineXML(xml)
+            progress(f"defined {spec.name} on {self.uri}; starting it")
+            dom.create()
+        except libvirt.libvirtError as exc:
+            if devmodels:
+                self._stop_devmodels(spec.name, progress, force=True)
+            raise LifecycleError(f"{spec.name}: libvirt refused it: {exc.get_error_message()}") from None
+        return {"name": spec.name, "action": "started", "engine": self.name, "uri": self.uri, "id": dom.ID()}
 
-def up(spec_path: str, uri: str, host=None, progress: Progress = _quiet, spec=None) -> dict:
-    libvirt = libvirt_python()
+    def _export(self, spec, host, progress: Progress) -> str:
+        from acrnmgr.render.libvirt import ExportError, export_domain
+        from acrnmgr.lifecycle.accel import with_usable_kvm
+        from acrnmgr.lifecycle.state import state_root
 
-    from acrnmgr.host import HostProfile
-    from acrnmgr.render.libvirt import ExportError, export_domain
-    from acrnmgr.lifecycle.accel import with_usable_kvm
-    from acrnmgr.lifecycle.state import state_root
-    from acrnmgr.spec.validation import load_spec
+        if self.uri.startswith("qemu:///"):  # a local QEMU: its domain type follows whether KVM really works here
+            host, fallback = with_usable_kvm(host, state_root())
+            if fallback:
+                progress(f"warning: {fallback}")
+        try:
+            xml, warnings = export_domain(spec, host, flavor_for(self.uri))
+        except ExportError as exc:
+            raise LifecycleError(f"{spec.name}: {exc}") from None
+        for w in warnings:
+            progress(f"warning: {w}")
+        return xml
 
-    host = host or HostProfile.detect()
-    if uri.startswith("qemu:///"):  # a local QEMU: its domain type follows whether KVM really works here
-        host, fallback = with_usable_kvm(host, state_root())
-        if fallback:
-            progress(f"warning: {fallback}")
-    spec = spec or load_spec(spec_path, host=None)
-    try:
-        xml, warnings = export_domain(spec, host, flavor_for(uri))
-    except ExportError as exc:
-        raise LifecycleError(f"{spec.name}: {exc}") from None
-    for w in warnings:
-        progress(f"warning: {w}")
-    conn = connect(uri)
-    dom = _lookup(conn, spec.name)
-    if dom is not None and dom.isActive():
-        if domain_hash(dom) == spec.hash:
-            progress(f"{spec.name} is already running with this spec")
-            return {"name": spec.name, "action": "unchanged", "engine": "libvirt"}
-        raise LifecycleError(f"{spec.name} is running with a different spec; run `acrnmgr down {spec.name} "
-                             f"--engine libvirt --connect {uri}` first")
-    if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
-        xml = _with_uuid(xml, dom.UUIDString())
-    # The test driver runs nothing (and its domains live in this process only): no device models for it.
-    devmodels = not uri.startswith("test:") and _start_devmodels(spec_path, spec, xml, uri, host, progress)
-    try:
-        dom = conn.defineXML(xml)
-        progress(f"defined {spec.name} on {uri}; starting it")
-        dom.create()
-    except libvirt.libvirtError as exc:
-        if devmodels:
-            _stop_devmodels(spec.name, progress, force=True)
-        raise LifecycleError(f"{spec.name}: libvirt refused it: {exc.get_error_message()}") from None
-    return {"name": spec.name, "action": "started", "engine": "libvirt", "uri": uri, "id": dom.ID()}
+    def _start_devmodels(self, spec, xml: str, host, progress: Progress) -> bool:
+        """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
+        (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
+        sockets = frozenset(el.get("path") for el in ET.fromstring(xml).iter("source") if el.get("type") == "unix")
+        if not sockets:
+            return False
+        self._stop_devmodels(spec.name, progress, force=True)  # leftovers of an earlier run of this domain
+        DevmodelEngine(self.uri, sockets).up(spec, host, progress=lambda m: progress(f"device models: {m}"))
+        return True
 
+    def _stop_devmodels(self, name: str, progress: Progress, force: bool = False) -> None:
+        """Once the domain is gone, its watcher exits and the supervisor stops the device models; wait
+        for that, and stop them ourselves when it does not happen."""
+        if not self._has_devmodels(name):
+            return
+        devmodels = self._devmodels()
+        if not devmodels.active(name):
+            return
+        if force or not wait_until(lambda: not devmodels.active(name), 10.0, 0.1):
+            devmodels.down(name, timeout=5.0, force=True, progress=progress)
+        progress(f"{name}: device models stopped")
 
-def down(name: str, uri: str, timeout: float = 30.0, force: bool = False, progress: Progress = _quiet,
-         undefine: bool = False) -> dict:
-    libvirt = libvirt_python()
+    # down --------------------------------------------------------------------------------------
+    def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:
+        libvirt = libvirt_python()
 
-    conn = connect(uri)
-    dom = _lookup(conn, name)
-    if dom is None:
-        raise LifecycleError(f"no domain named {name} on {uri}")
-    how = "not running"
-    try:
-        if dom.isActive():
-            how = None
-            if not force:
-                progress(f"{name}: shutdown (ACPI power button); waiting up to {timeout:g} s")
-                try:
-                    dom.shutdown()
-                except libvirt.libvirtError as exc:
-                    progress(f"{name}: shutdown refused ({exc.get_error_message()})")
-                if wait_until(lambda: not dom.isActive(), timeout, 0.1):
-                    how = "graceful"
-            if how is None:
-                progress(f"{name}: destroy (forced power-off)")
-                dom.destroy()
-                how = "forced"
-        if undefine:
-            dom.undefine()
-    except libvirt.libvirtError as exc:
-        raise LifecycleError(f"{name}: {exc.get_error_message()}") from None
-    if not uri.startswith("test:"):
-        _stop_devmodels(name, progress)
-    progress(f"{name} stopped ({how})")
-    return {"name": name, "action": "none" if how == "not running" else "stopped", "how": how}
+        dom = self._domain(name)
+        how = "not running"
+        try:
+            if dom.isActive():
+                how = None
+                if not force:
+                    progress(f"{name}: shutdown (ACPI power button); waiting up to {timeout:g} s")
+                    try:
+                        dom.shutdown()
+                    except libvirt.libvirtError as exc:
+                        progress(f"{name}: shutdown refused ({exc.get_error_message()})")
+                    if wait_until(lambda: not dom.isActive(), timeout, 0.1):
+                        how = "graceful"
+                if how is None:
+                    progress(f"{name}: destroy (forced power-off)")
+                    dom.destroy()
+                    how = "forced"
+        except libvirt.libvirtError as exc:
+            raise LifecycleError(f"{name}: {exc.get_error_message()}") from None
+        self._stop_devmodels(name, progress)
+        progress(f"{name} stopped ({how})")
+        return {"name": name, "action": "none" if how == "not running" else "stopped", "how": how}
 
+    # status ------------------------------------------------------------------------------------
+    def status(self, name: str) -> dict:
+        dom = self._domain(name)
+        state, reason = dom.state()
+        result = {"name": name, "engine": self.name, "uri": self.uri, "state": _STATES.get(state, str(state)),
+                  "reason": reason, "id": dom.ID() if dom.isActive() else None, "spec_hash": domain_hash(dom),
+                  "pid": None, "spec": None}
+        if self._has_devmodels(name):  # the supervisor's view of the device models
+            models = self._devmodels().status(name)
+            result["processes"] = models["processes"]
+            if result["state"] == "running" and models.get("degraded"):
+                result["state"], result["degraded"] = "degraded", models["degraded"]
+        return result
 
-def status(name: str, uri: str) -> dict:
-    conn = connect(uri)
-    dom = _lookup(conn, name)
-    if dom is None:
-        raise LifecycleError(f"no domain named {name} on {uri}")
-    state, reason = dom.state()
-    return {"name": name, "engine": "libvirt", "uri": uri, "state": _STATES.get(state, str(state)),
-            "reason": reason, "id": dom.ID() if dom.isActive() else None, "spec_hash": domain_hash(dom)}
+    def list(self) -> list[str]:
+        return sorted(dom.name() for dom in connect(self.uri).listAllDomains() if domain_hash(dom) is not None)
 
+    def active(self, name: str) -> bool:
+        dom = _lookup(connect(self.uri), name)
+        return bool(dom is not None and dom.isActive()) or (self._has_devmodels(name) and self._devmodels().active(name))
 
-def list_vms(uri: str) -> list[dict]:
-    conn = connect(uri)
-    out = []
-    for dom in conn.listAllDomains():
-        if domain_hash(dom) is None:
-            continue  # not ours
-        out.append(status(dom.name(), uri))
-    return out
+    def launch_lines(self, name: str) -> list[str]:
+        return self._domain(name).XMLDesc().splitlines()
+
+    def planned_lines(self, spec, host) -> list[str]:
+        return self._export(spec, host, quiet).splitlines()
+
+    def log_files(self, name: str) -> list[Path]:
+        """libvirt's log of a local QEMU domain (its stdio console, through virtlogd), then the device models'."""
+        self._domain(name)
+        files = [Path(f"/var/log/libvirt/qemu/{name}.log")] if self.uri == "qemu:///system" else []
+        if self._has_devmodels(name):
+            files += self._devmodels().log_files(name)
+        return [f for f in files if f.exists()]
+
+    def console(self, name: str) -> Console:
+        self._domain(name)
+        raise LifecycleError(f"acrnmgr cannot attach to a libvirt domain's console yet: use "
+                             f"`virsh -c {self.uri} console {name}`")

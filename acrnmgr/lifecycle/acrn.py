@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
-from acrnmgr.lifecycle.engine import Engine, LaunchPlan, LifecycleError, PlanError, ProcessSpec, Running, send_signal
+from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
+from acrnmgr.lifecycle.errors import LifecycleError, PlanError
+from acrnmgr.lifecycle.manager import SupervisedEngine
+from acrnmgr.lifecycle.state import ProcessSpec
 
 HUGEPAGE_SIZE = 2 << 20
 
@@ -42,11 +45,12 @@ class AcrnPaths:
         return cls(**{field: os.environ[var] for field, var in env.items() if var in os.environ})
 
 
-class AcrnEngine(Engine):
+class AcrnEngine(SupervisedEngine):
     name = "acrn"
 
-    def __init__(self, paths: AcrnPaths | None = None):
-        self.paths = paths or AcrnPaths.from_env()
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths = AcrnPaths.from_env()
 
     # plan ----------------------------------------------------------------------------------
     def plan(self, spec, host, state) -> LaunchPlan:

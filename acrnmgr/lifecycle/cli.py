@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from acrnmgr.cliutil import OutputFormat, fail, load_host
+from acrnmgr.lifecycle.engine import EngineChoice
 
 
-class EngineChoice(str, Enum):
-    auto = "auto"
-    acrn = "acrn"
-    qemu = "qemu"
-    libvirt = "libvirt"  # acrnmgr.libvirt.engine, with --connect URI
-
-
-_CONNECT_HELP = "libvirt connection URI (the libvirt engine), e.g. qemu:///system, acrn:///system, test:///default."
+_ENGINE_HELP = ("acrn (acrn-dm on an ACRN Service VM), qemu, libvirt (a libvirt domain; see --connect), or auto: "
+                "libvirt with --connect, else acrn when /dev/acrn_hsm exists, else qemu.")
+_FOUND_HELP = "The VM's engine (default: the one it was started on; libvirt with --connect)."
+_CONNECT_HELP = ("The libvirt engine's connection URI, e.g. qemu:///system (its default), acrn:///system, "
+                 "test:///default.")
 
 
 def _progress(message: str) -> None:
@@ -29,7 +26,7 @@ def _progress(message: str) -> None:
 def _guard(fn, *args, **kwargs):
     """Run an operation; known failures become a message and exit 1, never a traceback."""
     from acrnmgr.host import HostProfileError
-    from acrnmgr.lifecycle.engine import LifecycleError
+    from acrnmgr.lifecycle.errors import LifecycleError
     from acrnmgr.spec.diagnostics import SpecError
 
     try:
@@ -42,71 +39,102 @@ def _guard(fn, *args, **kwargs):
         fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
 
 
+def _engine(choice: EngineChoice, host, connect: Optional[str]):
+    """The engine to start VMs on."""
+    from acrnmgr.lifecycle.engine import get_engine
+
+    return _guard(get_engine, choice.value, host, uri=connect)
+
+
+def _engine_of(name: str, choice: EngineChoice, connect: Optional[str]):
+    """The engine of the existing VM `name`."""
+    from acrnmgr.lifecycle.engine import engine_of, get_engine
+
+    if choice.value == "auto":
+        return _guard(engine_of, name, uri=connect)
+    return _guard(get_engine, choice.value, None, uri=connect)
+
+
+def _known(choice: EngineChoice, connect: Optional[str]):
+    """Every VM with a state folder, and those of the engine chosen explicitly (or by --connect)."""
+    from acrnmgr.lifecycle.engine import known_vms
+
+    explicit = choice.value != "auto" or connect is not None
+    return _guard(known_vms, _engine(choice, None, connect) if explicit else None)
+
+
+def _statuses(choice: EngineChoice, connect: Optional[str]) -> list[dict]:
+    """The status of every known VM; one whose state files cannot be read is listed as unreadable."""
+    from acrnmgr.lifecycle.errors import StateError
+
+    def status(vm) -> dict:
+        error = vm.error
+        if vm.engine is not None:
+            try:
+                return vm.engine.status(vm.name)
+            except StateError as exc:
+                error = str(exc)
+        return {"name": vm.name, "engine": None, "state": "unreadable", "pid": None, "spec": None, "error": error}
+
+    return [_guard(status, vm) for vm in _known(choice, connect)]
+
+
 def register(app: typer.Typer) -> None:
     """Attach this concept's commands to the root app."""
 
     @app.command()
     def up(
         files: List[Path] = typer.Argument(..., help="VM spec files to start."),
-        engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="acrn (acrn-dm on an ACRN Service VM), qemu, or auto (acrn when /dev/acrn_hsm exists)."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
         wait_ready: bool = typer.Option(False, "--wait-ready", help="Return once the VM reports running on its control channel."),
         host: Optional[Path] = typer.Option(None, "--host", help="Host profile YAML instead of probing this machine."),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP + " Implies --engine libvirt."),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Start VMs from their specs (a VM already running with the same spec is left alone)."""
-        from acrnmgr.lifecycle import manager
+        from acrnmgr.spec.validation import load_spec
 
         profile = load_host(host)
+        eng = _engine(engine, profile, connect)
         for file in files:
-            if connect or engine is EngineChoice.libvirt:
-                from acrnmgr.libvirt import engine as libvirt_engine
-
-                _guard(libvirt_engine.up, str(file), connect or "qemu:///system", profile, _progress)
-                continue
-            _guard(manager.up, str(file), engine.value, wait_ready, profile, _progress)
+            spec = _guard(load_spec, file, host=profile if eng.spec_host_checks else None)
+            _guard(eng.up, spec, profile, wait_ready=wait_ready, progress=_progress)
 
     @app.command()
     def down(
         names: List[str] = typer.Argument(None, help="VM names."),
-        all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started."),
+        all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started (and the --connect URI's)."),
         timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Stop VMs: graceful shutdown, then forced power-off, then SIGKILL (reported as such)."""
-        from acrnmgr.lifecycle import manager
-        from acrnmgr.lifecycle.state import all_vms
-
         if all_ == bool(names):
             typer.echo("error: give VM names or --all (not both)", err=True)
             raise typer.Exit(2)
-        if connect:
-            from acrnmgr.libvirt import engine as libvirt_engine
-
-            targets = [v["name"] for v in _guard(libvirt_engine.list_vms, connect)] if all_ else names
-            for name in targets:
-                _guard(libvirt_engine.down, name, connect, timeout, force, _progress)
-            return
-        for name in all_vms() if all_ else names:
-            _guard(manager.down, name, timeout, force, _progress)
+        if all_:
+            targets = []
+            for vm in _known(engine, connect):
+                if vm.engine is None:
+                    fail(f"{vm.name}: {vm.error}")
+                targets.append((vm.name, vm.engine))
+        else:
+            targets = [(name, _engine_of(name, engine, connect)) for name in names]
+        for name, eng in targets:
+            _guard(eng.down, name, timeout=timeout, force=force, progress=_progress)
 
     @app.command()
     def status(
         name: Optional[str] = typer.Argument(None, help="VM name (default: all VMs)."),
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Show whether VMs are running, degraded, stopped or crashed (with exit code and last log lines)."""
-        from acrnmgr.lifecycle import manager
-        from acrnmgr.lifecycle.state import all_vms
-
-        if connect:
-            from acrnmgr.libvirt import engine as libvirt_engine
-
-            results = ([_guard(libvirt_engine.status, name, connect)] if name
-                       else _guard(libvirt_engine.list_vms, connect))
+        if name:
+            results = [_guard(_engine_of(name, engine, connect).status, name)]
         else:
-            results = [_guard(manager.status, n) for n in ([name] if name else all_vms())]
+            results = _statuses(engine, connect)
         if output is OutputFormat.json:
             typer.echo(json.dumps(results[0] if name else results, indent=2))
             return
@@ -114,16 +142,18 @@ def register(app: typer.Typer) -> None:
             _print_status(st)
 
     @app.command("list")
-    def list_(output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json.")) -> None:
+    def list_(
+        output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    ) -> None:
         """List the VMs acrnmgr knows about."""
-        from acrnmgr.lifecycle import manager
-
-        vms = _guard(manager.list_vms)
+        vms = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")} for st in _statuses(engine, connect)]
         if output is OutputFormat.json:
             typer.echo(json.dumps(vms, indent=2))
             return
         rows = [("NAME", "ENGINE", "STATE", "PID", "SPEC")] + [
-            (v["name"], v["engine"], v["state"], str(v["pid"] or "-"), v["spec"] or "-") for v in vms
+            (v["name"], v["engine"] or "-", v["state"], str(v["pid"] or "-"), v["spec"] or "-") for v in vms
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
@@ -133,46 +163,57 @@ def register(app: typer.Typer) -> None:
     def logs(
         name: str = typer.Argument(..., help="VM name."),
         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new output until the VM stops."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Print the VM's logs: guest console, VM process, device models, supervisor."""
         from acrnmgr.lifecycle import logs as logs_mod
 
-        _guard(logs_mod.show, name, follow)
+        _guard(logs_mod.show, _engine_of(name, engine, connect), name, follow)
 
     @app.command()
-    def console(name: str = typer.Argument(..., help="VM name.")) -> None:
+    def console(
+        name: str = typer.Argument(..., help="VM name."),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    ) -> None:
         """Attach to the VM's console (socket, pty or tty). Detach with Ctrl-]."""
         from acrnmgr.lifecycle import logs as logs_mod
 
-        _guard(logs_mod.attach_console, name)
+        _guard(logs_mod.attach_console, _engine_of(name, engine, connect), name)
 
     @app.command()
     def systemd(
         file: Path = typer.Argument(..., help="VM spec file."),
-        engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine"),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
         unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--dir", help="Where to write the unit."),
         timeout: float = typer.Option(60.0, "--timeout", help="Graceful shutdown timeout for `down` at stop."),
     ) -> None:
         """Write a systemd unit that runs `up` at boot and `down` at shutdown (the role of acrnd)."""
         from acrnmgr.lifecycle import systemd as systemd_mod
 
-        path = _guard(systemd_mod.write_unit, file, engine.value, unit_dir, timeout)
+        path = _guard(systemd_mod.write_unit, file, engine.value, connect, unit_dir, timeout)
         typer.echo(str(path))
         _progress(f"enable it with: systemctl daemon-reload && systemctl enable --now {path.name}")
 
 
 def _print_status(st: dict) -> None:
-    line = f"{st['name']}: {st['state']} (engine {st['engine']}"
+    from acrnmgr.lifecycle.manager import describe_exit
+
+    line = f"{st['name']}: {st['state']} (engine {st['engine'] or 'unknown'}"
     if st.get("pid"):
         line += f", pid {st['pid']}"
     if st.get("vm_status"):
         line += f", vm reports {st['vm_status']}"
     typer.echo(line + ")")
     for d in st.get("degraded", []):
-        how = f"signal {d['signal']}" if d.get("signal") else f"exit code {d['exit_code']}"
-        typer.echo(f"  device {d['device'] or d['process']}: its device model died ({how})")
-    if st["state"] in ("crashed", "failed"):
-        how = f"signal {st['signal']}" if st.get("signal") else f"exit code {st.get('exit_code')}"
+        typer.echo(f"  device {d['device'] or d['process']}: its device model died "
+                   f"({describe_exit(d['exit_code'], d['signal'])})")
+    if st["state"] == "unreadable":
+        typer.echo(f"  {st['error']}")
+    elif st["state"] in ("crashed", "failed") and "exit_code" in st:
+        how = describe_exit(st["exit_code"], st.get("signal"))
         typer.echo(f"  {st.get('error') or 'the VM process exited'} ({how}); last log lines:")
         for line in st.get("log", []):
             typer.echo(f"  | {line}")

@@ -7,52 +7,37 @@ import select
 import socket
 import sys
 import time
+from pathlib import Path
 
-from acrnmgr.lifecycle.engine import LifecycleError
-from acrnmgr.lifecycle.state import VmState, all_vms
+from acrnmgr.lifecycle.engine import Engine
 
 DETACH = b"\x1d"  # Ctrl-]
 
 
-def _state(name: str) -> tuple[VmState, dict]:
-    state = VmState(name)
-    launch = state.read_json("launch.json")
-    if launch is None:
-        raise LifecycleError(f"no VM named {name} (known: {', '.join(all_vms()) or 'none'})")
-    return state, launch
-
-
-def _log_files(state: VmState, launch: dict) -> list[str]:
-    names = ["console.log"] + [f"{p['name']}.log" for p in reversed(launch["processes"])] + ["supervisor.log"]
-    return [n for n in names if state.path(n).exists()]
-
-
-def show(name: str, follow: bool = False) -> None:
-    state, launch = _state(name)
-    files = _log_files(state, launch)
+def show(engine: Engine, name: str, follow: bool = False) -> None:
+    """Print every log of the VM; with follow, keep printing what is appended until it stops."""
     out = sys.stdout.buffer
-    offsets = {}
-    for n in files:
-        data = state.path(n).read_bytes()
-        offsets[n] = len(data)
-        out.write(f"==> {n} <==\n".encode() + data + (b"" if data.endswith(b"\n") or not data else b"\n"))
+    offsets: dict[Path, int] = {}
+    for path in engine.log_files(name):
+        data = path.read_bytes()
+        offsets[path] = len(data)
+        out.write(f"==> {path.name} <==\n".encode() + data + (b"" if data.endswith(b"\n") or not data else b"\n"))
     out.flush()
     if not follow:
         return
     last = None
     while True:
-        alive = state.supervisor_alive()
+        alive = engine.active(name)
         wrote = False
-        for n in _log_files(state, launch):
-            path = state.path(n)
+        for path in engine.log_files(name):
             with open(path, "rb") as fh:
-                fh.seek(offsets.get(n, 0))
+                fh.seek(offsets.get(path, 0))
                 data = fh.read()
             if data:
-                offsets[n] = offsets.get(n, 0) + len(data)
-                if last != n:
-                    out.write(f"==> {n} <==\n".encode())
-                    last = n
+                offsets[path] = offsets.get(path, 0) + len(data)
+                if last != path:
+                    out.write(f"==> {path.name} <==\n".encode())
+                    last = path
                 out.write(data)
                 wrote = True
         out.flush()
@@ -61,23 +46,16 @@ def show(name: str, follow: bool = False) -> None:
         time.sleep(0.2)
 
 
-def attach_console(name: str) -> None:
-    state, launch = _state(name)
-    if not state.supervisor_alive():
-        raise LifecycleError(f"{name} is not running")
-    consoles = launch.get("info", {}).get("consoles", [])
-    target = next((c for c in consoles if c["kind"] == "socket" and c.get("path")), None) or next(
-        (c for c in consoles if c["kind"] in ("pty", "tty") and c.get("path")), None
-    )
-    if target is None:
-        raise LifecycleError(f"{name} has no console acrnmgr can attach to (give it a stdio, socket or pty console)")
-    sys.stderr.write(f"attached to {name} console {target['name']} ({target['path']}); detach with Ctrl-]\n")
-    if target["kind"] == "socket":
+def attach_console(engine: Engine, name: str) -> None:
+    target = engine.console(name)
+    sys.stderr.write(f"attached to {name} console {target.name} ({target.path}); detach with Ctrl-]\n")
+    if target.kind == "socket":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(target["path"])
-        fd = sock.fileno()
+        sock.connect(target.path)
+        fd = os.dup(sock.fileno())
+        sock.close()
     else:
-        fd = os.open(target["path"], os.O_RDWR | os.O_NOCTTY)
+        fd = os.open(target.path, os.O_RDWR | os.O_NOCTTY)
     _bridge(fd)
 
 

@@ -1,4 +1,6 @@
-"""up / down / status over the engines, the state folder and the supervisor."""
+"""The supervised engines (acrn, qemu, and the device models of a libvirt domain): up / down /
+status over the state folder and the supervisor. An engine subclasses SupervisedEngine and provides
+plan, prepare, query and the stop actions."""
 
 from __future__ import annotations
 
@@ -10,163 +12,275 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
-from acrnmgr.lifecycle.engine import Engine, LifecycleError, Running, select_engine
-from acrnmgr.lifecycle.state import ProcessIdentity, VmState, all_vms, wait_until
+from acrnmgr.lifecycle.engine import Console, LaunchPlan, Progress, Running, StopAction, argv_lines, quiet
+from acrnmgr.lifecycle.errors import LifecycleError, StateError
+from acrnmgr.lifecycle.state import LaunchRecord, VmState, all_vms, wait_until
 from acrnmgr.lifecycle.supervisor import cleanup
 
-Progress = Callable[[str], None]
 FORCE_WAIT = 10.0  # seconds after each forced stop action before escalating
 READY_TIMEOUT = 60.0
+ACTIVE_RUN_STATES = ("running", "degraded", "starting")
 
 
-def _quiet(_: str) -> None:
-    pass
+def load(state: VmState) -> Running | None:
+    """The records of the VM in `state`, None when it has never been launched."""
+    launch = state.read_launch()
+    return None if launch is None else Running(state, launch, state.read_run())
 
 
-# status ------------------------------------------------------------------------------------
-
-def _running(state: VmState) -> Running | None:
-    launch = state.read_json("launch.json")
-    if launch is None:
-        return None
-    return Running(state, launch, state.read_json("run.json") or {})
-
-
-def _active(vm: Running) -> bool:
+def is_active(vm: Running) -> bool:
     """Something of this VM may still be running: its supervisor, or (supervisor killed) its
     processes."""
     if vm.state.supervisor_alive():
         return True
-    return any(_identity(e).alive() for e in vm.run.get("processes", {}).values() if e.get("exit_code") is None)
+    return vm.run is not None and any(p.alive() for p in vm.run.processes)
 
 
-def _identity(entry: dict) -> ProcessIdentity:
-    return ProcessIdentity.from_dict(entry["identity"])
-
-
-def status(name: str) -> dict:
-    state = VmState(name)
-    vm = _running(state)
-    if vm is None:
-        raise LifecycleError(f"no VM named {name} (known: {', '.join(all_vms()) or 'none'})")
-    launch, run = vm.launch, vm.run
-    main_name = launch["processes"][-1]["name"]
-    supervised = state.supervisor_alive()
-    procs = {}
-    for pname, entry in run.get("processes", {}).items():
-        alive = entry.get("exit_code") is None and _identity(entry).alive()
-        procs[pname] = {
-            "pid": entry["identity"]["pid"],
-            "role": entry.get("role"),
-            "device": entry.get("device"),
-            "alive": alive,
-            "exit_code": entry.get("exit_code"),
-            "signal": entry.get("signal"),
-        }
-    main = procs.get(main_name, {})
-    result = {
-        "name": name,
-        "engine": launch["engine"],
-        "spec": launch.get("spec_path"),
-        "spec_hash": launch.get("spec_hash"),
-        "state_dir": str(state.dir),
-        "pid": main.get("pid"),
-        "processes": procs,
-    }
-    run_state = run.get("state", "starting")
-    if supervised and run_state in ("running", "degraded", "starting"):
-        dead = [p for p, info in procs.items() if info["role"] == "helper" and not info["alive"]]
-        result["state"] = "degraded" if dead else run_state
-        if dead:
-            result["degraded"] = [
-                {"process": p, "device": procs[p]["device"], "exit_code": procs[p]["exit_code"], "signal": procs[p]["signal"]}
-                for p in dead
-            ]
-        engine = select_engine(launch["engine"], None)
-        result["vm_status"] = engine.query(vm)
-        result["uptime"] = round(time.time() - run.get("started_at", time.time()), 1)
-    elif run_state == "exited":
-        result["state"] = run.get("outcome", "stopped")
-        result["exit_code"] = main.get("exit_code")
-        result["signal"] = main.get("signal")
-        if run.get("error"):
-            result["error"] = run["error"]
-        if result["state"] in ("crashed", "failed"):
-            result["log"] = state.tail(f"{main_name}.log", 20)
-    elif main.get("alive"):
-        result["state"] = "unsupervised"  # supervisor killed, VM still up: `down` still works
-    elif run_state in ("running", "degraded", "starting"):
-        result["state"] = "crashed"
-        result["error"] = "the supervisor died; the VM is gone"
-        result["log"] = state.tail(f"{main_name}.log", 20)
-    else:
-        result["state"] = "stopped"
-    return result
-
-
-def list_vms() -> list[dict]:
-    out = []
-    for name in all_vms():
+def describe_exit(exit_code: int | None, sig: int | None) -> str:
+    """How a process ended, for people."""
+    if sig is not None:
         try:
-            st = status(name)
-        except LifecycleError:
-            continue
-        out.append({k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")})
-    return out
+            return f"killed by {signal.Signals(sig).name} (signal {sig})"
+        except ValueError:
+            return f"killed by signal {sig}"
+    if exit_code is not None:
+        return f"exit code {exit_code}"
+    return "exit status unknown: no one saw it exit"
 
 
-# up ----------------------------------------------------------------------------------------
+def _unknown(name: str) -> LifecycleError:
+    return LifecycleError(f"no VM named {name} (known: {', '.join(all_vms()) or 'none'})")
 
-def up(spec_path: str, engine_choice: "str | Engine" = "auto", wait_ready: bool = False, host=None, progress: Progress = _quiet) -> dict:
-    from acrnmgr.host import HostProfile
-    from acrnmgr.spec.validation import load_spec
 
-    host = host or HostProfile.detect()
-    spec = load_spec(spec_path, host=host)
-    # an Engine instance: the libvirt engine's device models, whose plan needs its URI and domain XML
-    engine = engine_choice if isinstance(engine_choice, Engine) else select_engine(engine_choice, host)
-    state = VmState(spec.name)
-    with state.locked():
-        vm = _running(state)
-        if vm is not None and _active(vm):
-            if vm.launch.get("spec_hash") == spec.hash:
-                progress(f"{spec.name} is already running with this spec")
-                return {"name": spec.name, "action": "unchanged", "engine": vm.launch["engine"]}
-            raise LifecycleError(
-                f"{spec.name} is running with a different spec (engine {vm.launch['engine']}, hash "
-                f"{str(vm.launch.get('spec_hash'))[:12]}); run `acrnmgr down {spec.name}` first"
+class SupervisedEngine:
+    """An engine whose VM processes the lifecycle supervisor runs (see acrnmgr.lifecycle.engine)."""
+
+    name = "base"
+    spec_host_checks = True
+
+    def __init__(self) -> None:
+        self.options: dict = {}
+
+    # what each supervised engine provides ----------------------------------------------------
+    def plan(self, spec, host, state: VmState) -> LaunchPlan:
+        raise NotImplementedError
+
+    def prepare(self, spec, host, plan: LaunchPlan, progress: Progress) -> None:
+        """Set up the host (taps, CPUs...). May append post_stop commands to `plan`."""
+
+    def query(self, vm: Running) -> str | None:
+        """The VM's state according to its control channel ("running", ...), None if unreachable."""
+        raise NotImplementedError
+
+    def graceful_actions(self, vm: Running) -> list[StopAction]:
+        """Tried in order until one applies; then `down` waits up to --timeout."""
+        raise NotImplementedError
+
+    def force_actions(self, vm: Running) -> list[StopAction]:
+        """Each applicable one is followed by a short wait; SIGKILL comes after all of them."""
+        raise NotImplementedError
+
+    # records -----------------------------------------------------------------------------------
+    def _launched(self, name: str) -> Running:
+        vm = load(VmState(name))
+        if vm is None:
+            raise _unknown(name)
+        if vm.launch.engine != self.name:
+            raise LifecycleError(f"{name} runs on the {vm.launch.engine} engine, not on {self.name}")
+        return vm
+
+    def list(self) -> list[str]:
+        names = []
+        for name in all_vms():
+            try:
+                launch = VmState(name).read_launch()
+            except StateError:
+                continue  # acrnmgr.lifecycle.engine.known_vms reports it
+            if launch is not None and launch.engine == self.name:
+                names.append(name)
+        return names
+
+    def active(self, name: str) -> bool:
+        vm = load(VmState(name))
+        return vm is not None and is_active(vm)
+
+    def launch_lines(self, name: str) -> list[str]:
+        return argv_lines(self._launched(name).launch.main.argv)
+
+    def planned_lines(self, spec, host) -> list[str]:
+        return argv_lines(self.plan(spec, host, VmState(spec.name)).main.argv)
+
+    def log_files(self, name: str) -> list[Path]:
+        vm = self._launched(name)
+        names = ["console.log"] + [f"{p.name}.log" for p in reversed(vm.launch.processes)] + ["supervisor.log"]
+        return [vm.state.path(n) for n in names if vm.state.path(n).exists()]
+
+    def console(self, name: str) -> Console:
+        vm = self._launched(name)
+        if not vm.state.supervisor_alive():
+            raise LifecycleError(f"{name} is not running")
+        consoles = [c for c in vm.info.get("consoles", []) if c.get("path")]
+        target = next((c for c in consoles if c["kind"] == "socket"), None) or next(
+            (c for c in consoles if c["kind"] in ("pty", "tty")), None)
+        if target is None:
+            raise LifecycleError(f"{name} has no console acrnmgr can attach to (give it a stdio, socket or pty console)")
+        return Console(target["name"], target["kind"], target["path"])
+
+    # status ------------------------------------------------------------------------------------
+    def status(self, name: str) -> dict:
+        vm = self._launched(name)
+        state, launch, run = vm.state, vm.launch, vm.run
+        supervised = state.supervisor_alive()
+        procs = {}
+        for p in run.processes if run else ():
+            procs[p.name] = {"pid": p.identity.pid, "role": p.role, "device": p.device, "alive": p.alive(),
+                             "exit_code": p.exit_code, "signal": p.signal}
+        main = procs.get(launch.main.name, {})
+        result = {
+            "name": name,
+            "engine": launch.engine,
+            "spec": launch.spec_path,
+            "spec_hash": launch.spec_hash,
+            "state_dir": str(state.dir),
+            "pid": main.get("pid"),
+            "processes": procs,
+        }
+        run_state = run.state if run else "starting"
+        if supervised and run_state in ACTIVE_RUN_STATES:
+            dead = [p for p, info in procs.items() if info["role"] == "helper" and not info["alive"]]
+            result["state"] = "degraded" if dead else run_state
+            if dead:
+                result["degraded"] = [
+                    {"process": p, "device": procs[p]["device"], "exit_code": procs[p]["exit_code"],
+                     "signal": procs[p]["signal"]}
+                    for p in dead
+                ]
+            result["vm_status"] = self.query(vm)
+            result["uptime"] = round(time.time() - run.started_at, 1) if run else 0.0
+        elif run_state == "exited":
+            result["state"] = run.outcome or "stopped"
+            result["exit_code"] = main.get("exit_code")
+            result["signal"] = main.get("signal")
+            if run.error:
+                result["error"] = run.error
+            if result["state"] in ("crashed", "failed"):
+                result["log"] = state.tail(f"{launch.main.name}.log", 20)
+        elif main.get("alive"):
+            result["state"] = "unsupervised"  # supervisor killed, VM still up: `down` still works
+        elif run_state in ACTIVE_RUN_STATES:
+            result["state"] = "crashed"
+            result["error"] = "the supervisor died; the VM is gone"
+            result["exit_code"] = result["signal"] = None  # no one reaped it
+            result["log"] = state.tail(f"{launch.main.name}.log", 20)
+        else:
+            result["state"] = "stopped"
+        return result
+
+    # up ----------------------------------------------------------------------------------------
+    def up(self, spec, host, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
+        state = VmState(spec.name)
+        with state.locked():
+            vm = load(state)
+            if vm is not None and is_active(vm):
+                if vm.launch.spec_hash == spec.hash:
+                    progress(f"{spec.name} is already running with this spec")
+                    return {"name": spec.name, "action": "unchanged", "engine": vm.launch.engine}
+                raise LifecycleError(
+                    f"{spec.name} is running with a different spec (engine {vm.launch.engine}, hash "
+                    f"{vm.launch.spec_hash[:12]}); run `acrnmgr down {spec.name}` first"
+                )
+            if vm is not None:
+                cleanup(state, vm.launch, _main_pid(vm))
+            plan = self.plan(spec, host, state.ensure())
+            try:
+                self.prepare(spec, host, plan, progress)
+            except BaseException:
+                for argv in plan.post_stop:  # undo what prepare did before it failed (e.g. taps)
+                    subprocess.run(argv, capture_output=True)
+                raise
+            _reset(state)  # only now: a start that fails before this keeps the previous run's records
+            launch = LaunchRecord(
+                name=spec.name, engine=self.name, processes=tuple(plan.processes), spec_hash=spec.hash,
+                spec_path=str(Path(spec.path).resolve()) if spec.path else None, created_at=time.time(),
+                cleanup=tuple(plan.cleanup), post_stop=tuple(plan.post_stop), info=plan.info,
+                engine_options=self.options,
             )
-        if vm is not None:
-            cleanup(state, vm.launch, _main_pid(vm))
-        plan = engine.plan(spec, host, state.ensure())
-        _reset(state)
-        try:
-            engine.prepare(spec, host, plan, progress)
-        except BaseException:
-            for argv in plan.post_stop:  # undo what prepare did before it failed (e.g. taps)
-                subprocess.run(argv, capture_output=True)
-            raise
-        launch = {
-            **plan.to_dict(),
-            "name": spec.name,
-            "spec_path": str(Path(spec_path).resolve()),
-            "spec_hash": spec.hash,
-            "created_at": time.time(),
-        }
-        state.write_json("launch.json", launch)
-        state.path("argv").write_text(shlex.join(plan.main.argv) + "\n")
-        progress(f"starting {spec.name} on the {engine.name} engine")
-        started = _spawn_supervisor(state)
-        if not started.get("ok"):
-            tail = "\n".join(f"  | {line}" for line in started.get("log", []))
-            raise LifecycleError(f"{spec.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
-        if wait_ready:
-            progress(f"waiting for {spec.name} to report running")
-            _wait_ready(engine, state)
-        progress(f"{spec.name} started (pid {started['pid']})")
-        return {"name": spec.name, "action": "started", "engine": engine.name, "pid": started["pid"]}
+            state.write_launch(launch)
+            state.path("argv").write_text(shlex.join(launch.main.argv) + "\n")
+            progress(f"starting {spec.name} on the {self.name} engine")
+            started = _spawn_supervisor(state)
+            if not started.get("ok"):
+                tail = "\n".join(f"  | {line}" for line in started.get("log", []))
+                raise LifecycleError(f"{spec.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
+            if wait_ready:
+                progress(f"waiting for {spec.name} to report running")
+                self._wait_ready(state)
+            progress(f"{spec.name} started (pid {started['pid']})")
+            return {"name": spec.name, "action": "started", "engine": self.name, "pid": started["pid"]}
+
+    def _wait_ready(self, state: VmState) -> None:
+        def ready() -> bool:
+            return not state.supervisor_alive() or self.query(load(state)) == "running"
+
+        if not wait_until(ready, READY_TIMEOUT, 0.1):
+            raise LifecycleError(f"{state.name} did not report running within {READY_TIMEOUT:.0f} s")
+        if not state.supervisor_alive():
+            st = self.status(state.name)
+            tail = "\n".join(f"  | {line}" for line in st.get("log", []))
+            raise LifecycleError(f"{state.name} exited during start ({st['state']}, "
+                                 f"{describe_exit(st.get('exit_code'), st.get('signal'))})\n{tail}")
+
+    # down --------------------------------------------------------------------------------------
+    def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:
+        state = self._launched(name).state
+        with state.locked():
+            vm = load(state)  # again: an up or down may have changed it while we waited for the lock
+            if vm is None:
+                raise _unknown(name)
+            if not is_active(vm):
+                cleanup(state, vm.launch, _main_pid(vm))
+                progress(f"{name} is not running")
+                return {"name": name, "action": "none", "how": "not running"}
+            state.path("stop-requested").touch()
+
+            def current() -> Running:
+                return load(state) or vm
+
+            def gone() -> bool:
+                return not is_active(current())
+
+            how = None
+            if not force:
+                for action in self.graceful_actions(vm):
+                    done = action(current())
+                    if done:
+                        progress(f"{name}: {done}; waiting up to {timeout:g} s")
+                        if wait_until(gone, timeout, 0.1):
+                            how = "graceful"
+                        break
+            if how is None:
+                for action in self.force_actions(vm):
+                    done = action(current())
+                    if done:
+                        progress(f"{name}: {done}")
+                        if wait_until(gone, FORCE_WAIT, 0.1):
+                            how = "forced"
+                            break
+            if how is None:
+                how = "killed"
+                progress(f"{name}: did not stop, sending SIGKILL")
+                fresh = current()
+                for p in fresh.run.processes if fresh.run else ():
+                    if not p.exited:
+                        p.identity.signal(signal.SIGKILL)
+                if not wait_until(gone, FORCE_WAIT, 0.1):
+                    raise LifecycleError(f"{name} survived SIGKILL (processes in D state?); see {state.dir}")
+            fresh = current()
+            for p in cleanup(state, fresh.launch, _main_pid(fresh)):
+                progress(f"warning: {p}")
+            progress(f"{name} stopped ({how})")
+            return {"name": name, "action": "stopped", "how": how}
 
 
 def _reset(state: VmState) -> None:
@@ -199,74 +313,6 @@ def _spawn_supervisor(state: VmState) -> dict:
         return {"ok": False, "error": f"bad supervisor reply {data!r}", "log": state.tail("supervisor.log")}
 
 
-def _wait_ready(engine: Engine, state: VmState) -> None:
-    def ready() -> bool:
-        vm = _running(state)
-        if not state.supervisor_alive():
-            return True
-        return engine.query(vm) == "running"
-
-    if not wait_until(ready, READY_TIMEOUT, 0.1):
-        raise LifecycleError(f"{state.name} did not report running within {READY_TIMEOUT:.0f} s")
-    if not state.supervisor_alive():
-        st = status(state.name)
-        tail = "\n".join(f"  | {line}" for line in st.get("log", []))
-        raise LifecycleError(f"{state.name} exited during start ({st['state']}, exit code {st.get('exit_code')})\n{tail}")
-
-
 def _main_pid(vm: Running) -> int | None:
-    entry = vm.run.get("processes", {}).get(vm.launch["processes"][-1]["name"])
-    return entry["identity"]["pid"] if entry else None
-
-
-# down --------------------------------------------------------------------------------------
-
-def down(name: str, timeout: float = 30.0, force: bool = False, progress: Progress = _quiet) -> dict:
-    state = VmState(name)
-    if _running(state) is None:
-        raise LifecycleError(f"no VM named {name} (known: {', '.join(all_vms()) or 'none'})")
-    with state.locked():
-        vm = _running(state)
-        if not _active(vm):
-            cleanup(state, vm.launch, _main_pid(vm))
-            progress(f"{name} is not running")
-            return {"name": name, "action": "none", "how": "not running"}
-        state.path("stop-requested").touch()
-        engine = select_engine(vm.launch["engine"], None)
-
-        def gone() -> bool:
-            fresh = _running(state)
-            return not _active(fresh)
-
-        how = None
-        if not force:
-            for action in engine.graceful_actions(vm):
-                done = action(_running(state))
-                if done:
-                    progress(f"{name}: {done}; waiting up to {timeout:g} s")
-                    if wait_until(gone, timeout, 0.1):
-                        how = "graceful"
-                    break
-        if how is None:
-            for action in engine.force_actions(vm):
-                done = action(_running(state))
-                if done:
-                    progress(f"{name}: {done}")
-                    if wait_until(gone, FORCE_WAIT, 0.1):
-                        how = "forced"
-                        break
-        if how is None:
-            how = "killed"
-            progress(f"{name}: did not stop, sending SIGKILL")
-            fresh = _running(state)
-            for entry in fresh.run.get("processes", {}).values():
-                if entry.get("exit_code") is None:
-                    _identity(entry).signal(signal.SIGKILL)
-            if not wait_until(gone, FORCE_WAIT, 0.1):
-                raise LifecycleError(f"{name} survived SIGKILL (processes in D state?); see {state.dir}")
-        fresh = _running(state)
-        problems = cleanup(state, fresh.launch, _main_pid(fresh))
-        for p in problems:
-            progress(f"warning: {p}")
-        progress(f"{name} stopped ({how})")
-        return {"name": name, "action": "stopped", "how": how}
+    entry = vm.run.process(vm.launch.main.name) if vm.run else None
+    return entry.identity.pid if entry else None

@@ -6,11 +6,14 @@ from __future__ import annotations
 import shutil
 import signal
 
-from acrnmgr.lifecycle.engine import Engine, LaunchPlan, PlanError, ProcessSpec, Running, send_signal
+from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
+from acrnmgr.lifecycle.errors import PlanError
+from acrnmgr.lifecycle.manager import SupervisedEngine
+from acrnmgr.lifecycle.state import ProcessSpec
 from acrnmgr.lifecycle.qmp import Qmp, QmpError
 
 
-class QemuEngine(Engine):
+class QemuEngine(SupervisedEngine):
     name = "qemu"
 
     def plan(self, spec, host, state) -> LaunchPlan:

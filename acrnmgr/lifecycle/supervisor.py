@@ -22,9 +22,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from acrnmgr.lifecycle.state import ProcessIdentity, VmState, wait_until
+from acrnmgr.lifecycle.errors import StateError
+from acrnmgr.lifecycle.state import (LaunchRecord, ProcessIdentity, ProcessRun, ProcessSpec, RunEvent, RunRecord,
+                                     VmState, wait_until)
 
 HELPER_SOCKET_TIMEOUT = 30.0
 HELPER_STOP_TIMEOUT = 10.0
@@ -40,13 +43,13 @@ def _pdeathsig(sig: int):
     return preexec
 
 
-def cleanup(state: VmState, launch: dict, main_pid: int | None) -> list[str]:
+def cleanup(state: VmState, launch: LaunchRecord, main_pid: int | None) -> list[str]:
     """Remove the sockets of a stopped VM and run its post-stop commands. Idempotent; used by the
     supervisor and by `down` when the supervisor is gone. Returns problems worth reporting."""
     if state.path("cleaned").exists():
         return []
     problems = []
-    for pattern in launch.get("cleanup", []):
+    for pattern in launch.cleanup:
         if "{pid}" in pattern:
             if main_pid is None:
                 continue
@@ -57,7 +60,7 @@ def cleanup(state: VmState, launch: dict, main_pid: int | None) -> list[str]:
             pass
         except OSError as exc:
             problems.append(f"cannot remove {pattern}: {exc}")
-    for argv in launch.get("post_stop", []):
+    for argv in launch.post_stop:
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             problems.append(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
@@ -66,17 +69,22 @@ def cleanup(state: VmState, launch: dict, main_pid: int | None) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, state: VmState, ready_fd: int | None):
+    def __init__(self, state: VmState, launch: LaunchRecord, ready_fd: int | None):
         self.state = state
         self.ready_fd = ready_fd
-        self.launch = state.read_json("launch.json") or {}
-        self.children: dict[int, dict] = {}  # pid -> process entry of run.json
-        self.run: dict = {"state": "starting", "processes": {}, "started_at": time.time()}
+        self.launch = launch
+        self.children: dict[int, str] = {}  # pid -> process name
+        self.run = RunRecord(state="starting", started_at=time.time(), supervisor=ProcessIdentity.of(os.getpid()))
         self.stop_now = False
 
     # run.json ------------------------------------------------------------------------------
-    def save(self) -> None:
-        self.state.write_json("run.json", self.run)
+    def update(self, **changes) -> None:
+        self.run = replace(self.run, **changes)
+        self.state.write_run(self.run)
+
+    def record(self, entry: ProcessRun) -> None:
+        self.run = self.run.with_process(entry)
+        self.state.write_run(self.run)
 
     def report_ready(self, message: dict) -> None:
         if self.ready_fd is None:
@@ -89,51 +97,39 @@ class Supervisor:
         self.ready_fd = None
 
     # processes -----------------------------------------------------------------------------
-    def spawn(self, proc: dict) -> subprocess.Popen:
-        log = open(self.state.path(f"{proc['name']}.log"), "ab")
+    def spawn(self, proc: ProcessSpec) -> subprocess.Popen:
+        log = open(self.state.path(f"{proc.name}.log"), "ab")
         try:
             child = subprocess.Popen(
-                proc["argv"],
+                proc.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
                 preexec_fn=_pdeathsig(signal.SIGTERM),
-                env={**os.environ, **proc.get("env", {})},
+                env={**os.environ, **proc.env},
             )
         finally:
             log.close()
-        ident = ProcessIdentity.of(child.pid)
-        entry = {
-            "name": proc["name"],
-            "role": proc.get("role", "helper"),
-            "device": proc.get("device"),
-            "identity": ident.to_dict() if ident else {"pid": child.pid, "start_time": -1, "cmdline": []},
-            "exit_code": None,
-            "signal": None,
-        }
-        self.run["processes"][proc["name"]] = entry
-        self.children[child.pid] = entry
-        self.save()
+        ident = ProcessIdentity.of(child.pid) or ProcessIdentity(child.pid, -1, [])
+        self.children[child.pid] = proc.name
+        self.record(ProcessRun(proc.name, proc.role, ident, proc.device))
         return child
 
-    def reap(self, block: bool) -> dict | None:
+    def reap(self, block: bool) -> ProcessRun | None:
         try:
             pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
         except ChildProcessError:
             return None
         if pid == 0:
             return None
-        entry = self.children.pop(pid, None)
-        if entry is None:
+        name = self.children.pop(pid, None)
+        if name is None:
             return None
-        if os.WIFSIGNALED(status):
-            entry["signal"] = os.WTERMSIG(status)
-            entry["exit_code"] = 128 + entry["signal"]
-        else:
-            entry["exit_code"] = os.WEXITSTATUS(status)
-        entry["exited_at"] = time.time()
-        self.save()
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        entry = replace(self.run.process(name), exit_code=128 + sig if sig else os.WEXITSTATUS(status), signal=sig,
+                        exited_at=time.time())
+        self.record(entry)
         return entry
 
     def stop_children(self) -> None:
@@ -163,31 +159,24 @@ class Supervisor:
 
     # main flow -----------------------------------------------------------------------------
     def start(self) -> bool:
-        main = None
-        for proc in self.launch.get("processes", []):
+        self.state.write_run(self.run)
+        for proc in self.launch.processes:
             try:
                 child = self.spawn(proc)
             except OSError as exc:
-                return self.fail(f"cannot start {proc['name']} ({proc['argv'][0]}): {exc}", proc["name"])
-            if proc.get("role") == "main":
-                main = child
-            elif proc.get("wait_socket"):
-                problem = self.wait_socket(child, proc["wait_socket"])
+                return self.fail(f"cannot start {proc.name} ({proc.argv[0]}): {exc}", proc.name)
+            if proc.role == "helper" and proc.wait_socket:
+                problem = self.wait_socket(child, proc.wait_socket)
                 if problem:
-                    return self.fail(f"{proc['name']} {problem}", proc["name"])
-        if main is None:
-            return self.fail("launch plan has no main process", None)
-        self.main_pid = main.pid
-        self.run["state"] = "running"
-        self.save()
-        self.report_ready({"ok": True, "pid": main.pid})
+                    return self.fail(f"{proc.name} {problem}", proc.name)
+        self.update(state="running")
+        self.report_ready({"ok": True, "pid": child.pid})  # the last process is the main one
         return True
 
     def fail(self, message: str, log_name: str | None) -> bool:
         self.stop_children()
-        self.run.update(state="exited", outcome="failed", error=message, ended_at=time.time())
         cleanup(self.state, self.launch, None)
-        self.save()
+        self.update(state="exited", outcome="failed", error=message, ended_at=time.time())
         tail = self.state.tail(f"{log_name}.log", 15) if log_name else []
         self.report_ready({"ok": False, "error": message, "log": tail})
         return False
@@ -195,40 +184,33 @@ class Supervisor:
     def on_sigterm(self, signum, frame) -> None:
         # `down` of a VM whose control channels are unusable ends here: stop the VM process.
         self.stop_now = True
-        entry = self.run["processes"].get(self.launch["processes"][-1]["name"])
-        if entry and entry.get("exit_code") is None:
+        entry = self.run.process(self.launch.main.name)
+        if entry and not entry.exited:
             try:
-                os.kill(entry["identity"]["pid"], signal.SIGTERM)
+                os.kill(entry.identity.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
     def supervise(self) -> None:
-        main_name = self.launch["processes"][-1]["name"]
+        main_name = self.launch.main.name
         while True:
             entry = self.reap(block=True)
             if entry is None:
                 if not self.children:
                     break
                 continue
-            if entry["name"] == main_name:
+            if entry.name == main_name:
                 break
             # A helper died under a running VM: the VM is degraded, keep it running.
-            self.run["state"] = "degraded"
-            self.run.setdefault("events", []).append(
-                {"time": time.time(), "event": f"{entry['name']} exited", "exit_code": entry["exit_code"], "signal": entry["signal"]}
-            )
-            self.save()
+            event = RunEvent(time.time(), f"{entry.name} exited", entry.exit_code, entry.signal)
+            self.update(state="degraded", events=(*self.run.events, event))
         self.stop_children()
-        main = self.run["processes"][main_name]
+        main = self.run.process(main_name)
         requested = self.state.path("stop-requested").exists() or self.stop_now
-        clean = main.get("exit_code") == 0
-        self.run["outcome"] = "stopped" if (requested or clean) else "crashed"
-        self.run["state"] = "exited"
-        self.run["ended_at"] = time.time()
-        problems = cleanup(self.state, self.launch, main["identity"]["pid"])
-        if problems:
-            self.run["cleanup_problems"] = problems
-        self.save()
+        clean = main.exit_code == 0
+        problems = cleanup(self.state, self.launch, main.identity.pid)
+        self.update(outcome="stopped" if (requested or clean) else "crashed", state="exited", ended_at=time.time(),
+                    cleanup_problems=tuple(problems))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,11 +227,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.ready_fd is not None:
             os.write(args.ready_fd, b'{"ok": false, "error": "another supervisor is running for this VM"}\n')
         return 1
-    sup = Supervisor(state, args.ready_fd)
+    try:
+        launch = state.read_launch()
+    except StateError as exc:
+        launch, problem = None, str(exc)
+    else:
+        problem = f"{state.path('launch.json')} is missing"
+    if launch is None:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, json.dumps({"ok": False, "error": problem}).encode() + b"\n")
+        return 1
+    sup = Supervisor(state, launch, args.ready_fd)
     signal.signal(signal.SIGTERM, sup.on_sigterm)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sup.run["supervisor"] = ProcessIdentity.of(os.getpid()).to_dict()
     if sup.start():
         sup.supervise()
     return 0

@@ -20,9 +20,10 @@ def _acrnmgr() -> str:
     return str(local) if local.exists() else (shutil.which("acrnmgr") or "/usr/bin/acrnmgr")
 
 
-def render_unit(name: str, spec_path: Path, engine: str, timeout: float, exe: str) -> str:
-    up = [exe, "up", "--wait-ready", "--engine", engine, str(spec_path)]
-    down = [exe, "down", "--timeout", f"{timeout:g}", name]
+def render_unit(name: str, spec_path: Path, engine: str, connect: str | None, timeout: float, exe: str) -> str:
+    connection = ["--connect", connect] if connect else []
+    up = [exe, "up", "--wait-ready", "--engine", engine, *connection, str(spec_path)]
+    down = [exe, "down", "--timeout", f"{timeout:g}", *connection, name]
     return f"""[Unit]
 Description=acrnmgr VM {name}
 Documentation=file://{spec_path}
@@ -42,11 +43,11 @@ WantedBy=multi-user.target
 """
 
 
-def write_unit(spec_file: Path, engine: str, unit_dir: Path, timeout: float) -> Path:
+def write_unit(spec_file: Path, engine: str, connect: str | None, unit_dir: Path, timeout: float) -> Path:
     from acrnmgr.spec.validation import load_spec
 
     spec = load_spec(spec_file)
     path = Path(unit_dir) / f"acrnmgr-{spec.name}.service"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_unit(spec.name, Path(spec_file).resolve(), engine, timeout, _acrnmgr()))
+    path.write_text(render_unit(spec.name, Path(spec_file).resolve(), engine, connect, timeout, _acrnmgr()))
     return path

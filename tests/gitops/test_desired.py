@@ -42,7 +42,7 @@ def test_recursive_and_multi_document(tmp_path):
     assert desired.errors == []
     assert sorted(v.name for v in desired.vms) == ["one", "three", "two"]
     three = next(v for v in desired.vms if v.name == "three")
-    assert three.source.endswith("many.yaml#2") and three.materialize
+    assert three.source.endswith("many.yaml#2") and three.spec.spec["memory"] == "1G"
 
 
 def test_errors_in_a_multi_document_file_name_file_and_line(tmp_path):

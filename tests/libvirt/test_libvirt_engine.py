@@ -10,16 +10,23 @@ import pytest
 from typer.testing import CliRunner
 
 from acrnmgr.cli import app
-from acrnmgr.libvirt import engine
+from acrnmgr.host import HostProfile
+from acrnmgr.libvirt.engine import LibvirtEngine, connect
+from acrnmgr.spec.validation import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 URI = "test:///default"
 runner = CliRunner()
+engine = LibvirtEngine(URI)
+
+
+def up(path) -> dict:
+    return engine.up(load_spec(path), HostProfile.detect())
 
 
 @pytest.fixture
 def conn():
-    c = engine.connect(URI)
+    c = connect(URI)
     yield c
     for dom in c.listAllDomains():
         if dom.name() in ("linux-demo", "linux-qemu"):
@@ -49,7 +56,7 @@ def test_up_status_down_through_the_cli(conn):
     assert res.exit_code == 0, res.output
     assert "stopped (graceful)" in res.stderr
     assert not dom.isActive()
-    assert engine.status("linux-demo", URI)["state"] == "stopped"
+    assert engine.status("linux-demo")["state"] == "stopped"
 
     # down of a stopped VM succeeds
     res = runner.invoke(app, ["down", "linux-demo", "--connect", URI])
@@ -57,14 +64,14 @@ def test_up_status_down_through_the_cli(conn):
 
 
 def test_force_destroys(conn):
-    engine.up(str(ROOT / "examples/linux-qemu.yaml"), URI)
-    result = engine.down("linux-qemu", URI, force=True)
+    up(ROOT / "examples/linux-qemu.yaml")
+    result = engine.down("linux-qemu", force=True)
     assert result == {"name": "linux-qemu", "action": "stopped", "how": "forced"}
     assert not conn.lookupByName("linux-qemu").isActive()
 
 
 def test_running_with_another_spec_is_refused(conn, tmp_path):
-    engine.up(str(ROOT / "examples/linux-vm.yaml"), URI)
+    up(ROOT / "examples/linux-vm.yaml")
     changed = tmp_path / "vm.yaml"
     changed.write_text((ROOT / "examples/linux-vm.yaml").read_text().replace("memory: 1G", "memory: 2G")
                        .replace("images/", str(ROOT / "examples/images") + "/"))
@@ -82,8 +89,44 @@ def test_unknown_domain_and_bad_uri_are_clear_errors():
 def test_up_again_after_down_redefines_the_same_domain(conn):
     # The domain stays defined after down; defining it again must keep its UUID or libvirt refuses it.
     spec = str(ROOT / "examples/linux-vm.yaml")
-    engine.up(spec, URI)
+    up(spec)
     uuid = conn.lookupByName("linux-demo").UUIDString()
-    engine.down("linux-demo", URI, force=True)
-    assert engine.up(spec, URI)["action"] == "started"
+    engine.down("linux-demo", force=True)
+    assert up(spec)["action"] == "started"
     assert conn.lookupByName("linux-demo").UUIDString() == uuid
+
+
+def test_list_apply_and_diff_work_with_the_libvirt_engine(conn, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACRNMGR_STATE_DIR", str(tmp_path / "state"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    one = (ROOT / "examples/linux-vm.yaml").read_text().replace("images/", str(ROOT / "examples/images") + "/")
+    # two documents in one file: up takes the loaded specs, nothing is written to disk for them
+    (specs / "vms.yaml").write_text(one + "---\n" + one.replace("name: linux-demo", "name: linux-qemu"))
+    res = runner.invoke(app, ["diff", str(specs), "--connect", URI, "--exit-code"])
+    assert res.exit_code == 3 and "# linux-demo: create" in res.stdout and "+<domain" in res.stdout, res.output
+    res = runner.invoke(app, ["apply", str(specs), "--connect", URI, "--output", "json"])
+    assert res.exit_code == 0, res.output
+    assert {c["name"]: (c["action"], c["engine"], c["result"]) for c in json.loads(res.stdout)["changes"]} == {
+        "linux-demo": ("create", "libvirt", "done"), "linux-qemu": ("create", "libvirt", "done")}
+    assert conn.lookupByName("linux-demo").isActive() and conn.lookupByName("linux-qemu").isActive()
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["apply.lock"]
+    res = runner.invoke(app, ["diff", str(specs), "--connect", URI, "--exit-code"])
+    assert res.exit_code == 0, res.output
+
+    res = runner.invoke(app, ["list", "--connect", URI, "--output", "json"])
+    assert res.exit_code == 0, res.output
+    listed = {v["name"]: (v["engine"], v["state"]) for v in json.loads(res.stdout)}
+    assert listed == {"linux-demo": ("libvirt", "running"), "linux-qemu": ("libvirt", "running")}
+
+    (specs / "vms.yaml").write_text(one)
+    res = runner.invoke(app, ["apply", str(specs), "--connect", URI, "--prune", "--output", "json"])
+    assert res.exit_code == 0, res.output
+    assert {c["name"]: (c["action"], c["result"]) for c in json.loads(res.stdout)["changes"]} == {
+        "linux-demo": ("unchanged", None), "linux-qemu": ("prune", "done")}
+    assert not conn.lookupByName("linux-qemu").isActive()
+
+
+def test_connect_is_an_option_of_the_libvirt_engine_only(tmp_path):
+    res = runner.invoke(app, ["up", str(ROOT / "examples/linux-vm.yaml"), "--engine", "qemu", "--connect", URI])
+    assert res.exit_code == 1 and "the qemu engine does not take uri" in res.stderr

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 
 from acrnmgr.lifecycle import cmdmonitor, monitor
-from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
+from acrnmgr.lifecycle.state import VM_NAME, ProcessIdentity, VmState, wait_until
 
 
 def _pid_gone(pid: int) -> bool:
@@ -126,8 +127,7 @@ def test_kill_9_of_vm_process_leaves_no_socket(acrn_env):
 
 def test_kill_9_of_supervisor_takes_the_vm_down(acrn_env):
     acrn_env.up(acrn_env.spec(), "--wait-ready")
-    run = json.loads((acrn_env.state / "vm1" / "run.json").read_text())
-    sup, pid = run["supervisor"]["pid"], acrn_env.status("vm1")["pid"]
+    sup, pid = VmState("vm1", acrn_env.state).read_run().supervisor.pid, acrn_env.status("vm1")["pid"]
     os.kill(sup, signal.SIGKILL)
     assert wait_until(lambda: _pid_gone(pid), 10)  # PR_SET_PDEATHSIG
     st = acrn_env.status("vm1")
@@ -143,17 +143,15 @@ def test_stale_pidfile_never_kills_an_unrelated_process(acrn_env):
     try:
         # Make the state claim acrn-dm is still running under the bystander's pid: once with the
         # old process's identity (pid reused), once with the right cmdline but another start time.
-        run_path = acrn_env.state / "vm1" / "run.json"
-        run = json.loads(run_path.read_text())
-        run["state"] = "running"
-        entry = run["processes"]["acrn-dm"]
-        entry.update(exit_code=None, signal=None)
+        state = VmState("vm1", acrn_env.state)
+        run = state.read_run()
+        entry = run.process("acrn-dm")
         for identity in (
-            {**entry["identity"], "pid": bystander.pid},
-            {"pid": bystander.pid, "start_time": 1, "cmdline": ["sleep", "300"]},
+            replace(entry.identity, pid=bystander.pid),
+            ProcessIdentity(bystander.pid, 1, ["sleep", "300"]),
         ):
-            entry["identity"] = identity
-            run_path.write_text(json.dumps(run))
+            state.write_run(replace(run, state="running").with_process(
+                replace(entry, identity=identity, exit_code=None, signal=None)))
             assert acrn_env.status("vm1")["state"] == "crashed"
             down = acrn_env.run("down", "vm1", "--timeout", "1")
             assert "not running" in down.stderr
@@ -264,3 +262,72 @@ def test_systemd_unit(acrn_env, tmp_path):
     assert f"ExecStart={ACRNMGR} up --wait-ready --engine acrn {spec}\n" in text
     assert f"ExecStop={ACRNMGR} down --timeout 45 vm1\n" in text
     assert "WantedBy=multi-user.target" in text
+
+
+
+def test_a_failed_up_keeps_the_previous_runs_records(acrn_env):
+    spec = acrn_env.spec()
+    acrn_env.up(spec)
+    acrn_env.run("down", "vm1")
+    acrn_env.host.write_text(acrn_env.host.read_text().replace("hugepages_free: 1024", "hugepages_free: 10"))
+    proc = acrn_env.run("up", "--engine", "acrn", "--host", str(acrn_env.host), str(spec), check=False)
+    assert proc.returncode == 1 and "hugepages" in proc.stderr
+    st = acrn_env.status("vm1")  # the stopped VM is still known, with its last run's logs
+    assert st["state"] == "stopped" and st["exit_code"] == 0
+    assert "stand-in acrn-dm: vm1 running" in acrn_env.run("logs", "vm1").stdout
+
+
+def _lock_waiter(lock: Path) -> bool:
+    """Some process waits in flock() for `lock` (a "->" line of /proc/locks names its inode)."""
+    inode = f":{os.stat(lock).st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_down_waiting_for_the_lock_of_a_vm_that_vanishes_is_a_clear_error(acrn_env):
+    import fcntl
+
+    acrn_env.up(acrn_env.spec())
+    acrn_env.run("down", "vm1")
+    folder = acrn_env.state / "vm1"
+    fd = os.open(folder / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as an `up` would, while it starts the VM again
+        down = subprocess.Popen([ACRNMGR, "down", "vm1"], env=acrn_env.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert wait_until(lambda: _lock_waiter(folder / "lock"), 30), "down never waited for the VM's lock"
+        (folder / "launch.json").unlink()  # the VM's records are gone when down gets the lock
+    finally:
+        os.close(fd)
+    _, err = down.communicate(timeout=60)
+    assert down.returncode == 1 and "no VM named vm1" in err and "Traceback" not in err, err
+
+
+def test_status_says_how_the_vm_process_ended(acrn_env):
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    os.kill(acrn_env.status("vm1")["pid"], signal.SIGKILL)
+    assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
+    assert "killed by SIGKILL (signal 9)" in acrn_env.run("status", "vm1").stdout
+
+    acrn_env.up(acrn_env.spec(), "--wait-ready")
+    pid = acrn_env.status("vm1")["pid"]
+    os.kill(VmState("vm1", acrn_env.state).read_run().supervisor.pid, signal.SIGKILL)
+    assert wait_until(lambda: _pid_gone(pid), 10)
+    text = acrn_env.run("status", "vm1").stdout
+    assert "supervisor died" in text and "None" not in text and "exit status unknown" in text, text
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "down", "console"])
+def test_a_vm_name_that_is_a_path_is_refused(acrn_env, command):
+    acrn_env.up(acrn_env.spec())
+    acrn_env.run("down", "vm1")
+    outside = acrn_env.root / "outside"  # a VM's state folder outside the state root
+    subprocess.run(["cp", "-a", str(acrn_env.state / "vm1"), str(outside)], check=True)
+    before = sorted(p.name for p in outside.iterdir())
+    proc = acrn_env.run(command, "../outside", check=False)
+    assert proc.returncode == 1 and "invalid VM name '../outside'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in outside.iterdir()) == before
+
+
+def test_the_vm_name_pattern_is_the_schemas():
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "vm.schema.json").read_text())
+    assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == f"^{VM_NAME.pattern}$"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from acrnmgr.lifecycle.state import ProcessIdentity, wait_until
+from acrnmgr.lifecycle.state import VmState, wait_until
 
 pytestmark = pytest.mark.guest
 
@@ -79,12 +79,11 @@ class QemuVm:
         if not wait_until(lambda: self.console_has(marker), BOOT_TIMEOUT, 0.5):
             raise AssertionError(f"guest never printed {marker}\n{self.logs()}")
 
-    def leftovers(self, run: dict) -> list[str]:
-        alive = [f"{n} pid {e['identity']['pid']}" for n, e in run["processes"].items()
-                 if ProcessIdentity.from_dict(e["identity"]).alive()]
-        sup = ProcessIdentity.from_dict(run["supervisor"])
-        if sup.alive():
-            alive.append(f"supervisor pid {sup.pid}")
+    def leftovers(self) -> list[str]:
+        run = VmState(self.name, self.state).read_run()
+        alive = [f"{p.name} pid {p.identity.pid}" for p in run.processes if p.identity.alive()]
+        if run.supervisor.alive():
+            alive.append(f"supervisor pid {run.supervisor.pid}")
         sockets = [str(p) for p in (self.state / self.name).iterdir() if p.is_socket()]
         return alive + sockets
 
@@ -138,8 +137,7 @@ def test_up_write_down_graceful(make_vm, backend):
     with open(vm.disk, "rb") as fh:
         fh.seek(4096)
         assert fh.read(len(marker)) == marker
-    run = json.loads((vm.state / vm.name / "run.json").read_text())
-    assert vm.leftovers(run) == []
+    assert vm.leftovers() == []
 
 
 def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(make_vm):
@@ -160,8 +158,7 @@ def test_devmodel_killed_mid_run_is_reported_and_keeps_flushed_data(make_vm):
     with open(vm.disk, "rb") as fh:
         fh.seek(4096)
         assert fh.read(len(marker)) == marker
-    run = json.loads((vm.state / vm.name / "run.json").read_text())
-    assert vm.leftovers(run) == []
+    assert vm.leftovers() == []
 
 
 EXAMPLE_SCRIPT = """\
@@ -205,5 +202,4 @@ def test_the_linux_qemu_example_boots_with_its_embedded_disk(make_vm, guest):
     with open(vm.disk, "rb") as fh:
         fh.seek(4096)
         assert fh.read(len(marker)) == marker
-    run = json.loads((vm.state / vm.name / "run.json").read_text())
-    assert vm.leftovers(run) == []
+    assert vm.leftovers() == []
