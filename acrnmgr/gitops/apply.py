@@ -83,26 +83,26 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
     live state too when it was chosen explicitly (not by auto)."""
     live = live_vms(engine if explicit else None)
     changes: list[Change] = []
-    for vm in sorted(desired.vms, key=lambda v: v.name):
-        cur = live.get(vm.name)
+    for want in sorted(desired.vms, key=lambda v: v.name):
+        cur = live.get(want.name)
         st = cur.status if cur else None
         active = st is not None and st.get("state") in ACTIVE
         runner = cur.engine if active else engine
         if not active:
-            c = Change(vm.name, "create", vm.source, runner.name, st.get("state") if st else None,
+            c = Change(want.name, "create", want.source, runner.name, st.get("state") if st else None,
                        "no VM running" if not st else f"the VM is {st.get('state')}")
-        elif st.get("spec_hash") == vm.spec.hash:
-            c = Change(vm.name, "unchanged", vm.source, runner.name, st["state"], "running with this spec")
+        elif st.get("spec_hash") == want.vm.hash:
+            c = Change(want.name, "unchanged", want.source, runner.name, st["state"], "running with this spec")
         else:
-            c = Change(vm.name, "update", vm.source, runner.name, st["state"],
-                       f"spec hash {str(st.get('spec_hash'))[:12]} -> {vm.spec.hash[:12]}")
+            c = Change(want.name, "update", want.source, runner.name, st["state"],
+                       f"spec hash {str(st.get('spec_hash'))[:12]} -> {want.vm.hash[:12]}")
             if not allow_restart:
                 c.blocked = "needs --allow-restart (the VM is restarted)"
         c.runner = runner
         if with_diff and c.action in ("create", "update"):
-            old = _lines(lambda: runner.launch_lines(vm.name)) if active else []
-            new = _lines(lambda: runner.planned_lines(vm.spec, host))
-            c.diff = list(difflib.unified_diff(old, new, f"live/{vm.name}", f"desired/{vm.name}", lineterm=""))
+            old = _lines(lambda: runner.launch_lines(want.name)) if active else []
+            new = _lines(lambda: runner.planned_lines(want.vm, host))
+            c.diff = list(difflib.unified_diff(old, new, f"live/{want.name}", f"desired/{want.name}", lineterm=""))
         changes.append(c)
     names = {vm.name for vm in desired.vms}
     for name, cur in sorted(live.items()):
@@ -156,7 +156,7 @@ def execute(changes: list[Change], desired: DesiredSet, host=None, wait: bool = 
                 c.runner.down(c.name, timeout=timeout, progress=progress)
             if c.action in ("create", "update"):
                 progress(f"{c.name}: starting ({c.action})")
-                c.runner.up(by_name[c.name].spec, host, wait_ready=wait, progress=progress)
+                c.runner.up(by_name[c.name].vm, host, wait_ready=wait, progress=progress)
             c.result = "done"
         except (LifecycleError, SpecError, OSError) as exc:
             c.result = "failed"

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from acrnmgr.devices import vm_from_spec
+from acrnmgr.model import VmSpec
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -33,7 +35,7 @@ _DOC_SEP = re.compile(r"^---(?:\s.*)?$")
 @dataclass
 class Desired:
     name: str
-    spec: object  # acrnmgr.spec.loader.Spec, what the engine's `up` takes
+    vm: VmSpec  # what the engine's `up` takes
     source: str  # "file.yaml" or "file.yaml#2" (document 2) or "overlay/kustomization.yaml:name"
 
 
@@ -202,7 +204,7 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Des
         except SpecError as exc:
             out.errors += exc.diagnostics
             continue
-        result.append(Desired(patched.name, patched, f"{kfile}:{spec.name}"))
+        result.append(Desired(patched.name, vm_from_spec(patched), f"{kfile}:{spec.name}"))
     return result
 
 
@@ -222,7 +224,7 @@ def load_desired(root: str | Path, host=None) -> DesiredSet:
             continue
         if path.parent in overlay_dirs or any(d in path.parents for d in overlay_dirs) or path.resolve() in claimed:
             continue
-        out.vms += [Desired(spec.name, spec, label) for label, spec in _load_docs(path, host, out)]
+        out.vms += [Desired(spec.name, vm_from_spec(spec), label) for label, spec in _load_docs(path, host, out)]
     seen: dict[str, str] = {}
     for vm in out.vms:
         if vm.name in seen:

@@ -18,11 +18,19 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from acrnmgr.host import HostProfile
 from acrnmgr.libvirt import libvirt_python
+from acrnmgr.lifecycle.accel import with_usable_kvm
+from acrnmgr.lifecycle.acrn import prepare_taps
 from acrnmgr.lifecycle.engine import Console, LaunchPlan, Progress, Running, quiet, send_signal
 from acrnmgr.lifecycle.errors import LifecycleError
 from acrnmgr.lifecycle.manager import SupervisedEngine
+from acrnmgr.lifecycle.qemu_argv import qemu_launch
 from acrnmgr.lifecycle.state import VM_NAME, ProcessSpec, VmState, wait_until
+from acrnmgr.model import VmSpec
+from acrnmgr.paths import state_root
+from acrnmgr.plan import make_plan
+from acrnmgr.render.libvirt import ACRNMGR_NS, ExportError, render_domain
 
 DEFAULT_URI = "qemu:///system"
 _CONNECTIONS: dict = {}
@@ -66,8 +74,6 @@ _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
 
 
 def domain_hash(dom) -> str | None:
-    from acrnmgr.render.libvirt import ACRNMGR_NS
-
     meta = ET.fromstring(dom.XMLDesc()).find(f"metadata/{{{ACRNMGR_NS}}}vm")
     return meta.get("hash") if meta is not None else None
 
@@ -101,20 +107,17 @@ class DevmodelEngine(SupervisedEngine):
         self.options = {"uri": uri}
         self.uri, self.sockets = uri, sockets
 
-    def plan(self, spec, host, state) -> LaunchPlan:
-        from acrnmgr.lifecycle.qemu_argv import compile_qemu
-
+    def plan(self, vm: VmSpec, host: HostProfile, state: VmState) -> LaunchPlan:
         # QEMU's plan names the same sockets as the exported domain; keep the helpers the domain uses
-        helpers = [h for h in compile_qemu(spec, host, state.dir).helpers if h.wait_socket in self.sockets]
-        watcher = ProcessSpec("libvirt-domain", [sys.executable, "-m", "acrnmgr.libvirt.watch", self.uri, spec.name],
+        launch = qemu_launch(make_plan(vm, host, "qemu", state_dir=state.dir))
+        helpers = [h for h in launch.helpers if h.wait_socket in self.sockets]
+        watcher = ProcessSpec("libvirt-domain", [sys.executable, "-m", "acrnmgr.libvirt.watch", self.uri, vm.name],
                               role="main")
         return LaunchPlan("libvirt", [*helpers, watcher], cleanup=[h.wait_socket for h in helpers],
-                          info={"uri": self.uri, "vm": spec.name})
+                          info={"uri": self.uri, "vm": vm.name})
 
-    def prepare(self, spec, host, plan, progress) -> None:
-        from acrnmgr.lifecycle.acrn import prepare_taps
-
-        prepare_taps(spec, plan, progress)  # the net device model's tap, made and bridged as for the qemu engine
+    def prepare(self, vm: VmSpec, host: HostProfile, plan: LaunchPlan, progress: Progress) -> None:
+        prepare_taps(vm, plan, progress)  # the net device model's tap, made and bridged as for the qemu engine
 
     def _domain(self, vm: Running):
         try:
@@ -176,58 +179,56 @@ class LibvirtEngine:
         return launch is not None and launch.engine == self.name and launch.engine_options.get("uri") == self.uri
 
     # up ----------------------------------------------------------------------------------------
-    def up(self, spec, host, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
+    def up(self, vm: VmSpec, host: HostProfile, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
         """Define and start the domain (libvirt returns once it runs: `wait_ready` has nothing to add)."""
         libvirt = libvirt_python()
 
-        xml = self._export(spec, host, progress)
+        xml = self._export(vm, host, progress)
         conn = connect(self.uri)
-        dom = _lookup(conn, spec.name)
+        dom = _lookup(conn, vm.name)
         if dom is not None and dom.isActive():
-            if domain_hash(dom) == spec.hash:
-                progress(f"{spec.name} is already running with this spec")
-                return {"name": spec.name, "action": "unchanged", "engine": self.name}
-            raise LifecycleError(f"{spec.name} is running with a different spec; run `acrnmgr down {spec.name} "
+            if domain_hash(dom) == vm.hash:
+                progress(f"{vm.name} is already running with this spec")
+                return {"name": vm.name, "action": "unchanged", "engine": self.name}
+            raise LifecycleError(f"{vm.name} is running with a different spec; run `acrnmgr down {vm.name} "
                                  f"--connect {self.uri}` first")
         if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
             xml = _with_uuid(xml, dom.UUIDString())
         # The test driver runs nothing (and its domains live in this process only): no device models for it.
-        devmodels = not self.uri.startswith("test:") and self._start_devmodels(spec, xml, host, progress)
+        devmodels = not self.uri.startswith("test:") and self._start_devmodels(vm, xml, host, progress)
         try:
             dom = conn.defineXML(xml)
-            progress(f"defined {spec.name} on {self.uri}; starting it")
+            progress(f"defined {vm.name} on {self.uri}; starting it")
             dom.create()
         except libvirt.libvirtError as exc:
             if devmodels:
-                self._stop_devmodels(spec.name, progress, force=True)
-            raise LifecycleError(f"{spec.name}: libvirt refused it: {exc.get_error_message()}") from None
-        return {"name": spec.name, "action": "started", "engine": self.name, "uri": self.uri, "id": dom.ID()}
+                self._stop_devmodels(vm.name, progress, force=True)
+            raise LifecycleError(f"{vm.name}: libvirt refused it: {exc.get_error_message()}") from None
+        return {"name": vm.name, "action": "started", "engine": self.name, "uri": self.uri, "id": dom.ID()}
 
-    def _export(self, spec, host, progress: Progress) -> str:
-        from acrnmgr.render.libvirt import ExportError, export_domain
-        from acrnmgr.lifecycle.accel import with_usable_kvm
-        from acrnmgr.lifecycle.state import state_root
-
+    def _export(self, vm: VmSpec, host: HostProfile, progress: Progress) -> str:
         if self.uri.startswith("qemu:///"):  # a local QEMU: its domain type follows whether KVM really works here
             host, fallback = with_usable_kvm(host, state_root())
             if fallback:
                 progress(f"warning: {fallback}")
         try:
-            xml, warnings = export_domain(spec, host, flavor_for(self.uri))
+            plan = make_plan(vm, host, "acrn" if flavor_for(self.uri) == "acrn" else "qemu",
+                             state_dir=state_root() / vm.name)
+            xml, warnings = render_domain(plan, host)
         except ExportError as exc:
-            raise LifecycleError(f"{spec.name}: {exc}") from None
+            raise LifecycleError(f"{vm.name}: {exc}") from None
         for w in warnings:
             progress(f"warning: {w}")
         return xml
 
-    def _start_devmodels(self, spec, xml: str, host, progress: Progress) -> bool:
+    def _start_devmodels(self, vm: VmSpec, xml: str, host: HostProfile, progress: Progress) -> bool:
         """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
         (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
         sockets = frozenset(el.get("path") for el in ET.fromstring(xml).iter("source") if el.get("type") == "unix")
         if not sockets:
             return False
-        self._stop_devmodels(spec.name, progress, force=True)  # leftovers of an earlier run of this domain
-        DevmodelEngine(self.uri, sockets).up(spec, host, progress=lambda m: progress(f"device models: {m}"))
+        self._stop_devmodels(vm.name, progress, force=True)  # leftovers of an earlier run of this domain
+        DevmodelEngine(self.uri, sockets).up(vm, host, progress=lambda m: progress(f"device models: {m}"))
         return True
 
     def _stop_devmodels(self, name: str, progress: Progress, force: bool = False) -> None:
@@ -293,8 +294,8 @@ class LibvirtEngine:
     def launch_lines(self, name: str) -> list[str]:
         return self._domain(name).XMLDesc().splitlines()
 
-    def planned_lines(self, spec, host) -> list[str]:
-        return self._export(spec, host, quiet).splitlines()
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
+        return self._export(vm, host, quiet).splitlines()
 
     def log_files(self, name: str) -> list[Path]:
         """libvirt's log of a local QEMU domain (its stdio console, through virtlogd), then the device models'."""

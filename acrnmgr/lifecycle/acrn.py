@@ -13,11 +13,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from acrnmgr.devices.virtio_console import VirtioConsole
+from acrnmgr.devices.virtio_net import VirtioNet
+from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
 from acrnmgr.lifecycle.errors import LifecycleError, PlanError
 from acrnmgr.lifecycle.manager import SupervisedEngine
-from acrnmgr.lifecycle.state import ProcessSpec
+from acrnmgr.lifecycle.state import ProcessSpec, VmState
+from acrnmgr.model import VmSpec
+from acrnmgr.plan import make_plan
 
 HUGEPAGE_SIZE = 2 << 20
 
@@ -53,49 +58,43 @@ class AcrnEngine(SupervisedEngine):
         self.paths = AcrnPaths.from_env()
 
     # plan ----------------------------------------------------------------------------------
-    def plan(self, spec, host, state) -> LaunchPlan:
-        from acrnmgr.render.acrndm import compile_spec
-
-        compiled = compile_spec(spec, host)
-        if compiled.errors:
-            raise PlanError("the spec cannot be compiled for acrn-dm:\n" + "\n".join(f"  {_diag(d)}" for d in compiled.errors))
+    def plan(self, vm: VmSpec, host: HostProfile, state: VmState) -> LaunchPlan:
+        plan = make_plan(vm, host, "acrn")
+        if plan.errors or plan.acrn is None:
+            raise PlanError("the spec cannot be compiled for acrn-dm:\n" + "\n".join(f"  {d}" for d in plan.errors))
         acrn_dm = shutil.which("acrn-dm") or host.acrn_dm
         if not acrn_dm:
             raise PlanError("acrn-dm not found on PATH: install ACRN's device model, or use --engine qemu")
-        argv = [acrn_dm, *compiled.argv[1:]]
-        settings = spec.spec.get("settings", {})
-        channel = str(settings.get("pmNotifyChannel", "") or "")
+        argv = [acrn_dm, *plan.acrn.argv[1:]]
+        channel = vm.settings.pm_notify_channel or ""
         info = {
-            "vm": spec.name,
+            "vm": vm.name,
             "mngr_dir": self.paths.mngr_dir,
             "life_mngr": self.paths.life_mngr,
-            "cmd_monitor": settings.get("cmdMonitor"),
-            "power_button": channel.split(",")[0] == "power_button",
-            "rtvm": spec.spec.get("vmType") == "rtvm",
-            "consoles": _consoles(spec),
+            "cmd_monitor": vm.settings.cmd_monitor,
+            "power_button": channel == "power_button",
+            "rtvm": vm.rtvm,
+            "consoles": _consoles(vm),
         }
         # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
-        cleanup = [str(Path(self.paths.mngr_dir) / monitor.socket_name(spec.name, 0)).replace(".monitor.0.", ".monitor.{pid}.")]
+        cleanup = [str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0)).replace(".monitor.0.", ".monitor.{pid}.")]
         if info["cmd_monitor"]:
             cleanup.append(str(info["cmd_monitor"]))
         return LaunchPlan("acrn", [ProcessSpec("acrn-dm", argv, role="main")], cleanup=cleanup, info=info)
 
     # prepare -------------------------------------------------------------------------------
-    def prepare(self, spec, host, plan, progress) -> None:
-        from acrnmgr.spec.units import parse_size
-
-        _check_iasl(spec, host)
-        memory = parse_size(spec.spec.get("memory", "128M"))
-        need = -(-memory // HUGEPAGE_SIZE)
+    def prepare(self, vm: VmSpec, host: HostProfile, plan: LaunchPlan, progress) -> None:
+        _check_iasl(vm, host)
+        need = -(-vm.memory // HUGEPAGE_SIZE)
         if host.hugepages_free < need:
             raise LifecycleError(
-                f"acrn-dm backs guest memory with 2M hugepages: {spec.name} needs {need} free, the host has "
+                f"acrn-dm backs guest memory with 2M hugepages: {vm.name} needs {need} free, the host has "
                 f"{host.hugepages_free} free of {host.hugepages_total}; reserve more with "
                 f"`echo {host.hugepages_total + need - host.hugepages_free} > /proc/sys/vm/nr_hugepages`"
             )
         Path(self.paths.mngr_dir).mkdir(parents=True, exist_ok=True)  # acrn-dm does not create it (#2798)
-        prepare_taps(spec, plan, progress, self.paths.net_sysfs)
-        self._offline_cpus(spec.spec.get("cpu", {}).get("affinity", []), progress)
+        prepare_taps(vm, plan, progress, self.paths.net_sysfs)
+        self._offline_cpus(list(vm.affinity), progress)
 
     def _offline_cpus(self, lapic_ids: list[int], progress) -> None:
         """Take the VM's CPUs away from the Service VM: offline each, then hand it to the HSM.
@@ -192,13 +191,13 @@ class AcrnEngine(SupervisedEngine):
         return None
 
 
-def prepare_taps(spec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/class/net") -> None:
-    """Create each virtio-net tap of the spec and attach it to the spec's bridge (default
-    acrn-br0), as ACRN's launch scripts do. Taps we create are deleted after the VM stops."""
-    bridge = spec.spec.get("network", {}).get("bridge", "acrn-br0")
+def prepare_taps(vm: VmSpec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/class/net") -> None:
+    """Create each virtio-net tap of the VM and attach it to the VM's bridge (default acrn-br0), as ACRN's
+    launch scripts do. Taps we create are deleted after the VM stops."""
+    bridge = vm.bridge
     net = Path(net_sysfs)
-    for dev in spec.devices:
-        tap = dev.get("tap") if dev.get("type") == "virtio-net" else None
+    for dev in vm.devices_of(VirtioNet):
+        tap = dev.tap
         if not tap:
             continue
         if (net / tap).exists():
@@ -218,31 +217,29 @@ def prepare_taps(spec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/class/
         plan.post_stop.append(["ip", "link", "del", "dev", tap])
 
 
-def _consoles(spec) -> list[dict]:
+def _consoles(vm: VmSpec) -> list[dict]:
     """Consoles `acrnmgr console` can attach to: socket ports, pty ports with a link path
     (acrn-dm links the pty there), tty LPC ports."""
     out = []
-    for dev in spec.devices:
-        if dev.get("type") != "virtio-console":
-            continue
-        for port in dev.get("ports", []):
-            if port["kind"] == "socket" and port.get("socketMode", "server") == "server":
-                out.append({"name": port["name"], "kind": "socket", "path": port["path"]})
-            elif port["kind"] == "pty" and port.get("path"):
-                out.append({"name": port["name"], "kind": "pty", "path": port["path"]})
-    for port in spec.spec.get("console", {}).get("lpc", []):
-        if port.get("backend") == "tty" and port.get("path"):
-            out.append({"name": port["port"], "kind": "tty", "path": port["path"]})
+    for dev in vm.devices_of(VirtioConsole):
+        for port in dev.ports:
+            if port.kind == "socket" and port.socket_mode == "server":
+                out.append({"name": port.name, "kind": "socket", "path": port.path})
+            elif port.kind == "pty" and port.path:
+                out.append({"name": port.name, "kind": "pty", "path": port.path})
+    for lpc in vm.lpc:
+        if lpc.backend == "tty" and lpc.path:
+            out.append({"name": lpc.port, "kind": "tty", "path": lpc.path})
     return out
 
 
-def _check_iasl(spec, host) -> None:
-    configured = spec.spec.get("settings", {}).get("iasl")
+def _check_iasl(vm: VmSpec, host: HostProfile) -> None:
+    configured = vm.settings.iasl
     if configured:
         if not os.access(configured, os.X_OK):
             raise LifecycleError(f"spec.settings.iasl {configured} is not an executable file")
         return
-    if not (shutil.which("iasl") or getattr(host, "iasl", None)):
+    if not (shutil.which("iasl") or host.iasl):
         raise LifecycleError(
             "iasl not found: acrn-dm (v3.2+) compiles the guest's ACPI tables with it and exits without it; "
             "install acpica-tools or set spec.settings.iasl"
@@ -266,9 +263,3 @@ def _run(argv: list[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LifecycleError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
-
-
-def _diag(d) -> str:
-    where = ":".join(str(x) for x in (getattr(d, "file", None), getattr(d, "line", None), getattr(d, "col", None)) if x)
-    text = getattr(d, "message", str(d))
-    return f"{where}: {text}" if where else text

@@ -91,13 +91,14 @@ def register(app: typer.Typer) -> None:
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """Start VMs from their specs (a VM already running with the same spec is left alone)."""
+        from acrnmgr.devices import vm_from_spec
         from acrnmgr.spec.validation import load_spec
 
         profile = load_host(host)
         eng = _engine(engine, profile, connect)
         for file in files:
             spec = _guard(load_spec, file, host=profile if eng.spec_host_checks else None)
-            _guard(eng.up, spec, profile, wait_ready=wait_ready, progress=_progress)
+            _guard(eng.up, vm_from_spec(spec), profile, wait_ready=wait_ready, progress=_progress)
 
     @app.command()
     def down(

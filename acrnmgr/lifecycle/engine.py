@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import enum
 import inspect
-import os
 import signal
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle.errors import LifecycleError, StateError
 from acrnmgr.lifecycle.state import LaunchRecord, ProcessIdentity, ProcessSpec, RunRecord, VmState, all_vms
+from acrnmgr.model import VmSpec
+from acrnmgr.plan import resolve_engine
 
 Progress = Callable[[str], None]
 
@@ -49,9 +51,9 @@ class Engine(Protocol):
     options: dict[str, Any]  # what the engine was made with (get_engine(name, **options))
     spec_host_checks: bool  # specs for it are validated against the local host profile
 
-    def up(self, spec, host, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
-        """Start the VM of a loaded spec (acrnmgr.spec.loader.Spec); unchanged when it already
-        runs with this spec, LifecycleError when it runs with another."""
+    def up(self, vm: VmSpec, host: HostProfile, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
+        """Start the VM (the typed model of a loaded spec); unchanged when it already runs with this spec,
+        LifecycleError when it runs with another."""
 
     def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:
         """Stop a VM: graceful first (unless force), then forced."""
@@ -68,7 +70,7 @@ class Engine(Protocol):
     def launch_lines(self, name: str) -> list[str]:
         """What runs now, one option per line (for diffs)."""
 
-    def planned_lines(self, spec, host) -> list[str]:
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
         """What `up` of this spec would run, one option per line."""
 
     def log_files(self, name: str) -> list[Path]:
@@ -95,7 +97,7 @@ def get_engine(choice: str, host=None, **options: Any) -> Engine:
         if "uri" in options:
             choice = "libvirt"
         else:
-            choice = "acrn" if (getattr(host, "is_service_vm", False) or os.path.exists("/dev/acrn_hsm")) else "qemu"
+            choice = resolve_engine("auto", host if host is not None else HostProfile.detect())
     if choice not in ENGINES:
         raise LifecycleError(f"unknown engine {choice!r} (expected {', '.join(['auto', *ENGINES])})")
     module, _, cls_name = ENGINES[choice].partition(":")

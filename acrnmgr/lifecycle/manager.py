@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle.engine import Console, LaunchPlan, Progress, Running, StopAction, argv_lines, quiet
 from acrnmgr.lifecycle.errors import LifecycleError, StateError
 from acrnmgr.lifecycle.state import LaunchRecord, VmState, all_vms, wait_until
 from acrnmgr.lifecycle.supervisor import cleanup
+from acrnmgr.model import VmSpec
 
 FORCE_WAIT = 10.0  # seconds after each forced stop action before escalating
 READY_TIMEOUT = 60.0
@@ -63,10 +65,10 @@ class SupervisedEngine:
         self.options: dict = {}
 
     # what each supervised engine provides ----------------------------------------------------
-    def plan(self, spec, host, state: VmState) -> LaunchPlan:
+    def plan(self, vm: VmSpec, host: HostProfile, state: VmState) -> LaunchPlan:
         raise NotImplementedError
 
-    def prepare(self, spec, host, plan: LaunchPlan, progress: Progress) -> None:
+    def prepare(self, vm: VmSpec, host: HostProfile, plan: LaunchPlan, progress: Progress) -> None:
         """Set up the host (taps, CPUs...). May append post_stop commands to `plan`."""
 
     def query(self, vm: Running) -> str | None:
@@ -108,8 +110,8 @@ class SupervisedEngine:
     def launch_lines(self, name: str) -> list[str]:
         return argv_lines(self._launched(name).launch.main.argv)
 
-    def planned_lines(self, spec, host) -> list[str]:
-        return argv_lines(self.plan(spec, host, VmState(spec.name)).main.argv)
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
+        return argv_lines(self.plan(vm, host, VmState(vm.name)).main.argv)
 
     def log_files(self, name: str) -> list[Path]:
         vm = self._launched(name)
@@ -178,46 +180,46 @@ class SupervisedEngine:
         return result
 
     # up ----------------------------------------------------------------------------------------
-    def up(self, spec, host, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
-        state = VmState(spec.name)
+    def up(self, vm: VmSpec, host: HostProfile, *, wait_ready: bool = False, progress: Progress = quiet) -> dict:
+        state = VmState(vm.name)
         with state.locked():
-            vm = load(state)
-            if vm is not None and is_active(vm):
-                if vm.launch.spec_hash == spec.hash:
-                    progress(f"{spec.name} is already running with this spec")
-                    return {"name": spec.name, "action": "unchanged", "engine": vm.launch.engine}
+            running = load(state)
+            if running is not None and is_active(running):
+                if running.launch.spec_hash == vm.hash:
+                    progress(f"{vm.name} is already running with this spec")
+                    return {"name": vm.name, "action": "unchanged", "engine": running.launch.engine}
                 raise LifecycleError(
-                    f"{spec.name} is running with a different spec (engine {vm.launch.engine}, hash "
-                    f"{vm.launch.spec_hash[:12]}); run `acrnmgr down {spec.name}` first"
+                    f"{vm.name} is running with a different spec (engine {running.launch.engine}, hash "
+                    f"{running.launch.spec_hash[:12]}); run `acrnmgr down {vm.name}` first"
                 )
-            if vm is not None:
-                cleanup(state, vm.launch, _main_pid(vm))
-            plan = self.plan(spec, host, state.ensure())
+            if running is not None:
+                cleanup(state, running.launch, _main_pid(running))
+            plan = self.plan(vm, host, state.ensure())
             try:
-                self.prepare(spec, host, plan, progress)
+                self.prepare(vm, host, plan, progress)
             except BaseException:
                 for argv in plan.post_stop:  # undo what prepare did before it failed (e.g. taps)
                     subprocess.run(argv, capture_output=True)
                 raise
             _reset(state)  # only now: a start that fails before this keeps the previous run's records
             launch = LaunchRecord(
-                name=spec.name, engine=self.name, processes=tuple(plan.processes), spec_hash=spec.hash,
-                spec_path=str(Path(spec.path).resolve()) if spec.path else None, created_at=time.time(),
+                name=vm.name, engine=self.name, processes=tuple(plan.processes), spec_hash=vm.hash,
+                spec_path=str(vm.source.resolve()) if vm.source else None, created_at=time.time(),
                 cleanup=tuple(plan.cleanup), post_stop=tuple(plan.post_stop), info=plan.info,
                 engine_options=self.options,
             )
             state.write_launch(launch)
             state.path("argv").write_text(shlex.join(launch.main.argv) + "\n")
-            progress(f"starting {spec.name} on the {self.name} engine")
+            progress(f"starting {vm.name} on the {self.name} engine")
             started = _spawn_supervisor(state)
             if not started.get("ok"):
                 tail = "\n".join(f"  | {line}" for line in started.get("log", []))
-                raise LifecycleError(f"{spec.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
+                raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
             if wait_ready:
-                progress(f"waiting for {spec.name} to report running")
+                progress(f"waiting for {vm.name} to report running")
                 self._wait_ready(state)
-            progress(f"{spec.name} started (pid {started['pid']})")
-            return {"name": spec.name, "action": "started", "engine": self.name, "pid": started["pid"]}
+            progress(f"{vm.name} started (pid {started['pid']})")
+            return {"name": vm.name, "action": "started", "engine": self.name, "pid": started["pid"]}
 
     def _wait_ready(self, state: VmState) -> None:
         def ready() -> bool:

@@ -6,43 +6,44 @@ from __future__ import annotations
 import shutil
 import signal
 
+from acrnmgr.host import HostProfile
+from acrnmgr.lifecycle.accel import with_usable_kvm
+from acrnmgr.lifecycle.acrn import prepare_taps
 from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
 from acrnmgr.lifecycle.errors import PlanError
 from acrnmgr.lifecycle.manager import SupervisedEngine
-from acrnmgr.lifecycle.state import ProcessSpec
+from acrnmgr.lifecycle.qemu_argv import qemu_launch
 from acrnmgr.lifecycle.qmp import Qmp, QmpError
+from acrnmgr.lifecycle.state import ProcessSpec, VmState
+from acrnmgr.model import VmSpec
+from acrnmgr.plan import make_plan
 
 
 class QemuEngine(SupervisedEngine):
     name = "qemu"
 
-    def plan(self, spec, host, state) -> LaunchPlan:
-        from acrnmgr.lifecycle.accel import with_usable_kvm
-        from acrnmgr.lifecycle.qemu_argv import compile_qemu
-
+    def plan(self, vm: VmSpec, host: HostProfile, state: VmState) -> LaunchPlan:
         host, fallback = with_usable_kvm(host, state.dir.parent)
-        q = compile_qemu(spec, host, state.dir)
+        q = qemu_launch(make_plan(vm, host, "qemu", state_dir=state.dir, live_host=True))
         if fallback:
             q.warnings.insert(0, fallback)
         if q.errors:
-            raise PlanError(f"{spec.name} cannot run on the qemu engine:\n" + "\n".join(f"  {e}" for e in q.errors))
+            raise PlanError(f"{vm.name} cannot run on the qemu engine:\n" + "\n".join(f"  {e}" for e in q.errors))
         return LaunchPlan(
             "qemu",
             [*q.helpers, ProcessSpec("qemu", q.argv, role="main")],
             cleanup=q.sockets + [dst for _, dst in q.copies],
-            info={"vm": spec.name, "qmp": q.sockets[0], "consoles": q.consoles, "devices": q.devices,
+            info={"vm": vm.name, "qmp": q.sockets[0], "consoles": q.consoles, "devices": q.devices,
                   "copies": q.copies, "warnings": q.warnings},
         )
 
-    def prepare(self, spec, host, plan, progress) -> None:
-        from acrnmgr.lifecycle.acrn import prepare_taps
-
+    def prepare(self, vm: VmSpec, host: HostProfile, plan: LaunchPlan, progress) -> None:
         for warning in plan.info["warnings"]:
             progress(f"warning: {warning}")
         for src, dst in plan.info["copies"]:
             shutil.copyfile(src, dst)
         # Taps are made and bridged exactly as for acrn-dm, so a spec behaves the same on both.
-        prepare_taps(spec, plan, progress)
+        prepare_taps(vm, plan, progress)
 
     def _qmp(self, vm: Running, command: str, arguments: dict | None = None):
         try:

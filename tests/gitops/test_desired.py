@@ -42,7 +42,7 @@ def test_recursive_and_multi_document(tmp_path):
     assert desired.errors == []
     assert sorted(v.name for v in desired.vms) == ["one", "three", "two"]
     three = next(v for v in desired.vms if v.name == "three")
-    assert three.source.endswith("many.yaml#2") and three.spec.spec["memory"] == "1G"
+    assert three.source.endswith("many.yaml#2") and three.vm.memory == 1 << 30
 
 
 def test_errors_in_a_multi_document_file_name_file_and_line(tmp_path):
@@ -73,8 +73,8 @@ def test_overlay_patches_its_resources(tmp_path):
     assert desired.errors == []
     by = {v.name: v for v in desired.vms}
     assert sorted(by) == ["db", "web"]  # base/ is claimed by the overlay: not loaded twice
-    assert by["web"].spec.spec["memory"] == "2G" and by["web"].spec.data["metadata"]["labels"] == {"host": "box1"}
-    assert by["db"].spec.spec["cpu"]["affinity"] == [1]
+    assert by["web"].vm.memory == 2 << 30 and by["web"].vm.labels == {"host": "box1"}
+    assert by["db"].vm.affinity == (1,)
 
 
 def test_overlay_patch_for_an_unknown_vm_is_an_error(tmp_path):

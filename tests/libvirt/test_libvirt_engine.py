@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from acrnmgr.cli import app
 from acrnmgr.host import HostProfile
 from acrnmgr.libvirt.engine import LibvirtEngine, connect
+from acrnmgr.devices import vm_from_spec
 from acrnmgr.spec.validation import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ engine = LibvirtEngine(URI)
 
 
 def up(path) -> dict:
-    return engine.up(load_spec(path), HostProfile.detect())
+    return engine.up(vm_from_spec(load_spec(path)), HostProfile.detect())
 
 
 @pytest.fixture
