@@ -58,7 +58,16 @@ def make_cli_plan(file: str, host: Optional[str], target_version: str, engine: s
         typer.echo(str(warning), err=True)
     live = profile is None
     profile = profile if profile is not None else HostProfile.detect()
-    return make_plan(vm_from_spec(spec), profile, resolve_engine(engine, profile), target_version, live_host=live)
+    engine = resolve_engine(engine, profile)
+    if live and engine == "qemu":
+        # As `up` does: /dev/kvm may open and still not run a vCPU (nested hypervisors); then QEMU runs TCG.
+        from acrnmgr.lifecycle.accel import with_usable_kvm
+        from acrnmgr.paths import state_root
+
+        profile, fallback = with_usable_kvm(profile, state_root())
+        if fallback:
+            typer.echo(f"warning: {fallback}", err=True)
+    return make_plan(vm_from_spec(spec), profile, engine, target_version, live_host=live)
 
 
 def render(
