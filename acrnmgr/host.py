@@ -12,7 +12,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 _VERSION_RE = re.compile(r"DM version is:\s*v?(\d+\.\d+(?:\.\d+)?)")
 
@@ -37,6 +36,11 @@ class HostProfile:
     kvm: bool = False
     qemu: str | None = None
     iasl: str | None = None
+
+    @property
+    def default_engine(self) -> str:
+        """What `--engine auto` means here: acrn-dm on an ACRN Service VM, QEMU anywhere else."""
+        return "acrn" if self.is_service_vm else "qemu"
 
     @classmethod
     def detect(cls) -> "HostProfile":
@@ -92,6 +96,8 @@ class HostProfile:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "HostProfile":
+        import yaml  # only for a profile file: the CLI must not pay for it at start-up
+
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -1,7 +1,7 @@
 """The acrn engine: acrn-dm on an ACRN Service VM.
 
 Not yet run on ACRN hardware: it is tested against a stand-in acrn-dm that speaks the monitor
-protocol as described in shared/reference/acrn-dm.md section 5."""
+protocol of acrn-dm's management socket (devicemodel/core/monitor.c in ACRN's sources)."""
 
 from __future__ import annotations
 

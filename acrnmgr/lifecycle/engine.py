@@ -19,13 +19,14 @@ import signal
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle.errors import LifecycleError, StateError
 from acrnmgr.lifecycle.state import LaunchRecord, ProcessIdentity, ProcessSpec, RunRecord, VmState, all_vms
-from acrnmgr.model import VmSpec
-from acrnmgr.plan import resolve_engine
+
+if TYPE_CHECKING:  # annotations only: the CLI imports this module at start-up
+    from acrnmgr.host import HostProfile
+    from acrnmgr.model import VmSpec
 
 Progress = Callable[[str], None]
 
@@ -97,7 +98,9 @@ def get_engine(choice: str, host=None, **options: Any) -> Engine:
         if "uri" in options:
             choice = "libvirt"
         else:
-            choice = resolve_engine("auto", host if host is not None else HostProfile.detect())
+            from acrnmgr.host import HostProfile  # the CLI imports this module at start-up: detect lazily
+
+            choice = (host if host is not None else HostProfile.detect()).default_engine
     if choice not in ENGINES:
         raise LifecycleError(f"unknown engine {choice!r} (expected {', '.join(['auto', *ENGINES])})")
     module, _, cls_name = ENGINES[choice].partition(":")

@@ -81,7 +81,7 @@ class Plan:
 def resolve_engine(choice: str, host: HostProfile) -> str:
     """``auto`` is the acrn engine on an ACRN Service VM and the qemu engine anywhere else."""
     if choice == "auto":
-        return "acrn" if host.is_service_vm else "qemu"
+        return host.default_engine
     if choice not in ENGINES:
         raise ValueError(f"unknown engine {choice!r} ({', '.join(ENGINES)} or auto)")
     return choice

@@ -1,4 +1,4 @@
-"""The acrn-dm command-line grammar (see shared/reference/acrn-dm.md, sections 1-2).
+"""The acrn-dm command-line grammar: the options of acrn-dm's main.c and the -s config of each PCI emulation.
 
 `parse_argv(argv, version)` parses an acrn-dm argv the way acrn-dm's getopt_long loop and
 its per-emulation parsers would, and returns a structured `DmCommand`. Anything acrn-dm

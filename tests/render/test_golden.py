@@ -13,7 +13,7 @@ import pytest
 from acrnmgr.devices import vm_from_spec
 from acrnmgr.plan import make_plan
 from acrnmgr.render.acrndm import compile_spec, render_acrndm
-from acrnmgr.render.cli import format_plan
+from acrnmgr.cli.render import format_plan
 from acrnmgr.render.script import render_script
 from acrnmgr.spec.validation import load_spec
 

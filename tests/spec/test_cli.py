@@ -155,7 +155,7 @@ def test_schema_command():
 
 
 def test_cli_module_does_not_import_heavy_libraries():
-    code = ("import sys, acrnmgr.spec.cli; "
+    code = ("import sys, acrnmgr.cli.spec; "
             "print(','.join(m for m in ('jsonschema', 'yaml') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == ""

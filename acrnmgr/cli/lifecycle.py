@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from acrnmgr.cliutil import OutputFormat, fail, load_host
+from acrnmgr.cli.common import OutputFormat, fail, load_host
 from acrnmgr.lifecycle.engine import EngineChoice
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from acrnmgr.cliutil import OutputFormat, load_host
+from acrnmgr.cli.common import OutputFormat, load_host
 
 
 class RenderFormat(str, enum.Enum):

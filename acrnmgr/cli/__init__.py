@@ -8,11 +8,11 @@ from __future__ import annotations
 import typer
 
 from acrnmgr import __version__
-from acrnmgr.render import cli as compiler_cli
-from acrnmgr.devmodel import cli as devmodel_cli
-from acrnmgr.gitops import cli as gitops_cli
-from acrnmgr.lifecycle import cli as lifecycle_cli
-from acrnmgr.spec import cli as spec_cli
+from acrnmgr.cli import render as render_cli
+from acrnmgr.cli import devmodel as devmodel_cli
+from acrnmgr.cli import gitops as gitops_cli
+from acrnmgr.cli import lifecycle as lifecycle_cli
+from acrnmgr.cli import spec as spec_cli
 
 app = typer.Typer(
     name="acrnmgr",
@@ -37,7 +37,7 @@ def _root(
 
 
 spec_cli.register(app)
-compiler_cli.register(app)
+render_cli.register(app)
 lifecycle_cli.register(app)
 gitops_cli.register(app)
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")
