@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn
 from acrnmgr.model import common_fields, resolve
 
 
@@ -28,6 +29,17 @@ class Ahci(EmulatedDevice):
         if not out:
             ctx.diags.error(self.where, "ahci needs `hd` or `cd`")
         return ",".join(out)
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("disk",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        target, src = el.find("target"), el.find("source")
+        path = (src.get("file") or src.get("dev")) if src is not None else None
+        if target is None or target.get("bus") != "sata" or not path:
+            return False
+        imp.add(imp.slot_of(el), {"type": cls.KIND, ("cd" if el.get("device") == "cdrom" else "hd"): path}, el)
+        return True
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

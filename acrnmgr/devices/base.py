@@ -178,6 +178,49 @@ class LibvirtOut:
         return str(vhost_socket_path(self.state_dir, device.display_name))
 
 
+MODE_OF_LIBVIRT_MODEL = {v: k for k, v in LIBVIRT_MODEL.items()}
+
+
+def xml_int(text: str | None, default: int | None = None) -> int | None:
+    """An integer attribute of hostile XML (0x.. allowed); ``default`` when absent or not a number."""
+    if text is None:
+        return default
+    try:
+        return int(text, 0)
+    except ValueError:
+        return default
+
+
+def xml_memory_bytes(el: ET.Element) -> int:
+    """A libvirt size element (<memory unit='KiB'>, <size unit='M'>) in bytes."""
+    units = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+             "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40}
+    unit = (el.get("unit") or "KiB").lower()
+    return int((el.text or "").strip()) * units.get(unit, 1 << 10)
+
+
+@dataclass
+class LibvirtIn:
+    """A domain being imported: what device kinds read from its elements and hand back as spec devices."""
+
+    name: str  # the domain's
+    spec: dict[str, Any]  # the spec being built (a kind may set spec.network.bridge)
+    add: Any  # add(slot, device mapping, element) records a device in the domain's order
+    warnings: list[str] = field(default_factory=list)
+    consoles: dict[int, dict[str, Any]] = field(default_factory=dict)  # virtio-serial controller index -> device
+
+    @staticmethod
+    def slot_of(el: ET.Element) -> int | None:
+        addr = el.find("address")
+        if addr is not None and addr.get("type") == "pci":
+            return xml_int(addr.get("slot"))
+        return None
+
+    @staticmethod
+    def mode_of(el: ET.Element | None, attr: str = "model") -> str | None:
+        return MODE_OF_LIBVIRT_MODEL.get(el.get(attr) or "") if el is not None else None
+
+
 def esc(value: object) -> str:
     """QEMU's key=value option syntax: a comma inside a value is written twice."""
     return str(value).replace(",", ",,")
@@ -338,6 +381,14 @@ class VirtioDevice(Device):
         element for it (the device is then kept whole in the acrnmgr metadata)."""
         return None
 
+    # The domain elements this kind reads back (tags), and how: from_libvirt returns True when it took the
+    # element (having added a device or said why it skipped it), False to leave it to another kind.
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        return False
+
 
 class EmulatedDevice(Device):
     """A non-virtio device that acrn-dm emulates itself (or passes through)."""
@@ -373,3 +424,10 @@ class EmulatedDevice(Device):
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         """As VirtioDevice.libvirt."""
         return None
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        """As VirtioDevice.from_libvirt."""
+        return False

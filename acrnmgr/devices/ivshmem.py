@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, CheckContext, Choice, EmulatedDevice, GrammarError, acrn_int
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    CheckContext,
+    Choice,
+    EmulatedDevice,
+    GrammarError,
+    LibvirtIn,
+    acrn_int,
+    xml_memory_bytes,
+)
 from acrnmgr.model import JsonPath, common_fields
 from acrnmgr.spec.diagnostics import format_path
 from acrnmgr.spec.units import format_size, parse_size
@@ -83,6 +93,15 @@ class Ivshmem(EmulatedDevice):
         if self.region_id is not None:
             out.append(str(self.region_id))
         return ",".join(out)
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("shmem",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        size = el.find("size")
+        mb = xml_memory_bytes(size) >> 20 if size is not None else 2
+        imp.add(imp.slot_of(el), {"type": cls.KIND, "region": f"dm:/{el.get('name')}", "size": f"{mb}M"}, el)
+        return True
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

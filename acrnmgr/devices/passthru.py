@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ from acrnmgr.devices.base import (
     Choice,
     EmulatedDevice,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     acrn_int,
     parse_bdf,
     xml_alias,
+    xml_int,
     xml_pci,
     xml_sub,
 )
@@ -121,6 +124,27 @@ class Passthru(EmulatedDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vfio-pci,host={self.sysfs_name},addr={slot:#x}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("hostdev",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        if el.get("type") != "pci":
+            imp.warnings.append(f"<hostdev type='{el.get('type')}'>: only PCI passthrough maps to acrn-dm; skipped")
+            return True
+        a = el.find("source/address")
+        if a is None:
+            imp.warnings.append("<hostdev type='pci'> without a source address: skipped")
+            return True
+        bus, slot, function = (xml_int(a.get(k), 0) or 0 for k in ("bus", "slot", "function"))
+        d: dict[str, Any] = {"type": cls.KIND, "bdf": f"{bus:02x}:{slot:02x}.{function}"}
+        rom = el.find("rom")
+        imp.add(imp.slot_of(el), d, el)
+        if rom is not None and rom.get("file"):
+            d.setdefault("options", {})["romfile"] = rom.get("file")
+        if imp.slot_of(el) == 2:
+            d["gpu"] = True
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra = {k: self.raw[k] for k in ("backend", "gpu", "options") if k in self.raw}

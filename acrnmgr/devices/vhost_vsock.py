@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,13 @@ from acrnmgr.devices.base import (
     CheckContext,
     Choice,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     VirtioDevice,
     acrn_int,
     xml_alias,
+    xml_int,
     xml_pci,
     xml_sub,
 )
@@ -75,6 +78,18 @@ class VhostVsock(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},addr={slot:#x}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("vsock",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        cid = el.find("cid")
+        address = xml_int(cid.get("address")) if cid is not None and cid.get("auto") != "yes" else None
+        if address is None:
+            imp.warnings.append("<vsock> with an automatic CID: acrn-dm needs a fixed cid; set to 3")
+            address = 3
+        imp.add(imp.slot_of(el), {"type": cls.KIND, "cid": address}, el)
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, _ = self.libvirt_extra()

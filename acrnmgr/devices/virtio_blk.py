@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 from acrnmgr.devices.base import (
     AcrnArgs,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     VirtioDevice,
@@ -18,6 +20,7 @@ from acrnmgr.devices.base import (
     esc,
     qemu_mode,
     xml_alias,
+    xml_int,
     xml_pci,
     xml_sub,
 )
@@ -123,6 +126,46 @@ class VirtioBlk(VirtioDevice):
         if self.boot:
             props.append("bootindex=1")
         ctx.argv += ["-blockdev", blockdev(node), "-device", ",".join(props)]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("disk",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        target = el.find("target")
+        if target is None or target.get("bus") != "virtio":
+            return False
+        src = el.find("source")
+        path = (src.get("file") or src.get("dev")) if src is not None else None
+        d: dict[str, Any] = {"type": cls.KIND}
+        if el.get("type") == "vhostuser":
+            d["backend"] = "embedded"
+        elif path:
+            d["path"] = path
+        drv = el.find("driver")
+        if drv is not None:
+            cache = {"writethrough": "writethru", "writeback": "writeback", "none": "nocache",
+                     "directsync": "nocache"}.get(drv.get("cache", ""))
+            if cache and cache != DEFAULT_CACHE:
+                d["cache"] = cache
+            if drv.get("discard") == "unmap":
+                d["discard"] = True
+            if drv.get("io") in ("io_uring", "threads"):
+                d["aio"] = drv.get("io")
+            queues = xml_int(drv.get("queues"))
+            if queues:
+                d["mq"] = queues
+            if drv.get("type") not in (None, "raw"):
+                imp.warnings.append(f"disk {path}: format {drv.get('type')}; acrn-dm reads raw images only")
+        if el.find("readonly") is not None:
+            d["readOnly"] = True
+        if el.find("boot") is not None:
+            d["boot"] = True
+        if imp.mode_of(el):
+            d["mode"] = imp.mode_of(el)
+        imp.add(imp.slot_of(el), d, el)
+        if "path" not in d:
+            imp.warnings.append("vhost-user disk without acrnmgr metadata: the image behind the socket is unknown")
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, model = self.libvirt_extra()

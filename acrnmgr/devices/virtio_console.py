@@ -4,6 +4,7 @@ console frontend, so the embedded console is reachable only through our own fron
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,14 @@ from acrnmgr.devices.base import (
     CheckContext,
     Choice,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     VirtioDevice,
     esc,
     qemu_mode,
     xml_alias,
+    xml_int,
     xml_pci,
     xml_sub,
 )
@@ -122,6 +125,51 @@ class VirtioConsole(VirtioDevice):
                 chardev = f"file,id={cid},path={esc(port.path)}"
             frontend = "virtconsole" if port.console else "virtserialport"
             ctx.argv += ["-chardev", chardev, "-device", f"{frontend},bus={nid}.0,chardev={cid},name={esc(port.name)}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("controller", "console", "channel")
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        if el.tag == "controller":
+            if el.get("type") != "virtio-serial":
+                return False
+            d: dict[str, Any] = {"type": cls.KIND, "ports": []}
+            if imp.mode_of(el):
+                d["mode"] = imp.mode_of(el)
+            imp.consoles[xml_int(el.get("index"), 0) or 0] = d
+            imp.add(imp.slot_of(el), d, el)
+            return True
+        tag = el.tag
+        target = el.find("target")
+        if target is None or target.get("type") != "virtio":
+            if tag == "console" and target is not None and target.get("type") == "serial":
+                return True  # the console view of <serial>, already imported
+            imp.warnings.append(f"<{tag}> with target {target.get('type') if target is not None else None}: "
+                                "not mapped")
+            return True
+        addr = el.find("address")
+        ctrl = xml_int(addr.get("controller"), 0) if addr is not None else 0
+        ctrl = ctrl or 0
+        if ctrl not in imp.consoles:
+            imp.consoles[ctrl] = {"type": cls.KIND, "ports": []}
+            imp.add(None, imp.consoles[ctrl])
+        ports = imp.consoles[ctrl]["ports"]
+        kind = {"pty": "pty", "unix": "socket", "stdio": "stdio", "dev": "tty", "file": "file"}.get(el.get("type") or "")
+        if kind is None:
+            imp.warnings.append(f"<{tag} type='{el.get('type')}'>: no acrn-dm console backend; skipped")
+            return True
+        port: dict[str, Any] = {"kind": kind, "name": target.get("name") or f"port{len(ports)}"}
+        if tag == "console":
+            port["console"] = True
+        src = el.find("source")
+        if src is not None and src.get("path"):
+            port["path"] = src.get("path")
+        if kind == "socket" and src is not None and src.get("mode") == "connect":
+            port["socketMode"] = "client"  # server is the default
+        pos = xml_int(addr.get("port"), None) if addr is not None else None
+        port["_pos"] = pos if pos is not None else 1000 + len(ports)
+        ports.append(port)
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, model = self.libvirt_extra()

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    GrammarError,
+    LibvirtIn,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    xml_alias,
+    xml_pci,
+    xml_sub,
+)
 from acrnmgr.model import common_fields
 
 
@@ -43,6 +54,18 @@ class VirtioGpu(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},addr={slot:#x}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("video",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        model = el.find("model")
+        if model is not None and model.get("type") == "virtio":
+            imp.add(imp.slot_of(el), {"type": cls.KIND}, el)
+        else:
+            imp.warnings.append(f"<video> model {model.get('type') if model is not None else None}: only virtio "
+                                "maps (to virtio-gpu); skipped")
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         if out.flavor != "qemu":

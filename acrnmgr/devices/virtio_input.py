@@ -4,12 +4,23 @@ virtio-input-host-pci)."""
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, GrammarError, LibvirtOut, QemuArgs, VirtioDevice, esc, xml_alias, xml_sub
+from acrnmgr.devices.base import (
+    AcrnArgs,
+    GrammarError,
+    LibvirtIn,
+    LibvirtOut,
+    QemuArgs,
+    VirtioDevice,
+    esc,
+    xml_alias,
+    xml_sub,
+)
 from acrnmgr.model import common_fields
 
 
@@ -33,6 +44,17 @@ class VirtioInput(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(self.device)},addr={slot:#x}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("input",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        source = el.find("source")
+        if el.get("type") == "evdev" and source is not None:
+            imp.add(None, {"type": cls.KIND, "device": source.get("dev")}, el)
+        elif el.get("type") not in ("mouse", "keyboard"):
+            imp.warnings.append(f"<input type='{el.get('type')}'>: not mapped")
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         if out.flavor != "qemu":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from acrnmgr.devices.base import (
     CheckContext,
     Choice,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     VirtioDevice,
@@ -175,6 +177,44 @@ class VirtioNet(VirtioDevice):
             vhost = ",vhost=on" if backend == "vhost" else ""
             ctx.argv += ["-netdev", f"tap,id={nid},ifname={esc(tap)},script=no,downscript=no{vhost}"]
             ctx.argv += ["-device", f"virtio-net-pci,netdev={nid},mac={mac},{addr}{mode}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("interface",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        t = el.get("type")
+        d: dict[str, Any] = {"type": cls.KIND}
+        target = el.find("target")
+        mac = el.find("mac")
+        if mac is not None and mac.get("address"):
+            d["mac"] = (mac.get("address") or "").lower()
+        model = el.find("model")
+        mtype = model.get("type") if model is not None else None
+        if mtype != "virtio" and imp.mode_of(model, "type") is None:
+            imp.warnings.append(f"<interface> model {mtype!r}: imported as virtio-net")
+        elif imp.mode_of(model, "type"):
+            d["mode"] = imp.mode_of(model, "type")
+        drv = el.find("driver")
+        if t == "vhostuser":
+            d["backend"] = "embedded"
+        elif drv is not None and drv.get("name") == "vhost":
+            d["backend"] = "vhost"
+        if target is not None and target.get("dev"):
+            d["tap"] = target.get("dev")
+        elif t in ("bridge", "network", "ethernet"):
+            imp.warnings.append(f"<interface type='{t}'> without <target dev>: tap name set to "
+                                f"tap_{imp.name[:11]}; libvirt would have picked one")
+            d["tap"] = f"tap_{imp.name[:11]}"
+            source = el.find("source")
+            if t == "bridge" and source is not None:
+                imp.spec.setdefault("network", {})["bridge"] = source.get("bridge")
+        elif t != "vhostuser":
+            imp.warnings.append(f"<interface type='{t}'>: no acrn-dm equivalent; skipped")
+            return True
+        imp.add(imp.slot_of(el), d, el)
+        if d.get("macvtap") is True:
+            d["macvtap"] = d.pop("tap")
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, model = self.libvirt_extra()

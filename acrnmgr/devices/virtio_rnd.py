@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 from acrnmgr.devices.base import (
     Choice,
     GrammarError,
+    LibvirtIn,
     LibvirtOut,
     QemuArgs,
     VirtioDevice,
@@ -47,6 +49,16 @@ class VirtioRnd(VirtioDevice):
         else:
             ctx.argv += ["-object", f"rng-random,id={nid},filename=/dev/urandom",
                          "-device", f"virtio-rng-pci,rng={nid},{addr}{qemu_mode(self)}"]
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("rng",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        d: dict[str, Any] = {"type": cls.KIND}
+        if imp.mode_of(el):
+            d["mode"] = imp.mode_of(el)
+        imp.add(imp.slot_of(el), d, el)
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         if out.flavor == "acrn":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import EmulatedDevice, LibvirtOut, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import EmulatedDevice, LibvirtIn, LibvirtOut, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields
 
 
@@ -19,6 +20,16 @@ class Wdt(EmulatedDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Wdt:
         return cls(**common_fields(index, raw))
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("watchdog",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        if el.get("model") == "i6300esb":
+            imp.add(imp.slot_of(el), {"type": cls.KIND}, el)
+        else:
+            imp.warnings.append(f"<watchdog model='{el.get('model')}'>: only i6300esb maps; skipped")
+        return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         if out.flavor != "qemu":

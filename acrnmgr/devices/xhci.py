@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn
 from acrnmgr.model import common_fields
 
 
@@ -35,6 +36,15 @@ class Xhci(EmulatedDevice):
         if self.cap:
             out.append("cap=" + self.cap)
         return ",".join(out)
+
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("controller",)
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        if el.get("type") != "usb" or el.get("model") not in ("qemu-xhci", "nec-xhci"):
+            return False
+        imp.add(imp.slot_of(el), {"type": cls.KIND}, el)
+        return True
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
