@@ -2,6 +2,9 @@
 
 import pytest
 
+from acrnmgr.host import HostProfile
+from tests.specs import HOSTS
+
 
 @pytest.fixture(scope="session")
 def guest_image():
@@ -11,3 +14,13 @@ def guest_image():
     from tests.guest import build_guest_image
 
     return build_guest_image()
+
+
+@pytest.fixture(scope="session")
+def service_vm() -> HostProfile:
+    return HostProfile.from_file(HOSTS / "acrn-service-vm.yaml")
+
+
+@pytest.fixture(scope="session")
+def plain_box() -> HostProfile:
+    return HostProfile.from_file(HOSTS / "plain-box.yaml")

@@ -1,6 +1,6 @@
 """Golden files pin the plan, argv and launch script of every example.
 
-Regenerate (and review the diff) with ACRNMGR_UPDATE_GOLDEN=1 pytest tests/compiler/test_golden.py."""
+Regenerate (and review the diff) with ACRNMGR_UPDATE_GOLDEN=1 pytest tests/render/test_golden.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from acrnmgr.cli.render import format_plan
 from acrnmgr.render.script import render_script
 from acrnmgr.spec.validation import load_spec
 
-from .conftest import EXAMPLE_FILES, EXAMPLES
+from tests.specs import EXAMPLE_FILES, EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ACRNMGR_UPDATE_GOLDEN") == "1"

@@ -11,7 +11,7 @@ from acrnmgr.render.grammar import parse_argv, parse_cpu_affinity, parse_memsize
 from acrnmgr.spec.validation import load_spec
 from acrnmgr.spec.units import parse_size
 
-from .conftest import EXAMPLE_FILES, make_spec
+from tests.specs import EXAMPLE_FILES, make_spec
 
 
 def _abs(spec, p):

@@ -10,7 +10,7 @@ from pathlib import Path
 from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.render.script import render_script
 
-from .conftest import make_spec
+from tests.specs import make_spec
 
 NASTY = "my disk $(touch PWNED) `touch PWNED2` 'q' \"d\" ;x&y|z *.img"
 

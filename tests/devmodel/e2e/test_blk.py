@@ -13,7 +13,7 @@ import pytest
 
 from tests.guest import Guest, run_guest
 
-from .conftest import chardev
+from tests.specs import chardev
 
 pytestmark = pytest.mark.guest
 

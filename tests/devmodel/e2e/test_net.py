@@ -10,7 +10,7 @@ import pytest
 
 from tests.guest import run_guest
 
-from .conftest import chardev
+from tests.specs import chardev
 
 pytestmark = pytest.mark.guest
 

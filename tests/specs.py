@@ -1,27 +1,17 @@
+"""Spec and host-profile helpers shared by the render, plan and CLI tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from acrnmgr.render.acrndm import compile_spec
 from acrnmgr.host import HostProfile
 from acrnmgr.spec.validation import load_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 HOSTS = EXAMPLES / "hosts"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def service_vm() -> HostProfile:
-    return HostProfile.from_file(HOSTS / "acrn-service-vm.yaml")
-
-
-@pytest.fixture(scope="session")
-def plain_box() -> HostProfile:
-    return HostProfile.from_file(HOSTS / "plain-box.yaml")
 
 
 SPEC_HEAD = """\

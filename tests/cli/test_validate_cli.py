@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import HEAD, devices_text, pos
+from tests.spec.helpers import HEAD, devices_text, pos
 
 ACRNMGR = Path(sys.executable).with_name("acrnmgr")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

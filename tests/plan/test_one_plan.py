@@ -22,7 +22,7 @@ from acrnmgr.lifecycle.qemu import QemuEngine
 from acrnmgr.lifecycle.state import VmState
 from acrnmgr.spec.validation import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SOS = ROOT / "examples/hosts/acrn-service-vm.yaml"
 BOX = ROOT / "examples/hosts/plain-box.yaml"

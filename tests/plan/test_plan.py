@@ -27,7 +27,7 @@ def choose(raw, host, engine="acrn", family="3"):
 def assign_slots(devices):
     return assign_requests(requests_of(devices))
 
-from .conftest import BASIC, compile_body, make_spec
+from tests.specs import BASIC, compile_body, make_spec
 
 
 # --- slots -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from acrnmgr.cli import app
 
-from .conftest import EXAMPLES, HOSTS
+from tests.specs import EXAMPLES, HOSTS
 
 runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
 SOS = str(HOSTS / "acrn-service-vm.yaml")

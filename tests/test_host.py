@@ -8,7 +8,7 @@ import pytest
 
 from acrnmgr.host import HostProfile, HostProfileError, parse_dm_version
 
-from .conftest import HOSTS
+from tests.specs import HOSTS
 
 
 def test_detect_reads_this_machine():
