@@ -13,7 +13,7 @@ import pytest
 
 from tests.guest import Guest, run_guest
 
-from tests.specs import chardev
+from .conftest import chardev
 
 pytestmark = pytest.mark.guest
 

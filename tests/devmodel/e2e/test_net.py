@@ -10,7 +10,7 @@ import pytest
 
 from tests.guest import run_guest
 
-from tests.specs import chardev
+from .conftest import chardev
 
 pytestmark = pytest.mark.guest
 
