@@ -8,10 +8,10 @@ from __future__ import annotations
 import typer
 
 from acrnmgr import __version__
-from acrnmgr.cli import render as render_cli
 from acrnmgr.cli import devmodel as devmodel_cli
 from acrnmgr.cli import gitops as gitops_cli
 from acrnmgr.cli import lifecycle as lifecycle_cli
+from acrnmgr.cli import render as render_cli
 from acrnmgr.cli import spec as spec_cli
 
 app = typer.Typer(

@@ -11,7 +11,6 @@ import typer
 from acrnmgr.cli.common import OutputFormat, fail, load_host
 from acrnmgr.lifecycle.engine import EngineChoice
 
-
 _ENGINE_HELP = ("acrn (acrn-dm on an ACRN Service VM), qemu, libvirt (a libvirt domain; see --connect), or auto: "
                 "libvirt with --connect, else acrn when /dev/acrn_hsm exists, else qemu.")
 _FOUND_HELP = "The VM's engine (default: the one it was started on; libvirt with --connect)."

@@ -47,6 +47,11 @@ KINDS: dict[str, type[Any]] = {cls.KIND: cls for cls in (
     VirtioBlk, VirtioNet, VirtioConsole, VirtioRnd, VirtioInput, VirtioGpu, VirtioI2c, VirtioGpio, VhostVsock,
     Passthru, Ivshmem, Xhci, Ahci, Wdt, Uart)}
 
+# acrn-dm's emulation names of each kind (wdt is wdt-i6300esb; ahci also has ahci-hd and ahci-cd).
+BY_EMULATION: dict[str, type[Any]] = {
+    emulation: cls for cls in KINDS.values()
+    for emulation in getattr(cls, "ACRN_EMULATIONS", None) or (getattr(cls, "EMULATION", cls.KIND),)}
+
 VIRTIO_KINDS = tuple(k for k, cls in KINDS.items() if issubclass(cls, VirtioDevice))
 EMBEDDED_KINDS = tuple(k for k, cls in KINDS.items() if issubclass(cls, VirtioDevice) and cls.EMBEDDED)
 

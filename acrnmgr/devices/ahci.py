@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn, SlotDevice
 from acrnmgr.model import common_fields, resolve
 
 
@@ -23,6 +23,23 @@ class Ahci(EmulatedDevice):
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Ahci:
         return cls(**common_fields(index, raw), hd=resolve(base_dir, raw["hd"]) if raw.get("hd") else None,
                    cd=resolve(base_dir, raw["cd"]) if raw.get("cd") else None)
+
+    ACRN_EMULATIONS: ClassVar[tuple[str, ...]] = ("ahci", "ahci-hd", "ahci-cd")
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p, where, e = dev.params, f"-s {dev.slot},{dev.emul}", dev.emul
+        d: dict[str, Any] = {"type": cls.KIND}
+        for kind in ("hd", "cd"):
+            paths = p.get(kind, [])
+            if paths:
+                d[kind] = paths[0]
+            if len(paths) > 1:
+                warnings.append(f"{where}: only one {kind}: per ahci controller is modelled; dropped {paths[1:]}")
+        if e != "ahci":
+            warnings.append(f"{where}: {e} becomes `ahci` with {'hd' if e == 'ahci-hd' else 'cd'}: "
+                            "the emulation name changes, the disk does not")
+        return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = [f"{k}:{ctx.path(v, (*self.where, k))}" for k, v in (("hd", self.hd), ("cd", self.cd)) if v]

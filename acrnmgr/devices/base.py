@@ -55,6 +55,23 @@ def acrn_int(text: str, what: str, lo: int | None = None, hi: int | None = None,
 
 
 @dataclass(frozen=True)
+class SlotDevice:
+    """One acrn-dm `-s [bus:]slot[:func],emul[,config]`, parsed (params: what the emulation's parser read)."""
+
+    bus: int
+    slot: int
+    func: int
+    emul: str
+    config: str  # everything after "emul," (including a leading "b," boot flag)
+    boot: bool = False
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.bus}:{self.slot}:{self.func}"
+
+
+@dataclass(frozen=True)
 class Choice:
     backend: str | None  # None when there is no valid choice (see error)
     reason: str

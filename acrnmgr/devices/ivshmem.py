@@ -16,6 +16,7 @@ from acrnmgr.devices.base import (
     EmulatedDevice,
     GrammarError,
     LibvirtIn,
+    SlotDevice,
     acrn_int,
     xml_memory_bytes,
 )
@@ -87,6 +88,12 @@ class Ivshmem(EmulatedDevice):
             return Choice("hypervisor", "hv:/ regions are shared by the hypervisor (must match a scenario "
                           "IVSHMEM_REGION)")
         return super().choose_native(engine)
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p = dev.params
+        return {"type": cls.KIND, "region": p["region"], "size": f"{p['sizeMb']}M",
+                **({"regionId": p["regionId"]} if "regionId" in p else {})}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = [self.region, str(self.size >> 20)]

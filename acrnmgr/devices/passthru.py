@@ -19,6 +19,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     acrn_int,
     parse_bdf,
     xml_alias,
@@ -29,6 +30,7 @@ from acrnmgr.devices.base import (
 from acrnmgr.model import JsonPath, common_fields, resolve
 from acrnmgr.spec.diagnostics import format_path
 
+GPU_SLOT = 2  # where ACRN's config tools put a GPU passthrough (the guest's graphics drivers expect it there)
 _FLAGS = (("keep_gsi", "keep_gsi"), ("no_reset", "no_reset"), ("d3hot_reset", "d3hot_reset"))
 
 
@@ -97,6 +99,16 @@ class Passthru(EmulatedDevice):
 
     def choose_native(self, engine: str) -> Choice:
         return Choice("passthru", f"host PCI function {self.raw.get('bdf')} is passed through")
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p = dev.params
+        d: dict[str, Any] = {"type": cls.KIND, "bdf": p["bdf"]}
+        if dev.slot == GPU_SLOT:
+            d["gpu"] = True
+        if p["options"]:
+            d["options"] = dict(p["options"])
+        return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         _, bus, dev, func = self.bdf

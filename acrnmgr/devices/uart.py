@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, acrn_int
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, SlotDevice, acrn_int
 from acrnmgr.model import common_fields
 
 
@@ -20,6 +20,10 @@ class Uart(EmulatedDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Uart:
         return cls(**common_fields(index, raw), vuart_idx=raw.get("vuartIdx", 0))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        return {"type": cls.KIND, "vuartIdx": dev.params["vuartIdx"]}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         return f"vuart_idx:{self.vuart_idx}"

@@ -16,6 +16,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     acrn_int,
     xml_alias,
@@ -72,6 +73,10 @@ class VhostVsock(VirtioDevice):
             return Choice(None, "", "vhost-vsock with kernel vhost needs /dev/vhost-vsock, which the host profile "
                           "lacks", "load the vhost kernel module")
         return super().choose_qemu(host)
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        return {"type": cls.KIND, "cid": dev.params["cid"]}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         return f"cid={self.cid}"

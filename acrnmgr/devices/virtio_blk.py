@@ -14,6 +14,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     acrn_int,
     blockdev,
@@ -62,6 +63,28 @@ class VirtioBlk(VirtioDevice):
                    sector_size=(ss["logical"], ss.get("physical")) if ss else None,
                    range=(rng["startLba"], rng["size"]) if rng else None, iothread=iothread, mq=raw.get("mq"),
                    aio=raw.get("aio"))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p, where = dev.params, f"-s {dev.slot},{dev.emul}"
+        if p.get("path") is None:
+            return None  # nodisk (a drive inserted later by blkrescan) has no spec form
+        d: dict[str, Any] = {"type": cls.KIND, "path": p["path"]}
+        if dev.boot:
+            d["boot"] = True
+        if p.get("cache", DEFAULT_CACHE) != DEFAULT_CACHE:
+            d["cache"] = p["cache"]
+        if p.get("readOnly"):
+            d["readOnly"] = True
+        if p.get("noBstBlock"):
+            warnings.append(f"{where}: no_bst_block is not modelled; dropped")
+        for key in ("discard", "sectorSize", "range", "mq", "aio"):
+            if key in p:
+                d[key] = p[key]
+        if "iothread" in p:
+            io = p["iothread"]
+            d["iothread"] = {"count": io["count"], **({"cpus": io["cpus"]} if io["cpus"] else {})}
+        return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = ["b"] if self.boot else []
@@ -207,7 +230,7 @@ _SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     tokens = body.split(",") if body else []
-    params: dict[str, Any] = {"cache": "writethru", "readOnly": False}
+    params: dict[str, Any] = {"cache": DEFAULT_CACHE, "readOnly": False}
     if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
         tok = tokens.pop(0)
         count, cpus = 1, []

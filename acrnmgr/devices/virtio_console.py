@@ -18,6 +18,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     esc,
     qemu_mode,
@@ -89,6 +90,11 @@ class VirtioConsole(VirtioDevice):
         if self.backend == "auto":
             return Choice("vbs-u", "QEMU has no vhost-user console frontend: QEMU's own virtio-serial")
         return super().choose_qemu(host)
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        return {"type": cls.KIND, "ports": [
+            {k: v for k, v in port.items() if not (k == "console" and not v)} for port in dev.params["ports"]]}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         items = []
@@ -218,7 +224,7 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
         if path:
             port["path"] = path
         if kind == "socket":
-            port["socketMode"] = mode or "server"
+            port["socketMode"] = mode or DEFAULT_SOCKET_MODE
         ports.append(port)
     if sum(1 for p in ports if p["console"]) > 1:
         raise GrammarError("virtio-console: only one port can be the console (@)")

@@ -15,6 +15,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     xml_alias,
     xml_pci,
@@ -42,6 +43,11 @@ class VirtioGpu(VirtioDevice):
         displays = tuple(Display(d.get("geometry"), bool(d.get("fullscreen")), d.get("monitor"))
                          for d in raw.get("displays", []))
         return cls(**common_fields(index, raw), displays=displays)
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        displays = dev.params["displays"]
+        return {"type": cls.KIND, **({"displays": displays} if displays else {})}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = []

@@ -16,6 +16,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     esc,
     xml_alias,
@@ -35,6 +36,11 @@ class VirtioInput(VirtioDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioInput:
         return cls(**common_fields(index, raw), device=raw["device"], serial=raw.get("serial"))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p = dev.params
+        return {"type": cls.KIND, "device": p["device"], **({"serial": p["serial"]} if p.get("serial") else {})}
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         return ctx.path(self.device, (*self.where, "device")) + (f",{self.serial}" if self.serial else "")

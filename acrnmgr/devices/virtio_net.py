@@ -18,6 +18,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     esc,
     qemu_mode,
@@ -134,6 +135,20 @@ class VirtioNet(VirtioDevice):
                               "lacks", "load the vhost kernel module")
             return Choice("vbs-u", "host has no /dev/vhost-net: QEMU's user-space virtio-net")
         return Choice("vbs-u", f"QEMU's user-space {self.KIND}")
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p = dev.params
+        name = p["tap"]
+        d: dict[str, Any] = {"type": cls.KIND, ("macvtap" if name.startswith("macvtap") else "tap"): name}
+        # Keep the backend acrn-dm was told to use, whatever the target host has.
+        d["backend"] = "vhost" if p.get("vhost") else "vbs-u"
+        if p.get("mac"):
+            d["mac"] = p["mac"]
+        if p.get("macSeed"):
+            d["macSeed"] = p["macSeed"]
+            d.pop("backend")  # macSeed forces VBS-U; the planner picks it (reason: mac_seed takes the rest)
+        return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         name = self.ifname

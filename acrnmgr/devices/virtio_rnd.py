@@ -14,6 +14,7 @@ from acrnmgr.devices.base import (
     LibvirtIn,
     LibvirtOut,
     QemuArgs,
+    SlotDevice,
     VirtioDevice,
     esc,
     qemu_mode,
@@ -34,6 +35,13 @@ class VirtioRnd(VirtioDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioRnd:
         return cls(**common_fields(index, raw))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        if dev.params.get("kernel"):
+            warnings.append(f"-s {dev.slot},{dev.emul},kernel=on: VBS-K virtio-rnd is legacy and not modelled; "
+                            "imported as VBS-U")
+        return {"type": cls.KIND}
 
     def choose_acrn(self, host: HostProfile, family: str) -> Choice:
         if self.backend == "auto" and self.acrn_mode_choice() is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import EmulatedDevice, LibvirtIn, LibvirtOut, xml_alias, xml_pci, xml_sub
+from acrnmgr.devices.base import EmulatedDevice, LibvirtIn, LibvirtOut, SlotDevice, xml_alias, xml_pci, xml_sub
 from acrnmgr.model import common_fields
 
 
@@ -20,6 +20,10 @@ class Wdt(EmulatedDevice):
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Wdt:
         return cls(**common_fields(index, raw))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        return {"type": cls.KIND}
 
     LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("watchdog",)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn
+from acrnmgr.devices.base import AcrnArgs, EmulatedDevice, GrammarError, LibvirtIn, SlotDevice
 from acrnmgr.model import common_fields
 
 
@@ -26,6 +26,17 @@ class Xhci(EmulatedDevice):
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> Xhci:
         return cls(**common_fields(index, raw), ports=tuple(raw.get("ports", [])), tablet=bool(raw.get("tablet")),
                    log=raw.get("log"), cap=raw.get("cap"))
+
+    @classmethod
+    def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
+        p = dev.params
+        d: dict[str, Any] = {"type": cls.KIND}
+        if p["ports"]:
+            d["ports"] = p["ports"]
+        for key in ("tablet", "log", "cap"):
+            if key in p:
+                d[key] = p[key]
+        return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
         out = [":".join(self.ports)] if self.ports else []

@@ -15,13 +15,14 @@ differ, the device gets an explicit `slot`."""
 
 from __future__ import annotations
 
+from acrnmgr.devices import BY_EMULATION
+from acrnmgr.devices.base import SlotDevice
 from acrnmgr.importers.common import ImportedSpec
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
-from acrnmgr.plan.slots import GPU_SLOT, HOSTBRIDGE_SLOT, LPC_SLOT, assign_slots, requests_of
+from acrnmgr.plan.slots import HOSTBRIDGE_SLOT, LPC_SLOT, assign_slots, requests_of
 from acrnmgr.render.grammar import (
     DmCommand,
     GrammarError,
-    SlotDevice,
     parse_argv,
     parse_cpu_affinity,
     parse_memsize,
@@ -205,90 +206,9 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
 
 
 def _device(dev: SlotDevice, warnings: list[str]) -> dict | None:
-    p = dev.params
-    e = dev.emul
-    where = f"-s {dev.slot},{e}"
-    if e == "virtio-blk":
-        if p.get("path") is None:
-            return None  # nodisk (a drive inserted later by blkrescan) has no spec form
-        d: dict = {"type": "virtio-blk", "path": p["path"]}
-        if dev.boot:
-            d["boot"] = True
-        if p.get("cache", "writethru") != "writethru":
-            d["cache"] = p["cache"]
-        if p.get("readOnly"):
-            d["readOnly"] = True
-        if p.get("noBstBlock"):
-            warnings.append(f"{where}: no_bst_block is not modelled; dropped")
-        for key in ("discard", "sectorSize", "range", "mq", "aio"):
-            if key in p:
-                d[key] = p[key]
-        if "iothread" in p:
-            io = p["iothread"]
-            d["iothread"] = {"count": io["count"], **({"cpus": io["cpus"]} if io["cpus"] else {})}
-        return d
-    if e == "virtio-net":
-        name = p["tap"]
-        d = {"type": "virtio-net"}
-        d["macvtap" if name.startswith("macvtap") else "tap"] = name
-        # Keep the backend acrn-dm was told to use, whatever the target host has.
-        d["backend"] = "vhost" if p.get("vhost") else "vbs-u"
-        if p.get("mac"):
-            d["mac"] = p["mac"]
-        if p.get("macSeed"):
-            d["macSeed"] = p["macSeed"]
-            d.pop("backend")  # macSeed forces VBS-U; the compiler picks it (reason: mac_seed takes the rest)
-        return d
-    if e == "virtio-console":
-        return {"type": "virtio-console", "ports": [
-            {k: v for k, v in port.items() if not (k == "console" and not v)} for port in p["ports"]]}
-    if e == "virtio-rnd":
-        if p.get("kernel"):
-            warnings.append(f"{where},kernel=on: VBS-K virtio-rnd is legacy and not modelled; imported as VBS-U")
-        return {"type": "virtio-rnd"}
-    if e == "virtio-input":
-        return {"type": "virtio-input", "device": p["device"], **({"serial": p["serial"]} if p.get("serial") else {})}
-    if e == "virtio-gpu":
-        return {"type": "virtio-gpu", **({"displays": p["displays"]} if p["displays"] else {})}
-    if e in ("virtio-i2c", "virtio-gpio"):
-        return {"type": e, "args": p["args"]}
-    if e == "vhost-vsock":
-        return {"type": "vhost-vsock", "cid": p["cid"]}
-    if e == "passthru":
-        d = {"type": "passthru", "bdf": p["bdf"]}
-        if dev.slot == GPU_SLOT:
-            d["gpu"] = True
-        if p["options"]:
-            d["options"] = dict(p["options"])
-        return d
-    if e == "ivshmem":
-        return {"type": "ivshmem", "region": p["region"], "size": f"{p['sizeMb']}M",
-                **({"regionId": p["regionId"]} if "regionId" in p else {})}
-    if e == "xhci":
-        d = {"type": "xhci"}
-        if p["ports"]:
-            d["ports"] = p["ports"]
-        for key in ("tablet", "log", "cap"):
-            if key in p:
-                d[key] = p[key]
-        return d
-    if e in ("ahci", "ahci-hd", "ahci-cd"):
-        d = {"type": "ahci"}
-        for kind in ("hd", "cd"):
-            paths = p.get(kind, [])
-            if paths:
-                d[kind] = paths[0]
-            if len(paths) > 1:
-                warnings.append(f"{where}: only one {kind}: per ahci controller is modelled; dropped {paths[1:]}")
-        if e != "ahci":
-            warnings.append(f"{where}: {e} becomes `ahci` with {'hd' if e == 'ahci-hd' else 'cd'}: "
-                            "the emulation name changes, the disk does not")
-        return d
-    if e == "wdt-i6300esb":
-        return {"type": "wdt"}
-    if e == "uart":
-        return {"type": "uart", "vuartIdx": p["vuartIdx"]}
-    return None
+    """The spec form of one -s device: its kind's module reads it back (acrnmgr/devices/<kind>.py)."""
+    kind = BY_EMULATION.get(dev.emul)
+    return kind.spec_from_acrn(dev, warnings) if kind is not None else None
 
 
 # ---------------------------------------------------------------------------------------------

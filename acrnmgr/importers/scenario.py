@@ -22,10 +22,11 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from acrnmgr.devices.passthru import GPU_SLOT
 from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
-from acrnmgr.plan.slots import FIRST_FREE, GPU_SLOT, LAST_FREE
+from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
 from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"

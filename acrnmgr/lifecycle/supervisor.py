@@ -26,8 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from acrnmgr.lifecycle.errors import StateError
-from acrnmgr.lifecycle.state import (LaunchRecord, ProcessIdentity, ProcessRun, ProcessSpec, RunEvent, RunRecord,
-                                     VmState, wait_until)
+from acrnmgr.lifecycle.state import (
+    LaunchRecord,
+    ProcessIdentity,
+    ProcessRun,
+    ProcessSpec,
+    RunEvent,
+    RunRecord,
+    VmState,
+    wait_until,
+)
 
 HELPER_SOCKET_TIMEOUT = 30.0
 HELPER_STOP_TIMEOUT = 10.0

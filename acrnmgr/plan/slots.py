@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from acrnmgr.devices.passthru import GPU_SLOT
+
 HOSTBRIDGE_SLOT = 0
 LPC_SLOT = 1
-GPU_SLOT = 2
 IGD_LPC_SLOT = 31
 FIRST_FREE, LAST_FREE = 3, 29
 

@@ -11,7 +11,7 @@ lifecycle tests' stand-in acrn-dm, and for importing existing ACRN launch script
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from acrnmgr.devices import (
     ahci,
@@ -27,7 +27,7 @@ from acrnmgr.devices import (
     virtio_rnd,
     xhci,
 )
-from acrnmgr.devices.base import GrammarError, acrn_int
+from acrnmgr.devices.base import GrammarError, SlotDevice, acrn_int
 from acrnmgr.plan import family_of
 from acrnmgr.spec.checks import MIN_MEMORY
 
@@ -131,21 +131,6 @@ def version_family(version: str) -> str:
         return family_of(version)
     except ValueError as exc:
         raise GrammarError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class SlotDevice:
-    bus: int
-    slot: int
-    func: int
-    emul: str
-    config: str  # everything after "emul," (including a leading "b," boot flag)
-    boot: bool = False
-    params: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def bdf(self) -> str:
-        return f"{self.bus}:{self.slot}:{self.func}"
 
 
 @dataclass
