@@ -8,7 +8,6 @@ are written as ``offset <= size - length`` rather than ``gpa + length <= end`` a
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -114,17 +113,6 @@ class GuestMemory:
         self.regions.sort(key=lambda r: r.gpa)
         return region
 
-    def remove_region(self, guest_phys_addr: int, size: int | None = None) -> bool:
-        """Unmap the region starting at ``guest_phys_addr`` (VHOST_USER_REM_MEM_REG); False if none matches."""
-        for r in self.regions:
-            if r.gpa == guest_phys_addr and (size is None or r.size == size):
-                self.regions.remove(r)
-                if self._last is r:
-                    self._last = None
-                r.close()
-                return True
-        return False
-
     def close(self) -> None:
         """Unmap every region. Views handed out earlier must no longer be used."""
         regions, self.regions, self._last = self.regions, [], None
@@ -187,9 +175,3 @@ class GuestMemory:
     def __len__(self) -> int:
         return len(self.regions)
 
-
-def memfd_buffer(size: int, name: str = "guest-ram") -> tuple[int, mmap.mmap]:
-    """Create a memfd of ``size`` bytes and map it shared; returns (fd, mmap). Used by tests and test drivers."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.ftruncate(fd, size)
-    return fd, mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)

@@ -185,12 +185,6 @@ class VirtQueue:
         self._used_synced = False
         self._resolve(strict=True)
 
-    def set_size(self, size: int) -> None:
-        if not 1 <= size <= MAX_QUEUE_SIZE:
-            raise ValueError(f"queue size {size} out of range 1..{MAX_QUEUE_SIZE}")
-        self.size = size
-        self._resolve(strict=False)
-
     def _clear_ring_views(self) -> None:
         self._avail = self._used = None
         self._avail16: memoryview | None = None
