@@ -17,7 +17,8 @@ import struct
 import tty
 
 from . import features as F
-from .device import VirtioDevice
+from .device import IoCallback, RingAccess, VirtioDevice
+from .memory import GuestMemory
 from .stream import RxPump
 from .virtqueue import DescriptorChain, VirtQueue
 
@@ -103,12 +104,12 @@ class ConsoleDevice(VirtioDevice):
         if offset == 8 and len(data) >= 1:  # emerg_wr: one character of early output
             self._output([memoryview(bytes(data[:1]))])
 
-    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
+    def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
         if not self._attached(qidx, vq):
             return False
         if qidx == TX:
-            return self._drain(vq, self._handle_tx)
-        return self._rx.pump(self._input_fd(), vq, vq.ready)
+            return self._drain(vq, mem, self._handle_tx)
+        return self._rx.pump(self._input_fd(), (vq, mem))
 
     def _handle_tx(self, vq: VirtQueue, chain: DescriptorChain) -> int:
         if chain.readable:
@@ -132,18 +133,16 @@ class ConsoleDevice(VirtioDevice):
         if n < total:
             log.debug("virtio-console: dropped %d bytes of guest output", total - n)
 
-    def io_sources(self) -> list:
+    def io_sources(self) -> list[tuple[int, IoCallback]]:
         """One fd for the device's lifetime (an epoll over the pty or listener + client)."""
         return [(self._ep.fileno(), self._on_io)]
 
-    def _on_io(self, ctx=None) -> list[int]:
+    def _on_io(self, rings: RingAccess) -> list[int]:
         notify = []
         for fd, _ev in self._ep.poll(0):
             if self._listener is not None and fd == self._listener.fileno():
                 self._accept()
-        vq = self.queues.get(RX)
-        usable = vq is not None and vq.ready and (ctx is None or ctx.ready(RX))
-        if self._rx.pump(self._input_fd(), vq, usable):
+        if self._rx.pump(self._input_fd(), rings.ring(RX)):
             notify.append(RX)
         if self._rx.eof and self._client is not None:
             self._drop_client()

@@ -7,14 +7,21 @@ are written as ``offset <= size - length`` rather than ``gpa + length <= end`` a
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import struct
+from collections.abc import Iterator
 
 PAGE_SIZE = mmap.PAGESIZE
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+# Generations are unique across all GuestMemory objects, so a cache keyed by one never mistakes a new table for an
+# old one (not even a new table allocated at a dead one's address).
+_generations: Iterator[int] = itertools.count()
 
 
 class GuestMemoryError(ValueError):
@@ -63,11 +70,15 @@ class GuestMemory:
 
     Translation: guest-physical (``view``) and frontend-virtual (``uva_to_gpa``) addresses.
     The transport converts vring addresses (frontend virtual) with :meth:`uva_to_gpa`.
+
+    ``generation`` changes whenever the set of regions does (and on close): views derived from the table (the
+    virtqueues' cached ring views) are valid while it stays the same.
     """
 
     def __init__(self) -> None:
         self.regions: list[MemoryRegion] = []
         self._last: MemoryRegion | None = None
+        self.generation = next(_generations)
 
     # -- building -------------------------------------------------------------------------------------------
     def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int, fd: int) -> MemoryRegion:
@@ -111,11 +122,13 @@ class GuestMemory:
                 raise GuestMemoryError(f"{region!r} overlaps {r!r}")
         self.regions.append(region)
         self.regions.sort(key=lambda r: r.gpa)
+        self.generation = next(_generations)
         return region
 
     def close(self) -> None:
         """Unmap every region. Views handed out earlier must no longer be used."""
         regions, self.regions, self._last = self.regions, [], None
+        self.generation = next(_generations)
         for r in regions:
             r.close()
 

@@ -458,9 +458,7 @@ class VhostUserBackend:
         close_fds(fds)  # the mappings keep the memory alive
         old, self.memory = self.memory, memory
         for q in self.queues:
-            if q.vq is not None:
-                q.vq.set_memory(memory)
-                self._apply_addresses(q, strict=False)
+            self._apply_addresses(q, strict=False)
         if old is not None:
             old.close()
 
@@ -472,8 +470,6 @@ class VhostUserBackend:
         vq = VirtQueue(q.num, q.index)
         if self.features_set:
             vq.set_features(self.features)
-        if self.memory is not None:
-            vq.set_memory(self.memory)
         q.vq = vq
         self.device.attach_queue(q.index, vq)
         self._apply_addresses(q, strict=False)
@@ -486,7 +482,7 @@ class VhostUserBackend:
             return
         try:
             desc, used, avail = (self.memory.uva_to_gpa(a) for a in q.addr)
-            q.vq.set_addresses(desc, avail, used)
+            q.vq.set_addresses(desc, avail, used, self.memory)
         except GuestMemoryError as exc:
             if strict:
                 raise ProtocolError(f"queue {q.index}: ring addresses are not in guest memory: {exc}") from exc
@@ -582,14 +578,17 @@ class VhostUserBackend:
         return q.enabled or not (self.features & F_PROTOCOL_FEATURES)
 
     def _update_enabled(self, q: QueueState) -> None:
-        # The core queue pops nothing unless enabled: started by a kick fd and enabled by the front-end.
-        if q.vq is not None:
-            q.vq.enabled = q.started and self.ring_enabled(q)
+        pass
 
     def ready(self, qidx: int) -> bool:
-        # vq.enabled already mirrors "started and ring_enabled" (_update_enabled); vq.ready adds "not broken".
-        vq = self.queues[qidx].vq
-        return vq is not None and vq.ready
+        q = self.queues[qidx]
+        return (q.vq is not None and self.memory is not None and q.started and self.ring_enabled(q)
+                and q.vq.ready(self.memory))
+
+    def ring(self, qidx: int):
+        if not 0 <= qidx < len(self.queues) or not self.ready(qidx):
+            return None
+        return self.queues[qidx].vq, self.memory
 
     # ------------------------------------------------------------------ inflight
 
@@ -631,7 +630,7 @@ class VhostUserBackend:
                 log.warning("queue %d: no usable inflight region; requests in flight at a crash may be lost", q.index)
             return
         vq = q.vq
-        if vq.mem is None or vq.used_gpa is None or vq.broken:
+        if self.memory is None or vq.used_gpa is None or not vq.ready(self.memory):
             raise ProtocolError(f"queue {q.index} started without usable memory and ring addresses")
         used_idx = vq.used_idx  # read from the used ring when the addresses were resolved
         heads = region.recover(used_idx)
@@ -703,9 +702,9 @@ class VhostUserBackend:
         q = self.queues[qidx]
         q.pending = False
         vq = q.vq
-        if vq is None or not vq.ready:
+        if vq is None or self.memory is None or not self.ready(qidx):
             return False
-        notify = self.device.process_queue(qidx, vq)
+        notify = self.device.process_queue(qidx, vq, self.memory)
         if vq.broken:
             log.error("queue %d is broken; the driver must reset the device", qidx)
             if q.err_fd is not None:

@@ -58,7 +58,7 @@ class Blk:
         return head, bufs
 
     def run(self):
-        return self.dev.process_queue(self.qidx, self.q.vq)
+        return self.dev.process_queue(self.qidx, self.q.vq, self.q.mem)
 
     def request(self, rtype, sector, out=b"", in_len=0, **kw):
         head, bufs = self.submit(rtype, sector, out, in_len, **kw)
@@ -220,7 +220,7 @@ def test_batch_and_multiqueue(ram, image):
     assert [u[0] for u in b0.q.get_used()] == [h for h, _ in heads]
     for i, (_, bufs) in enumerate(heads):
         assert ram.read(bufs[1][0], 4096) == image.read_bytes()[i * 4096:(i + 1) * 4096]
-    assert dev.process_queue(1, b1.vq)
+    assert dev.process_queue(1, b1.vq, b1.mem)
     assert len(b1.get_used()) == 1
     assert image.read_bytes()[500 * 512:501 * 512] == pattern(512, 5)
     dev.close()

@@ -18,7 +18,7 @@ from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
-from core_guest import RAM_GPA, GuestQueue, GuestRam
+from core_guest import RAM_GPA, GuestQueue, GuestRam, Rings
 
 RAM = 64 * 1024
 QSIZE = 8
@@ -154,7 +154,7 @@ def check(ram, q, dev):
     assert ram.guards_intact()
     if q.vq.broken:
         assert dev.needs_reset and q.vq.broken_reason
-        assert q.vq.pop() is None
+        assert q.vq.pop(q.mem) is None
     else:
         assert not dev.needs_reset
     used = q.get_used()
@@ -168,12 +168,11 @@ def run_case(case, dev, qidx, extra=None):
     ram, q = build(case, dev, qidx)
     try:
         for _ in range(2):
-            dev.process_queue(qidx, q.vq)
+            dev.process_queue(qidx, q.vq, q.mem)
             if extra is not None:
-                extra()
+                extra(Rings(q.mem, dev.queues))
         check(ram, q, dev)
     finally:
-        q.vq.set_memory(None)
         ram.close()
 
 
@@ -219,14 +218,14 @@ def console():
 def test_hostile_console(console, case, qidx):
     dev, user = console
 
-    def traffic():
+    def traffic(rings):
         try:
             os.write(user, b"input from the host")
             os.read(user, 65536)  # keep the pty from filling up with guest output
         except BlockingIOError:
             pass
         for _fd, cb in dev.io_sources():
-            cb()
+            cb(rings)
 
     run_case(case, dev, qidx, traffic)
 
@@ -241,9 +240,9 @@ def net():
 @SETTINGS
 @given(case=cases, qidx=st.sampled_from([0, 1]))
 def test_hostile_net(net, case, qidx):
-    def io():
+    def io(rings):
         for _fd, cb in net.io_sources():
-            cb()
+            cb(rings)
 
     run_case(case, net, qidx, io)
 

@@ -275,11 +275,12 @@ def test_inflight_requests_survive_a_backend_crash(image):
     heads = [_blk_read(q, s) for s in (1, 2, 3)]
     vq = first.backend.queues[0].vq
     # Serve the first request normally, then pop the second and "crash" before pushing it.
-    chain = vq.pop()
+    mem = first.backend.memory
+    chain = vq.pop(mem)
     dev._handle(vq, chain)
-    vq.push(chain.head, 513)
-    vq.flush_used()
-    assert vq.pop().head == heads[1]
+    vq.push(mem, chain.head, 513)
+    vq.flush_used(mem)
+    assert vq.pop(mem).head == heads[1]
     done = q.completions()
     assert [h for h, _, _ in done] == [heads[0]]
     first.backend.close()  # the process is gone; QEMU keeps RAM, rings and the inflight fd
