@@ -5,8 +5,13 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from acrnmgr.devmodel.device import VirtioDevice
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -91,8 +96,12 @@ def serve(
             server = VhostUserServer(dev, socket_path)
         except ServerError as exc:
             raise _fail(str(exc)) from None
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            server.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), server.stop()))
+            signal.signal(sig, on_signal)
         pty_path = getattr(dev, "pty_path", None)
         if pty_path:
             log.info("console pty: %s", pty_path)
@@ -101,11 +110,12 @@ def serve(
         dev.close()
 
 
-def _make_device(kind: str, *, image, read_only, queues, tap, mac, console_socket):
+def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int, tap: str | None, mac: str | None,
+                 console_socket: Path | None) -> VirtioDevice:
     if kind == "blk":
         from acrnmgr.devmodel.blk import BlkDevice
 
-        if not Path(image).exists():
+        if image is None or not Path(image).exists():
             raise ValueError(f"image {image} does not exist")
         return BlkDevice(str(image), read_only=read_only, num_queues=queues)
     if kind == "net":

@@ -33,7 +33,7 @@ class ConsoleDevice(VirtioDevice):
     num_queues = 2
 
     def __init__(self, pty: bool = True, socket_path: str | None = None, max_queue_size: int = 1024,
-                 cols: int = 80, rows: int = 25, max_backlog: int = 64 * 1024):
+                 cols: int = 80, rows: int = 25, max_backlog: int = 64 * 1024) -> None:
         super().__init__()
         self.max_queue_size = max_queue_size
         self.cols, self.rows = cols, rows
@@ -116,7 +116,7 @@ class ConsoleDevice(VirtioDevice):
             self._output(chain.readable)
         return 0
 
-    def _output(self, views: list) -> None:
+    def _output(self, views: list[memoryview]) -> None:
         fd = self._input_fd()
         if fd is None:
             return
@@ -150,6 +150,8 @@ class ConsoleDevice(VirtioDevice):
         return notify
 
     def _accept(self) -> None:
+        if self._listener is None:
+            return
         try:
             conn, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -171,7 +173,8 @@ class ConsoleDevice(VirtioDevice):
             self._listener.close()
             self._listener = None
             try:
-                os.unlink(self.socket_path)
+                if self.socket_path is not None:
+                    os.unlink(self.socket_path)
             except OSError:
                 pass
         for fd in (self._master, self._slave):

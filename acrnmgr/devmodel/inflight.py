@@ -60,7 +60,7 @@ class InflightQueue:
 
     @property
     def used_idx(self) -> int:
-        return _U16.unpack_from(self._buf, _OFF_USED_IDX)[0]
+        return int(_U16.unpack_from(self._buf, _OFF_USED_IDX)[0])
 
     def is_inflight(self, head: int) -> bool:
         return self._buf[_DESC0 + head * _DESC.size] == 1

@@ -36,7 +36,7 @@ class MemoryRegion:
 
     __slots__ = ("gpa", "size", "uva", "mmap_offset", "rw", "ro", "_mm")
 
-    def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm):
+    def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm: mmap.mmap | None) -> None:
         self.gpa = gpa
         self.size = size
         self.uva = uva
@@ -101,7 +101,8 @@ class GuestMemory:
         rw = memoryview(mm)[delta:delta + size]
         return self._insert(MemoryRegion(guest_phys_addr, size, userspace_addr, mmap_offset, rw, mm))
 
-    def add_buffer_region(self, guest_phys_addr: int, buf, userspace_addr: int | None = None) -> MemoryRegion:
+    def add_buffer_region(self, guest_phys_addr: int, buf: bytearray | memoryview | mmap.mmap,
+                          userspace_addr: int | None = None) -> MemoryRegion:
         """Use an existing writable buffer (bytearray, mmap, memoryview) as a region; for tests and tools."""
         rw = memoryview(buf).cast("B")
         if rw.readonly:
@@ -163,18 +164,18 @@ class GuestMemory:
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
 
-    def write(self, gpa: int, data) -> None:
-        data = memoryview(data).cast("B")
-        self.view(gpa, len(data), writable=True)[:] = data
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self.view(gpa, len(view), writable=True)[:] = view
 
     def read_u16(self, gpa: int) -> int:
-        return _U16.unpack(self.view(gpa, 2))[0]
+        return int(_U16.unpack(self.view(gpa, 2))[0])
 
     def read_u32(self, gpa: int) -> int:
-        return _U32.unpack(self.view(gpa, 4))[0]
+        return int(_U32.unpack(self.view(gpa, 4))[0])
 
     def read_u64(self, gpa: int) -> int:
-        return _U64.unpack(self.view(gpa, 8))[0]
+        return int(_U64.unpack(self.view(gpa, 8))[0])
 
     def write_u16(self, gpa: int, value: int) -> None:
         _U16.pack_into(self.view(gpa, 2, True), 0, value)

@@ -69,7 +69,7 @@ class NetDevice(VirtioDevice):
     num_queues = 2
 
     def __init__(self, tap: str | None = None, tap_fd: int | None = None, mac: str | bytes | None = None,
-                 max_queue_size: int = 1024, max_backlog: int = 256 * 1024):
+                 max_queue_size: int = 1024, max_backlog: int = 256 * 1024) -> None:
         super().__init__()
         self.max_queue_size = max_queue_size
         self.mac = parse_mac(mac)

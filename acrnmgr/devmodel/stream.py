@@ -12,7 +12,6 @@ import collections
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from .memory import GuestMemory
 from .virtqueue import DescriptorChain, VirtQueue
@@ -20,7 +19,7 @@ from .virtqueue import DescriptorChain, VirtQueue
 log = logging.getLogger(__name__)
 
 
-def copy_into(views: list[memoryview], data: Any, offset: int = 0) -> int:
+def copy_into(views: list[memoryview], data: bytes | bytearray | memoryview, offset: int = 0) -> int:
     """Copy ``data`` into a list of writable views starting at byte ``offset``; returns bytes copied."""
     data = memoryview(data)
     done = 0
