@@ -47,7 +47,7 @@ class InflightQueue:
     """One queue's region of the shared buffer. Every index read from it is bounds-checked:
     the buffer outlives us and a corrupt one must not make recovery crash."""
 
-    __slots__ = ("_buf", "_size", "_counter")
+    __slots__ = ("_buf", "_counter", "_size")
 
     def __init__(self, buf: memoryview, queue_size: int) -> None:
         self._buf = buf

@@ -34,7 +34,7 @@ class MemoryRegion:
     ``rw`` is a writable memoryview of exactly ``size`` bytes, ``ro`` a read-only one over the same memory.
     """
 
-    __slots__ = ("gpa", "size", "uva", "mmap_offset", "rw", "ro", "_mm")
+    __slots__ = ("_mm", "gpa", "mmap_offset", "ro", "rw", "size", "uva")
 
     def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm: mmap.mmap | None) -> None:
         self.gpa = gpa

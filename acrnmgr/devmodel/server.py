@@ -21,8 +21,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from acrnmgr.devmodel.device import IoCallback, VirtioDevice
-from acrnmgr.devmodel.vhost_user import (MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply,
-                                         Unwatch, VhostUserBackend, Watch)
+from acrnmgr.devmodel.vhost_user import (
+    MAX_FDS,
+    Close,
+    Disconnect,
+    Effect,
+    MessageReader,
+    Notify,
+    Process,
+    Reply,
+    Unwatch,
+    VhostUserBackend,
+    Watch,
+)
 
 log = logging.getLogger(__name__)
 

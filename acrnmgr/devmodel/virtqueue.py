@@ -108,7 +108,7 @@ class InflightTracker(Protocol):
 class DescriptorChain:
     """One popped request: driver-readable buffers first, then device-writable buffers (zero-copy views)."""
 
-    __slots__ = ("head", "readable", "writable", "readable_len", "writable_len")
+    __slots__ = ("head", "readable", "readable_len", "writable", "writable_len")
 
     def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], readable_len: int,
                  writable_len: int) -> None:
@@ -133,11 +133,42 @@ class VirtQueue:
     (SET_MEM_TABLE); a ring that does not fit the table then breaks the queue.
     """
 
-    __slots__ = ("index", "size", "desc_gpa", "avail_gpa", "used_gpa", "features", "broken_reason",
-                 "legacy_big_endian", "byteorder", "on_pop", "on_push", "on_flush", "on_broken", "used_idx",
-                 "_inflight", "_resubmit", "_flushed_heads", "_gen", "_desc", "_avail16", "_used16", "_used32",
-                 "_used_synced", "_desc_s", "_swap", "_event_idx", "_indirect", "_notify_on_empty", "_last_avail",
-                 "_shadow_avail", "_published_used", "_signalled_used", "_signalled_valid", "_pending_notify")
+    __slots__ = (
+        "_avail16",
+        "_desc",
+        "_desc_s",
+        "_event_idx",
+        "_flushed_heads",
+        "_gen",
+        "_indirect",
+        "_inflight",
+        "_last_avail",
+        "_notify_on_empty",
+        "_pending_notify",
+        "_published_used",
+        "_resubmit",
+        "_shadow_avail",
+        "_signalled_used",
+        "_signalled_valid",
+        "_swap",
+        "_used16",
+        "_used32",
+        "_used_synced",
+        "avail_gpa",
+        "broken_reason",
+        "byteorder",
+        "desc_gpa",
+        "features",
+        "index",
+        "legacy_big_endian",
+        "on_broken",
+        "on_flush",
+        "on_pop",
+        "on_push",
+        "size",
+        "used_gpa",
+        "used_idx",
+    )
 
     def __init__(self, size: int, index: int = 0) -> None:
         if not 1 <= size <= MAX_QUEUE_SIZE:

@@ -13,7 +13,7 @@ import struct
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.memory import GuestMemory
-from acrnmgr.devmodel.virtqueue import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VirtQueue)
+from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VirtQueue
 
 PAGE = mmap.PAGESIZE
 GUARD = 0xA5

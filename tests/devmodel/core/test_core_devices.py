@@ -5,13 +5,12 @@ import subprocess
 import time
 
 import pytest
+from core_guest import GuestQueue, GuestRam, Rings
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.console import ConsoleDevice
 from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
-
-from core_guest import GuestQueue, GuestRam, Rings
 
 
 @pytest.fixture
@@ -118,7 +117,7 @@ def test_console_unix_socket(ram, tmp_path):
         c.sendall(b"ping")
         _wait_readable(epfd)
         assert _run_io(dev, ram) == [0]
-        (h, n), = rx.get_used()
+        (_h, n), = rx.get_used()
         assert ram.read(buf[0], n) == b"ping"
         tx.add([tx.buf(b"po"), tx.buf(b"ng")])
         dev.process_queue(1, tx.vq, tx.mem)

@@ -8,6 +8,7 @@ region are untouched.
 import os
 
 import pytest
+from core_guest import RAM_GPA, GuestQueue, GuestRam, Rings
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from acrnmgr.devmodel.console import ConsoleDevice
 from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-
-from core_guest import RAM_GPA, GuestQueue, GuestRam, Rings
 
 RAM = 64 * 1024
 QSIZE = 8

@@ -13,10 +13,9 @@ import subprocess
 import time
 
 import pytest
+from core_guest import PAGE, GuestQueue, GuestRam
 
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_WRITE
-
-from core_guest import PAGE, GuestQueue, GuestRam
 
 COMPLETIONS = 1_000_000
 QUEUE_SIZE = 256

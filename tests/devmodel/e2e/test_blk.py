@@ -43,7 +43,7 @@ def md5(data: bytes) -> str:
 
 
 def field(output: str, name: str) -> str:
-    m = re.search(rf"^{name}=(\S+)", output, re.M)
+    m = re.search(rf"^{name}=(\S+)", output, re.MULTILINE)
     assert m, f"{name}= not in guest output:\n{output}"
     return m.group(1)
 

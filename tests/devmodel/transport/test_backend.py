@@ -10,8 +10,21 @@ from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import BlkDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    CONFIG_HEADER, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, INFLIGHT, SUPPORTED_PROTOCOL_FEATURES, U64,
-    VERSION, VRING_STATE, Disconnect, Message, ProtocolFeature, Request, VhostUserBackend, encode,
+    CONFIG_HEADER,
+    F_PROTOCOL_FEATURES,
+    FLAG_NEED_REPLY,
+    FLAG_REPLY,
+    INFLIGHT,
+    SUPPORTED_PROTOCOL_FEATURES,
+    U64,
+    VERSION,
+    VRING_STATE,
+    Disconnect,
+    Message,
+    ProtocolFeature,
+    Request,
+    VhostUserBackend,
+    encode,
 )
 
 from .frontend import DESC, FrontQueue, Loopback
@@ -309,7 +322,7 @@ def test_inflight_requests_survive_a_backend_crash(image):
 
 def test_backend_close_releases_every_fd(rng):
     rng.handshake()
-    (q,) = rng.start(MODERN, {0: 8}).values()
+    (_q,) = rng.start(MODERN, {0: 8}).values()
     kept = [rng.backend.queues[0].kick_fd, rng.backend.queues[0].call_fd]
     rng.close_backend()
     assert not any(fd_open(fd) for fd in kept)

@@ -8,9 +8,23 @@ import pytest
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.rng import RngDevice
-from acrnmgr.devmodel.vhost_user import (F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, U64, VERSION, VRING_NOFD, VRING_STATE,
-                                         Close, Message, Notify, Process, Reply, Request, Unwatch, VhostUserBackend,
-                                         Watch)
+from acrnmgr.devmodel.vhost_user import (
+    F_PROTOCOL_FEATURES,
+    FLAG_NEED_REPLY,
+    U64,
+    VERSION,
+    VRING_NOFD,
+    VRING_STATE,
+    Close,
+    Message,
+    Notify,
+    Process,
+    Reply,
+    Request,
+    Unwatch,
+    VhostUserBackend,
+    Watch,
+)
 
 from .frontend import DESC, MEM_HEADER, MEM_REGION, REGIONS, Loopback
 
@@ -41,7 +55,7 @@ def handle(fe, request, payload=b"", fds=(), flags=VERSION):
 
 
 def test_set_vring_kick_twice_unwatches_and_closes_the_old_fd(fe):
-    (q,) = fe.start(MODERN, {0: 8}).values()
+    (_q,) = fe.start(MODERN, {0: 8}).values()
     ring = fe.backend.queues[0]
     old = ring.kick_fd
     new = os.eventfd(0, os.EFD_NONBLOCK)

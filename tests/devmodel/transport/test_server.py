@@ -17,7 +17,7 @@ from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import BlkDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.server import ServerError, VhostUserServer
-from acrnmgr.devmodel.vhost_user import F_PROTOCOL_FEATURES, HEADER, Request, U64
+from acrnmgr.devmodel.vhost_user import F_PROTOCOL_FEATURES, HEADER, U64, Request
 
 from .frontend import Frontend
 
@@ -196,7 +196,7 @@ def test_cli_serves_until_sigterm_and_cleans_up(sock_dir):
 ])
 def test_cli_bad_arguments_exit_cleanly(sock_dir, argv, code, text):
     proc = subprocess.run([str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--socket",
-                           str(sock_dir / "x.sock"), *argv], capture_output=True, text=True, timeout=30)
+                           str(sock_dir / "x.sock"), *argv], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == code, proc.stderr
     assert text in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -207,6 +207,6 @@ def test_cli_refuses_world_writable_socket_directory(tmp_path):
     d.mkdir()
     os.chmod(d, 0o777)
     proc = subprocess.run([str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--device", "rng",
-                           "--socket", str(d / "x.sock")], capture_output=True, text=True, timeout=30)
+                           "--socket", str(d / "x.sock")], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 1
     assert "world-writable" in proc.stderr and "Traceback" not in proc.stderr
