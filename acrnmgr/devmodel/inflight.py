@@ -5,7 +5,7 @@ which keeps it across back-end restarts and gives it back with SET_INFLIGHT_FD. 
 queue the back-end marks each popped head inflight (with a global fetch counter) and clears it once
 the head is in the used ring; after a restart it resubmits the heads still marked, oldest first.
 
-Layout per queue (docs/interop/vhost-user.rst, "Inflight I/O tracking"), native = little-endian:
+Layout per queue (QEMU's docs/interop/vhost-user.rst, "Inflight I/O tracking"), native = little-endian:
     u64 features, u16 version, u16 desc_num, u16 last_batch_head, u16 used_idx,
     then desc_num x DescStateSplit {u8 inflight, u8 pad[5], u16 next, u64 counter}.
 """
