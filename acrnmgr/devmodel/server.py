@@ -168,7 +168,11 @@ class VhostUserServer:
                     finally:
                         close_fds(fds)
                 case Watch(fd, queue):
-                    self._sel.register(fd, selectors.EVENT_READ, lambda f, i=queue: self._on_kick(f, i))
+                    try:
+                        self._sel.register(fd, selectors.EVENT_READ, lambda f, i=queue: self._on_kick(f, i))
+                    except (OSError, ValueError) as exc:  # e.g. a regular file passed as a kick fd
+                        log.warning("queue %d: cannot poll kick fd %d: %s", queue, fd, exc)
+                        continue
                     self._kicks.add(fd)
                 case Unwatch(fd):
                     if fd in self._kicks:

@@ -210,3 +210,35 @@ def test_cli_refuses_world_writable_socket_directory(tmp_path):
                            "--socket", str(d / "x.sock")], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 1
     assert "world-writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_saturated_blocking_call_fd_does_not_block_the_server(rng_server):
+    """A front-end's call eventfd that is blocking and whose counter is at its maximum would block a plain
+    eventfd_write forever: the server makes received fds non-blocking and skips the signal instead."""
+    fe = Frontend(rng_server.server.path)
+    call = os.eventfd(0, os.EFD_CLOEXEC)  # blocking
+    try:
+        fe.handshake()
+        (q,) = fe.start(MODERN, {0: 16}).values()
+        os.eventfd_write(call, 0xFFFF_FFFF_FFFF_FFFE)
+        fe.send(Request.SET_VRING_CALL, U64.pack(0), fds=[call])
+        q.post(ins=[32])
+        q.notify()
+        assert len(q.wait(1, timeout=5)) == 1  # completed (the signal itself is lost: the counter is full)
+        assert fe.get_u64(Request.GET_QUEUE_NUM) == 1  # and still answering after signalling
+    finally:
+        os.close(call)
+        fe.close()
+
+
+def test_a_kick_fd_that_cannot_be_polled_does_not_drop_the_connection(rng_server, tmp_path):
+    fe = Frontend(rng_server.server.path)
+    regular = os.open(tmp_path / "not-an-eventfd", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fe.handshake()
+        fe.start(MODERN, {0: 16})
+        fe.send(Request.SET_VRING_KICK, U64.pack(0), fds=[regular])
+        assert fe.get_u64(Request.GET_QUEUE_NUM) == 1
+    finally:
+        os.close(regular)
+        fe.close()
