@@ -272,8 +272,8 @@ class VhostUserServer:
                     return
             self._sync_device_sources()
         except Disconnect as exc:
+            self._disconnect(str(exc))  # unregisters every kick fd first
             close_fds(exc.fds)
-            self._disconnect(str(exc))
         except OSError as exc:
             self._disconnect(f"write error: {exc}")
 

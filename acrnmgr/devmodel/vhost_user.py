@@ -415,7 +415,8 @@ class VhostUserBackend:
                 log.debug("%s (%d bytes, %d fds)", msg.name, len(msg.payload), len(msg.fds))
                 answer = self._dispatch(handler, msg, fx)
         except Disconnect as exc:
-            exc.fds += msg.fds  # whatever the handler did not take goes with the connection
+            # Whatever the handler let go of or did not take goes with the connection.
+            exc.fds += [e.fd for e in fx if isinstance(e, Close)] + msg.fds
             msg.fds = []
             raise
         if answer is not None:
