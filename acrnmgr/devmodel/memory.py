@@ -81,7 +81,8 @@ class GuestMemory:
         self.generation = next(_generations)
 
     # -- building -------------------------------------------------------------------------------------------
-    def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int, fd: int) -> MemoryRegion:
+    def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int,
+                   fd: int) -> MemoryRegion:
         """mmap ``size`` bytes of ``fd`` at ``mmap_offset`` (MAP_SHARED, read/write) as guest memory.
 
         The caller keeps ownership of ``fd`` (mmap keeps the mapping alive after it is closed).

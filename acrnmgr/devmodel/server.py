@@ -22,17 +22,7 @@ from pathlib import Path
 
 from acrnmgr.devmodel.device import IoCallback, VirtioDevice
 from acrnmgr.devmodel.vhost_user import (
-    MAX_FDS,
-    Close,
-    Disconnect,
-    Effect,
-    MessageReader,
-    Notify,
-    Process,
-    Reply,
-    Unwatch,
-    VhostUserBackend,
-    Watch,
+    MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +55,8 @@ def prepare_socket_path(path: str | os.PathLike[str]) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise ServerError(f"{parent} is not a directory")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ServerError(f"socket directory {parent} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
+        raise ServerError(f"socket directory {parent} is group- or world-writable "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); "
                           f"use a private directory (0700)")
     try:
         pst = os.lstat(path)

@@ -712,7 +712,8 @@ class VhostUserBackend:
             # avail position to continue from is used_idx + in-flight count, whatever base QEMU restored.
             vq.last_avail_idx = (used_idx + len(heads)) & 0xFFFF
             vq.resubmit(heads)
-            log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end", q.index, len(heads))
+            log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end",
+                     q.index, len(heads))
 
     # ------------------------------------------------------------------ config, status, reset
 

@@ -5,16 +5,7 @@ from core_guest import GuestQueue, GuestRam
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import (
-    S_IOERR,
-    S_OK,
-    S_UNSUPP,
-    T_DISCARD,
-    T_FLUSH,
-    T_GET_ID,
-    T_IN,
-    T_OUT,
-    T_WRITE_ZEROES,
-    BlkDevice,
+    S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, BlkDevice,
 )
 
 IMG_SECTORS = 2048  # 1 MiB

@@ -81,7 +81,8 @@ def mostly_valid_case(draw):
             bufs.append((cursor, n, 0 if k < nread else VRING_DESC_F_WRITE))
             if k == 0 and n >= 16:
                 hdr = draw(st.sampled_from([0, 1, 4, 8, 11, 13]) | st.integers(0, 2**32 - 1)).to_bytes(4, "little")
-                hdr += bytes(4) + draw(st.sampled_from([0, 1, 63, 64, 2**64 - 1]) | st.integers(0, 80)).to_bytes(8, "little")
+                length = draw(st.sampled_from([0, 1, 63, 64, 2**64 - 1]) | st.integers(0, 80))
+                hdr += bytes(4) + length.to_bytes(8, "little")
                 fill[cursor - DATA_GPA:cursor - DATA_GPA + 16] = hdr
             cursor += n
         if draw(st.booleans()) and not table and free:
@@ -107,7 +108,8 @@ def mostly_valid_case(draw):
     heads += [0] * (QSIZE - len(heads))
     return {"desc": desc, "table": table, "heads": heads, "avail_idx": avail_idx,
             "last_avail": draw(st.sampled_from([0, 0xFFFF, 0xFFFE])), "used_event": draw(st.integers(0, 0xFFFF)),
-            "avail_flags": draw(st.integers(0, 1)), "features": draw(st.sampled_from([F.COMMON_FEATURES, F.mask(F.F_VERSION_1)])),
+            "avail_flags": draw(st.integers(0, 1)),
+            "features": draw(st.sampled_from([F.COMMON_FEATURES, F.mask(F.F_VERSION_1)])),
             "fill": bytes(fill), "raw_fill": True}
 
 

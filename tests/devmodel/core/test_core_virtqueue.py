@@ -6,13 +6,8 @@ from core_guest import RAM_GPA, GuestQueue, GuestRam
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
 from acrnmgr.devmodel.virtqueue import (
-    VRING_AVAIL_F_NO_INTERRUPT,
-    VRING_DESC_F_INDIRECT,
-    VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
-    VRING_USED_F_NO_NOTIFY,
-    VirtQueue,
-    vring_need_event,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    VirtQueue, vring_need_event,
 )
 
 

@@ -17,27 +17,8 @@ import struct
 import time
 
 from acrnmgr.devmodel.vhost_user import (
-    CONFIG_HEADER,
-    F_PROTOCOL_FEATURES,
-    FLAG_NEED_REPLY,
-    FLAG_REPLY,
-    HEADER,
-    INFLIGHT,
-    MEM_HEADER,
-    MEM_REGION,
-    U64,
-    VERSION,
-    VRING_ADDR,
-    VRING_STATE,
-    Close,
-    Message,
-    MessageReader,
-    Notify,
-    Process,
-    Reply,
-    Request,
-    Unwatch,
-    Watch,
+    CONFIG_HEADER, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, HEADER, INFLIGHT, MEM_HEADER, MEM_REGION, U64,
+    VERSION, VRING_ADDR, VRING_STATE, Close, Message, MessageReader, Notify, Process, Reply, Request, Unwatch, Watch,
 )
 
 PAGE = 4096

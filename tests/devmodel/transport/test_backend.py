@@ -10,21 +10,8 @@ from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import BlkDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    CONFIG_HEADER,
-    F_PROTOCOL_FEATURES,
-    FLAG_NEED_REPLY,
-    FLAG_REPLY,
-    INFLIGHT,
-    SUPPORTED_PROTOCOL_FEATURES,
-    U64,
-    VERSION,
-    VRING_STATE,
-    Disconnect,
-    Message,
-    ProtocolFeature,
-    Request,
-    VhostUserBackend,
-    encode,
+    CONFIG_HEADER, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, INFLIGHT, SUPPORTED_PROTOCOL_FEATURES, U64,
+    VERSION, VRING_STATE, Disconnect, Message, ProtocolFeature, Request, VhostUserBackend, encode,
 )
 
 from .frontend import DESC, FrontQueue, Loopback
@@ -310,7 +297,7 @@ def test_inflight_requests_survive_a_backend_crash(image):
     second.start(MODERN, {0: 16}, inflight=(fd, size), bases={0: 1})
     got = q.wait(2)
     assert [h for h, _, _ in got] == heads[1:]
-    for (h, n, payload), sector in zip(got, (2, 3)):
+    for (_h, n, payload), sector in zip(got, (2, 3), strict=True):
         assert n == 513 and payload[:512] == bytes(data[sector * 512:(sector + 1) * 512])
     q.post(ins=[1], out=[BLK_HDR.pack(4, 0, 0)])
     q.notify()

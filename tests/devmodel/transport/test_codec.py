@@ -6,20 +6,8 @@ import struct
 import pytest
 
 from acrnmgr.devmodel.vhost_user import (
-    FLAG_NEED_REPLY,
-    FLAG_REPLY,
-    HEADER,
-    MAX_PAYLOAD,
-    MEM_HEADER,
-    MEM_REGION,
-    VERSION,
-    Disconnect,
-    Message,
-    MessageReader,
-    ProtocolError,
-    Request,
-    encode,
-    parse_mem_table,
+    FLAG_NEED_REPLY, FLAG_REPLY, HEADER, MAX_PAYLOAD, MEM_HEADER, MEM_REGION, VERSION, Disconnect, Message,
+    MessageReader, ProtocolError, Request, encode, parse_mem_table,
 )
 
 

@@ -9,21 +9,8 @@ import pytest
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    F_PROTOCOL_FEATURES,
-    FLAG_NEED_REPLY,
-    U64,
-    VERSION,
-    VRING_NOFD,
-    VRING_STATE,
-    Close,
-    Message,
-    Notify,
-    Process,
-    Reply,
-    Request,
-    Unwatch,
-    VhostUserBackend,
-    Watch,
+    F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, U64, VERSION, VRING_NOFD, VRING_STATE, Close, Message, Notify, Process, Reply,
+    Request, Unwatch, VhostUserBackend, Watch,
 )
 
 from .frontend import DESC, MEM_HEADER, MEM_REGION, REGIONS, Loopback

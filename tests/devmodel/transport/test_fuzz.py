@@ -9,17 +9,7 @@ from hypothesis import strategies as st
 
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    FLAG_NEED_REPLY,
-    MAX_PAYLOAD,
-    VERSION,
-    Close,
-    Disconnect,
-    Message,
-    MessageReader,
-    Notify,
-    Process,
-    Reply,
-    Request,
+    FLAG_NEED_REPLY, MAX_PAYLOAD, VERSION, Close, Disconnect, Message, MessageReader, Notify, Process, Reply, Request,
     VhostUserBackend,
 )
 

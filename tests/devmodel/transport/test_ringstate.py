@@ -9,15 +9,7 @@ from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.ringstate import TRANSITIONS, IllegalTransition, RingEvent, RingState, runnable, transition
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    F_PROTOCOL_FEATURES,
-    FLAG_NEED_REPLY,
-    U64,
-    VERSION,
-    VRING_STATE,
-    Close,
-    Message,
-    Request,
-    VhostUserBackend,
+    F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, U64, VERSION, VRING_STATE, Close, Message, Request, VhostUserBackend,
 )
 
 from .frontend import DESC, FrontQueue, Loopback
