@@ -5,8 +5,13 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from acrnmgr.devmodel.device import VirtioDevice
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -40,18 +45,19 @@ def _usage(message: str) -> typer.Exit:
 
 @app.command()
 def serve(
-    device: DeviceKind = typer.Option(..., "--device", help="Device type to serve."),
-    socket_path: Path = typer.Option(..., "--socket", help="vhost-user Unix socket to listen on (created 0600; its "
-                                     "directory is created 0700 if missing and must not be group/world-writable)."),
-    image: Path | None = typer.Option(None, "--image", help="blk: raw disk image file or block device."),
-    read_only: bool = typer.Option(False, "--read-only", help="blk: refuse writes (VIRTIO_BLK_F_RO)."),
-    queues: int = typer.Option(1, "--queues", min=1, max=64, help="blk: number of request queues."),
-    tap: str | None = typer.Option(None, "--tap", help="net: tap interface name (created if missing)."),
-    mac: str | None = typer.Option(None, "--mac", help="net: MAC address offered to the guest."),
-    pty: bool = typer.Option(False, "--pty", help="console: back the console with a new pty (default)."),
-    console_socket: Path | None = typer.Option(None, "--console-socket", help="console: Unix socket to serve the "
-                                               "console on instead of a pty."),
-    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Logging verbosity (stderr)."),
+    device: Annotated[DeviceKind, typer.Option("--device", help="Device type to serve.")],
+    socket_path: Annotated[Path, typer.Option("--socket", help="vhost-user Unix socket to listen on (created 0600; "
+                                              "its directory is created 0700 if missing and must not be "
+                                              "group/world-writable).")],
+    image: Annotated[Path | None, typer.Option("--image", help="blk: raw disk image file or block device.")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="blk: refuse writes (VIRTIO_BLK_F_RO).")] = False,
+    queues: Annotated[int, typer.Option("--queues", min=1, max=64, help="blk: number of request queues.")] = 1,
+    tap: Annotated[str | None, typer.Option("--tap", help="net: tap interface name (created if missing).")] = None,
+    mac: Annotated[str | None, typer.Option("--mac", help="net: MAC address offered to the guest.")] = None,
+    pty: Annotated[bool, typer.Option("--pty", help="console: back the console with a new pty (default).")] = False,
+    console_socket: Annotated[Path | None, typer.Option("--console-socket", help="console: Unix socket to serve the "
+                                                        "console on instead of a pty.")] = None,
+    log_level: Annotated[LogLevel, typer.Option("--log-level", help="Logging verbosity (stderr).")] = LogLevel.info,
 ) -> None:
     """Serve one virtio device over vhost-user in the foreground until SIGTERM/SIGINT.
 
@@ -91,8 +97,12 @@ def serve(
             server = VhostUserServer(dev, socket_path)
         except ServerError as exc:
             raise _fail(str(exc)) from None
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            server.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), server.stop()))
+            signal.signal(sig, on_signal)
         pty_path = getattr(dev, "pty_path", None)
         if pty_path:
             log.info("console pty: %s", pty_path)
@@ -101,11 +111,12 @@ def serve(
         dev.close()
 
 
-def _make_device(kind: str, *, image, read_only, queues, tap, mac, console_socket):
+def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int, tap: str | None, mac: str | None,
+                 console_socket: Path | None) -> VirtioDevice:
     if kind == "blk":
         from acrnmgr.devmodel.blk import BlkDevice
 
-        if not Path(image).exists():
+        if image is None or not Path(image).exists():
             raise ValueError(f"image {image} does not exist")
         return BlkDevice(str(image), read_only=read_only, num_queues=queues)
     if kind == "net":

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import struct
+from collections.abc import Callable, Sequence
 
 from . import features as F
 from .device import VirtioDevice
@@ -54,7 +55,11 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-def _advance(bufs: list, n: int) -> list:
+# os.preadv / os.pwritev: (fd, buffers, offset) -> bytes transferred
+IovOp = Callable[[int, Sequence[memoryview], int], int]
+
+
+def _advance(bufs: list[memoryview], n: int) -> list[memoryview]:
     """Drop the first n bytes of a list of views (after a short read/write)."""
     out = []
     for b in bufs:
@@ -66,7 +71,7 @@ def _advance(bufs: list, n: int) -> list:
     return out
 
 
-def _iov_io(op, fd: int, bufs: list, offset: int, total: int) -> None:
+def _iov_io(op: IovOp, fd: int, bufs: list[memoryview], offset: int, total: int) -> None:
     """preadv/pwritev all of bufs at offset, coping with short transfers and IOV_MAX; raises OSError."""
     n = op(fd, bufs if len(bufs) <= IOV_MAX else bufs[:IOV_MAX], offset)
     done = n
@@ -91,7 +96,8 @@ class BlkDevice(VirtioDevice):
     name = "virtio-blk"
 
     def __init__(self, image_path: str, read_only: bool = False, num_queues: int = 1, serial: str | bytes | None = None,
-                 max_queue_size: int = 1024, blk_size: int = SECTOR, discard: bool = True, seg_max: int = 126):
+                 max_queue_size: int = 1024, blk_size: int = SECTOR, discard: bool = True,
+                 seg_max: int = 126) -> None:
         super().__init__()
         if num_queues < 1 or num_queues > 64:
             raise ValueError("num_queues must be 1..64")
@@ -221,7 +227,7 @@ class BlkDevice(VirtioDevice):
         n = nbytes // SECTOR
         return sector <= self.capacity and n <= self.capacity - sector
 
-    def _rw(self, op, sector: int, bufs: list, nbytes: int) -> int:
+    def _rw(self, op: IovOp, sector: int, bufs: list[memoryview], nbytes: int) -> int:
         if not self._range_ok(sector, nbytes):
             log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
             return S_IOERR
@@ -243,7 +249,7 @@ class BlkDevice(VirtioDevice):
                 return S_IOERR
         return S_OK
 
-    def _discard_zeroes(self, rtype: int, data_out: list, nbytes: int) -> int:
+    def _discard_zeroes(self, rtype: int, data_out: list[memoryview], nbytes: int) -> int:
         if self.read_only:
             return S_IOERR
         is_wz = rtype == T_WRITE_ZEROES

@@ -17,7 +17,8 @@ import struct
 import tty
 
 from . import features as F
-from .device import VirtioDevice
+from .device import IoCallback, RingAccess, VirtioDevice
+from .memory import GuestMemory
 from .stream import RxPump
 from .virtqueue import DescriptorChain, VirtQueue
 
@@ -32,7 +33,7 @@ class ConsoleDevice(VirtioDevice):
     num_queues = 2
 
     def __init__(self, pty: bool = True, socket_path: str | None = None, max_queue_size: int = 1024,
-                 cols: int = 80, rows: int = 25, max_backlog: int = 64 * 1024):
+                 cols: int = 80, rows: int = 25, max_backlog: int = 64 * 1024) -> None:
         super().__init__()
         self.max_queue_size = max_queue_size
         self.cols, self.rows = cols, rows
@@ -43,7 +44,6 @@ class ConsoleDevice(VirtioDevice):
         self._client: socket.socket | None = None
         self._ep = select.epoll()
         self._rx = RxPump(self.name, packet=False, max_backlog=max_backlog)
-        self._dropped_tx = 0
         if self.socket_path is not None:
             self._listen(self.socket_path)
         elif pty:
@@ -104,22 +104,21 @@ class ConsoleDevice(VirtioDevice):
         if offset == 8 and len(data) >= 1:  # emerg_wr: one character of early output
             self._output([memoryview(bytes(data[:1]))])
 
-    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
+    def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
         if not self._attached(qidx, vq):
             return False
         if qidx == TX:
-            return self._drain(vq, self._handle_tx)
-        return self._rx.pump(self._input_fd(), vq, vq.ready)
+            return self._drain(vq, mem, self._handle_tx)
+        return self._rx.pump(self._input_fd(), (vq, mem))
 
     def _handle_tx(self, vq: VirtQueue, chain: DescriptorChain) -> int:
         if chain.readable:
             self._output(chain.readable)
         return 0
 
-    def _output(self, views: list) -> None:
+    def _output(self, views: list[memoryview]) -> None:
         fd = self._input_fd()
         if fd is None:
-            self._dropped_tx += sum(len(v) for v in views)
             return
         total = sum(len(v) for v in views)
         try:
@@ -132,20 +131,18 @@ class ConsoleDevice(VirtioDevice):
                 self._drop_client()
             n = 0
         if n < total:
-            self._dropped_tx += total - n
+            log.debug("virtio-console: dropped %d bytes of guest output", total - n)
 
-    def io_sources(self) -> list:
+    def io_sources(self) -> list[tuple[int, IoCallback]]:
         """One fd for the device's lifetime (an epoll over the pty or listener + client)."""
         return [(self._ep.fileno(), self._on_io)]
 
-    def _on_io(self, ctx=None) -> list[int]:
+    def _on_io(self, rings: RingAccess) -> list[int]:
         notify = []
         for fd, _ev in self._ep.poll(0):
             if self._listener is not None and fd == self._listener.fileno():
                 self._accept()
-        vq = self.queues.get(RX)
-        usable = vq is not None and vq.ready and (ctx is None or ctx.ready(RX))
-        if self._rx.pump(self._input_fd(), vq, usable):
+        if self._rx.pump(self._input_fd(), rings.ring(RX)):
             notify.append(RX)
         if self._rx.eof and self._client is not None:
             self._drop_client()
@@ -153,6 +150,8 @@ class ConsoleDevice(VirtioDevice):
         return notify
 
     def _accept(self) -> None:
+        if self._listener is None:
+            return
         try:
             conn, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -174,7 +173,8 @@ class ConsoleDevice(VirtioDevice):
             self._listener.close()
             self._listener = None
             try:
-                os.unlink(self.socket_path)
+                if self.socket_path is not None:
+                    os.unlink(self.socket_path)
             except OSError:
                 pass
         for fd in (self._master, self._slave):

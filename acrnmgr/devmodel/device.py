@@ -7,12 +7,13 @@ Contract with the transport (vhost_user.py / server.py):
   ``vq.set_features(device.driver_features)`` on each queue.
 * ``attach_queue(qidx, vq)`` when a queue object exists (``process_queue`` also attaches).  Attaching wires
   ``vq.on_broken`` so a broken queue sets NEEDS_RESET in ``status``.
-* ``process_queue(qidx, vq) -> bool`` on every kick (and once when a queue gets enabled): handles everything
-  pending; True means "signal the call eventfd of qidx".
+* ``process_queue(qidx, vq, mem) -> bool`` on every kick (and once when a queue gets enabled), with the current
+  guest memory table: handles everything pending; True means "signal the call eventfd of qidx".
 * ``io_sources() -> list[(fd, callback)]``: fds the device wants polled for *reading*.  The list is dynamic (e.g. a
   tap fd is only listed while RX buffers are available): call ``io_sources()`` again after every
-  ``process_queue`` and every callback and (un)register the difference.  ``callback()`` returns an iterable of queue
-  indexes whose call eventfd must be signalled.
+  ``process_queue`` and every callback and (un)register the difference.  ``callback(rings)`` gets a
+  :class:`RingAccess` (``rings.ring(qidx)`` is the queue and memory table while that ring may be processed, else
+  None) and returns the queue indexes whose call eventfd must be signalled.
 * ``read_config(offset, size)`` / ``write_config(offset, data)`` for GET_CONFIG / SET_CONFIG.
 * ``reset()`` on RESET_OWNER / RESET_DEVICE / status 0; ``close()`` on shutdown.
 """
@@ -21,13 +22,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Protocol
 
 from . import features as F
+from .memory import GuestMemory
 from .virtqueue import DescriptorChain, VirtQueue
 
 log = logging.getLogger(__name__)
 
 CONFIG_SPACE_MAX = 256  # vhost-user GET_CONFIG payload limit
+
+
+class RingAccess(Protocol):
+    """What a device's io callback gets from the transport: the rings it may touch right now."""
+
+    def ring(self, qidx: int) -> tuple[VirtQueue, GuestMemory] | None:
+        """Queue ``qidx`` and the guest memory table, if the ring is running (started, enabled, not broken)."""
+        ...
+
+
+IoCallback = Callable[[RingAccess], list[int]]
+ChainHandler = Callable[[VirtQueue, DescriptorChain], "int | None"]
 
 
 class VirtioDevice:
@@ -129,39 +145,39 @@ class VirtioDevice:
                 return False
         return True
 
-    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
+    def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
         """Handle everything pending on queue ``qidx``; True if the driver must be notified. Never raises."""
         if not self._attached(qidx, vq):
             return False
-        return self._drain(vq, self._handle)
+        return self._drain(vq, mem, self._handle)
 
     def _handle(self, vq: VirtQueue, chain: DescriptorChain) -> int | None:
         """Serve one chain; return the number of bytes written into its writable buffers (None: leave it queued)."""
         raise NotImplementedError
 
-    def _drain(self, vq: VirtQueue, handle) -> bool:
+    def _drain(self, vq: VirtQueue, mem: GuestMemory, handle: ChainHandler) -> bool:
         """Pop/handle/push until the ring is empty, batching used-ring publication; returns should_notify()."""
         try:
             while True:
-                vq.disable_notification()
-                while (chain := vq.pop()) is not None:
+                vq.disable_notification(mem)
+                while (chain := vq.pop(mem)) is not None:
                     written = handle(vq, chain)
                     if written is None:  # device cannot serve it now (e.g. no packet): give it back
                         vq.unpop()
-                        vq.flush_used()
-                        vq.enable_notification()
-                        return vq.should_notify()
-                    vq.push(chain.head, written)
-                vq.flush_used()
-                if not vq.enable_notification():
+                        vq.flush_used(mem)
+                        vq.enable_notification(mem)
+                        return vq.should_notify(mem)
+                    vq.push(mem, chain.head, written)
+                vq.flush_used(mem)
+                if not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
             log.exception("%s: error processing queue %d", self.name, vq.index)
             vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used()
-        return vq.should_notify()
+            vq.flush_used(mem)
+        return vq.should_notify(mem)
 
-    def io_sources(self) -> list:
+    def io_sources(self) -> list[tuple[int, IoCallback]]:
         """[(fd, callback)] to poll for readability; see the module docstring."""
         return []
 

@@ -5,7 +5,7 @@ which keeps it across back-end restarts and gives it back with SET_INFLIGHT_FD. 
 queue the back-end marks each popped head inflight (with a global fetch counter) and clears it once
 the head is in the used ring; after a restart it resubmits the heads still marked, oldest first.
 
-Layout per queue (docs/interop/vhost-user.rst, "Inflight I/O tracking"), native = little-endian:
+Layout per queue (QEMU's docs/interop/vhost-user.rst, "Inflight I/O tracking"), native = little-endian:
     u64 features, u16 version, u16 desc_num, u16 last_batch_head, u16 used_idx,
     then desc_num x DescStateSplit {u8 inflight, u8 pad[5], u16 next, u64 counter}.
 """
@@ -47,7 +47,7 @@ class InflightQueue:
     """One queue's region of the shared buffer. Every index read from it is bounds-checked:
     the buffer outlives us and a corrupt one must not make recovery crash."""
 
-    __slots__ = ("_buf", "_size", "_counter")
+    __slots__ = ("_buf", "_counter", "_size")
 
     def __init__(self, buf: memoryview, queue_size: int) -> None:
         self._buf = buf
@@ -60,7 +60,7 @@ class InflightQueue:
 
     @property
     def used_idx(self) -> int:
-        return _U16.unpack_from(self._buf, _OFF_USED_IDX)[0]
+        return int(_U16.unpack_from(self._buf, _OFF_USED_IDX)[0])
 
     def is_inflight(self, head: int) -> bool:
         return self._buf[_DESC0 + head * _DESC.size] == 1

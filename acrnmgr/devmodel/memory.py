@@ -7,15 +7,21 @@ are written as ``offset <= size - length`` rather than ``gpa + length <= end`` a
 
 from __future__ import annotations
 
+import itertools
 import mmap
-import os
 import struct
+from collections.abc import Iterator
 
 PAGE_SIZE = mmap.PAGESIZE
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+# Generations are unique across all GuestMemory objects, so a cache keyed by one never mistakes a new table for an
+# old one (not even a new table allocated at a dead one's address).
+_generations: Iterator[int] = itertools.count()
 
 
 class GuestMemoryError(ValueError):
@@ -28,9 +34,9 @@ class MemoryRegion:
     ``rw`` is a writable memoryview of exactly ``size`` bytes, ``ro`` a read-only one over the same memory.
     """
 
-    __slots__ = ("gpa", "size", "uva", "mmap_offset", "rw", "ro", "_mm")
+    __slots__ = ("_mm", "gpa", "mmap_offset", "ro", "rw", "size", "uva")
 
-    def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm):
+    def __init__(self, gpa: int, size: int, uva: int, mmap_offset: int, rw: memoryview, mm: mmap.mmap | None) -> None:
         self.gpa = gpa
         self.size = size
         self.uva = uva
@@ -64,14 +70,19 @@ class GuestMemory:
 
     Translation: guest-physical (``view``) and frontend-virtual (``uva_to_gpa``) addresses.
     The transport converts vring addresses (frontend virtual) with :meth:`uva_to_gpa`.
+
+    ``generation`` changes whenever the set of regions does (and on close): views derived from the table (the
+    virtqueues' cached ring views) are valid while it stays the same.
     """
 
     def __init__(self) -> None:
         self.regions: list[MemoryRegion] = []
         self._last: MemoryRegion | None = None
+        self.generation = next(_generations)
 
     # -- building -------------------------------------------------------------------------------------------
-    def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int, fd: int) -> MemoryRegion:
+    def add_region(self, guest_phys_addr: int, size: int, userspace_addr: int, mmap_offset: int,
+                   fd: int) -> MemoryRegion:
         """mmap ``size`` bytes of ``fd`` at ``mmap_offset`` (MAP_SHARED, read/write) as guest memory.
 
         The caller keeps ownership of ``fd`` (mmap keeps the mapping alive after it is closed).
@@ -91,7 +102,8 @@ class GuestMemory:
         rw = memoryview(mm)[delta:delta + size]
         return self._insert(MemoryRegion(guest_phys_addr, size, userspace_addr, mmap_offset, rw, mm))
 
-    def add_buffer_region(self, guest_phys_addr: int, buf, userspace_addr: int | None = None) -> MemoryRegion:
+    def add_buffer_region(self, guest_phys_addr: int, buf: bytearray | memoryview | mmap.mmap,
+                          userspace_addr: int | None = None) -> MemoryRegion:
         """Use an existing writable buffer (bytearray, mmap, memoryview) as a region; for tests and tools."""
         rw = memoryview(buf).cast("B")
         if rw.readonly:
@@ -112,22 +124,13 @@ class GuestMemory:
                 raise GuestMemoryError(f"{region!r} overlaps {r!r}")
         self.regions.append(region)
         self.regions.sort(key=lambda r: r.gpa)
+        self.generation = next(_generations)
         return region
-
-    def remove_region(self, guest_phys_addr: int, size: int | None = None) -> bool:
-        """Unmap the region starting at ``guest_phys_addr`` (VHOST_USER_REM_MEM_REG); False if none matches."""
-        for r in self.regions:
-            if r.gpa == guest_phys_addr and (size is None or r.size == size):
-                self.regions.remove(r)
-                if self._last is r:
-                    self._last = None
-                r.close()
-                return True
-        return False
 
     def close(self) -> None:
         """Unmap every region. Views handed out earlier must no longer be used."""
         regions, self.regions, self._last = self.regions, [], None
+        self.generation = next(_generations)
         for r in regions:
             r.close()
 
@@ -162,18 +165,18 @@ class GuestMemory:
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
 
-    def write(self, gpa: int, data) -> None:
-        data = memoryview(data).cast("B")
-        self.view(gpa, len(data), writable=True)[:] = data
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self.view(gpa, len(view), writable=True)[:] = view
 
     def read_u16(self, gpa: int) -> int:
-        return _U16.unpack(self.view(gpa, 2))[0]
+        return int(_U16.unpack(self.view(gpa, 2))[0])
 
     def read_u32(self, gpa: int) -> int:
-        return _U32.unpack(self.view(gpa, 4))[0]
+        return int(_U32.unpack(self.view(gpa, 4))[0])
 
     def read_u64(self, gpa: int) -> int:
-        return _U64.unpack(self.view(gpa, 8))[0]
+        return int(_U64.unpack(self.view(gpa, 8))[0])
 
     def write_u16(self, gpa: int, value: int) -> None:
         _U16.pack_into(self.view(gpa, 2, True), 0, value)
@@ -187,9 +190,3 @@ class GuestMemory:
     def __len__(self) -> int:
         return len(self.regions)
 
-
-def memfd_buffer(size: int, name: str = "guest-ram") -> tuple[int, mmap.mmap]:
-    """Create a memfd of ``size`` bytes and map it shared; returns (fd, mmap). Used by tests and test drivers."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.ftruncate(fd, size)
-    return fd, mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)

@@ -14,7 +14,8 @@ import os
 import struct
 
 from . import features as F
-from .device import VirtioDevice
+from .device import IoCallback, RingAccess, VirtioDevice
+from .memory import GuestMemory
 from .stream import RxPump, copy_into
 from .virtqueue import DescriptorChain, VirtQueue
 
@@ -68,7 +69,7 @@ class NetDevice(VirtioDevice):
     num_queues = 2
 
     def __init__(self, tap: str | None = None, tap_fd: int | None = None, mac: str | bytes | None = None,
-                 max_queue_size: int = 1024, max_backlog: int = 256 * 1024):
+                 max_queue_size: int = 1024, max_backlog: int = 256 * 1024) -> None:
         super().__init__()
         self.max_queue_size = max_queue_size
         self.mac = parse_mac(mac)
@@ -98,12 +99,12 @@ class NetDevice(VirtioDevice):
     def config_space(self) -> bytes:
         return self.mac + struct.pack(self.byteorder + "HHH", NET_S_LINK_UP, 1, 1500)
 
-    def process_queue(self, qidx: int, vq: VirtQueue) -> bool:
+    def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
         if not self._attached(qidx, vq):
             return False
         if qidx == TX:
-            return self._drain(vq, self._handle_tx)
-        return self._rx.pump(self.fd, vq, vq.ready)
+            return self._drain(vq, mem, self._handle_tx)
+        return self._rx.pump(self.fd, (vq, mem))
 
     def _handle_tx(self, vq: VirtQueue, chain: DescriptorChain) -> int:
         if chain.readable_len <= self.hdr_len:
@@ -119,13 +120,11 @@ class NetDevice(VirtioDevice):
         if self.hdr_len == 12 and n >= 12:
             copy_into(chain.writable, _ONE_BE if self.byteorder == ">" else _ONE_LE, 10)
 
-    def io_sources(self) -> list:
+    def io_sources(self) -> list[tuple[int, IoCallback]]:
         return [(self.fd, self._on_io)]
 
-    def _on_io(self, ctx=None) -> list[int]:
-        vq = self.queues.get(RX)
-        usable = vq is not None and vq.ready and (ctx is None or ctx.ready(RX))
-        return [RX] if self._rx.pump(self.fd, vq, usable) else []
+    def _on_io(self, rings: RingAccess) -> list[int]:
+        return [RX] if self._rx.pump(self.fd, rings.ring(RX)) else []
 
     def reset(self) -> None:
         super().reset()

@@ -22,7 +22,7 @@ class RngDevice(VirtioDevice):
     name = "virtio-rng"
     num_queues = 1
 
-    def __init__(self, max_queue_size: int = 1024):
+    def __init__(self, max_queue_size: int = 1024) -> None:
         super().__init__()
         self.max_queue_size = max_queue_size
         self._fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)

@@ -1,6 +1,10 @@
 """The IO shell around the sans-IO vhost-user backend: a Unix socket listener, SCM_RIGHTS fd passing,
 and one selectors loop over the connection, the rings' kick eventfds and the device's own fds.
 
+The shell decides nothing about the protocol: it feeds bytes to the backend and carries out the effects it
+returns (vhost_user.Reply / Watch / Unwatch / Close / Notify / Process), in order.  Every fd the front-end
+passes is made non-blocking on arrival: the shell never blocks on an fd someone else gave it.
+
 One front-end at a time: the listener is only watched while no front-end is connected, so when QEMU
 disconnects (or was connected to a previous instance of us) the next connection starts a fresh
 vhost-user session over the same device. That is what makes `-chardev socket,reconnect=N` work.
@@ -13,9 +17,13 @@ import os
 import selectors
 import socket
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
-from acrnmgr.devmodel.vhost_user import MAX_FDS, Disconnect, MessageReader, VhostUserBackend, close_fds
+from acrnmgr.devmodel.device import IoCallback, VirtioDevice
+from acrnmgr.devmodel.vhost_user import (
+    MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,15 @@ class ServerError(Exception):
     """The server cannot start (socket path unusable)."""
 
 
-def prepare_socket_path(path: str | os.PathLike) -> Path:
+def close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def prepare_socket_path(path: str | os.PathLike[str]) -> Path:
     """Make sure `path` can hold our socket: its directory exists (created 0700 if missing) and is not
     group/world-writable, and nothing but a stale socket sits at the path itself."""
     path = Path(path).absolute()
@@ -39,7 +55,8 @@ def prepare_socket_path(path: str | os.PathLike) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise ServerError(f"{parent} is not a directory")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ServerError(f"socket directory {parent} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
+        raise ServerError(f"socket directory {parent} is group- or world-writable "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}); "
                           f"use a private directory (0700)")
     try:
         pst = os.lstat(path)
@@ -69,7 +86,7 @@ def listen_unix(path: Path) -> socket.socket:
 class VhostUserServer:
     """Serve `device` on a vhost-user socket until `stop()` is called (thread- and signal-safe)."""
 
-    def __init__(self, device, socket_path: str | os.PathLike) -> None:
+    def __init__(self, device: VirtioDevice, socket_path: str | os.PathLike[str]) -> None:
         self.device = device
         self.path = prepare_socket_path(socket_path)
         self._listener = listen_unix(self.path)
@@ -81,8 +98,8 @@ class VhostUserServer:
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self.backend: VhostUserBackend | None = None
-        self._kicks: dict[int, int] = {}  # queue index -> registered kick fd
-        self._io: dict[int, object] = {}  # registered device fd -> its callback
+        self._kicks: set[int] = set()  # registered kick fds
+        self._io: dict[int, IoCallback] = {}  # registered device fd -> its callback
         self.connections = 0  # sessions accepted so far (tests and logs use it)
 
     # ------------------------------------------------------------------ lifecycle
@@ -118,16 +135,55 @@ class VhostUserServer:
             pass
         log.info("stopped")
 
-    def _on_wake(self, _fd) -> None:
+    def _on_wake(self, _fd: object) -> None:
         try:
             while os.read(self._wake_r, 64):
                 pass
         except BlockingIOError:
             pass
 
+    # ------------------------------------------------------------------ effects
+
+    def _execute(self, effects: list[Effect]) -> None:
+        """Carry out the backend's effects in order.  OSError from sending a reply propagates (the caller
+        drops the connection); every other failure is logged and the loop goes on."""
+        for effect in effects:
+            match effect:
+                case Reply(data, fds):
+                    assert self._conn is not None
+                    try:
+                        if fds:
+                            socket.send_fds(self._conn, [data], list(fds))
+                        else:
+                            self._conn.sendall(data)
+                    finally:
+                        close_fds(fds)
+                case Watch(fd, queue):
+                    try:
+                        self._sel.register(fd, selectors.EVENT_READ, lambda f, i=queue: self._on_kick(f, i))
+                    except (OSError, ValueError) as exc:  # e.g. a regular file passed as a kick fd
+                        log.warning("queue %d: cannot poll kick fd %d: %s", queue, fd, exc)
+                        continue
+                    self._kicks.add(fd)
+                case Unwatch(fd):
+                    if fd in self._kicks:
+                        self._sel.unregister(fd)
+                        self._kicks.discard(fd)
+                case Close(fd):
+                    close_fds((fd,))
+                case Notify(fd):
+                    try:
+                        os.eventfd_write(fd, 1)
+                    except BlockingIOError:
+                        pass  # the counter is saturated: the peer has a wake-up pending anyway
+                    except OSError as exc:
+                        log.warning("signalling eventfd %d failed: %s", fd, exc)
+                case Process(queue):
+                    self._process(queue)
+
     # ------------------------------------------------------------------ connection
 
-    def _on_accept(self, _sock) -> None:
+    def _on_accept(self, _sock: object) -> None:
         try:
             conn, _ = self._listener.accept()
         except OSError as exc:
@@ -159,28 +215,31 @@ class VhostUserServer:
         if self._conn is None:
             return
         log.info("front-end disconnected: %s", reason)
-        for fd in list(self._kicks.values()) + list(self._io):
-            try:
-                self._sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-        self._kicks.clear()
+        for fd in list(self._io):
+            self._sel.unregister(fd)
         self._io.clear()
         self._sel.unregister(self._conn)
         self._conn.close()
         self._conn = None
-        self._reader.close()
-        self._reader = None
-        self.backend.close()
-        self.backend = None
+        if self._reader is not None:
+            close_fds(self._reader.close())
+            self._reader = None
+        if self.backend is not None:
+            self._execute(self.backend.close())
+            self.backend = None
+        for fd in self._kicks:  # none are left unless the backend lost track of one
+            self._sel.unregister(fd)
+        self._kicks.clear()
         # A new front-end negotiates from scratch; the device's open resources (image, tap) stay.
         self.device.reset()
         if not self._stopping:
             self._sel.register(self._listener, selectors.EVENT_READ, self._on_accept)
 
     def _on_message(self, conn: socket.socket) -> None:
+        reader, backend = self._reader, self.backend
+        assert reader is not None and backend is not None
         try:
-            data, fds, flags, _ = socket.recv_fds(conn, self._reader.wanted, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+            data, fds, flags, _ = socket.recv_fds(conn, reader.wanted, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         except OSError as exc:
             self._disconnect(f"read error: {exc}")
             return
@@ -192,48 +251,22 @@ class VhostUserServer:
             close_fds(fds)
             self._disconnect("connection closed")
             return
-        backend = self.backend
+        for fd in fds:
+            try:
+                os.set_blocking(fd, False)
+            except OSError:
+                pass
         try:
-            for msg in self._reader.feed(data, fds):
-                answer = backend.handle(msg)
-                if answer is not None:
-                    try:
-                        if answer.fds:
-                            socket.send_fds(conn, [answer.data], answer.fds)
-                        else:
-                            conn.sendall(answer.data)
-                    finally:
-                        close_fds(answer.fds)
-                if backend.fds_changed:
-                    self._sync_kicks()
-                self._run_pending()
+            for msg in reader.feed(data, fds):
+                self._execute(backend.handle(msg))
+                if self.backend is None:  # an effect dropped the connection
+                    return
             self._sync_device_sources()
         except Disconnect as exc:
-            self._disconnect(str(exc))
+            self._disconnect(str(exc))  # unregisters every kick fd first
+            close_fds(exc.fds)
         except OSError as exc:
             self._disconnect(f"write error: {exc}")
-
-    def _sync_kicks(self) -> None:
-        backend = self.backend
-        backend.fds_changed = False
-        for q in backend.queues:
-            want = q.kick_fd
-            have = self._kicks.get(q.index)
-            if have == want:
-                continue
-            if have is not None:
-                self._sel.unregister(have)
-                del self._kicks[q.index]
-            if want is not None:
-                self._sel.register(want, selectors.EVENT_READ, lambda fd, i=q.index: self._on_kick(fd, i))
-                self._kicks[q.index] = want
-        backend.release_retired()
-
-    def _run_pending(self) -> None:
-        backend = self.backend
-        for q in backend.queues:
-            if q.pending and backend.ready(q.index):
-                self._process(q.index)
 
     # ------------------------------------------------------------------ data path
 
@@ -247,23 +280,14 @@ class VhostUserServer:
         self._process(qidx)
 
     def _process(self, qidx: int) -> None:
-        backend = self.backend
-        if backend.process(qidx):
-            self._signal(qidx)
+        if self.backend is None:
+            return
+        self._execute(self.backend.process(qidx))
         self._sync_device_sources()
 
-    def _signal(self, qidx: int) -> None:
-        call = self.backend.queues[qidx].call_fd
-        if call is not None:
-            try:
-                os.eventfd_write(call, 1)
-            except OSError as exc:
-                log.warning("queue %d: call signal failed: %s", qidx, exc)
-
-    def _on_device_io(self, callback) -> None:
+    def _on_device_io(self, callback: IoCallback) -> None:
         """A device fd (tap, pty...) is readable: the device moves the data and names the rings to signal."""
         if self.backend is None:
             return
-        for qidx in callback(self.backend) or ():
-            self._signal(qidx)
+        self._execute(self.backend.device_io(callback))
         self._sync_device_sources()

@@ -11,13 +11,15 @@ from __future__ import annotations
 import collections
 import logging
 import os
+from collections.abc import Callable
 
-from .virtqueue import VirtQueue
+from .memory import GuestMemory
+from .virtqueue import DescriptorChain, VirtQueue
 
 log = logging.getLogger(__name__)
 
 
-def copy_into(views: list, data, offset: int = 0) -> int:
+def copy_into(views: list[memoryview], data: bytes | bytearray | memoryview, offset: int = 0) -> int:
     """Copy ``data`` into a list of writable views starting at byte ``offset``; returns bytes copied."""
     data = memoryview(data)
     done = 0
@@ -42,7 +44,8 @@ class RxPump:
     a backlog over several chains.  ``fixup(chain, n)`` may patch a delivered chain (virtio-net num_buffers).
     """
 
-    def __init__(self, name: str, packet: bool, max_backlog: int, read_size: int = 65536, fixup=None):
+    def __init__(self, name: str, packet: bool, max_backlog: int, read_size: int = 65536,
+                 fixup: Callable[[DescriptorChain, int], None] | None = None) -> None:
         self.name = name
         self.packet = packet
         self.max_backlog = max_backlog
@@ -53,14 +56,16 @@ class RxPump:
         self.dropped = 0
         self.eof = False
 
-    def pump(self, fd: int | None, vq: VirtQueue | None, usable: bool) -> bool:
-        """Deliver backlog then fresh data; with no buffers, drain fd into the backlog. Returns should_notify()."""
+    def pump(self, fd: int | None, ring: tuple[VirtQueue, GuestMemory] | None) -> bool:
+        """Deliver backlog then fresh data into ``ring`` (None: the ring may not be used now); with no buffers,
+        drain fd into the backlog.  Returns should_notify()."""
         pushed = False
-        if vq is not None and usable:
-            vq.disable_notification()
+        vq, mem = ring if ring is not None else (None, None)
+        if vq is not None and mem is not None and vq.ready(mem):
+            vq.disable_notification(mem)
             while True:
                 while self.backlog:
-                    chain = vq.pop()
+                    chain = vq.pop(mem)
                     if chain is None:
                         break
                     data = self.backlog[0]
@@ -71,13 +76,13 @@ class RxPump:
                     else:
                         self.backlog[0] = data[n:]
                         self.backlog_bytes -= n
-                    self._push(vq, chain, n)
+                    self._push(vq, mem, chain, n)
                     pushed = True
                 if self.backlog or fd is None or self.eof:
                     break
-                chain = vq.pop()
+                chain = vq.pop(mem)
                 if chain is None:
-                    if not vq.enable_notification():
+                    if not vq.enable_notification(mem):
                         break
                     continue
                 try:
@@ -93,18 +98,18 @@ class RxPump:
                     vq.unpop()
                     self.eof = True
                     break
-                self._push(vq, chain, min(n, chain.writable_len))  # a truncated frame reports its full size
+                self._push(vq, mem, chain, min(n, chain.writable_len))  # a truncated frame reports its full size
                 pushed = True
-            vq.flush_used()
-            vq.enable_notification()
+            vq.flush_used(mem)
+            vq.enable_notification(mem)
         if fd is not None and not self.eof:
             self._drain_to_backlog(fd)
-        return vq.should_notify() if (vq is not None and pushed) else False
+        return vq.should_notify(mem) if (vq is not None and mem is not None and pushed) else False
 
-    def _push(self, vq: VirtQueue, chain, n: int) -> None:
+    def _push(self, vq: VirtQueue, mem: GuestMemory, chain: DescriptorChain, n: int) -> None:
         if self.fixup is not None:
             self.fixup(chain, n)
-        vq.push(chain.head, n)
+        vq.push(mem, chain.head, n)
 
     def _drain_to_backlog(self, fd: int) -> None:
         while True:

@@ -1,13 +1,18 @@
 """vhost-user back-end protocol, sans-IO: message framing and a state machine that turns front-end
-requests into replies and ring state (QEMU docs/interop/vhost-user.rst).
+requests into effects (QEMU's docs/interop/vhost-user.rst is the spec).
 
-Nothing here touches a socket. `MessageReader` frames bytes + SCM_RIGHTS fds into `Message`s,
-`VhostUserBackend.handle()` applies one message and returns the reply to send (if any), and
-`VhostUserBackend.process()` runs the device over one ring and says whether to signal its call fd.
-The IO shell (server.py) owns sockets, selectors and eventfd reads/writes.
+Nothing here touches a socket or an fd. `MessageReader` frames bytes + SCM_RIGHTS fds into `Message`s;
+`VhostUserBackend.handle(msg)` applies one message and returns the EFFECTS the IO shell must carry out, in
+order: `Reply` (send bytes and fds), `Watch` / `Unwatch` (poll a ring's kick fd, or stop), `Close` (an fd the
+backend no longer uses), `Notify` (write 1 to a call or err eventfd) and `Process` (run the device over a ring
+that just became runnable: the shell calls `process(queue)`, which returns more effects).  The model is h11:
+a state machine over bytes, with a thin IO loop around it (server.py).
 
-File descriptors: every fd in a Message becomes the backend's; fds it stops using are queued in
-`retired_fds` rather than closed at once, so the shell can drop them from its selector first (closing
+Each ring's vhost-user state is one `RingState` with an explicit transition table (ringstate.py).
+
+File descriptors: every fd in a Message becomes the backend's.  It keeps kick/call/err fds and returns a
+`Close` for every other one (after using it, e.g. mmap'ing guest memory); an fd it stops using comes back as
+`Unwatch` (if it was watched) then `Close`, so the shell drops it from its selector before closing it (closing
 a registered fd silently removes it from epoll, and a re-used fd number would then never fire).
 """
 
@@ -15,15 +20,16 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from acrnmgr.devmodel import features as F
-from acrnmgr.devmodel.device import CONFIG_SPACE_MAX
+from acrnmgr.devmodel.device import CONFIG_SPACE_MAX, IoCallback, VirtioDevice
 from acrnmgr.devmodel.inflight import InflightArea, InflightError
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
+from acrnmgr.devmodel.ringstate import RingEvent, RingState, runnable, transition
 from acrnmgr.devmodel.virtqueue import VirtQueue
 
 log = logging.getLogger(__name__)
@@ -134,7 +140,12 @@ class ProtocolError(Exception):
 
 
 class Disconnect(Exception):
-    """The connection cannot continue (framing lost, or a request whose reply we cannot give)."""
+    """The connection cannot continue (framing lost, or a request whose reply we cannot give).
+    ``fds`` are fds that arrived with the failed message(s): the shell closes them."""
+
+    def __init__(self, reason: str, fds: Sequence[int] = ()) -> None:
+        super().__init__(reason)
+        self.fds = list(fds)
 
 
 @dataclass(slots=True)
@@ -156,12 +167,52 @@ class Message:
             return f"request {self.request}"
 
 
-@dataclass(slots=True)
+# ---------------------------------------------------------------------------------------------------- effects
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """Bytes to send back, with fds to pass alongside (the sender closes them once sent)."""
+    """Send ``data`` to the front-end with ``fds`` alongside; the shell closes the fds once sent."""
 
     data: bytes
-    fds: list[int] = field(default_factory=list)
+    fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Start polling ``fd`` (a kick eventfd) for reading; when readable, read it and process ring ``queue``."""
+
+    fd: int
+    queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch:
+    """Stop polling ``fd`` (always before its Close)."""
+
+    fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``fd``: the backend no longer uses it."""
+
+    fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Write 1 to eventfd ``fd`` (a ring's call fd: used buffers; or its err fd: the ring broke)."""
+
+    fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """Ring ``queue`` became runnable with work possibly pending: call ``backend.process(queue)``."""
+
+    queue: int
+
+
+Effect = Reply | Watch | Unwatch | Close | Notify | Process
 
 
 def encode(request: int, payload: bytes = b"", *, flags: int = VERSION) -> bytes:
@@ -170,15 +221,7 @@ def encode(request: int, payload: bytes = b"", *, flags: int = VERSION) -> bytes
 
 
 def reply(request: int, payload: bytes = b"", fds: Iterable[int] = ()) -> Reply:
-    return Reply(encode(request, payload, flags=VERSION | FLAG_REPLY), list(fds))
-
-
-def close_fds(fds: Iterable[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    return Reply(encode(request, payload, flags=VERSION | FLAG_REPLY), tuple(fds))
 
 
 class MessageReader:
@@ -198,7 +241,7 @@ class MessageReader:
 
     def feed(self, data: bytes, fds: Iterable[int] = ()) -> list[Message]:
         """Add bytes (and the fds that came with them); return the messages now complete.
-        Raises Disconnect when framing is lost (the caller drops the connection)."""
+        Raises Disconnect (with the fds it held) when framing is lost: the caller drops the connection."""
         self._fds.extend(fds)
         out: list[Message] = []
         view = memoryview(data)
@@ -214,11 +257,10 @@ class MessageReader:
                 request, flags, size = HEADER.unpack(self._buf)
                 self._buf.clear()
                 if flags & FLAG_VERSION_MASK != VERSION:
-                    self._reset()
-                    raise Disconnect(f"bad vhost-user version in flags {flags:#x}")
+                    raise Disconnect(f"bad vhost-user version in flags {flags:#x}", self._abandon(out))
                 if size > MAX_PAYLOAD:
-                    self._reset()
-                    raise Disconnect(f"payload of {size} bytes for request {request} exceeds {MAX_PAYLOAD}")
+                    raise Disconnect(f"payload of {size} bytes for request {request} exceeds {MAX_PAYLOAD}",
+                                     self._abandon(out))
                 self._header = (request, flags, size)
                 if size:
                     continue
@@ -231,27 +273,36 @@ class MessageReader:
                 break
         return out
 
-    def _reset(self) -> None:
-        close_fds(self._fds)
-        self._fds = []
+    def _abandon(self, complete: list[Message]) -> list[int]:
+        """Framing is lost: every fd received so far, also those of messages completed in this feed."""
+        return [fd for m in complete for fd in m.fds] + self.close()
+
+    def close(self) -> list[int]:
+        """Forget any partial message; returns the fds it held, for the caller to close."""
+        fds, self._fds = self._fds, []
         self._buf.clear()
         self._header = None
-
-    def close(self) -> None:
-        self._reset()
+        return fds
 
 
-def _unpack(st: struct.Struct, msg: Message, *, exact: bool = True) -> tuple:
+def _unpack(st: struct.Struct, msg: Message, *, exact: bool = True) -> tuple[Any, ...]:
     if len(msg.payload) != st.size and (exact or len(msg.payload) < st.size):
         raise ProtocolError(f"{msg.name}: payload is {len(msg.payload)} bytes, expected {st.size}")
     return st.unpack_from(msg.payload)
 
 
 def _want_fds(msg: Message, count: int) -> list[int]:
+    """The message's fds, checked to be ``count``; they stay the message's (closed after handling)."""
     if len(msg.fds) != count:
         raise ProtocolError(f"{msg.name}: got {len(msg.fds)} fds, expected {count}")
-    fds, msg.fds = msg.fds, []
-    return fds
+    return list(msg.fds)
+
+
+def _take_fd(msg: Message) -> int:
+    """Adopt the message's single fd (the caller keeps it open past the message)."""
+    (fd,) = _want_fds(msg, 1)
+    msg.fds = []
+    return fd
 
 
 @dataclass(slots=True)
@@ -276,46 +327,46 @@ def parse_mem_table(msg: Message) -> list[RegionInfo]:
 
 
 class QueueState:
-    """Per-ring vhost-user state around the core VirtQueue."""
+    """Per-ring vhost-user state around the core VirtQueue: one RingState, the ring's configuration and fds."""
 
-    __slots__ = ("index", "vq", "num", "base", "addr", "kick_fd", "call_fd", "err_fd", "started",
-                 "enabled", "pending")
+    __slots__ = ("addr", "base", "call_fd", "err_fd", "index", "kick_fd", "num", "pending", "state", "vq")
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.vq = None
+        self.state = RingState.STOPPED
+        self.vq: VirtQueue | None = None
         self.num = 0
         self.base = 0
         self.addr: tuple[int, int, int] | None = None  # front-end virtual: desc, used, avail
         self.kick_fd: int | None = None
         self.call_fd: int | None = None
         self.err_fd: int | None = None
-        self.started = False
-        self.enabled = False
-        self.pending = False  # process once without waiting for a kick (start, resubmission)
+        self.pending = False  # a run is owed without waiting for a kick (start, enable, resubmission)
+
+
+Handler = Callable[[Message, list[Effect]], "Reply | None"]
 
 
 class VhostUserBackend:
     """One front-end connection's worth of vhost-user state over a VirtioDevice.
 
-    `handle(msg)` -> Reply | None; raises Disconnect when the connection must be dropped.
-    `process(qidx)` -> bool: run the device over that ring; True means signal its call fd.
-    `ready(qidx)`: whether that ring is started, enabled and addressable.
+    `handle(msg)` -> list[Effect]; raises Disconnect when the connection must be dropped.
+    `process(qidx)` -> list[Effect]: run the device over that ring (Notify its call fd, or its err fd if the
+    ring just broke).  `device_io(callback)` -> list[Effect]: run a device io callback (tap/pty readable).
+    `close()` -> list[Effect]: give back every fd.  `ring(qidx)` is the device's RingAccess.
     """
 
-    def __init__(self, device) -> None:
+    def __init__(self, device: VirtioDevice) -> None:
         self.device = device
         self.owner = False
         self.features = 0
         self.features_set = False
         self.protocol_features = 0
         self.status = 0
-        self.memory = None
+        self.memory: GuestMemory | None = None
         self.inflight: InflightArea | None = None
         self.queues = [QueueState(i) for i in range(device.num_queues)]
-        self.retired_fds: list[int] = []
-        self.fds_changed = False  # the shell re-reads kick fds when set
-        self._handlers: dict[int, Callable[[Message], Reply | None]] = {
+        self._handlers: dict[int, Handler] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
             Request.GET_PROTOCOL_FEATURES: self._get_protocol_features,
@@ -341,43 +392,58 @@ class VhostUserBackend:
             Request.SET_STATUS: self._set_status,
             Request.GET_STATUS: self._get_status,
         }
+        # Handlers whose reply is the answer itself: a failure there cannot be acked.
+        self._replying = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
+                          Request.GET_QUEUE_NUM, Request.GET_INFLIGHT_FD, Request.GET_STATUS}
 
     # ------------------------------------------------------------------ dispatch
 
     def has_protocol(self, bit: int) -> bool:
         return bool(self.protocol_features & (1 << bit))
 
-    def handle(self, msg: Message) -> Reply | None:
+    def handle(self, msg: Message) -> list[Effect]:
+        """Apply one message; returns the effects to carry out, in order."""
+        fx: list[Effect] = []
         handler = self._handlers.get(msg.request)
+        answer: Reply | None
         try:
             if handler is None:
                 log.warning("unhandled vhost-user %s (flags %#x, %d bytes, %d fds)",
                             msg.name, msg.flags, len(msg.payload), len(msg.fds))
-                return self._ack(msg, ok=False)
-            log.debug("%s (%d bytes, %d fds)", msg.name, len(msg.payload), len(msg.fds))
-            try:
-                result = handler(msg)
-            except Disconnect:
-                raise
-            except Exception as exc:  # never let a request take the server down
-                expected = isinstance(exc, (ProtocolError, InflightError, GuestMemoryError, ValueError, OSError))
-                log.error("vhost-user %s failed: %s", msg.name, exc, exc_info=not expected)
-                if handler in self._replying:
-                    raise Disconnect(f"{msg.name}: {exc}") from exc
-                return self._ack(msg, ok=False)
-            if result is not None:
-                return result
-            return self._ack(msg, ok=True)
-        finally:
-            # Whatever a handler did not take is ours to close.
-            close_fds(msg.fds)
+                answer = self._ack(msg, ok=False)
+            else:
+                log.debug("%s (%d bytes, %d fds)", msg.name, len(msg.payload), len(msg.fds))
+                answer = self._dispatch(handler, msg, fx)
+        except Disconnect as exc:
+            # Whatever the handler let go of or did not take goes with the connection.
+            exc.fds += [e.fd for e in fx if isinstance(e, Close)] + msg.fds
             msg.fds = []
+            raise
+        if answer is not None:
+            fx.append(answer)
+        # Whatever a handler did not take is the shell's to close.
+        fx += [Close(fd) for fd in msg.fds]
+        msg.fds = []
+        for q in self.queues:
+            if q.pending and self.ready(q.index):
+                q.pending = False
+                fx.append(Process(q.index))
+        return fx
 
-    @property
-    def _replying(self) -> tuple:
-        """Handlers whose reply is the answer itself: a failure there cannot be acked."""
-        return (self._get_features, self._get_protocol_features, self._get_vring_base, self._get_queue_num,
-                self._get_inflight_fd, self._get_status)
+    def _dispatch(self, handler: Handler, msg: Message, fx: list[Effect]) -> Reply | None:
+        try:
+            result = handler(msg, fx)
+        except Disconnect:
+            raise
+        except Exception as exc:  # never let a request take the server down
+            expected = isinstance(exc, (ProtocolError, InflightError, GuestMemoryError, ValueError, OSError))
+            log.error("vhost-user %s failed: %s", msg.name, exc, exc_info=not expected)
+            if msg.request in self._replying:
+                raise Disconnect(f"{msg.name}: {exc}") from exc
+            return self._ack(msg, ok=False)
+        if result is not None:
+            return result
+        return self._ack(msg, ok=True)
 
     @staticmethod
     def _ack(msg: Message, *, ok: bool) -> Reply | None:
@@ -390,25 +456,30 @@ class VhostUserBackend:
             raise ProtocolError(f"queue index {index} out of range (device has {len(self.queues)})")
         return self.queues[index]
 
-    def _retire(self, fd: int | None) -> None:
-        if fd is not None:
-            self.retired_fds.append(fd)
-            self.fds_changed = True
+    @staticmethod
+    def _move(q: QueueState, event: RingEvent) -> None:
+        """Apply a ring event; IllegalTransition (a protocol error) leaves the state as it was."""
+        new = transition(q.state, event)
+        if new is not q.state:
+            log.debug("queue %d: %s --%s--> %s", q.index, q.state.value, event.value, new.value)
+        q.state = new
 
-    def release_retired(self) -> None:
-        """Close fds the backend stopped using (after the shell unregistered them)."""
-        close_fds(self.retired_fds)
-        self.retired_fds = []
+    @staticmethod
+    def _drop_fd(fx: list[Effect], fd: int | None, *, watched: bool = False) -> None:
+        if fd is not None:
+            if watched:
+                fx.append(Unwatch(fd))
+            fx.append(Close(fd))
 
     # ------------------------------------------------------------------ features
 
     def offered_features(self) -> int:
         return self.device.device_features() | F_PROTOCOL_FEATURES
 
-    def _get_features(self, msg: Message) -> Reply:
+    def _get_features(self, msg: Message, fx: list[Effect]) -> Reply:
         return reply(msg.request, U64.pack(self.offered_features()))
 
-    def _set_features(self, msg: Message) -> None:
+    def _set_features(self, msg: Message, fx: list[Effect]) -> None:
         (value,) = _unpack(U64, msg)
         extra = value & ~self.offered_features()
         if extra:
@@ -419,48 +490,51 @@ class VhostUserBackend:
         for q in self.queues:
             if q.vq is not None:
                 q.vq.set_features(value)
-            self._update_enabled(q)
+            self._implicit_enable(q)
 
-    def _get_protocol_features(self, msg: Message) -> Reply:
+    def _implicit_enable(self, q: QueueState) -> None:
+        """Without PROTOCOL_FEATURES negotiated a ring is enabled as soon as it starts."""
+        if not self.features & F_PROTOCOL_FEATURES and q.state is RingState.STARTED:
+            self._move(q, RingEvent.ENABLE)
+            q.pending = True
+
+    def _get_protocol_features(self, msg: Message, fx: list[Effect]) -> Reply:
         return reply(msg.request, U64.pack(SUPPORTED_PROTOCOL_FEATURES))
 
-    def _set_protocol_features(self, msg: Message) -> None:
+    def _set_protocol_features(self, msg: Message, fx: list[Effect]) -> None:
         (value,) = _unpack(U64, msg)
         if value & ~SUPPORTED_PROTOCOL_FEATURES:
             log.warning("front-end asked for unsupported protocol features %#x; ignoring them",
                         value & ~SUPPORTED_PROTOCOL_FEATURES)
         self.protocol_features = value & SUPPORTED_PROTOCOL_FEATURES
 
-    def _set_owner(self, msg: Message) -> None:
+    def _set_owner(self, msg: Message, fx: list[Effect]) -> None:
         self.owner = True
 
-    def _reset_owner(self, msg: Message) -> None:
+    def _reset_owner(self, msg: Message, fx: list[Effect]) -> None:
         # Deprecated; the spec recommends treating it as "disable all rings" and keeping state.
         for q in self.queues:
-            self._stop(q)
+            self._stop(q, fx)
 
-    def _get_queue_num(self, msg: Message) -> Reply:
+    def _get_queue_num(self, msg: Message, fx: list[Effect]) -> Reply:
         return reply(msg.request, U64.pack(len(self.queues)))
 
     # ------------------------------------------------------------------ memory
 
-    def _set_mem_table(self, msg: Message) -> None:
+    def _set_mem_table(self, msg: Message, fx: list[Effect]) -> None:
         regions = parse_mem_table(msg)
-        fds = _want_fds(msg, len(regions))
+        fds = _want_fds(msg, len(regions))  # closed after handling: the mappings keep the memory alive
         memory = GuestMemory()
         try:
-            for r, fd in zip(regions, fds):
+            for r, fd in zip(regions, fds, strict=True):
                 memory.add_region(r.guest_phys_addr, r.size, r.userspace_addr, r.mmap_offset, fd)
         except BaseException:
-            close_fds(fds)
             memory.close()
             raise
-        close_fds(fds)  # the mappings keep the memory alive
         old, self.memory = self.memory, memory
+        # The queues re-resolve their ring views from the new table (its generation differs) on next use.
         for q in self.queues:
-            if q.vq is not None:
-                q.vq.set_memory(memory)
-                self._apply_addresses(q, strict=False)
+            self._apply_addresses(q, strict=False)
         if old is not None:
             old.close()
 
@@ -468,17 +542,14 @@ class VhostUserBackend:
 
     def _new_vq(self, q: QueueState) -> None:
         if q.vq is not None:
-            self._detach_inflight(q)
+            q.vq.inflight = None
         vq = VirtQueue(q.num, q.index)
         if self.features_set:
             vq.set_features(self.features)
-        if self.memory is not None:
-            vq.set_memory(self.memory)
         q.vq = vq
         self.device.attach_queue(q.index, vq)
         self._apply_addresses(q, strict=False)
         vq.last_avail_idx = q.base
-        self._update_enabled(q)
 
     def _apply_addresses(self, q: QueueState, *, strict: bool = True) -> None:
         """Translate the front-end's virtual ring addresses into guest-physical ones for the queue."""
@@ -486,7 +557,7 @@ class VhostUserBackend:
             return
         try:
             desc, used, avail = (self.memory.uva_to_gpa(a) for a in q.addr)
-            q.vq.set_addresses(desc, avail, used)
+            q.vq.set_addresses(desc, avail, used, self.memory)
         except GuestMemoryError as exc:
             if strict:
                 raise ProtocolError(f"queue {q.index}: ring addresses are not in guest memory: {exc}") from exc
@@ -494,106 +565,113 @@ class VhostUserBackend:
             log.debug("queue %d: dropping stale ring addresses: %s", q.index, exc)
             q.addr = None
 
-    def _set_vring_num(self, msg: Message) -> None:
+    def _set_vring_num(self, msg: Message, fx: list[Effect]) -> None:
         index, num = _unpack(VRING_STATE, msg)
         q = self._queue(index)
         if num == 0 or num & (num - 1) or num > self.device.max_queue_size:
             raise ProtocolError(f"queue {index}: size {num} is not a power of two up to {self.device.max_queue_size}")
+        self._move(q, RingEvent.CONFIGURE)
         q.num = num
         self._new_vq(q)
 
-    def _set_vring_addr(self, msg: Message) -> None:
+    def _set_vring_addr(self, msg: Message, fx: list[Effect]) -> None:
         index, _flags, desc, used, avail, _log = _unpack(VRING_ADDR, msg)
         q = self._queue(index)
+        transition(q.state, RingEvent.SET_ADDR)  # check first: a refused message changes nothing
         q.addr = (desc, used, avail)
         self._apply_addresses(q)
+        self._move(q, RingEvent.SET_ADDR)
 
-    def _set_vring_base(self, msg: Message) -> None:
+    def _set_vring_base(self, msg: Message, fx: list[Effect]) -> None:
         index, num = _unpack(VRING_STATE, msg)
         q = self._queue(index)
         if num > 0xFFFF:
             raise ProtocolError(f"queue {index}: base {num} does not fit a split ring index")
+        self._move(q, RingEvent.CONFIGURE)
         q.base = num
         if q.vq is not None:
             q.vq.last_avail_idx = num
 
-    def _set_vring_endian(self, msg: Message) -> None:
+    def _set_vring_endian(self, msg: Message, fx: list[Effect]) -> None:
         index, num = _unpack(VRING_STATE, msg)
         q = self._queue(index)
         if num not in (0, 1):
             raise ProtocolError(f"queue {index}: endianness {num} is neither 0 (little) nor 1 (big)")
+        self._move(q, RingEvent.CONFIGURE)
         if q.vq is not None:
             q.vq.set_vring_endian(bool(num))
 
-    def _get_vring_base(self, msg: Message) -> Reply:
+    def _get_vring_base(self, msg: Message, fx: list[Effect]) -> Reply:
         index, _ = _unpack(VRING_STATE, msg)
         q = self._queue(index)
-        self._stop(q)
+        self._stop(q, fx)
         base = q.vq.last_avail_idx if q.vq is not None else q.base
         q.base = base
         return reply(msg.request, VRING_STATE.pack(index, base))
 
-    def _stop(self, q: QueueState) -> None:
-        q.started = False
+    def _stop(self, q: QueueState, fx: list[Effect]) -> None:
+        self._move(q, RingEvent.STOP)
         q.pending = False
-        self._update_enabled(q)
-        self._retire(q.kick_fd)
-        self._retire(q.call_fd)
+        self._drop_fd(fx, q.kick_fd, watched=True)
+        self._drop_fd(fx, q.call_fd)
         q.kick_fd = q.call_fd = None
 
-    def _vring_fd(self, msg: Message) -> tuple[QueueState, int | None]:
+    def _vring_index(self, msg: Message) -> tuple[QueueState, bool]:
+        """The ring a SET_VRING_KICK/CALL/ERR names, and whether an fd comes with it (not VRING_NOFD)."""
         (value,) = _unpack(U64, msg)
         q = self._queue(value & VRING_IDX_MASK)
-        if value & VRING_NOFD:
-            return q, None
-        return q, _want_fds(msg, 1)[0]
+        has_fd = not value & VRING_NOFD
+        _want_fds(msg, 1 if has_fd else 0)
+        return q, has_fd
 
-    def _set_vring_kick(self, msg: Message) -> None:
-        q, fd = self._vring_fd(msg)
-        self._retire(q.kick_fd)
+    def _set_vring_kick(self, msg: Message, fx: list[Effect]) -> None:
+        q, has_fd = self._vring_index(msg)
+        transition(q.state, RingEvent.KICK)  # refuse before adopting the fd
+        fd = _take_fd(msg) if has_fd else None
+        self._drop_fd(fx, q.kick_fd, watched=True)
         q.kick_fd = fd
-        self.fds_changed = True
-        q.started = True
+        if fd is not None:
+            fx.append(Watch(fd, q.index))
+        self._move(q, RingEvent.KICK)
+        self._implicit_enable(q)
+        q.pending = True
         if self.has_protocol(ProtocolFeature.INFLIGHT_SHMFD):
             self._attach_inflight(q)
-        self._update_enabled(q)
-        q.pending = True
 
-    def _set_vring_call(self, msg: Message) -> None:
-        q, fd = self._vring_fd(msg)
-        self._retire(q.call_fd)
-        q.call_fd = fd
+    def _set_vring_call(self, msg: Message, fx: list[Effect]) -> None:
+        q, has_fd = self._vring_index(msg)
+        self._drop_fd(fx, q.call_fd)
+        q.call_fd = _take_fd(msg) if has_fd else None
 
-    def _set_vring_err(self, msg: Message) -> None:
-        q, fd = self._vring_fd(msg)
-        self._retire(q.err_fd)
-        q.err_fd = fd
+    def _set_vring_err(self, msg: Message, fx: list[Effect]) -> None:
+        q, has_fd = self._vring_index(msg)
+        self._drop_fd(fx, q.err_fd)
+        q.err_fd = _take_fd(msg) if has_fd else None
 
-    def _set_vring_enable(self, msg: Message) -> None:
+    def _set_vring_enable(self, msg: Message, fx: list[Effect]) -> None:
         index, num = _unpack(VRING_STATE, msg)
         q = self._queue(index)
-        q.enabled = bool(num)
-        self._update_enabled(q)
-        if q.enabled and q.started:
+        self._move(q, RingEvent.ENABLE if num else RingEvent.DISABLE)
+        if q.state is RingState.ENABLED:
             q.pending = True
 
-    def ring_enabled(self, q: QueueState) -> bool:
-        # Without PROTOCOL_FEATURES negotiated a ring is enabled as soon as it starts.
-        return q.enabled or not (self.features & F_PROTOCOL_FEATURES)
-
-    def _update_enabled(self, q: QueueState) -> None:
-        # The core queue pops nothing unless enabled: started by a kick fd and enabled by the front-end.
-        if q.vq is not None:
-            q.vq.enabled = q.started and self.ring_enabled(q)
-
     def ready(self, qidx: int) -> bool:
-        # vq.enabled already mirrors "started and ring_enabled" (_update_enabled); vq.ready adds "not broken".
-        vq = self.queues[qidx].vq
-        return vq is not None and vq.ready
+        """Whether ring `qidx` may be processed now: ENABLED, sized, and resolved in the memory table."""
+        q = self.queues[qidx]
+        return (runnable(q.state) and q.vq is not None and self.memory is not None
+                and q.vq.ready(self.memory))
+
+    def ring(self, qidx: int) -> tuple[VirtQueue, GuestMemory] | None:
+        """RingAccess for the device's io callbacks: the queue and memory while the ring may be processed."""
+        if not 0 <= qidx < len(self.queues) or not self.ready(qidx):
+            return None
+        vq, mem = self.queues[qidx].vq, self.memory
+        assert vq is not None and mem is not None  # ready() checked both
+        return vq, mem
 
     # ------------------------------------------------------------------ inflight
 
-    def _get_inflight_fd(self, msg: Message) -> Reply:
+    def _get_inflight_fd(self, msg: Message, fx: list[Effect]) -> Reply:
         _size, _offset, num_queues, queue_size = _unpack(INFLIGHT, msg)
         if not 1 <= num_queues <= len(self.queues) or not 1 <= queue_size <= self.device.max_queue_size:
             raise ProtocolError(f"inflight geometry {num_queues} queues x {queue_size} does not fit this device")
@@ -601,37 +679,30 @@ class VhostUserBackend:
         self._replace_inflight(area)
         return reply(msg.request, INFLIGHT.pack(area.mmap_size, 0, num_queues, queue_size), [fd])
 
-    def _set_inflight_fd(self, msg: Message) -> None:
+    def _set_inflight_fd(self, msg: Message, fx: list[Effect]) -> None:
         size, offset, num_queues, queue_size = _unpack(INFLIGHT, msg)
-        (fd,) = _want_fds(msg, 1)
-        try:
-            area = InflightArea(fd, size, offset, num_queues, queue_size)
-        finally:
-            os.close(fd)
-        self._replace_inflight(area)
+        (fd,) = _want_fds(msg, 1)  # closed after handling: the mapping keeps the buffer
+        self._replace_inflight(InflightArea(fd, size, offset, num_queues, queue_size))
 
     def _replace_inflight(self, area: InflightArea) -> None:
         old, self.inflight = self.inflight, area
         for q in self.queues:
-            self._detach_inflight(q)
+            if q.vq is not None:
+                q.vq.inflight = None
         if old is not None:
             old.close()
 
-    @staticmethod
-    def _detach_inflight(q: QueueState) -> None:
-        if q.vq is not None:
-            q.vq.inflight = None
-
     def _attach_inflight(self, q: QueueState) -> None:
         """Bind the queue to its inflight region and resubmit what a previous back-end left in flight."""
-        self._detach_inflight(q)
+        if q.vq is not None:
+            q.vq.inflight = None
         region = self.inflight.queue(q.index) if self.inflight is not None else None
         if region is None or q.vq is None or q.num > region.queue_size:
             if self.inflight is not None:
                 log.warning("queue %d: no usable inflight region; requests in flight at a crash may be lost", q.index)
             return
         vq = q.vq
-        if vq.mem is None or vq.used_gpa is None or vq.broken:
+        if self.memory is None or vq.used_gpa is None or not vq.ready(self.memory):
             raise ProtocolError(f"queue {q.index} started without usable memory and ring addresses")
         used_idx = vq.used_idx  # read from the used ring when the addresses were resolved
         heads = region.recover(used_idx)
@@ -641,11 +712,12 @@ class VhostUserBackend:
             # avail position to continue from is used_idx + in-flight count, whatever base QEMU restored.
             vq.last_avail_idx = (used_idx + len(heads)) & 0xFFFF
             vq.resubmit(heads)
-            log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end", q.index, len(heads))
+            log.info("queue %d: resubmitting %d request(s) in flight at the previous back-end's end",
+                     q.index, len(heads))
 
     # ------------------------------------------------------------------ config, status, reset
 
-    def _get_config(self, msg: Message) -> Reply:
+    def _get_config(self, msg: Message, fx: list[Effect]) -> Reply:
         if len(msg.payload) < CONFIG_HEADER.size:
             return reply(msg.request)
         offset, size, flags = CONFIG_HEADER.unpack_from(msg.payload)
@@ -660,7 +732,7 @@ class VhostUserBackend:
         data = data[:size].ljust(size, b"\0")
         return reply(msg.request, CONFIG_HEADER.pack(offset, size, flags) + data)
 
-    def _set_config(self, msg: Message) -> None:
+    def _set_config(self, msg: Message, fx: list[Effect]) -> None:
         if len(msg.payload) < CONFIG_HEADER.size:
             raise ProtocolError("SET_CONFIG payload too short")
         offset, size, _flags = CONFIG_HEADER.unpack_from(msg.payload)
@@ -669,28 +741,37 @@ class VhostUserBackend:
             raise ProtocolError(f"SET_CONFIG of {size} bytes at {offset} does not fit")
         self.device.write_config(offset, data)
 
-    def _set_status(self, msg: Message) -> None:
+    def _set_status(self, msg: Message, fx: list[Effect]) -> None:
         # Only recorded: QEMU sends status 0 when stopping, *before* GET_VRING_BASE, so treating it
         # as a device reset would lose the ring positions it is about to ask for.
         (value,) = _unpack(U64, msg)
         self.status = value & 0xFF
 
-    def _get_status(self, msg: Message) -> Reply:
+    def _get_status(self, msg: Message, fx: list[Effect]) -> Reply:
+        for q in self.queues:
+            fx += self._check_broken(q)
         status = self.status
-        if self.device.needs_reset or any(q.vq is not None and q.vq.broken for q in self.queues):
+        if self.device.needs_reset or any(q.state is RingState.NEEDS_RESET for q in self.queues):
             status |= F.S_NEEDS_RESET
         return reply(msg.request, U64.pack(status))
 
-    def _reset_device(self, msg: Message) -> None:
+    def _forget_ring(self, q: QueueState, fx: list[Effect]) -> None:
+        """Back to a fresh ring: state RESET, fds given back, configuration and queue dropped."""
+        self._move(q, RingEvent.RESET)
+        q.pending = False
+        self._drop_fd(fx, q.kick_fd, watched=True)
+        self._drop_fd(fx, q.call_fd)
+        self._drop_fd(fx, q.err_fd)
+        q.kick_fd = q.call_fd = q.err_fd = None
+        if q.vq is not None:
+            q.vq.inflight = None
+        q.vq = None
+        q.num = q.base = 0
+        q.addr = None
+
+    def _reset_device(self, msg: Message, fx: list[Effect]) -> None:
         for q in self.queues:
-            self._stop(q)
-            self._retire(q.err_fd)
-            self._detach_inflight(q)
-            q.err_fd = None
-            q.vq = None
-            q.num = q.base = 0
-            q.addr = None
-            q.enabled = False
+            self._forget_ring(q, fx)
         self.features = 0
         self.features_set = False
         self.status = 0
@@ -698,36 +779,48 @@ class VhostUserBackend:
 
     # ------------------------------------------------------------------ data path
 
-    def process(self, qidx: int) -> bool:
-        """Run the device over ring `qidx`; True when the driver should be notified."""
+    def _check_broken(self, q: QueueState) -> list[Effect]:
+        """A ring the core queue found corrupt goes to NEEDS_RESET, and its err fd is signalled (once)."""
+        if q.vq is None or not q.vq.broken or q.state is RingState.NEEDS_RESET:
+            return []
+        log.error("queue %d is broken (%s); the driver must reset the device", q.index, q.vq.broken_reason)
+        self._move(q, RingEvent.FAIL)
+        q.pending = False
+        return [Notify(q.err_fd)] if q.err_fd is not None else []
+
+    def process(self, qidx: int) -> list[Effect]:
+        """Run the device over ring `qidx`: Notify its call fd if the driver should be interrupted, its
+        err fd if the ring broke."""
         q = self.queues[qidx]
         q.pending = False
-        vq = q.vq
-        if vq is None or not vq.ready:
-            return False
-        notify = self.device.process_queue(qidx, vq)
-        if vq.broken:
-            log.error("queue %d is broken; the driver must reset the device", qidx)
-            if q.err_fd is not None:
-                try:
-                    os.eventfd_write(q.err_fd, 1)
-                except OSError:
-                    pass
-        return bool(notify)
+        if not self.ready(qidx):
+            return self._check_broken(q)
+        vq, mem = q.vq, self.memory
+        assert vq is not None and mem is not None  # ready() checked both
+        fx: list[Effect] = []
+        if self.device.process_queue(qidx, vq, mem) and q.call_fd is not None:
+            fx.append(Notify(q.call_fd))
+        return fx + self._check_broken(q)
 
-    def close(self) -> None:
-        """Drop every fd and mapping this connection holds (the device itself stays open)."""
+    def device_io(self, callback: IoCallback) -> list[Effect]:
+        """Run a device io callback (one of device.io_sources()): it moves data and names the rings to signal."""
+        fx: list[Effect] = []
+        for qidx in callback(self):
+            if 0 <= qidx < len(self.queues) and (call := self.queues[qidx].call_fd) is not None:
+                fx.append(Notify(call))
         for q in self.queues:
-            for fd in (q.kick_fd, q.call_fd, q.err_fd):
-                self._retire(fd)
-            q.kick_fd = q.call_fd = q.err_fd = None
-            q.started = False
-            self._detach_inflight(q)
-            q.vq = None
-        self.release_retired()
+            fx += self._check_broken(q)
+        return fx
+
+    def close(self) -> list[Effect]:
+        """Drop every mapping this connection holds and give back its fds (the device itself stays open)."""
+        fx: list[Effect] = []
+        for q in self.queues:
+            self._forget_ring(q, fx)
         if self.inflight is not None:
             self.inflight.close()
             self.inflight = None
         if self.memory is not None:
             self.memory.close()
             self.memory = None
+        return fx

@@ -1,21 +1,27 @@
 """Split virtqueue over guest memory (virtio 1.2 section 2.7), device side.
 
 Sans-IO: the queue reads and writes guest memory through :class:`~acrnmgr.devmodel.memory.GuestMemory` views
-and never touches a file descriptor.  Every value the driver controls is checked; a violation marks the queue
-*broken* (logged once, ``broken_reason`` set) and makes :meth:`VirtQueue.pop` return None from then on.
-Nothing guest-triggered raises out of :meth:`pop`, :meth:`push`, :meth:`flush_used` or :meth:`should_notify`.
+and never touches a file descriptor.  Like rust-vmm's ``Queue``, it does not hold the guest memory: every call
+that touches the ring takes the memory table (``pop(mem)``, ``push(mem, head, len)``...).  The ring views are
+cached per memory-table generation (:attr:`GuestMemory.generation`), so the per-request path costs one integer
+comparison for that.  Every value the driver controls is checked; a violation marks the queue *broken* (logged
+once, ``broken_reason`` set) and makes :meth:`VirtQueue.pop` return None from then on.  Nothing guest-triggered
+raises out of :meth:`pop`, :meth:`push`, :meth:`flush_used` or :meth:`should_notify`.
+
+Whether the ring may be processed at all (started, enabled, not in NEEDS_RESET) is the transport's business
+(:mod:`acrnmgr.devmodel.ringstate`); the queue itself only refuses to walk a ring it found corrupt.
 
 Typical device loop (see ``VirtioDevice._drain``)::
 
     while True:
-        vq.disable_notification()
-        while (chain := vq.pop()) is not None:
+        vq.disable_notification(mem)
+        while (chain := vq.pop(mem)) is not None:
             ...                                  # use chain.readable / chain.writable memoryviews
-            vq.push(chain.head, bytes_written)
-        vq.flush_used()
-        if not vq.enable_notification():         # re-arms kicks, then re-checks for a race with the driver
+            vq.push(mem, chain.head, bytes_written)
+        vq.flush_used(mem)
+        if not vq.enable_notification(mem):      # re-arms kicks, then re-checks for a race with the driver
             break
-    notify = vq.should_notify()                  # EVENT_IDX / NO_INTERRUPT decision for the call eventfd
+    notify = vq.should_notify(mem)               # EVENT_IDX / NO_INTERRUPT decision for the call eventfd
 
 In-flight tracking (vhost-user INFLIGHT_SHMFD, done by the transport): assign ``vq.inflight = region`` where
 region has ``mark(head)``, ``begin_put(head)`` and ``end_put(heads, used_idx)`` (acrnmgr.devmodel.inflight), or set
@@ -34,6 +40,8 @@ import platform
 import struct
 import sys
 import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from . import features as F
 from .memory import GuestMemory, GuestMemoryError
@@ -55,6 +63,7 @@ _DESC_STRUCTS = {order: struct.Struct(order + "QIHH") for order in ("<", ">")}
 _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 # x86 (TSO) keeps stores in program order; elsewhere publishing needs an explicit barrier between element and index.
 _STORES_ORDERED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_UNRESOLVED = -1  # _gen value that matches no memory table: resolve on the next access
 
 _fence_lock = threading.Lock()
 
@@ -86,15 +95,26 @@ class QueueBroken(Exception):
     """Internal: raised inside the queue to unwind a chain walk; never escapes the public API."""
 
 
+class InflightTracker(Protocol):
+    """What ``VirtQueue.inflight`` accepts (acrnmgr.devmodel.inflight.InflightQueue implements it)."""
+
+    def mark(self, head: int) -> None: ...
+
+    def begin_put(self, head: int) -> None: ...
+
+    def end_put(self, heads: Sequence[int], used_idx: int) -> None: ...
+
+
 class DescriptorChain:
     """One popped request: driver-readable buffers first, then device-writable buffers (zero-copy views)."""
 
-    __slots__ = ("head", "readable", "writable", "readable_len", "writable_len")
+    __slots__ = ("head", "readable", "readable_len", "writable", "writable_len")
 
-    def __init__(self, head: int, readable: list, writable: list, readable_len: int, writable_len: int):
+    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], readable_len: int,
+                 writable_len: int) -> None:
         self.head = head
-        self.readable: list[memoryview] = readable
-        self.writable: list[memoryview] = writable
+        self.readable = readable
+        self.writable = writable
         self.readable_len = readable_len
         self.writable_len = writable_len
 
@@ -106,36 +126,39 @@ class DescriptorChain:
 class VirtQueue:
     """Device side of one split virtqueue.
 
-    Set-up order used by the vhost-user transport: ``VirtQueue(size)`` (SET_VRING_NUM), ``set_memory`` (SET_MEM_TABLE),
-    ``set_features`` (SET_FEATURES), ``set_addresses`` (SET_VRING_ADDR, guest-physical), ``last_avail_idx = n``
-    (SET_VRING_BASE); ``enabled`` (default True) goes False while the ring is stopped or disabled.  ``last_avail_idx`` is also the
-    GET_VRING_BASE answer.  Any order works: the ring is resolved as soon as memory and addresses are both known.
+    Set-up used by the vhost-user transport: ``VirtQueue(size)`` (SET_VRING_NUM), ``set_features``
+    (SET_FEATURES), ``set_addresses`` (SET_VRING_ADDR, guest-physical, checked against the memory table when one
+    is given), ``last_avail_idx = n`` (SET_VRING_BASE; also the GET_VRING_BASE answer).  Any order works: the ring
+    views are resolved on the first access with a memory table, and again whenever the table's generation changes
+    (SET_MEM_TABLE); a ring that does not fit the table then breaks the queue.
     """
 
-    def __init__(self, size: int, index: int = 0):
+    __slots__ = (
+        "_avail16", "_desc", "_desc_s", "_event_idx", "_flushed_heads", "_gen", "_indirect", "_inflight", "_last_avail",
+        "_notify_on_empty", "_pending_notify", "_published_used", "_resubmit", "_shadow_avail", "_signalled_used",
+        "_signalled_valid", "_swap", "_used16", "_used32", "_used_synced", "avail_gpa", "broken_reason", "byteorder",
+        "desc_gpa", "features", "index", "legacy_big_endian", "on_broken", "on_flush", "on_pop", "on_push", "size",
+        "used_gpa", "used_idx",
+    )
+
+    def __init__(self, size: int, index: int = 0) -> None:
         if not 1 <= size <= MAX_QUEUE_SIZE:
             raise ValueError(f"queue size {size} out of range 1..{MAX_QUEUE_SIZE}")
         self.index = index
         self.size = size
-        self.mem: GuestMemory | None = None
         self.desc_gpa: int | None = None
         self.avail_gpa: int | None = None
         self.used_gpa: int | None = None
         self.features = 0
-        # The transport gates kicks itself; it clears ``enabled`` when the ring is stopped (GET_VRING_BASE) or
-        # disabled, so that device-initiated work (net/console RX from io_sources) leaves the ring alone.
-        self.enabled = True
-        self.broken = False
         self.broken_reason: str | None = None
         self.legacy_big_endian = sys.byteorder == "big"
-        self.on_pop = None
-        self.on_push = None
-        self.on_flush = None
-        self.on_broken = None  # callable(vq), set by the device to raise NEEDS_RESET
-        self._inflight = None
+        self.on_pop: Callable[[int], None] | None = None
+        self.on_push: Callable[[int], None] | None = None
+        self.on_flush: Callable[[Sequence[int], int], None] | None = None
+        self.on_broken: Callable[[VirtQueue], None] | None = None  # set by the device to raise NEEDS_RESET
+        self._inflight: InflightTracker | None = None
         self._resubmit: collections.deque[int] = collections.deque()
         self._flushed_heads: list[int] = []
-        self._desc = None
         self._clear_ring_views()
         self._used_synced = False
         self._select_structs()
@@ -164,58 +187,53 @@ class VirtQueue:
         self._notify_on_empty = F.has(self.features, F.F_NOTIFY_ON_EMPTY)
 
     def set_features(self, features: int) -> None:
-        """Apply the negotiated features: EVENT_IDX, INDIRECT_DESC, NOTIFY_ON_EMPTY, VERSION_1 (endianness)."""
+        """Apply the negotiated features: EVENT_IDX, INDIRECT_DESC, NOTIFY_ON_EMPTY, VERSION_1 (endianness).
+        EVENT_IDX changes the ring sizes, so the views are resolved again on the next access."""
         self.features = features
         self._select_structs()
-        self._resolve(strict=False)
+        self._gen = _UNRESOLVED
 
     def set_vring_endian(self, big_endian: bool) -> None:
         """SET_VRING_ENDIAN: byte order used while VERSION_1 is not negotiated (default: this host's)."""
         self.legacy_big_endian = big_endian
         self._select_structs()
 
-    def set_memory(self, mem: GuestMemory | None) -> None:
-        """(Re)attach guest memory; ring views are re-resolved (a ring that no longer fits breaks the queue)."""
-        self.mem = mem
-        self._resolve(strict=False)
-
-    def set_addresses(self, desc_gpa: int, avail_gpa: int, used_gpa: int) -> None:
-        """Set the guest-physical ring addresses. Raises GuestMemoryError if memory is known and they don't fit."""
+    def set_addresses(self, desc_gpa: int, avail_gpa: int, used_gpa: int, mem: GuestMemory | None = None) -> None:
+        """Set the guest-physical ring addresses.  With ``mem`` they are resolved at once: GuestMemoryError if
+        they are misaligned or do not fit (the queue is left unresolved, not broken)."""
         self.desc_gpa, self.avail_gpa, self.used_gpa = desc_gpa, avail_gpa, used_gpa
         self._used_synced = False
-        self._resolve(strict=True)
-
-    def set_size(self, size: int) -> None:
-        if not 1 <= size <= MAX_QUEUE_SIZE:
-            raise ValueError(f"queue size {size} out of range 1..{MAX_QUEUE_SIZE}")
-        self.size = size
-        self._resolve(strict=False)
+        self._clear_ring_views()
+        if mem is not None:
+            self._resolve(mem, strict=True)
 
     def _clear_ring_views(self) -> None:
-        self._avail = self._used = None
+        self._gen = _UNRESOLVED
+        self._desc: memoryview | None = None
         self._avail16: memoryview | None = None
         self._used16: memoryview | None = None
         self._used32: memoryview | None = None
 
-    def _resolve(self, strict: bool) -> None:
-        self._desc = None
+    def _resolve(self, mem: GuestMemory, strict: bool = False) -> None:
+        """(Re)build the ring views for memory table ``mem``; they stay valid while ``mem.generation`` does."""
         self._clear_ring_views()
-        if self.mem is None or self.desc_gpa is None:
+        self._gen = mem.generation
+        if self.desc_gpa is None or self.avail_gpa is None or self.used_gpa is None:
             return
         n = self.size
         ev = 2 if self._event_idx else 0  # used_event / avail_event exist only with EVENT_IDX
         try:
             if self.desc_gpa % 16 or self.avail_gpa % 2 or self.used_gpa % 4:
                 raise GuestMemoryError("misaligned ring address")
-            desc = self.mem.view(self.desc_gpa, DESC_SIZE * n)
-            avail = self.mem.view(self.avail_gpa, 4 + 2 * n + ev)
-            used = self.mem.view(self.used_gpa, 4 + 8 * n + ev, writable=True)
+            desc = mem.view(self.desc_gpa, DESC_SIZE * n)
+            avail = mem.view(self.avail_gpa, 4 + 2 * n + ev)
+            used = mem.view(self.used_gpa, 4 + 8 * n + ev, writable=True)
         except GuestMemoryError as e:
             if strict:
+                self._gen = _UNRESOLVED
                 raise
             self.mark_broken(f"ring not in guest memory: {e}")
             return
-        self._desc, self._avail, self._used = desc, avail, used
         # The driver reads and writes ring fields concurrently from another CPU.  struct.pack_into zero-fills a
         # field before writing it (a reader can see used->idx == 0) and struct reads go byte by byte (a reader
         # can see half an index), so every field shared with the driver goes through these typed views: one
@@ -223,6 +241,9 @@ class VirtQueue:
         # The ring addresses are aligned (checked above) and regions are page-aligned mappings.
         #   avail16: flags [0], idx [1], ring [2 + i], used_event [2 + size]
         #   used16:  flags [0], idx [1], avail_event [2 + 4 * size];  used32: elem i = id [1 + 2i], len [2 + 2i]
+        # A broken queue keeps its avail/used views (completions pushed before the break are still published)
+        # but no descriptor table: pop() checks only that.
+        self._desc = None if self.broken_reason is not None else desc
         self._avail16 = avail.cast("H")
         self._used16 = used.cast("H")
         self._used32 = used[:4 + 8 * n].cast("I")
@@ -233,7 +254,7 @@ class VirtQueue:
 
     # Single full-width loads and stores of ring fields, in the ring's byte order.
     def _load16(self, view: memoryview, i: int) -> int:
-        v = view[i]
+        v: int = view[i]
         return _bswap16(v) if self._swap else v
 
     def _store16(self, view: memoryview, i: int, v: int) -> None:
@@ -241,11 +262,8 @@ class VirtQueue:
 
     def reset(self) -> None:
         """Forget everything guest-provided (device reset / RESET_OWNER)."""
-        self.enabled = True
-        self.broken = False
         self.broken_reason = None
         self.desc_gpa = self.avail_gpa = self.used_gpa = None
-        self._desc = None
         self._clear_ring_views()
         self._used_synced = False
         self._resubmit.clear()
@@ -263,14 +281,20 @@ class VirtQueue:
         self._last_avail = self._shadow_avail = idx & 0xFFFF
 
     @property
-    def ready(self) -> bool:
-        """Enabled, resolved and not broken: pop() may return chains."""
-        return self.enabled and not self.broken and self._desc is not None
+    def broken(self) -> bool:
+        """The driver broke the ring protocol (``broken_reason`` says how); pop() returns None from then on."""
+        return self.broken_reason is not None
+
+    def ready(self, mem: GuestMemory) -> bool:
+        """Resolved in ``mem`` and not broken: pop() may return chains."""
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        return self._desc is not None
 
     def mark_broken(self, reason: str) -> None:
-        if not self.broken:
-            self.broken = True
+        if self.broken_reason is None:
             self.broken_reason = reason
+            self._desc = None
             log.warning("virtqueue %d broken: %s", self.index, reason)
             if self.on_broken is not None:
                 self.on_broken(self)
@@ -281,16 +305,16 @@ class VirtQueue:
         self._used_synced = True
         self._signalled_valid = False
 
-    def resubmit(self, heads) -> None:
+    def resubmit(self, heads: Iterable[int]) -> None:
         """Queue descriptor heads that were in flight before a reconnect; pop() returns them first."""
         self._resubmit.extend(heads)
 
     @property
-    def inflight(self):
+    def inflight(self) -> InflightTracker | None:
         return self._inflight
 
     @inflight.setter
-    def inflight(self, region) -> None:
+    def inflight(self, region: InflightTracker | None) -> None:
         """Bind an in-flight tracker (mark / begin_put / end_put) or None; sets the on_* hooks accordingly."""
         self._inflight = region
         if region is None:
@@ -300,41 +324,47 @@ class VirtQueue:
         self._flushed_heads.clear()
 
     # -- avail side -----------------------------------------------------------------------------------------
-    def avail_idx(self) -> int:
-        return self._load16(self._avail16, 1)
+    def avail_idx(self, mem: GuestMemory) -> int | None:
+        """The driver's avail->idx, or None while the ring is not resolved in ``mem``."""
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        avail16 = self._avail16
+        return None if avail16 is None else self._load16(avail16, 1)
 
-    def avail_flags(self) -> int:
-        return self._load16(self._avail16, 0)
-
-    def has_pending(self) -> bool:
+    def has_pending(self, mem: GuestMemory) -> bool:
         """Whether pop() would find work (never raises; False when not ready)."""
-        if not self.ready:
+        if not self.ready(mem):
             return False
         if self._resubmit:
             return True
-        return self.avail_idx() != self._last_avail
+        return self.avail_idx(mem) != self._last_avail
 
-    def pop(self) -> DescriptorChain | None:
+    def pop(self, mem: GuestMemory) -> DescriptorChain | None:
         """Take the next available chain, fully validated; None if there is none or the queue is (now) broken."""
-        if not self.enabled or self.broken or self._desc is None:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        table = self._desc
+        if table is None:
             return None
         try:
             if self._resubmit:
                 head = self._resubmit.popleft()
                 if not 0 <= head < self.size:
                     raise QueueBroken(f"resubmitted head {head} >= queue size {self.size}")
-                return self._walk(head)
+                return self._walk(mem, table, head)
+            avail16 = self._avail16
+            assert avail16 is not None  # resolved together with _desc
             last = self._last_avail
             if self._shadow_avail == last:
-                shadow = self._load16(self._avail16, 1)
+                shadow = self._load16(avail16, 1)
                 if shadow == last:
                     return None
                 if (shadow - last) & 0xFFFF > self.size:
                     raise QueueBroken(f"avail idx {shadow} jumped more than queue size {self.size} past {last}")
                 self._shadow_avail = shadow
-            head = self._load16(self._avail16, 2 + last % self.size)
+            head = self._load16(avail16, 2 + last % self.size)
             self._last_avail = (last + 1) & 0xFFFF
-            chain = self._walk(head)
+            chain = self._walk(mem, table, head)
             if self.on_pop is not None:
                 self.on_pop(head)
             return chain
@@ -349,13 +379,12 @@ class VirtQueue:
         """Give back the last popped chain (e.g. RX with no packet to deliver). Not for resubmitted chains."""
         self._last_avail = (self._last_avail - 1) & 0xFFFF
 
-    def _walk(self, head: int) -> DescriptorChain:
+    def _walk(self, mem: GuestMemory, table: memoryview, head: int) -> DescriptorChain:
         size = self.size
         if head >= size:
             raise QueueBroken(f"head index {head} >= queue size {size}")
         unpack = self._desc_s.unpack_from
-        view = self.mem.view
-        table = self._desc
+        view = mem.view
         limit = size          # descriptors allowed in the current table (loop / length guard)
         count = 0
         indirect = False
@@ -390,7 +419,7 @@ class VirtQueue:
                 continue
             if length:
                 try:
-                    buf = view(addr, length, flags & VRING_DESC_F_WRITE)
+                    buf = view(addr, length, bool(flags & VRING_DESC_F_WRITE))
                 except GuestMemoryError as e:
                     raise QueueBroken(f"descriptor {i} of head {head}: {e}") from None
                 if flags & VRING_DESC_F_WRITE:
@@ -410,16 +439,18 @@ class VirtQueue:
             i = nxt
 
     # -- used side ------------------------------------------------------------------------------------------
-    def push(self, head: int, written_len: int) -> None:
+    def push(self, mem: GuestMemory, head: int, written_len: int) -> None:
         """Record a completed chain in the used ring (visible to the driver after flush_used())."""
-        if self.broken or self._used is None:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        used32 = self._used32
+        if used32 is None or self.broken_reason is not None:
             return
         if self.on_push is not None:
             self.on_push(head)
             self._flushed_heads.append(head)
         # The element is written now, each field with one 32-bit store; the driver only looks at it once
         # flush_used() has published an index past it.
-        used32 = self._used32
         slot = 1 + 2 * (self.used_idx % self.size)
         written_len &= 0xFFFFFFFF
         if self._swap:
@@ -428,51 +459,62 @@ class VirtQueue:
         used32[slot + 1] = written_len
         self.used_idx = (self.used_idx + 1) & 0xFFFF
 
-    def flush_used(self) -> None:
+    def flush_used(self, mem: GuestMemory) -> None:
         """Publish the used index (one write for a batch of push()es)."""
-        if self._used is None or self.used_idx == self._published_used:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        used16 = self._used16
+        if used16 is None or self.used_idx == self._published_used:
             return
         # Publication order: the elements (push) first, then used->idx with ONE 16-bit store, never a zero-fill
         # followed by a write (struct.pack_into), or a driver polling the index sees it go back to 0.  x86 keeps
         # stores in program order; other CPUs need a barrier between the element stores and the index store.
         if not _STORES_ORDERED:
             memory_barrier()
-        self._store16(self._used16, 1, self.used_idx)
+        self._store16(used16, 1, self.used_idx)
         self._published_used = self.used_idx
         self._pending_notify = True
         if self.on_flush is not None and self._flushed_heads:
             heads, self._flushed_heads = self._flushed_heads, []
             self.on_flush(heads, self.used_idx)
 
-    def should_notify(self) -> bool:
+    def should_notify(self, mem: GuestMemory) -> bool:
         """Whether the driver must be interrupted for what flush_used() published since the last call."""
-        if self._avail is None or not self._pending_notify:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        avail16 = self._avail16
+        if avail16 is None or not self._pending_notify:
             return False
         self._pending_notify = False
         memory_barrier()  # used idx store must be visible before we read the driver's used_event / flags
-        if self._notify_on_empty and not self._resubmit and self.avail_idx() == self._last_avail:
+        if self._notify_on_empty and not self._resubmit and self._load16(avail16, 1) == self._last_avail:
             return True
         if not self._event_idx:
-            return not self.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT
+            return not self._load16(avail16, 0) & VRING_AVAIL_F_NO_INTERRUPT
         valid = self._signalled_valid
         old = self._signalled_used
         new = self._signalled_used = self.used_idx
         self._signalled_valid = True
-        used_event = self._load16(self._avail16, 2 + self.size)
+        used_event = self._load16(avail16, 2 + self.size)
         return not valid or vring_need_event(used_event, new, old)
 
-    def disable_notification(self) -> None:
+    def disable_notification(self, mem: GuestMemory) -> None:
         """Ask the driver not to kick while we are processing (NO_NOTIFY; no-op with EVENT_IDX)."""
-        if self._used is not None and not self._event_idx and not self.broken:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        if self._used16 is not None and not self._event_idx and self.broken_reason is None:
             self._store16(self._used16, 0, VRING_USED_F_NO_NOTIFY)
 
-    def enable_notification(self) -> bool:
+    def enable_notification(self, mem: GuestMemory) -> bool:
         """Re-arm driver kicks (avail_event with EVENT_IDX, else clear NO_NOTIFY); True if work arrived meanwhile."""
-        if self._used is None or self.broken:
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        used16, avail16 = self._used16, self._avail16
+        if used16 is None or avail16 is None or self.broken_reason is not None:
             return False
         if self._event_idx:
-            self._store16(self._used16, 2 + 4 * self.size, self.avail_idx())
+            self._store16(used16, 2 + 4 * self.size, self._load16(avail16, 1))
         else:
-            self._store16(self._used16, 0, 0)
+            self._store16(used16, 0, 0)
         memory_barrier()
-        return self.has_pending()
+        return self.has_pending(mem)

@@ -13,7 +13,7 @@ import struct
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.memory import GuestMemory
-from acrnmgr.devmodel.virtqueue import (VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VirtQueue)
+from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VirtQueue
 
 PAGE = mmap.PAGESIZE
 GUARD = 0xA5
@@ -62,6 +62,19 @@ class GuestRam:
         os.close(self.fd)
 
 
+class Rings:
+    """The RingAccess a device's io callback gets from the transport; here every queue the device has attached
+    runs, over this guest memory."""
+
+    def __init__(self, mem: GuestMemory, queues: dict[int, VirtQueue]):
+        self.mem = mem
+        self.queues = queues
+
+    def ring(self, qidx: int) -> tuple[VirtQueue, GuestMemory] | None:
+        vq = self.queues.get(qidx)
+        return None if vq is None else (vq, self.mem)
+
+
 class GuestQueue:
     """Driver side of one split virtqueue in GuestRam, plus the device-side VirtQueue wired to it."""
 
@@ -81,13 +94,12 @@ class GuestQueue:
         self.last_used = 0
         self.free = list(range(size))
         self.chain_of: dict[int, list[int]] = {}
+        self.mem = ram.mem
         self.vq = VirtQueue(size, index)
         if big_endian:
             self.vq.set_vring_endian(True)
-        self.vq.set_memory(ram.mem)
         self.vq.set_features(features)
-        self.vq.set_addresses(self.desc, self.avail, self.used)
-        self.vq.enabled = True
+        self.vq.set_addresses(self.desc, self.avail, self.used, ram.mem)
 
     # -- raw ring access ------------------------------------------------------------------------------------
     def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int, table: int | None = None) -> None:

@@ -1,12 +1,12 @@
 import struct
 
 import pytest
+from core_guest import GuestQueue, GuestRam
 
 from acrnmgr.devmodel import features as F
-from acrnmgr.devmodel.blk import (S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
-                                  T_WRITE_ZEROES, BlkDevice)
-
-from core_guest import GuestQueue, GuestRam
+from acrnmgr.devmodel.blk import (
+    S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, BlkDevice,
+)
 
 IMG_SECTORS = 2048  # 1 MiB
 
@@ -58,7 +58,7 @@ class Blk:
         return head, bufs
 
     def run(self):
-        return self.dev.process_queue(self.qidx, self.q.vq)
+        return self.dev.process_queue(self.qidx, self.q.vq, self.q.mem)
 
     def request(self, rtype, sector, out=b"", in_len=0, **kw):
         head, bufs = self.submit(rtype, sector, out, in_len, **kw)
@@ -86,7 +86,7 @@ def test_features_and_config(image):
     assert not F.has(f, F.BLK_F_RO)
     cfg = dev.config_space()
     assert len(cfg) == 60
-    capacity, size_max, seg_max = struct.unpack_from("<QII", cfg, 0)
+    capacity, _size_max, seg_max = struct.unpack_from("<QII", cfg, 0)
     assert capacity == IMG_SECTORS and seg_max == 126
     assert struct.unpack_from("<I", cfg, 20)[0] == 512            # blk_size
     assert struct.unpack_from("<H", cfg, 34)[0] == 2              # num_queues
@@ -115,7 +115,7 @@ def test_read_scattered_and_split_header(blk, image):
     hdr = blk.hdr.pack(T_IN, 0, 10)
     q.add([q.buf(hdr[:3]), q.buf(hdr[3:])] + segs + [status_buf])
     blk.run()
-    (head, used_len), = q.get_used()
+    (_head, used_len), = q.get_used()
     assert used_len == 2049 and q.ram.read(status_buf[0], 1) == b"\0"
     got = b"".join(q.ram.read(g, n) for g, n, _ in segs)
     assert got == image.read_bytes()[10 * 512:10 * 512 + 2048]
@@ -220,7 +220,7 @@ def test_batch_and_multiqueue(ram, image):
     assert [u[0] for u in b0.q.get_used()] == [h for h, _ in heads]
     for i, (_, bufs) in enumerate(heads):
         assert ram.read(bufs[1][0], 4096) == image.read_bytes()[i * 4096:(i + 1) * 4096]
-    assert dev.process_queue(1, b1.vq)
+    assert dev.process_queue(1, b1.vq, b1.mem)
     assert len(b1.get_used()) == 1
     assert image.read_bytes()[500 * 512:501 * 512] == pattern(512, 5)
     dev.close()

@@ -5,13 +5,12 @@ import subprocess
 import time
 
 import pytest
+from core_guest import GuestQueue, GuestRam, Rings
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.console import ConsoleDevice
 from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
-
-from core_guest import GuestQueue, GuestRam
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def test_rng_fills_buffers(ram):
     bufs = [q.buf(64, True), q.buf(100, True)]
     head = q.add(bufs)
     head2 = q.add([q.buf(32, True)], indirect=True)
-    assert dev.process_queue(0, q.vq)
+    assert dev.process_queue(0, q.vq, q.mem)
     used = dict(q.get_used())
     assert used == {head: 164, head2: 32}
     a, b = ram.read(bufs[0][0], 64), ram.read(bufs[1][0], 100)
@@ -52,16 +51,16 @@ def test_rng_ignores_readable_only_chain(ram):
     dev = RngDevice()
     q, = _queues(ram, dev, n=1)
     head = q.add([q.buf(b"nothing to fill")])
-    dev.process_queue(0, q.vq)
+    dev.process_queue(0, q.vq, q.mem)
     assert q.get_used() == [(head, 0)] and not dev.needs_reset
     dev.close()
 
 
 # -- console --------------------------------------------------------------------------------------------------------
-def _run_io(dev):
+def _run_io(dev, ram):
     notified = []
     for _fd, cb in dev.io_sources():
-        notified += cb()
+        notified += cb(Rings(ram.mem, dev.queues))
     return notified
 
 
@@ -74,26 +73,26 @@ def test_console_pty_both_ways(ram):
     try:
         # guest -> host
         tx.add([tx.buf(b"hello from the guest\n")])
-        assert dev.process_queue(1, tx.vq)
+        assert dev.process_queue(1, tx.vq, tx.mem)
         assert len(tx.get_used()) == 1
         _wait_readable(user)
         assert os.read(user, 100) == b"hello from the guest\n"  # raw mode: no CRLF mangling, no echo
         # host -> guest: typed before the guest posted buffers (backlog), then more afterwards
         os.write(user, b"early ")
         _wait_readable(dev.io_sources()[0][0])
-        assert _run_io(dev) == []
+        assert _run_io(dev, ram) == []
         buf = rx.buf(64, True)
         head = rx.add([buf])
-        assert dev.process_queue(0, rx.vq)
+        assert dev.process_queue(0, rx.vq, rx.mem)
         (h, n), = rx.get_used()
         assert h == head and ram.read(buf[0], n) == b"early "
         rx.set_used_event(1)  # as a real driver does: interrupt me for the next used entry
         buf2 = rx.buf(64, True)
         rx.add([buf2])
-        dev.process_queue(0, rx.vq)
+        dev.process_queue(0, rx.vq, rx.mem)
         os.write(user, b"typed")
         _wait_readable(dev.io_sources()[0][0])
-        assert _run_io(dev) == [0]
+        assert _run_io(dev, ram) == [0]
         (h, n), = rx.get_used()
         assert ram.read(buf2[0], n) == b"typed"
     finally:
@@ -108,26 +107,26 @@ def test_console_unix_socket(ram, tmp_path):
     rx, tx = _queues(ram, dev)
     buf = rx.buf(16, True)
     rx.add([buf])
-    dev.process_queue(0, rx.vq)
+    dev.process_queue(0, rx.vq, rx.mem)
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     c.connect(path)
     try:
         epfd = dev.io_sources()[0][0]
         _wait_readable(epfd)
-        _run_io(dev)  # accept
+        _run_io(dev, ram)  # accept
         c.sendall(b"ping")
         _wait_readable(epfd)
-        assert _run_io(dev) == [0]
-        (h, n), = rx.get_used()
+        assert _run_io(dev, ram) == [0]
+        (_h, n), = rx.get_used()
         assert ram.read(buf[0], n) == b"ping"
         tx.add([tx.buf(b"po"), tx.buf(b"ng")])
-        dev.process_queue(1, tx.vq)
+        dev.process_queue(1, tx.vq, tx.mem)
         c.settimeout(5)
         assert c.recv(10) == b"pong"
     finally:
         c.close()
     _wait_readable(dev.io_sources()[0][0])
-    _run_io(dev)  # EOF: client dropped, device keeps going
+    _run_io(dev, ram)  # EOF: client dropped, device keeps going
     assert dev._client is None
     dev.close()
     assert not os.path.exists(path)
@@ -175,7 +174,7 @@ def test_net_tx_and_rx_through_a_real_tap(ram, net, modern):
     # TX: guest -> tap, header in its own descriptor
     out = _frame(host_mac, dev.mac, b"guest says hi" + bytes(40))
     tx.add([tx.buf(bytes(hdr_len)), tx.buf(out)])
-    dev.process_queue(1, tx.vq)
+    dev.process_queue(1, tx.vq, tx.mem)
     assert len(tx.get_used()) == 1
     deadline = time.monotonic() + 5
     while True:
@@ -189,7 +188,7 @@ def test_net_tx_and_rx_through_a_real_tap(ram, net, modern):
     for _ in range(8):
         b = rx.buf(hdr_len + 1514, True)
         bufs[rx.add([b])] = b
-    dev.process_queue(0, rx.vq)
+    dev.process_queue(0, rx.vq, rx.mem)
     inp = _frame(dev.mac, host_mac, b"host says hi" + bytes(40))
     s.send(inp)
     deadline = time.monotonic() + 5
@@ -198,14 +197,14 @@ def test_net_tx_and_rx_through_a_real_tap(ram, net, modern):
         assert time.monotonic() < deadline, "frame never reached the guest"
         _wait_readable(dev.fd)
         for _fd, cb in dev.io_sources():
-            cb()
+            cb(Rings(ram.mem, dev.queues))
         for head, n in rx.get_used():
             data = ram.read(bufs[head][0], n)
             if data[hdr_len:] == inp:
                 found = data
             b = rx.buf(hdr_len + 1514, True)
             bufs[rx.add([b])] = b
-        dev.process_queue(0, rx.vq)
+        dev.process_queue(0, rx.vq, rx.mem)
     assert found[:2] == b"\0\0"  # no checksum/GSO flags: we offer no offloads
     if modern:
         assert struct.unpack_from("<H", found, 10)[0] == 1  # num_buffers

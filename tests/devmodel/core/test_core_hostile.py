@@ -8,6 +8,7 @@ region are untouched.
 import os
 
 import pytest
+from core_guest import RAM_GPA, GuestQueue, GuestRam, Rings
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from acrnmgr.devmodel.console import ConsoleDevice
 from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-
-from core_guest import RAM_GPA, GuestQueue, GuestRam
 
 RAM = 64 * 1024
 QSIZE = 8
@@ -82,7 +81,8 @@ def mostly_valid_case(draw):
             bufs.append((cursor, n, 0 if k < nread else VRING_DESC_F_WRITE))
             if k == 0 and n >= 16:
                 hdr = draw(st.sampled_from([0, 1, 4, 8, 11, 13]) | st.integers(0, 2**32 - 1)).to_bytes(4, "little")
-                hdr += bytes(4) + draw(st.sampled_from([0, 1, 63, 64, 2**64 - 1]) | st.integers(0, 80)).to_bytes(8, "little")
+                length = draw(st.sampled_from([0, 1, 63, 64, 2**64 - 1]) | st.integers(0, 80))
+                hdr += bytes(4) + length.to_bytes(8, "little")
                 fill[cursor - DATA_GPA:cursor - DATA_GPA + 16] = hdr
             cursor += n
         if draw(st.booleans()) and not table and free:
@@ -108,7 +108,8 @@ def mostly_valid_case(draw):
     heads += [0] * (QSIZE - len(heads))
     return {"desc": desc, "table": table, "heads": heads, "avail_idx": avail_idx,
             "last_avail": draw(st.sampled_from([0, 0xFFFF, 0xFFFE])), "used_event": draw(st.integers(0, 0xFFFF)),
-            "avail_flags": draw(st.integers(0, 1)), "features": draw(st.sampled_from([F.COMMON_FEATURES, F.mask(F.F_VERSION_1)])),
+            "avail_flags": draw(st.integers(0, 1)),
+            "features": draw(st.sampled_from([F.COMMON_FEATURES, F.mask(F.F_VERSION_1)])),
             "fill": bytes(fill), "raw_fill": True}
 
 
@@ -154,7 +155,7 @@ def check(ram, q, dev):
     assert ram.guards_intact()
     if q.vq.broken:
         assert dev.needs_reset and q.vq.broken_reason
-        assert q.vq.pop() is None
+        assert q.vq.pop(q.mem) is None
     else:
         assert not dev.needs_reset
     used = q.get_used()
@@ -168,12 +169,11 @@ def run_case(case, dev, qidx, extra=None):
     ram, q = build(case, dev, qidx)
     try:
         for _ in range(2):
-            dev.process_queue(qidx, q.vq)
+            dev.process_queue(qidx, q.vq, q.mem)
             if extra is not None:
-                extra()
+                extra(Rings(q.mem, dev.queues))
         check(ram, q, dev)
     finally:
-        q.vq.set_memory(None)
         ram.close()
 
 
@@ -219,14 +219,14 @@ def console():
 def test_hostile_console(console, case, qidx):
     dev, user = console
 
-    def traffic():
+    def traffic(rings):
         try:
             os.write(user, b"input from the host")
             os.read(user, 65536)  # keep the pty from filling up with guest output
         except BlockingIOError:
             pass
         for _fd, cb in dev.io_sources():
-            cb()
+            cb(rings)
 
     run_case(case, dev, qidx, traffic)
 
@@ -241,9 +241,9 @@ def net():
 @SETTINGS
 @given(case=cases, qidx=st.sampled_from([0, 1]))
 def test_hostile_net(net, case, qidx):
-    def io():
+    def io(rings):
         for _fd, cb in net.io_sources():
-            cb()
+            cb(rings)
 
     run_case(case, net, qidx, io)
 

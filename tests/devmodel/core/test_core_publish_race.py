@@ -13,10 +13,9 @@ import subprocess
 import time
 
 import pytest
+from core_guest import PAGE, GuestQueue, GuestRam
 
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_WRITE
-
-from core_guest import PAGE, GuestQueue, GuestRam
 
 COMPLETIONS = 1_000_000
 QUEUE_SIZE = 256
@@ -60,9 +59,9 @@ def test_used_idx_never_goes_backwards_for_a_concurrent_reader(reader):
             avail_idx = (avail_idx + QUEUE_SIZE) & 0xFFFF
             avail16[1] = avail_idx           # the driver posts a ring's worth (all heads 0)
             for _ in range(QUEUE_SIZE):
-                chain = vq.pop()
-                vq.push(chain.head, 8)
-                vq.flush_used()              # publish after every completion: as many index changes as possible
+                chain = vq.pop(q.mem)
+                vq.push(q.mem, chain.head, 8)
+                vq.flush_used(q.mem)              # publish after every completion: as many index changes as possible
         avail16.release()
     finally:
         os.sched_setaffinity(0, saved_affinity)

@@ -1,13 +1,14 @@
 import os
 
 import pytest
+from core_guest import RAM_GPA, GuestQueue, GuestRam
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
-from acrnmgr.devmodel.virtqueue import (VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-                                         VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, VirtQueue, vring_need_event)
-
-from core_guest import RAM_GPA, GuestQueue, GuestRam
+from acrnmgr.devmodel.virtqueue import (
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    VirtQueue, vring_need_event,
+)
 
 
 @pytest.fixture
@@ -77,19 +78,19 @@ def test_mmap_offset_is_honoured(ram):
 def test_pop_direct_chain_and_push(ram):
     q = GuestQueue(ram)
     vq = q.vq
-    assert vq.pop() is None
+    assert vq.pop(q.mem) is None
     head = q.add([q.buf(b"hello "), q.buf(b"world"), q.buf(8, True), q.buf(4, True)])
-    assert vq.has_pending()
-    chain = vq.pop()
+    assert vq.has_pending(q.mem)
+    chain = vq.pop(q.mem)
     assert chain.head == head
     assert b"".join(bytes(b) for b in chain.readable) == b"hello world"
     assert chain.readable_len == 11 and chain.writable_len == 12
     assert all(b.readonly for b in chain.readable) and not any(b.readonly for b in chain.writable)
     chain.writable[0][:] = b"ABCDEFGH"
-    assert vq.pop() is None
-    vq.push(chain.head, 8)
+    assert vq.pop(q.mem) is None
+    vq.push(q.mem, chain.head, 8)
     assert q.used_idx() == 0  # not yet published
-    vq.flush_used()
+    vq.flush_used(q.mem)
     assert q.get_used() == [(head, 8)]
     assert not vq.broken
 
@@ -97,10 +98,10 @@ def test_pop_direct_chain_and_push(ram):
 def test_pop_indirect_chain(ram):
     q = GuestQueue(ram)
     head = q.add([q.buf(b"req"), q.buf(16, True)], indirect=True)
-    chain = q.vq.pop()
+    chain = q.vq.pop(q.mem)
     assert chain.head == head and chain.readable_len == 3 and chain.writable_len == 16
-    q.vq.push(head, 16)
-    q.vq.flush_used()
+    q.vq.push(q.mem, head, 16)
+    q.vq.flush_used(q.mem)
     assert q.get_used() == [(head, 16)]
 
 
@@ -113,10 +114,10 @@ def test_ring_wraps_and_free_running_indexes(ram):
     seen = []
     for n in range(10):
         h = q.add([q.buf(bytes([n]))])
-        c = q.vq.pop()
+        c = q.vq.pop(q.mem)
         assert c.head == h and bytes(c.readable[0]) == bytes([n])
-        q.vq.push(c.head, 0)
-        q.vq.flush_used()
+        q.vq.push(q.mem, c.head, 0)
+        q.vq.flush_used(q.mem)
         seen += q.get_used()
     assert len(seen) == 10 and q.vq.last_avail_idx == (0xFFFE + 10) & 0xFFFF
     assert not q.vq.broken
@@ -125,15 +126,15 @@ def test_ring_wraps_and_free_running_indexes(ram):
 def test_zero_length_descriptor_is_skipped(ram):
     q = GuestQueue(ram)
     q.add([q.buf(b"a"), (RAM_GPA, 0, False), q.buf(2, True)])
-    c = q.vq.pop()
+    c = q.vq.pop(q.mem)
     assert len(c.readable) == 1 and c.writable_len == 2
 
 
 # -- hostile rings -------------------------------------------------------------------------------------------------
 def _broken_after(q):
-    assert q.vq.pop() is None
+    assert q.vq.pop(q.mem) is None
     assert q.vq.broken and q.vq.broken_reason
-    assert q.vq.pop() is None  # stays broken
+    assert q.vq.pop(q.mem) is None  # stays broken
     return q.vq.broken_reason
 
 
@@ -161,7 +162,7 @@ def test_loop(ram):
 def test_avail_idx_jump(ram):
     q = GuestQueue(ram, size=8)
     q.ram.write(q.avail + 2, q.u16.pack(9))
-    assert q.vq.has_pending()  # peeking must not skip the validation pop() does
+    assert q.vq.has_pending(q.mem)  # peeking must not skip the validation pop() does
     assert "jumped" in _broken_after(q)
 
 
@@ -169,9 +170,9 @@ def test_setting_base_discards_cached_avail_idx(ram):
     q = GuestQueue(ram, size=8)
     q.add([q.buf(b"x")])
     q.add([q.buf(b"y")])
-    assert q.vq.pop() is not None
+    assert q.vq.pop(q.mem) is not None
     q.vq.last_avail_idx = 2  # SET_VRING_BASE: the front-end says both were consumed
-    assert q.vq.pop() is None and not q.vq.broken
+    assert q.vq.pop(q.mem) is None and not q.vq.broken
 
 
 @pytest.mark.parametrize("case", ["nested", "next", "len0", "len_odd", "len_big", "no_feature", "not_head", "oob"])
@@ -220,21 +221,30 @@ def test_buffer_outside_memory(ram, addr, length):
 
 def test_ring_outside_memory_is_refused(ram):
     vq = VirtQueue(16)
-    vq.set_memory(ram.mem)
     with pytest.raises(GuestMemoryError):
-        vq.set_addresses(RAM_GPA + ram.size - 16, RAM_GPA, RAM_GPA + 4096)
-    vq.set_addresses(RAM_GPA, RAM_GPA + 4096, RAM_GPA + 8192)
-    vq.set_memory(GuestMemory())  # memory table replaced by one that doesn't contain the ring
-    assert vq.broken
+        vq.set_addresses(RAM_GPA + ram.size - 16, RAM_GPA, RAM_GPA + 4096, ram.mem)
+    vq.set_addresses(RAM_GPA, RAM_GPA + 4096, RAM_GPA + 8192, ram.mem)
+    assert vq.ready(ram.mem) and not vq.broken
+    other = GuestMemory()  # memory table replaced by one that doesn't contain the ring
+    assert vq.pop(other) is None and vq.broken
+    assert not vq.ready(ram.mem)  # broken for good, whatever table comes next
 
 
-def test_disabled_queue_pops_nothing(ram):
+def test_views_follow_the_memory_table_generation(ram):
     q = GuestQueue(ram)
-    q.add([q.buf(b"x")])
-    q.vq.enabled = False
-    assert q.vq.pop() is None and not q.vq.has_pending()
-    q.vq.enabled = True
-    assert q.vq.pop() is not None
+    head = q.add([q.buf(b"x")])
+    # Same guest RAM mapped again as a new table (SET_MEM_TABLE): the queue re-resolves its views from it.
+    mem2 = GuestMemory()
+    mem2.add_region(RAM_GPA, ram.size, 0x7F00_0000_0000, ram.off(RAM_GPA), ram.fd)
+    c = q.vq.pop(mem2)
+    assert c.head == head and bytes(c.readable[0]) == b"x"
+    q.vq.push(mem2, c.head, 0)
+    q.vq.flush_used(mem2)
+    assert q.get_used() == [(head, 0)]
+    gen = mem2.generation
+    mem2.close()
+    assert mem2.generation != gen  # closing invalidates views cached for that table
+    assert q.vq.pop(q.mem) is None and not q.vq.broken
 
 
 # -- notifications -------------------------------------------------------------------------------------------------
@@ -249,72 +259,72 @@ def test_vring_need_event_math():
 
 def _complete_one(q):
     q.add([q.buf(1, True)])
-    c = q.vq.pop()
-    q.vq.push(c.head, 1)
-    q.vq.flush_used()
+    c = q.vq.pop(q.mem)
+    q.vq.push(q.mem, c.head, 1)
+    q.vq.flush_used(q.mem)
     q.get_used()
 
 
 def test_no_interrupt_flag(ram):
     q = GuestQueue(ram, features=F.mask(F.F_VERSION_1))
     _complete_one(q)
-    assert q.vq.should_notify()
-    assert not q.vq.should_notify()  # nothing new published
+    assert q.vq.should_notify(q.mem)
+    assert not q.vq.should_notify(q.mem)  # nothing new published
     q.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT)
     _complete_one(q)
-    assert not q.vq.should_notify()
+    assert not q.vq.should_notify(q.mem)
 
 
 def test_notify_on_empty_overrides_no_interrupt(ram):
     q = GuestQueue(ram, features=F.mask(F.F_VERSION_1, F.F_NOTIFY_ON_EMPTY))
     q.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT)
     _complete_one(q)
-    assert q.vq.should_notify()
+    assert q.vq.should_notify(q.mem)
 
 
 def test_event_idx_used_event(ram):
     q = GuestQueue(ram)
     _complete_one(q)
-    assert q.vq.should_notify()       # first notification is always sent
+    assert q.vq.should_notify(q.mem)       # first notification is always sent
     q.set_used_event(5)               # "interrupt me when used idx passes 5"
     for _ in range(4):                # used idx 2..5
         _complete_one(q)
-        assert not q.vq.should_notify()
+        assert not q.vq.should_notify(q.mem)
     _complete_one(q)                  # used idx 6: crossed 5
-    assert q.vq.should_notify()
+    assert q.vq.should_notify(q.mem)
     q.set_used_event(6)               # already passed: no new notification until it is crossed again
-    assert not q.vq.should_notify()
+    assert not q.vq.should_notify(q.mem)
 
 
 def test_event_idx_batched_crossing(ram):
     q = GuestQueue(ram)
     _complete_one(q)
-    q.vq.should_notify()
+    q.vq.should_notify(q.mem)
     q.set_used_event(2)
     for _ in range(3):  # used idx 1 -> 4 in one batch crosses used_event 2
         q.add([q.buf(1, True)])
-    while (c := q.vq.pop()) is not None:
-        q.vq.push(c.head, 1)
-    q.vq.flush_used()
-    assert q.vq.should_notify()
+    while (c := q.vq.pop(q.mem)) is not None:
+        q.vq.push(q.mem, c.head, 1)
+    q.vq.flush_used(q.mem)
+    assert q.vq.should_notify(q.mem)
 
 
 def test_avail_event_and_no_notify(ram):
     q = GuestQueue(ram)
     for _ in range(3):
         q.add([q.buf(b"x")])
-    q.vq.disable_notification()
-    while q.vq.pop() is not None:
+    q.vq.disable_notification(q.mem)
+    while q.vq.pop(q.mem) is not None:
         pass
-    assert not q.vq.enable_notification()
+    assert not q.vq.enable_notification(q.mem)
     assert q.avail_event() == 3
     q.add([q.buf(b"y")])
-    assert q.vq.enable_notification()  # work arrived: caller must keep going
+    assert q.vq.enable_notification(q.mem)  # work arrived: caller must keep going
 
     q2 = GuestQueue(ram, features=F.mask(F.F_VERSION_1, F.F_RING_INDIRECT_DESC))
-    q2.vq.disable_notification()
+    q2.vq.disable_notification(q2.mem)
     assert q2.used_flags() == VRING_USED_F_NO_NOTIFY
-    assert not q2.vq.enable_notification()
+    assert not q2.vq.enable_notification(q2.mem)
     assert q2.used_flags() == 0
 
 
@@ -322,10 +332,10 @@ def test_avail_event_and_no_notify(ram):
 def test_legacy_big_endian_ring(ram):
     q = GuestQueue(ram, features=F.mask(F.F_RING_INDIRECT_DESC), big_endian=True)
     head = q.add([q.buf(b"legacy"), q.buf(3, True)])
-    c = q.vq.pop()
+    c = q.vq.pop(q.mem)
     assert c.head == head and bytes(c.readable[0]) == b"legacy" and c.writable_len == 3
-    q.vq.push(head, 3)
-    q.vq.flush_used()
+    q.vq.push(q.mem, head, 3)
+    q.vq.flush_used(q.mem)
     assert q.get_used() == [(head, 3)]
     # The same ring read as little-endian would be garbage: the switch really happened.
     assert q.vq.byteorder == ">"
@@ -337,12 +347,11 @@ def test_used_idx_synced_from_ring_and_restored(ram):
     q = GuestQueue(ram)
     q.ram.write(q.used + 2, q.u16.pack(7))
     vq = VirtQueue(q.size)
-    vq.set_memory(ram.mem)
-    vq.set_addresses(q.desc, q.avail, q.used)
+    vq.set_addresses(q.desc, q.avail, q.used, ram.mem)
     assert vq.used_idx == 7
     vq.set_used_idx(3)
-    vq.set_memory(ram.mem)  # re-resolving must not re-read the ring
-    assert vq.used_idx == 3
+    vq.set_features(q.features)  # re-resolving must not re-read the ring
+    assert vq.ready(ram.mem) and vq.used_idx == 3
 
 
 def test_inflight_hooks_and_resubmit(ram):
@@ -353,17 +362,17 @@ def test_inflight_hooks_and_resubmit(ram):
     q.vq.on_flush = lambda heads, idx: events.append(("flush", tuple(heads), idx))
     a = q.add([q.buf(b"a")])
     b = q.add([q.buf(b"b")])
-    ca, cb = q.vq.pop(), q.vq.pop()
-    q.vq.push(ca.head, 0)
-    q.vq.push(cb.head, 0)
-    q.vq.flush_used()
+    ca, cb = q.vq.pop(q.mem), q.vq.pop(q.mem)
+    q.vq.push(q.mem, ca.head, 0)
+    q.vq.push(q.mem, cb.head, 0)
+    q.vq.flush_used(q.mem)
     assert events == [("pop", a), ("pop", b), ("push", a), ("push", b), ("flush", (a, b), 2)]
     # Reconnect: the head b is reported in flight again and must be served before the avail ring.
     c = q.add([q.buf(b"c")])
     q.vq.resubmit([b])
     events.clear()
-    assert q.vq.pop().head == b
-    assert q.vq.pop().head == c
+    assert q.vq.pop(q.mem).head == b
+    assert q.vq.pop(q.mem).head == c
     assert events == [("pop", c)]
 
 
@@ -371,10 +380,10 @@ def test_reset_forgets_guest_state(ram):
     q = GuestQueue(ram)
     q.write_desc(0, 0, 4, 0, 0)
     q.publish(0)
-    q.vq.pop()
+    q.vq.pop(q.mem)
     assert q.vq.broken
     q.vq.reset()
-    assert not q.vq.broken and not q.vq.ready and q.vq.last_avail_idx == 0 and q.vq.enabled
+    assert not q.vq.broken and not q.vq.ready(q.mem) and q.vq.last_avail_idx == 0
 
 
 def test_inflight_region_survives_a_backend_restart(ram):
@@ -388,26 +397,25 @@ def test_inflight_region_survives_a_backend_restart(ram):
         q.vq.inflight = region
         a = q.add([q.buf(b"a")])
         b = q.add([q.buf(b"b")])
-        ca, cb = q.vq.pop(), q.vq.pop()
+        ca, cb = q.vq.pop(q.mem), q.vq.pop(q.mem)
         assert (ca.head, cb.head) == (a, b)
-        q.vq.push(ca.head, 0)
-        q.vq.flush_used()
+        q.vq.push(q.mem, ca.head, 0)
+        q.vq.flush_used(q.mem)
         assert region.inflight_heads() == [b]
         # "Crash": a new back-end maps the same region and rebuilds its queue from the ring.
         vq2 = VirtQueue(q.size)
-        vq2.set_memory(ram.mem)
         vq2.set_features(q.features)
-        vq2.set_addresses(q.desc, q.avail, q.used)
+        vq2.set_addresses(q.desc, q.avail, q.used, ram.mem)
         heads = region.recover(vq2.used_idx)
         assert heads == [b] and vq2.used_idx == 1
         vq2.last_avail_idx = (vq2.used_idx + len(heads)) & 0xFFFF
         vq2.inflight = region
         vq2.resubmit(heads)
-        again = vq2.pop()
+        again = vq2.pop(q.mem)
         assert again.head == b and bytes(again.readable[0]) == b"b"
-        assert vq2.pop() is None  # a was completed, b resubmitted: nothing else pending
-        vq2.push(b, 0)
-        vq2.flush_used()
+        assert vq2.pop(q.mem) is None  # a was completed, b resubmitted: nothing else pending
+        vq2.push(q.mem, b, 0)
+        vq2.flush_used(q.mem)
         assert region.inflight_heads() == []
         assert a != b
     finally:

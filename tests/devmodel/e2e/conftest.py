@@ -32,9 +32,8 @@ class Backend:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Backend:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

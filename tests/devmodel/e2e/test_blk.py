@@ -26,7 +26,8 @@ IDENTITY = r"""
 for d in /sys/bus/virtio/devices/*; do
     [ "$(cat $d/device)" = "0x0002" ] || continue
     pci=$(readlink -f $d/..)
-    echo "VIRTIO vendor=$(cat $d/vendor) device=$(cat $d/device) pci=$(cat $pci/vendor):$(cat $pci/device) features=$(cat $d/features)"
+    echo "VIRTIO vendor=$(cat $d/vendor) device=$(cat $d/device)" \
+         "pci=$(cat $pci/vendor):$(cat $pci/device) features=$(cat $d/features)"
 done
 """
 
@@ -43,7 +44,7 @@ def md5(data: bytes) -> str:
 
 
 def field(output: str, name: str) -> str:
-    m = re.search(rf"^{name}=(\S+)", output, re.M)
+    m = re.search(rf"^{name}=(\S+)", output, re.MULTILINE)
     assert m, f"{name}= not in guest output:\n{output}"
     return m.group(1)
 
@@ -99,7 +100,8 @@ fio --name=mixed --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randrw --
 tail -3 /tmp/fio2.out
 exit $rc
 """
-    result = run_guest(script, chardev(b) + ["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=2,disable-legacy=on"],
+    device = ["-device", "vhost-user-blk-pci,chardev=vu0,num-queues=2,disable-legacy=on"]
+    result = run_guest(script, chardev(b) + device,
                        image=guest_image, timeout=180, smp=2)
     assert result.rc == 0, result.output
     assert field(result.output, "MQ") == "2"  # one blk-mq hardware queue per virtqueue

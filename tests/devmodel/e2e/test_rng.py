@@ -34,8 +34,8 @@ echo "ZEROES=$(tr -d '\000' < /tmp/a | wc -c)"
     assert m, out
     # vhost-user-rng-pci is modern-only in QEMU 7.2: 0x1040 + 4.
     assert m.groups() == ("0x1af4", "0x0004", "0x1af4", "0x1044")
-    assert re.search(r"^CURRENT=virtio_rng", out, re.M), out
-    assert re.search(r"^BYTES=1024$", out, re.M), out
-    assert re.search(r"^SAME=no$", out, re.M), out
-    assert int(re.search(r"^ZEROES=(\d+)$", out, re.M).group(1)) > 1000  # not a buffer of zeros
+    assert re.search(r"^CURRENT=virtio_rng", out, re.MULTILINE), out
+    assert re.search(r"^BYTES=1024$", out, re.MULTILINE), out
+    assert re.search(r"^SAME=no$", out, re.MULTILINE), out
+    assert int(re.search(r"^ZEROES=(\d+)$", out, re.MULTILINE).group(1)) > 1000  # not a buffer of zeros
     assert b.stop() == 0, b.log

@@ -17,8 +17,8 @@ import struct
 import time
 
 from acrnmgr.devmodel.vhost_user import (
-    CONFIG_HEADER, FLAG_NEED_REPLY, FLAG_REPLY, HEADER, INFLIGHT, MEM_HEADER, MEM_REGION, U64, VERSION,
-    VRING_ADDR, VRING_STATE, F_PROTOCOL_FEATURES, Message, MessageReader, Request,
+    CONFIG_HEADER, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, HEADER, INFLIGHT, MEM_HEADER, MEM_REGION, U64,
+    VERSION, VRING_ADDR, VRING_STATE, Close, Message, MessageReader, Notify, Process, Reply, Request, Unwatch, Watch,
 )
 
 PAGE = 4096
@@ -316,26 +316,42 @@ class Frontend(FrontendBase):
 
 class Loopback(FrontendBase):
     """A front-end wired straight into a sans-IO VhostUserBackend: no socket, no threads. The fds it
-    "sends" are dups (the backend owns what it receives), kicks run the backend synchronously."""
+    "sends" are dups (the backend owns what it receives), and it carries out the backend's effects itself,
+    as the server would; kicks run the backend synchronously."""
 
     def __init__(self, backend) -> None:
         super().__init__()
         self.backend = backend
         self._replies: list[Message] = []
+        self.watched: dict[int, int] = {}  # kick fd the backend asked us to poll -> queue
+        self.effects: list = []  # every effect carried out, in order
 
     def _send(self, data: bytes, fds: list[int]) -> None:
         reader = MessageReader()
         (msg,) = reader.feed(data, [os.dup(fd) for fd in fds])
-        answer = self.backend.handle(msg)
-        self.backend.release_retired()
-        if answer is not None:
-            (rep,) = MessageReader().feed(answer.data, answer.fds)
-            if not rep.flags & FLAG_REPLY:
-                raise FrontendError("reply without the REPLY flag")
-            self._replies.append(rep)
-        for q in self.backend.queues:
-            if q.pending and self.backend.ready(q.index):
-                self._run(q.index)
+        self.execute(self.backend.handle(msg))
+
+    def execute(self, effects: list) -> None:
+        for effect in effects:
+            self.effects.append(effect)
+            match effect:
+                case Reply(data, fds):
+                    (rep,) = MessageReader().feed(data, fds)  # the reply's fds become the test's
+                    if not rep.flags & FLAG_REPLY:
+                        raise FrontendError("reply without the REPLY flag")
+                    self._replies.append(rep)
+                case Watch(fd, queue):
+                    assert fd not in self.watched
+                    self.watched[fd] = queue
+                case Unwatch(fd):
+                    del self.watched[fd]
+                case Close(fd):
+                    assert fd not in self.watched, "the backend closed an fd it still had watched"
+                    os.close(fd)
+                case Notify(fd):
+                    os.eventfd_write(fd, 1)
+                case Process(queue):
+                    self.execute(self.backend.process(queue))
 
     def recv(self) -> Message:
         if not self._replies:
@@ -344,11 +360,10 @@ class Loopback(FrontendBase):
 
     def kicked(self, index: int) -> None:
         os.eventfd_read(self.queues[index].kick)
-        self._run(index)
+        self.execute(self.backend.process(index))
 
-    def _run(self, index: int) -> None:
-        if self.backend.process(index) and self.backend.queues[index].call_fd is not None:
-            os.eventfd_write(self.backend.queues[index].call_fd, 1)
+    def close_backend(self) -> None:
+        self.execute(self.backend.close())
 
 
 _REPLYING = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE, Request.GET_QUEUE_NUM,

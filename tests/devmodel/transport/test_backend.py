@@ -34,7 +34,7 @@ def rng():
     backend = VhostUserBackend(dev)
     fe = Loopback(backend)
     yield fe
-    backend.close()
+    fe.close_backend()
     fe.close()
     dev.close()
 
@@ -53,19 +53,21 @@ def blk(image):
     backend = VhostUserBackend(dev)
     fe = Loopback(backend)
     yield fe
-    backend.close()
+    fe.close_backend()
     fe.close()
     dev.close()
 
 
 def handle(backend, request, payload=b"", *, flags=VERSION, fds=()):
-    """Feed one raw message; return the decoded reply (request, flags, payload, fds) or None."""
-    answer = backend.handle(Message(request, flags, payload, list(fds)))
-    if answer is None:
+    """Feed one raw message and carry out its effects; return the decoded reply (request, flags, payload, fds)
+    or None."""
+    fe = Loopback(backend)
+    fe.execute(backend.handle(Message(request, flags, payload, list(fds))))
+    fe.ram.close()
+    try:
+        return fe.recv()
+    except AssertionError:
         return None
-    from acrnmgr.devmodel.vhost_user import MessageReader
-    (msg,) = MessageReader().feed(answer.data, answer.fds)
-    return msg
 
 
 def test_features_offer_protocol_bit_and_device_bits(rng):
@@ -275,14 +277,15 @@ def test_inflight_requests_survive_a_backend_crash(image):
     heads = [_blk_read(q, s) for s in (1, 2, 3)]
     vq = first.backend.queues[0].vq
     # Serve the first request normally, then pop the second and "crash" before pushing it.
-    chain = vq.pop()
+    mem = first.backend.memory
+    chain = vq.pop(mem)
     dev._handle(vq, chain)
-    vq.push(chain.head, 513)
-    vq.flush_used()
-    assert vq.pop().head == heads[1]
+    vq.push(mem, chain.head, 513)
+    vq.flush_used(mem)
+    assert vq.pop(mem).head == heads[1]
     done = q.completions()
     assert [h for h, _, _ in done] == [heads[0]]
-    first.backend.close()  # the process is gone; QEMU keeps RAM, rings and the inflight fd
+    first.close_backend()  # the process is gone; QEMU keeps RAM, rings and the inflight fd
 
     second = Loopback(VhostUserBackend(dev))
     second.ram.close()
@@ -294,21 +297,21 @@ def test_inflight_requests_survive_a_backend_crash(image):
     second.start(MODERN, {0: 16}, inflight=(fd, size), bases={0: 1})
     got = q.wait(2)
     assert [h for h, _, _ in got] == heads[1:]
-    for (h, n, payload), sector in zip(got, (2, 3)):
+    for (_h, n, payload), sector in zip(got, (2, 3), strict=True):
         assert n == 513 and payload[:512] == bytes(data[sector * 512:(sector + 1) * 512])
     q.post(ins=[1], out=[BLK_HDR.pack(4, 0, 0)])
     q.notify()
     assert len(q.wait(1)) == 1  # and the ring goes on
-    second.backend.close()
+    second.close_backend()
     os.close(fd)
     dev.close()
 
 
 def test_backend_close_releases_every_fd(rng):
     rng.handshake()
-    (q,) = rng.start(MODERN, {0: 8}).values()
+    (_q,) = rng.start(MODERN, {0: 8}).values()
     kept = [rng.backend.queues[0].kick_fd, rng.backend.queues[0].call_fd]
-    rng.backend.close()
+    rng.close_backend()
     assert not any(fd_open(fd) for fd in kept)
     assert rng.backend.memory is None
 

@@ -1,6 +1,7 @@
 """Framing and payload codecs of the vhost-user protocol, bytes in / messages out."""
 
 import os
+import struct
 
 import pytest
 
@@ -56,14 +57,25 @@ def test_bad_version_and_oversized_payload_drop_the_connection():
         MessageReader().feed(HEADER.pack(5, VERSION, MAX_PAYLOAD + 1))
 
 
-def test_reader_close_releases_pending_fds():
+def test_lost_framing_hands_back_the_fds_it_held():
     reader = MessageReader()
-    r, w = os.pipe()
-    reader.feed(HEADER.pack(12, VERSION, 8), [r])
-    reader.close()
-    with pytest.raises(OSError):
-        os.fstat(r)
-    os.close(w)
+    reader.feed(HEADER.pack(12, VERSION, 8), [5])  # the reader is sans-IO: fd numbers are just data
+    with pytest.raises(Disconnect) as exc:
+        reader.feed(bytes(8) + HEADER.pack(1, 0x2, 0), [6])
+    assert sorted(exc.value.fds) == [5, 6]  # including those of the message completed in the same feed
+    assert reader.close() == []
+    reader = MessageReader()
+    reader.feed(HEADER.pack(12, VERSION, 8)[:6], [7])
+    with pytest.raises(Disconnect) as exc:
+        reader.feed(HEADER.pack(12, VERSION, 8)[6:-4] + struct.pack("<I", MAX_PAYLOAD + 1))
+    assert exc.value.fds == [7]
+
+
+def test_reader_close_hands_back_pending_fds():
+    reader = MessageReader()
+    reader.feed(HEADER.pack(12, VERSION, 8), [9])
+    assert reader.close() == [9]
+    assert reader.close() == [] and reader.wanted == HEADER.size
 
 
 def test_reply_flag_is_bit_2_need_reply_bit_3():

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
-    FLAG_NEED_REPLY, MAX_PAYLOAD, VERSION, Disconnect, Message, MessageReader, Request, VhostUserBackend,
+    FLAG_NEED_REPLY, MAX_PAYLOAD, VERSION, Close, Disconnect, Message, MessageReader, Notify, Process, Reply, Request,
+    VhostUserBackend,
 )
 
 from .frontend import MEM_HEADER, MEM_REGION, REGIONS, U64, VRING_ADDR, VRING_STATE, GuestRam
@@ -33,23 +34,32 @@ def _open(fd: int) -> bool:
         return False
 
 
+def _execute(backend, effects) -> None:
+    """Carry out effects as the server would: reply fds closed, Unwatch before Close, rings processed."""
+    for e in effects:
+        if isinstance(e, Reply):
+            for fd in e.fds:
+                os.close(fd)
+        elif isinstance(e, Close):
+            os.close(e.fd)
+        elif isinstance(e, Process):
+            _execute(backend, backend.process(e.queue))
+        elif isinstance(e, Notify):
+            os.eventfd_write(e.fd, 1)
+
+
 def _apply(backend, ram, handed: list, request: int, flags: int, payload: bytes, nfds: int) -> bool:
     """Hand one message (with `nfds` dups of guest RAM, recorded in `handed`) to the backend as the server
-    would: reply fds closed, ready rings processed, retired fds released. False once the backend disconnects."""
+    would. False once the backend disconnects."""
     fds = [os.dup(ram.fd) for _ in range(nfds)]
     handed += fds
     try:
-        answer = backend.handle(Message(request, flags, payload, fds))
-    except Disconnect:
-        return False
-    if answer is not None:
-        (rep,) = MessageReader().feed(answer.data, answer.fds)
-        for fd in rep.fds:
+        effects = backend.handle(Message(request, flags, payload, fds))
+    except Disconnect as exc:
+        for fd in exc.fds:
             os.close(fd)
-    for q in backend.queues:
-        if backend.ready(q.index):
-            backend.process(q.index)
-    backend.release_retired()
+        return False
+    _execute(backend, effects)
     return True
 
 
@@ -66,7 +76,7 @@ def test_random_message_streams(stream):
             if not _apply(backend, ram, handed, request, flags, payload, nfds):
                 break
     finally:
-        backend.close()
+        _execute(backend, backend.close())
         dev.close()
         ram.close()
     assert not any(_open(fd) for fd in handed)  # every fd we passed was either kept and then closed, or closed
@@ -141,7 +151,7 @@ def test_mutated_setup_with_hostile_ring_contents(mutations, ring_bytes):
             if not _apply(backend, ram, handed, request, VERSION | FLAG_NEED_REPLY, payload, nfds):
                 break
     finally:
-        backend.close()
+        _execute(backend, backend.close())
         dev.close()
         ram.close()
     assert not any(_open(fd) for fd in handed)

@@ -17,7 +17,7 @@ from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import BlkDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.server import ServerError, VhostUserServer
-from acrnmgr.devmodel.vhost_user import F_PROTOCOL_FEATURES, HEADER, Request, U64
+from acrnmgr.devmodel.vhost_user import F_PROTOCOL_FEATURES, HEADER, U64, Request
 
 from .frontend import Frontend
 
@@ -196,7 +196,7 @@ def test_cli_serves_until_sigterm_and_cleans_up(sock_dir):
 ])
 def test_cli_bad_arguments_exit_cleanly(sock_dir, argv, code, text):
     proc = subprocess.run([str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--socket",
-                           str(sock_dir / "x.sock"), *argv], capture_output=True, text=True, timeout=30)
+                           str(sock_dir / "x.sock"), *argv], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == code, proc.stderr
     assert text in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -207,6 +207,38 @@ def test_cli_refuses_world_writable_socket_directory(tmp_path):
     d.mkdir()
     os.chmod(d, 0o777)
     proc = subprocess.run([str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--device", "rng",
-                           "--socket", str(d / "x.sock")], capture_output=True, text=True, timeout=30)
+                           "--socket", str(d / "x.sock")], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 1
     assert "world-writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_saturated_blocking_call_fd_does_not_block_the_server(rng_server):
+    """A front-end's call eventfd that is blocking and whose counter is at its maximum would block a plain
+    eventfd_write forever: the server makes received fds non-blocking and skips the signal instead."""
+    fe = Frontend(rng_server.server.path)
+    call = os.eventfd(0, os.EFD_CLOEXEC)  # blocking
+    try:
+        fe.handshake()
+        (q,) = fe.start(MODERN, {0: 16}).values()
+        os.eventfd_write(call, 0xFFFF_FFFF_FFFF_FFFE)
+        fe.send(Request.SET_VRING_CALL, U64.pack(0), fds=[call])
+        q.post(ins=[32])
+        q.notify()
+        assert len(q.wait(1, timeout=5)) == 1  # completed (the signal itself is lost: the counter is full)
+        assert fe.get_u64(Request.GET_QUEUE_NUM) == 1  # and still answering after signalling
+    finally:
+        os.close(call)
+        fe.close()
+
+
+def test_a_kick_fd_that_cannot_be_polled_does_not_drop_the_connection(rng_server, tmp_path):
+    fe = Frontend(rng_server.server.path)
+    regular = os.open(tmp_path / "not-an-eventfd", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fe.handshake()
+        fe.start(MODERN, {0: 16})
+        fe.send(Request.SET_VRING_KICK, U64.pack(0), fds=[regular])
+        assert fe.get_u64(Request.GET_QUEUE_NUM) == 1
+    finally:
+        os.close(regular)
+        fe.close()
