@@ -31,8 +31,13 @@ def import_(
                                            help="Write one <name>.yaml per VM here (default: YAML on stdout)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (YAML) or json (a report)."),
     board: Optional[Path] = typer.Option(None, "--board", metavar="BOARD.xml",
-                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough devices."),
+                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough "
+                                              "devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
+    bios_as_ovmf: bool = typer.Option(False, "--bios-as-ovmf",
+                                      help="libvirt: import a BIOS-booted domain with ACRN's OVMF (UEFI) instead."),
+    keep_addresses: bool = typer.Option(False, "--keep-addresses",
+                                        help="libvirt: keep the domain's PCI slots (default: acrnmgr assigns them)."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
 
@@ -43,14 +48,15 @@ def import_(
     from acrnmgr.importers.output import spec_yaml, validate, write_specs
 
     try:
-        result = import_file(file, board=board)
+        result = import_file(file, board=board, bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
     except ImportError_ as exc:
         fail(str(exc))
-    problems = {s.name: validate(s, out_dir) for s in result.specs}
+    problems = {s.name: validate(s, out_dir, result.source) for s in result.specs}
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force))}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force),
+                                                     strict=True)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:

@@ -158,36 +158,86 @@ class VirtioBlk(VirtioDevice):
         if target is None or target.get("bus") != "virtio":
             return False
         src = el.find("source")
+        dtype = el.get("type") or "file"
         path = (src.get("file") or src.get("dev")) if src is not None else None
+        label = f"<disk> {(target.get('dev') or '?')}"
         d: dict[str, Any] = {"type": cls.KIND}
-        if el.get("type") == "vhostuser":
+        if el.get("device") not in (None, "disk"):
+            imp.warnings.append(f"{label}: device='{el.get('device')}' on virtio has no acrn-dm form; skipped")
+            return True
+        if dtype == "vhostuser":
+            if imp.foreign:
+                sock = src.get("path") if src is not None else None
+                imp.warnings.append(f"{label}: a vhost-user disk served by another process ({sock}); acrn-dm has no "
+                                    "vhost-user frontend and acrnmgr serves images itself: skipped (give the image "
+                                    "path as a virtio-blk instead)")
+                return True
             d["backend"] = "embedded"
-        elif path:
+        elif dtype in ("file", "block") and path:
             d["path"] = path
+        else:
+            where = ""
+            if src is not None:
+                where = " ".join(f"{k}={v}" for k, v in sorted(src.attrib.items()))
+                hosts = [h.get("name") or "" for h in src.findall("host") if h.get("name")]
+                if hosts:
+                    where += f" host={','.join(hosts)}"
+            imp.warnings.append(f"<disk type='{dtype}'> {target.get('dev')} ({where or 'no source'}): acrn-dm reads "
+                                "local files and block devices only; skipped (attach it on the host and give its path)")
+            return True
+        if el.find("transient") is not None:
+            imp.errors.append(f"{label} {path}: <transient/> (writes are thrown away at shutdown) has no acrn-dm form; "
+                              "imported as is, the guest's writes would become permanent. Use a copy of the image, "
+                              "and remove <transient/>")
+        enc = el.find("encryption")
+        if enc is None and src is not None:
+            enc = src.find("encryption")
+        if enc is not None:
+            imp.errors.append(f"{label} {path}: <encryption format='{enc.get('format')}'>: acrn-dm cannot open "
+                              "LUKS or qcow encrypted images; the guest would see ciphertext. Decrypt it to a raw "
+                              "image (or a dm-crypt block device) and import that")
         drv = el.find("driver")
         if drv is not None:
+            fmt = drv.get("type")
+            if fmt not in (None, "raw"):
+                imp.errors.append(f"{label} {path}: format {fmt}: acrn-dm reads raw images only and would present "
+                                  f"the {fmt} container to the guest as its disk. Convert it first (qemu-img convert "
+                                  f"-O raw {path} IMAGE.raw) and point the domain at the raw image")
+            cache_in = drv.get("cache")
             cache = {"writethrough": "writethru", "writeback": "writeback", "none": "nocache",
-                     "directsync": "nocache"}.get(drv.get("cache", ""))
+                     "directsync": "nocache", "unsafe": "writeback", "default": None}.get(cache_in or "default")
+            if cache_in and cache_in not in ("writethrough", "writeback", "none", "default"):
+                if cache_in in ("directsync", "unsafe"):
+                    imp.warnings.append(f"{label}: cache='{cache_in}' has no acrn-dm form; set to {cache}")
+                else:
+                    imp.warnings.append(f"{label}: cache='{cache_in}' is not a libvirt cache mode; left at the default")
             if cache and cache != DEFAULT_CACHE:
                 d["cache"] = cache
             if drv.get("discard") == "unmap":
                 d["discard"] = True
             if drv.get("io") in ("io_uring", "threads"):
                 d["aio"] = drv.get("io")
+            elif drv.get("io"):
+                imp.warnings.append(f"{label}: io='{drv.get('io')}' has no acrn-dm form (threads or io_uring); "
+                                    "acrn-dm's default is used")
             queues = xml_int(drv.get("queues"))
-            if queues:
+            if queues and 1 <= queues <= 64:
                 d["mq"] = queues
-            if drv.get("type") not in (None, "raw"):
-                imp.warnings.append(f"disk {path}: format {drv.get('type')}; acrn-dm reads raw images only")
         if el.find("readonly") is not None:
             d["readOnly"] = True
-        if el.find("boot") is not None:
-            d["boot"] = True
+        boot = el.find("boot")
+        if boot is not None:
+            if (xml_int(boot.get("order"), 1) or 1) == 1:
+                d["boot"] = True
+            else:
+                imp.warnings.append(f"{label}: boot order {boot.get('order')}: acrn-dm marks one boot disk; "
+                                    "only order 1 is kept")
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
         imp.add(imp.slot_of(el), d, el)
-        if "path" not in d:
-            imp.warnings.append("vhost-user disk without acrnmgr metadata: the image behind the socket is unknown")
+        if "path" not in d and imp.foreign:
+            imp.warnings.append(f"{label}: vhost-user disk without acrnmgr metadata: the image behind the socket "
+                                "is unknown")
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
@@ -215,7 +265,8 @@ class VirtioBlk(VirtioDevice):
         if self.read_only:
             xml_sub(disk, "readonly")
         if self.boot:
-            xml_sub(disk, "boot", order=1)
+            out.boot_order += 1
+            xml_sub(disk, "boot", order=out.boot_order)
         if model != "virtio":
             disk.set("model", model)
         xml_alias(disk, self.name)

@@ -30,10 +30,14 @@ def detect_format(path: Path, text: str) -> str:
         raise ImportError_(f"{path}: XML whose root is neither <acrn-config> (ACRN scenario) nor <domain> (libvirt)")
     if "dm_params" in text or "acrn-dm" in text:
         return "launch-script"
-    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) or libvirt domain XML")
+    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) "
+                       "or libvirt domain XML")
 
 
-def import_file(path: str | Path, board: str | Path | None = None) -> ImportResult:
+def import_file(path: str | Path, board: str | Path | None = None, *, bios_as_ovmf: bool = False,
+                keep_addresses: bool = False) -> ImportResult:
+    """Import one file; ``bios_as_ovmf`` and ``keep_addresses`` apply to libvirt domain XML (see
+    acrnmgr.importers.libvirt_domain)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -47,5 +51,5 @@ def import_file(path: str | Path, board: str | Path | None = None) -> ImportResu
     if kind == "scenario":
         return import_scenario(text, str(path), board=board)
     if kind == "libvirt":
-        return import_domain_xml(text, str(path))
+        return import_domain_xml(text, str(path), bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
     return import_launch_script(text, str(path))
