@@ -255,7 +255,7 @@ class LibvirtIn:
         slot = xml_int(addr.get("slot"))
         return slot if slot is not None and 0 <= slot <= 31 else None
 
-    def tap(self, wanted: str | None, what: str) -> str:
+    def tap(self, wanted: str | None, what: str, why: str = "") -> str:
         """A distinct interface name (1-15 characters): ``wanted`` when free, else one made from the VM's name."""
         if wanted and wanted not in self.taps and len(wanted) <= 15:
             self.taps.add(wanted)
@@ -271,7 +271,7 @@ class LibvirtIn:
         if wanted:
             self.warnings.append(f"{what}: interface name {wanted!r} is taken or too long; set to {name}")
         else:
-            self.warnings.append(f"{what} has no <target dev>: tap name set to {name} (libvirt would have picked one)")
+            self.warnings.append(f"{what}: {why or 'no <target dev>'}: tap name set to {name}")
         return name
 
     @staticmethod

@@ -175,6 +175,8 @@ class VirtioBlk(VirtioDevice):
             d["backend"] = "embedded"
         elif dtype in ("file", "block") and path:
             d["path"] = path
+            if imp.foreign and not imp.mode_of(el):
+                d["backend"] = "vbs-u"  # QEMU's own virtio-blk on the image, as the domain had it
         else:
             where = ""
             if src is not None:

@@ -233,7 +233,7 @@ class VirtioNet(VirtioDevice):
         if t == "vhostuser" and not imp.foreign:
             pass  # the tap is in the acrnmgr metadata
         elif wanted and wanted.startswith(("vnet", "macvtap", "vhost-user")) and imp.foreign:
-            d["tap"] = imp.tap(None, f"{label} (libvirt's generated {wanted})")
+            d["tap"] = imp.tap(None, label, f"libvirt generates its tap name ({wanted})")
         else:
             d["tap"] = imp.tap(wanted, label)
         if t == "bridge" and source is not None and source.get("bridge") and imp.foreign:
@@ -243,8 +243,9 @@ class VirtioNet(VirtioDevice):
                                     f"one bridge; this one goes on {net['bridge']!r}")
         elif t == "network" and source is not None and source.get("network"):
             d["libvirtNetwork"] = source.get("network")
-            imp.warnings.append(f"{label}: libvirt network {source.get('network')!r}: kept for the libvirt export; "
-                                "the acrn and qemu engines put the tap on the VM's bridge (network.bridge)")
+            if imp.foreign:
+                imp.warnings.append(f"{label}: libvirt network {source.get('network')!r}: kept for the libvirt "
+                                    "export; the acrn and qemu engines put the tap on the VM's bridge (network.bridge)")
         imp.add(imp.slot_of(el), d, el)
         if d.get("macvtap") is True:
             d["macvtap"] = d.pop("tap")
