@@ -208,12 +208,6 @@ class VirtioNet(VirtioDevice):
         if mac is not None and mac.get("address"):
             d["mac"] = (mac.get("address") or "").lower()
             label += f" {d['mac']}"
-        model = el.find("model")
-        mtype = model.get("type") if model is not None else None
-        if mtype != "virtio" and imp.mode_of(model, "type") is None:
-            imp.warnings.append(f"{label}: model {mtype!r} imported as virtio-net (the guest needs a virtio driver)")
-        elif imp.mode_of(model, "type"):
-            d["mode"] = imp.mode_of(model, "type")
         drv = el.find("driver")
         if t == "vhostuser":
             if imp.foreign:
@@ -229,6 +223,12 @@ class VirtioNet(VirtioDevice):
         if t not in ("bridge", "network", "ethernet", "vhostuser"):
             imp.warnings.append(f"{label}: no acrn-dm equivalent (a tap on a bridge); skipped")
             return True
+        model = el.find("model")
+        mtype = model.get("type") if model is not None else None
+        if mtype != "virtio" and imp.mode_of(model, "type") is None:
+            imp.warnings.append(f"{label}: model {mtype!r} imported as virtio-net (the guest needs a virtio driver)")
+        elif imp.mode_of(model, "type"):
+            d["mode"] = imp.mode_of(model, "type")
         wanted = target.get("dev") if target is not None else None
         if t == "vhostuser" and not imp.foreign:
             pass  # the tap is in the acrnmgr metadata

@@ -77,7 +77,7 @@ _DEV = {"alias": {"@name": _ANY}, "address": _ADDRESS}
 MAPPED: dict[str, dict[str, Any]] = {
     "disk": {**_DEV, "@type": ("file", "block", "vhostuser"), "@device": ("disk", "cdrom"), "@model": _ANY,
              "driver": {"@name": ("qemu",), "@type": ("raw",), "@cache": _ANY, "@discard": ("unmap",),
-                        "@io": ("threads", "io_uring"), "@queues": _ANY},
+                        "@io": _ANY, "@queues": _ANY},  # (io and cache: reported by the disk itself)
              "source": {"@file": _ANY, "@dev": _ANY, "@type": ("unix",), "@path": _ANY,
                         "reconnect": {"@enabled": _ANY, "@timeout": _ANY}},
              "target": {"@dev": _ANY, "@bus": ("virtio", "sata")}, "readonly": {}, "boot": {"@order": _ANY}},
@@ -88,7 +88,7 @@ MAPPED: dict[str, dict[str, Any]] = {
                   "target": {"@dev": _ANY, "@managed": ("no",)}, "driver": {"@name": ("vhost", "qemu")}},
     "hostdev": {**_DEV, "@mode": ("subsystem",), "@type": ("pci",), "@managed": ("yes",),
                 "source": {"address": {"@domain": _ANY, "@bus": _ANY, "@slot": _ANY, "@function": _ANY}},
-                "rom": {"@file": _ANY}},
+                "rom": {"@file": _ANY, "@bar": _ANY}},  # (bar='off': reported by the hostdev itself)
     "controller": {**_DEV, "@type": ("virtio-serial", "usb"), "@index": _ANY, "@model": _ANY},
     "console": {**_DEV, "@type": _ANY, "source": {"@path": _ANY, "@mode": _ANY},
                 "target": {"@type": ("virtio",), "@name": _ANY, "@port": _ANY}},
@@ -107,9 +107,19 @@ MAPPED: dict[str, dict[str, Any]] = {
 }
 
 
-def _describe(el: ET.Element) -> str:
+def _tag(el: ET.Element) -> str:
     keys = [f"{k}='{v}'" for k, v in el.attrib.items() if k in ("type", "bus", "dev", "model", "name")]
     return f"<{el.tag}{' ' if keys else ''}{' '.join(keys)}>"
+
+
+def _describe(el: ET.Element) -> str:
+    text = _tag(el)
+    target, mac = el.find("target"), el.find("mac")
+    if el.tag == "disk" and target is not None and target.get("dev"):
+        text += f" {target.get('dev')}"
+    elif el.tag == "interface" and mac is not None and mac.get("address"):
+        text += f" {mac.get('address')}"
+    return text
 
 
 def _unmapped(el: ET.Element, mapping: dict[str, Any], where: str, out: list[str]) -> None:
@@ -510,7 +520,7 @@ def _origin(el: ET.Element, devs: ET.Element | None) -> str:
             break
         if other.tag == el.tag:
             n += 1
-    return f"<devices>/{_describe(el)}[{n}]"
+    return f"<devices>/{_tag(el)}[{n}]"
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")

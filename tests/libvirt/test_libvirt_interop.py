@@ -370,3 +370,47 @@ def test_libvirt_accepts_the_export_of_each_corpus_domain(name):
     finally:
         conn.close()
     assert spec_from_domain(normalized).data == first.data
+
+
+LOSSES = """<domain type='kvm'>
+  <name>losses</name>
+  <uuid>3e3fce45-4f53-4fa7-bb32-11f34168b82b</uuid>
+  <genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid>
+  <sysinfo type='smbios'><system><entry name='serial'>ABC</entry></system></sysinfo>
+  <memory unit='GiB'>2</memory>
+  <memoryBacking><hugepages/><source type='file'/></memoryBacking>
+  <vcpu placement='static' current='1'>2</vcpu>
+  <iothreads>2</iothreads>
+  <cputune><vcpupin vcpu='0' cpuset='1'/><vcpupin vcpu='1' cpuset='2'/><emulatorpin cpuset='0'/></cputune>
+  <os><type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>
+    <nvram>/var/lib/libvirt/qemu/nvram/losses_VARS.fd</nvram>
+    <shim>/boot/shim.efi</shim></os>
+  <seclabel type='dynamic' model='selinux' relabel='yes'/>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw' cache='unsafe' io='native' iothread='1'/>
+      <source file='/srv/a.img'/><target dev='vda' bus='virtio'/><serial>WD-123</serial><shareable/>
+      <boot order='2'/></disk>
+    <interface type='bridge'><source bridge='ovsbr0'/><virtualport type='openvswitch'/>
+      <vlan><tag id='42'/></vlan><mac address='52:54:00:00:00:42'/><model type='virtio'/></interface>
+    <interface type='direct'><source dev='eth0' mode='bridge'/><model type='virtio'/></interface>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x03'
+      slot='0x00' function='0x0'/></source><rom bar='off'/></hostdev>
+    <rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='1.2.3.4' service='1234'/>
+      </backend></rng>
+    <rng model='virtio'><backend model='builtin'/></rng>
+    <input type='mouse' bus='virtio'/>
+    <input type='keyboard' bus='virtio'/>
+  </devices>
+</domain>"""
+
+
+def test_nothing_is_dropped_silently():
+    got = spec_from_domain(LOSSES)
+    text = "\n".join(got.warnings)
+    for expected in ("<uuid>", "<genid", "<sysinfo", "hugepages", "<source type='file'", "current='1'", "<iothreads",
+                     "<emulatorpin>", "<shim", "selinux", "cache='unsafe'", "io='native'", "iothread='1'",
+                     "<serial>", "<shareable>", "boot order 2", "<virtualport", "<vlan>", "type='direct'",
+                     "bar='off'", "model='egd'", "model='builtin'", "<input type='mouse' bus='virtio'>",
+                     "<input type='keyboard' bus='virtio'>", "machine='q35'"):
+        assert expected in text, expected
