@@ -241,6 +241,7 @@ class LibvirtIn:
     foreign: bool = False
     keep_addresses: bool = False
     taps: set[str] = field(default_factory=set)  # interface names given so far
+    boot_disk: bool = False  # a disk with <boot order='1'> was seen
 
     def slot_of(self, el: ET.Element) -> int | None:
         addr = el.find("address")

@@ -229,8 +229,9 @@ class VirtioBlk(VirtioDevice):
             d["readOnly"] = True
         boot = el.find("boot")
         if boot is not None:
-            if (xml_int(boot.get("order"), 1) or 1) == 1:
+            if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
                 d["boot"] = True
+                imp.boot_disk = True
             else:
                 imp.warnings.append(f"{label}: boot order {boot.get('order')}: acrn-dm marks one boot disk; "
                                     "only order 1 is kept")

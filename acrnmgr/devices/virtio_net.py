@@ -262,6 +262,8 @@ class VirtioNet(VirtioDevice):
             iface = xml_sub(out.devices, "interface", type="bridge")
             xml_sub(iface, "source", bridge=out.bridge)
             xml_sub(iface, "target", dev=self.ifname, managed="no")
+            if self.libvirt_network:
+                extra["libvirtNetwork"] = self.libvirt_network  # the ACRN driver takes a bridge
         elif self.libvirt_network:
             iface = xml_sub(out.devices, "interface", type="network")
             xml_sub(iface, "source", network=self.libvirt_network)

@@ -189,7 +189,7 @@ def _top_level(root: ET.Element, warnings: list[str]) -> None:
             warnings.append(f"{_describe(child)}: not mapped")
 
 
-def _os(root: ET.Element, name: str, meta: dict, warnings: list[str], bios_as_ovmf: bool) -> dict:
+def _os(root: ET.Element, name: str, meta: dict, ours: bool, warnings: list[str], bios_as_ovmf: bool) -> dict:
     os_el = root.find("os")
     if os_el is None:
         os_el = ET.Element("os")
@@ -199,7 +199,7 @@ def _os(root: ET.Element, name: str, meta: dict, warnings: list[str], bios_as_ov
         raise ImportError_(f"<os><type arch='{arch}'>: ACRN runs x86 guests only (x86_64)")
     if type_el is not None and (type_el.text or "hvm").strip() != "hvm":
         raise ImportError_(f"<os><type>{(type_el.text or '').strip()}</type>: acrn-dm runs full (hvm) guests only")
-    if type_el is not None and type_el.get("machine") and not meta:
+    if type_el is not None and type_el.get("machine") and not ours:
         warnings.append(f"<os><type machine='{type_el.get('machine')}'>: acrn-dm has one machine type; not mapped")
     for c in os_el:
         if isinstance(c.tag, str) and c.tag not in ("type", "kernel", "initrd", "cmdline", "loader", "nvram"):
@@ -229,7 +229,7 @@ def _os(root: ET.Element, name: str, meta: dict, warnings: list[str], bios_as_ov
     if path:
         if meta.get("ovmf"):
             return {"ovmf": dict(meta["ovmf"])}  # acrnmgr's own export: the spec's form, exactly
-        return {"ovmf": _ovmf(os_el, loader, path, name, warnings if not meta else [])}
+        return {"ovmf": _ovmf(os_el, loader, path, name, warnings if not ours else [])}
     if os_el.get("firmware") == "efi":
         o: dict[str, Any] = {"image": ACRN_OVMF}
         if any(f.get("name") == "secure-boot" and f.get("enabled") == "yes" for f in os_el.iter("feature")):
@@ -323,6 +323,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         if not isinstance(meta, dict):
             meta = {}
             warnings.append("the acrnmgr metadata is not a JSON object; ignored")
+    ours = mel is not None  # exported by acrnmgr (its metadata may be an empty object)
     md = root.find("metadata")
     if md is not None:
         for c in md:
@@ -381,7 +382,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
     if mem < 1 << 20 or mem > 1 << 50:
         raise ImportError_(f"<memory>: {mem} bytes is not a VM's memory size")
     spec["memory"] = format_size(mem & ~0x3FF)  # whole KiB, the finest unit of a spec
-    spec["boot"] = _os(root, name, meta, warnings, bios_as_ovmf)
+    spec["boot"] = _os(root, name, meta, ours, warnings, bios_as_ovmf)
 
     devs = root.find("devices")
     found: list[tuple[int | None, int, dict]] = []  # (slot, document order, device)
@@ -400,7 +401,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             key = alias
         if alias:
             device["name"] = alias
-        if meta:
+        if ours:
             # Exported by acrnmgr: the backend the spec asked for is in the metadata; the one the
             # XML shows (vhost-user, vhost) is what the compiler chose on that host.
             device.pop("backend", None)
@@ -412,7 +413,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         found.append((slot, order, device))
         order += 1
 
-    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not meta, keep_addresses=keep_addresses)
+    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not ours, keep_addresses=keep_addresses)
     for el in list(devs) if devs is not None else []:
         tag = el.tag
         if not isinstance(tag, str) or tag == "emulator":
@@ -501,7 +502,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
     if meta.get("extraArgs"):
         spec["extraArgs"] = meta["extraArgs"]
     cl = root.find(f"{{{ACRN_NS}}}commandline")
-    if cl is not None and not meta:
+    if cl is not None and not ours:
         args = [a.get("value") for a in cl.findall(f"{{{ACRN_NS}}}arg") if a.get("value") is not None]
         if args:
             spec["extraArgs"] = args
