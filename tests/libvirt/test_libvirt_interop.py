@@ -23,7 +23,8 @@ from acrnmgr.cli import app
 from acrnmgr.host import HostProfile
 from acrnmgr.importers.common import ImportError_
 from acrnmgr.importers.libvirt_domain import spec_from_domain
-from acrnmgr.render.libvirt import export_domain
+from acrnmgr.render.libvirt import ExportError, export_domain
+from acrnmgr.spec.diagnostics import SpecError
 from acrnmgr.spec.validation import load_spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -414,3 +415,18 @@ def test_nothing_is_dropped_silently():
                      "bar='off'", "model='egd'", "model='builtin'", "<input type='mouse' bus='virtio'>",
                      "<input type='keyboard' bus='virtio'>", "machine='q35'"):
         assert expected in text, expected
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(), st.sampled_from(["qemu", "acrn"]))
+def test_every_imported_spec_exports_and_reimports_equal(xml, flavor):
+    try:
+        got = spec_from_domain(xml, "fuzz.xml", bios_as_ovmf=True)
+        spec = load_spec_text(yaml.safe_dump(got.data), "x.yaml", check_paths=False)
+        exported, _ = export_domain(spec, HOST, flavor)
+    except (ImportError_, SpecError, ExportError):
+        return
+    again = spec_from_domain(exported, "again.xml")
+    # the one normalization: a relative path comes back absolute (resolved against the spec's folder)
+    assert json.dumps(again.data, sort_keys=True).replace(f"{spec.base_dir}/", "") == \
+        json.dumps(got.data, sort_keys=True).replace(f"{spec.base_dir}/", "")
