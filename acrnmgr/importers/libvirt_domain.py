@@ -423,7 +423,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
                 warnings.append(f"<memballoon model='{el.get('model')}'>: acrn-dm has no balloon; not mapped")
             continue
         if tag == "serial":
-            _serial(el, lpc, warnings)
+            _serial(el, lpc, warnings, not ours)
             continue
         # Each device kind reads its own elements (acrnmgr/devices/<kind>.py, from_libvirt).
         if any(kind.from_libvirt(el, imp) for kind in _KINDS_BY_TAG.get(tag, ())):
@@ -527,7 +527,7 @@ def _origin(el: ET.Element, devs: ET.Element | None) -> str:
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _serial(el: ET.Element, lpc: list[dict], warnings: list[str]) -> None:
+def _serial(el: ET.Element, lpc: list[dict], warnings: list[str], foreign: bool = True) -> None:
     """An ISA serial port: an acrn-dm LPC COM port (com1-com4, the first free one when the port is not given)."""
     target = el.find("target")
     port = xml_int(target.get("port")) if target is not None else None
@@ -560,6 +560,10 @@ def _serial(el: ET.Element, lpc: list[dict], warnings: list[str]) -> None:
                             "(a telnet client sees the raw bytes)")
         host = source.get("host")
         port_spec: dict[str, Any] = {"port": com, "backend": "tcp", "tcpPort": service}
+        if foreign:
+            warnings.append(f"<serial type='tcp'> {com} on {host or 'any address'}:{service}: acrn-dm's tcp console "
+                            "takes a port only, so under the acrn engine it listens where acrn-dm binds it; the qemu "
+                            "engine binds 127.0.0.1, the libvirt export tcpHost (default 127.0.0.1)")
         if host and host not in _LOOPBACK[:1]:
             port_spec["tcpHost"] = host
         lpc.append(port_spec)
