@@ -264,11 +264,11 @@ class VirtioNet(VirtioDevice):
             xml_sub(iface, "target", dev=self.ifname, managed="no")
             if self.libvirt_network:
                 extra["libvirtNetwork"] = self.libvirt_network  # the ACRN driver takes a bridge
-        elif self.libvirt_network:
+        elif self.libvirt_network and not self.macvtap:
             iface = xml_sub(out.devices, "interface", type="network")
             xml_sub(iface, "source", network=self.libvirt_network)
             xml_sub(iface, "target", dev=self.ifname)
-        elif out.bridge_given:
+        elif out.bridge_given and not self.macvtap:  # (a macvtap exists already: libvirt takes it as ethernet)
             iface = xml_sub(out.devices, "interface", type="bridge")
             xml_sub(iface, "source", bridge=out.bridge)
             xml_sub(iface, "target", dev=self.ifname)

@@ -430,3 +430,17 @@ def test_every_imported_spec_exports_and_reimports_equal(xml, flavor):
     # the one normalization: a relative path comes back absolute (resolved against the spec's folder)
     assert json.dumps(again.data, sort_keys=True).replace(f"{spec.base_dir}/", "") == \
         json.dumps(got.data, sort_keys=True).replace(f"{spec.base_dir}/", "")
+
+
+def test_a_macvtap_stays_the_existing_interface_it_names():
+    doc = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": "mv"},
+           "spec": {"cpu": {"affinity": [1]}, "memory": "1G", "boot": {"kernel": {"path": "/boot/vmlinuz"}},
+                    "network": {"bridge": "br0"},
+                    "devices": [{"type": "virtio-net", "name": "lan", "macvtap": "macvtap3"}]}}
+    spec = load_spec_text(yaml.safe_dump(doc), "mv.yaml", check_paths=False)
+    iface = ET.fromstring(export_domain(spec, HOST, "acrn")[0]).find("devices/interface")
+    assert iface.find("target").get("dev") == "macvtap3"
+    xml, _ = export_domain(spec, HOST, "qemu")
+    iface = ET.fromstring(xml).find("devices/interface")
+    assert iface.get("type") == "ethernet" and iface.find("target").get("managed") == "no"
+    assert spec_from_domain(xml).data == doc
