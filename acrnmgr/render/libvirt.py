@@ -110,6 +110,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
             _sub(os_el, "loader", boot.image, readonly="no", type="pflash", secure=secure)
         elif boot.image:  # loaded, never written: QEMU's -bios, a read-only ROM
             _sub(os_el, "loader", boot.image, readonly="yes", type="rom", secure=secure)
+            if boot.secure:
+                out.warnings.append("boot.ovmf: a Secure Boot image loaded as a ROM: libvirt's QEMU driver enforces "
+                                    "Secure Boot (SMM) only on pflash; give code + vars to keep it enforced")
         else:
             _sub(os_el, "loader", boot.code, readonly="yes", type="pflash", secure=secure)
             if boot.writeback:
