@@ -3,6 +3,7 @@ that each one validates."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -34,12 +35,21 @@ def validate(imported: ImportedSpec, base_dir: Path | None = None, source: str |
     return []
 
 
+_LINE_REF = re.compile(r"(spec(?:\.[A-Za-z0-9_]+|\[\d+\])*) \((?:line \d+|[^()\s]*:\d+(?::\d+)?)\)")
+
+
 def _cite(d: Diagnostic, imported: ImportedSpec, source: str | None) -> str:
     if source is None:
         return str(d)
     origin = next((o for prefix, o in imported.origins.items()
                    if d.json_path == prefix or d.json_path.startswith((prefix + ".", prefix + "["))), None)
-    text = f"{source}{': ' + origin if origin else ''}: {d.severity}: {d.json_path}: {d.message}"
+    def where(m: re.Match[str]) -> str:  # "spec.devices[0] (line 17)": the element, not a line of no file
+        prefix = m.group(1).split(".", 2)
+        found = imported.origins.get(".".join(prefix[:2])) if len(prefix) >= 2 else None
+        return f"{m.group(1)} ({found})" if found else m.group(1)
+
+    message = _LINE_REF.sub(where, d.message)
+    text = f"{source}{': ' + origin if origin else ''}: {d.severity}: {d.json_path}: {message}"
     return text + (f" (hint: {d.suggestion})" if d.suggestion else "")
 
 

@@ -444,3 +444,14 @@ def test_a_macvtap_stays_the_existing_interface_it_names():
     iface = ET.fromstring(xml).find("devices/interface")
     assert iface.get("type") == "ethernet" and iface.find("target").get("managed") == "no"
     assert spec_from_domain(xml).data == doc
+
+
+def test_cli_errors_name_the_other_element_too(tmp_path):
+    nic = "<interface type='bridge'><source bridge='br0'/><mac address='52:54:00:00:00:01'/><model type='virtio'/>" \
+          "</interface>"
+    xml = tmp_path / "dup.xml"
+    xml.write_text(_domain(nic + nic, name="dup"))
+    res = runner.invoke(app, ["import", str(xml)])
+    assert res.exit_code == 1
+    assert "used by spec.devices[0] (<devices>/<interface type='bridge'>[1])" in res.stderr
+    assert "line " not in res.stderr and "dup.yaml" not in res.stderr
