@@ -107,13 +107,13 @@ MAPPED: dict[str, dict[str, Any]] = {
 }
 
 
-def _tag(el: ET.Element) -> str:
+def _label(el: ET.Element) -> str:
     keys = [f"{k}='{v}'" for k, v in el.attrib.items() if k in ("type", "bus", "dev", "model", "name")]
     return f"<{el.tag}{' ' if keys else ''}{' '.join(keys)}>"
 
 
 def _describe(el: ET.Element) -> str:
-    text = _tag(el)
+    text = _label(el)
     target, mac = el.find("target"), el.find("mac")
     if el.tag == "disk" and target is not None and target.get("dev"):
         text += f" {target.get('dev')}"
@@ -226,7 +226,7 @@ def _os(root: ET.Element, name: str, meta: dict, ours: bool, warnings: list[str]
         warnings.append(f"<os><loader>{path}</loader> (BIOS) replaced by ACRN's OVMF {ACRN_OVMF} (--bios-as-ovmf): "
                         "the guest boots only if its disk has an EFI system partition")
         return {"ovmf": {"image": ACRN_OVMF}}
-    if path:
+    if path and loader is not None:
         if meta.get("ovmf"):
             return {"ovmf": dict(meta["ovmf"])}  # acrnmgr's own export: the spec's form, exactly
         return {"ovmf": _ovmf(os_el, loader, path, name, warnings if not ours else [])}
@@ -507,9 +507,10 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         if args:
             spec["extraArgs"] = args
             warnings.append(f"<acrn:commandline> kept verbatim in extraArgs: {' '.join(args)}")
-    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": spec_name}, "spec": spec}
+    metadata: dict[str, Any] = {"name": spec_name}
     if meta.get("labels"):
-        data["metadata"]["labels"] = meta["labels"]
+        metadata["labels"] = meta["labels"]
+    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": metadata, "spec": spec}
     return ImportedSpec(spec_name, data, warnings, origins=origins)
 
 
@@ -521,7 +522,7 @@ def _origin(el: ET.Element, devs: ET.Element | None) -> str:
             break
         if other.tag == el.tag:
             n += 1
-    return f"<devices>/{_tag(el)}[{n}]"
+    return f"<devices>/{_label(el)}[{n}]"
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
