@@ -225,6 +225,16 @@ class VirtioBlk(VirtioDevice):
             queues = xml_int(drv.get("queues"))
             if queues and 1 <= queues <= 64:
                 d["mq"] = queues
+        sl = src.find("slices/slice") if src is not None else None
+        if sl is not None:
+            offset, size = xml_int(sl.get("offset")), xml_int(sl.get("size"))
+            if sl.get("type") != "storage" or offset is None or size is None or offset % 512 or size % 512 \
+                    or offset < 0 or size <= 0:
+                imp.errors.append(f"{label} {path}: <slice type='{sl.get('type')}' offset='{sl.get('offset')}' "
+                                  f"size='{sl.get('size')}'>: acrn-dm takes a range of whole 512-byte sectors; "
+                                  "the guest would see the whole image")
+            else:
+                d["range"] = {"startLba": offset // 512, "size": size // 512}
         if el.find("readonly") is not None:
             d["readOnly"] = True
         boot = el.find("boot")
@@ -259,8 +269,11 @@ class VirtioBlk(VirtioDevice):
             disk = xml_sub(out.devices, "disk", type="file", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw", cache=_LIBVIRT_CACHE[self.cache],
                     discard="unmap" if self.discard else None, io=self.aio, queues=self.mq)
-            xml_sub(disk, "source", file=self.path)
-            extra.update({k: self.raw[k] for k in ("iothread", "range", "sectorSize") if k in self.raw})
+            src = xml_sub(disk, "source", file=self.path)
+            if self.range:  # the guest sees this slice of the image only, under libvirt too
+                slices = xml_sub(src, "slices")
+                xml_sub(slices, "slice", type="storage", offset=self.range[0] * 512, size=self.range[1] * 512)
+            extra.update({k: self.raw[k] for k in ("iothread", "sectorSize") if k in self.raw})
             if isinstance(self.discard, tuple):
                 extra["discard"] = self.raw["discard"]
         xml_sub(disk, "target", dev=f"vd{chr(ord('a') + out.disks)}", bus="virtio")

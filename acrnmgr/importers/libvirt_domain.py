@@ -79,7 +79,8 @@ MAPPED: dict[str, dict[str, Any]] = {
              "driver": {"@name": ("qemu",), "@type": ("raw",), "@cache": _ANY, "@discard": ("unmap",),
                         "@io": _ANY, "@queues": _ANY},  # (io and cache: reported by the disk itself)
              "source": {"@file": _ANY, "@dev": _ANY, "@type": ("unix",), "@path": _ANY,
-                        "reconnect": {"@enabled": _ANY, "@timeout": _ANY}},
+                        "reconnect": {"@enabled": _ANY, "@timeout": _ANY},
+                        "slices": {"slice": {"@type": ("storage",), "@offset": _ANY, "@size": _ANY}}},
              "target": {"@dev": _ANY, "@bus": ("virtio", "sata")}, "readonly": {}, "boot": {"@order": _ANY}},
     "interface": {**_DEV, "@type": ("bridge", "network", "ethernet", "vhostuser"),
                   "mac": {"@address": _ANY}, "model": {"@type": _ANY},

@@ -455,3 +455,17 @@ def test_cli_errors_name_the_other_element_too(tmp_path):
     assert res.exit_code == 1
     assert "used by spec.devices[0] (<devices>/<interface type='bridge'>[1])" in res.stderr
     assert "line " not in res.stderr and "dup.yaml" not in res.stderr
+
+
+def test_a_disk_range_stays_a_slice_of_the_image():
+    doc = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": "sl"},
+           "spec": {"cpu": {"affinity": [1]}, "memory": "1G", "boot": {"kernel": {"path": "/boot/vmlinuz"}},
+                    "devices": [{"type": "virtio-blk", "name": "part", "path": "/srv/disk.img", "backend": "vbs-u",
+                                 "range": {"startLba": 2048, "size": 4096}}]}}
+    spec = load_spec_text(yaml.safe_dump(doc), "sl.yaml", check_paths=False)
+    xml, _ = export_domain(spec, HOST, "qemu")
+    sl = ET.fromstring(xml).find("devices/disk/source/slices/slice")
+    assert (sl.get("offset"), sl.get("size")) == (str(2048 * 512), str(4096 * 512))
+    assert spec_from_domain(xml).data == doc
+    with pytest.raises(ImportError_, match="512-byte"):
+        spec_from_domain(xml.replace(f"offset=\"{2048 * 512}\"", "offset=\"100\""))
