@@ -55,6 +55,7 @@ class Ahci(EmulatedDevice):
         path = (src.get("file") or src.get("dev")) if src is not None else None
         if target is None or target.get("bus") != "sata" or not path:
             return False
+        imp.check_disk(el, f"<disk> {target.get('dev')}", path)
         imp.add(imp.slot_of(el), {"type": cls.KIND, ("cd" if el.get("device") == "cdrom" else "hd"): path}, el)
         return True
 

@@ -275,6 +275,26 @@ class LibvirtIn:
             self.warnings.append(f"{what}: {why or 'no <target dev>'}: tap name set to {name}")
         return name
 
+    def check_disk(self, el: ET.Element, label: str, path: str | None) -> None:
+        """Refuse a disk whose contents acrn-dm would present differently: not raw, encrypted, or transient."""
+        if el.find("transient") is not None:
+            self.errors.append(f"{label} {path}: <transient/> (writes are thrown away at shutdown) has no acrn-dm "
+                               "form; imported as is, the guest's writes would become permanent. Use a copy of the "
+                               "image, and remove <transient/>")
+        enc = el.find("encryption")
+        if enc is None:
+            enc = el.find("source/encryption")
+        if enc is not None:
+            self.errors.append(f"{label} {path}: <encryption format='{enc.get('format')}'>: acrn-dm cannot open "
+                               "LUKS or qcow encrypted images; the guest would see ciphertext. Decrypt it to a raw "
+                               "image (or a dm-crypt block device) and import that")
+        drv = el.find("driver")
+        fmt = drv.get("type") if drv is not None else None
+        if fmt not in (None, "raw", "iso"):  # (an ISO image is raw)
+            self.errors.append(f"{label} {path}: format {fmt}: acrn-dm reads raw images only and would present "
+                               f"the {fmt} container to the guest as its disk. Convert it first (qemu-img convert "
+                               f"-O raw {path} IMAGE.raw) and point the domain at the raw image")
+
     @staticmethod
     def mode_of(el: ET.Element | None, attr: str = "model") -> str | None:
         return MODE_OF_LIBVIRT_MODEL.get(el.get(attr) or "") if el is not None else None

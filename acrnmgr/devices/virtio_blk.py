@@ -187,24 +187,9 @@ class VirtioBlk(VirtioDevice):
             imp.warnings.append(f"<disk type='{dtype}'> {target.get('dev')} ({where or 'no source'}): acrn-dm reads "
                                 "local files and block devices only; skipped (attach it on the host and give its path)")
             return True
-        if el.find("transient") is not None:
-            imp.errors.append(f"{label} {path}: <transient/> (writes are thrown away at shutdown) has no acrn-dm form; "
-                              "imported as is, the guest's writes would become permanent. Use a copy of the image, "
-                              "and remove <transient/>")
-        enc = el.find("encryption")
-        if enc is None and src is not None:
-            enc = src.find("encryption")
-        if enc is not None:
-            imp.errors.append(f"{label} {path}: <encryption format='{enc.get('format')}'>: acrn-dm cannot open "
-                              "LUKS or qcow encrypted images; the guest would see ciphertext. Decrypt it to a raw "
-                              "image (or a dm-crypt block device) and import that")
+        imp.check_disk(el, label, path)
         drv = el.find("driver")
         if drv is not None:
-            fmt = drv.get("type")
-            if fmt not in (None, "raw"):
-                imp.errors.append(f"{label} {path}: format {fmt}: acrn-dm reads raw images only and would present "
-                                  f"the {fmt} container to the guest as its disk. Convert it first (qemu-img convert "
-                                  f"-O raw {path} IMAGE.raw) and point the domain at the raw image")
             cache_in = drv.get("cache")
             cache = {"writethrough": "writethru", "writeback": "writeback", "none": "nocache",
                      "directsync": "nocache", "unsafe": "writeback", "default": None}.get(cache_in or "default")

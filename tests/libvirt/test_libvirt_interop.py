@@ -469,3 +469,10 @@ def test_a_disk_range_stays_a_slice_of_the_image():
     assert spec_from_domain(xml).data == doc
     with pytest.raises(ImportError_, match="512-byte"):
         spec_from_domain(xml.replace(f"offset=\"{2048 * 512}\"", "offset=\"100\""))
+
+
+def test_a_sata_disk_that_is_not_raw_is_refused_too():
+    disk = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/srv/w.qcow2'/>"
+            "<target dev='sda' bus='sata'/></disk>")
+    with pytest.raises(ImportError_, match="format qcow2"):
+        spec_from_domain(_domain(disk))
