@@ -424,7 +424,10 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
                 warnings.append(f"<memballoon model='{el.get('model')}'>: acrn-dm has no balloon; not mapped")
             continue
         if tag == "serial":
+            before = len(lpc)
             _serial(el, lpc, warnings, not ours)
+            if len(lpc) > before:
+                lpc[-1]["_origin"] = _origin(el, devs)
             continue
         # Each device kind reads its own elements (acrnmgr/devices/<kind>.py, from_libvirt).
         if any(kind.from_libvirt(el, imp) for kind in _KINDS_BY_TAG.get(tag, ())):
@@ -493,7 +496,11 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         if where:
             origins[f"spec.devices[{n}]"] = where
     if lpc or meta.get("lpc"):
-        spec["console"] = {"lpc": sorted(lpc + list(meta.get("lpc", [])), key=lambda p: p["port"])}
+        ports = sorted(lpc + list(meta.get("lpc", [])), key=lambda p: str(p.get("port")))
+        for n, p in enumerate(ports):
+            if isinstance(p, dict) and "_origin" in p:
+                origins[f"spec.console.lpc[{n}]"] = p.pop("_origin")
+        spec["console"] = {"lpc": ports}
     if meta.get("network"):
         spec["network"] = meta["network"]
     if devices:
