@@ -476,3 +476,9 @@ def test_a_sata_disk_that_is_not_raw_is_refused_too():
             "<target dev='sda' bus='sata'/></disk>")
     with pytest.raises(ImportError_, match="format qcow2"):
         spec_from_domain(_domain(disk))
+
+
+def test_a_bare_virtio_serial_controller_is_reported_not_imported():
+    got = spec_from_domain(_domain("<controller type='virtio-serial' index='0'/>"))
+    assert "devices" not in got.data["spec"]
+    assert any("has no ports" in w for w in got.warnings)
