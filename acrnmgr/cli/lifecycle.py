@@ -158,7 +158,8 @@ def register(app: typer.Typer) -> None:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
-            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+            # strict=False: four widths for five columns; the last (SPEC) is not padded
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
 
     @app.command()
     def logs(

@@ -100,8 +100,8 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
                 c.blocked = "needs --allow-restart (the VM is restarted)"
         c.runner = runner
         if with_diff and c.action in ("create", "update"):
-            old = _lines(lambda: runner.launch_lines(want.name)) if active else []
-            new = _lines(lambda: runner.planned_lines(want.vm, host))
+            old = _lines(lambda runner=runner, want=want: runner.launch_lines(want.name)) if active else []
+            new = _lines(lambda runner=runner, want=want: runner.planned_lines(want.vm, host))
             c.diff = list(difflib.unified_diff(old, new, f"live/{want.name}", f"desired/{want.name}", lineterm=""))
         changes.append(c)
     names = {vm.name for vm in desired.vms}
@@ -113,8 +113,8 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
         if not prune:
             c.blocked = "needs --prune (the VM is stopped)"
         if with_diff:
-            c.diff = list(difflib.unified_diff(_lines(lambda: cur.engine.launch_lines(name)), [], f"live/{name}",
-                                               f"desired/{name}", lineterm=""))
+            old = _lines(lambda cur=cur, name=name: cur.engine.launch_lines(name))
+            c.diff = list(difflib.unified_diff(old, [], f"live/{name}", f"desired/{name}", lineterm=""))
         changes.append(c)
     return changes
 

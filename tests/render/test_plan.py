@@ -13,6 +13,8 @@ from acrnmgr.plan.slots import assign_slots as assign_requests
 from acrnmgr.plan.slots import requests_of
 from acrnmgr.render.grammar import GrammarError, parse_argv
 
+from .conftest import BASIC, compile_body, make_spec
+
 # The fields each kind requires, so that a test can name only what it is about.
 _REQUIRED = {"virtio-blk": {"path": "/img"}, "virtio-console": {"ports": []}, "virtio-input": {"device": "/dev/x"},
              "virtio-i2c": {"args": "x"}, "virtio-gpio": {"args": "x"}, "vhost-vsock": {"cid": 3},
@@ -26,8 +28,6 @@ def choose(raw, host, engine="acrn", family="3"):
 
 def assign_slots(devices):
     return assign_requests(requests_of(devices))
-
-from .conftest import BASIC, compile_body, make_spec
 
 
 # --- slots -----------------------------------------------------------------------------------
