@@ -289,7 +289,8 @@ class LibvirtEngine:
 
     def active(self, name: str) -> bool:
         dom = _lookup(connect(self.uri), name)
-        return bool(dom is not None and dom.isActive()) or (self._has_devmodels(name) and self._devmodels().active(name))
+        return (bool(dom is not None and dom.isActive())
+                or (self._has_devmodels(name) and self._devmodels().active(name)))
 
     def launch_lines(self, name: str) -> list[str]:
         return self._domain(name).XMLDesc().splitlines()

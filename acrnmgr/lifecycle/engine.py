@@ -109,7 +109,8 @@ def get_engine(choice: str, host=None, **options: Any) -> Engine:
         inspect.signature(cls).bind(**options)
     except TypeError:
         given = ", ".join(sorted(options))
-        raise LifecycleError(f"the {choice} engine does not take {given} (--connect is for the libvirt engine)") from None
+        raise LifecycleError(f"the {choice} engine does not take {given} "
+                             "(--connect is for the libvirt engine)") from None
     return cls(**options)
 
 

@@ -126,7 +126,8 @@ class SupervisedEngine:
         target = next((c for c in consoles if c["kind"] == "socket"), None) or next(
             (c for c in consoles if c["kind"] in ("pty", "tty")), None)
         if target is None:
-            raise LifecycleError(f"{name} has no console acrnmgr can attach to (give it a stdio, socket or pty console)")
+            raise LifecycleError(f"{name} has no console acrnmgr can attach to "
+                                 "(give it a stdio, socket or pty console)")
         return Console(target["name"], target["kind"], target["path"])
 
     # status ------------------------------------------------------------------------------------
@@ -214,7 +215,8 @@ class SupervisedEngine:
             started = _spawn_supervisor(state)
             if not started.get("ok"):
                 tail = "\n".join(f"  | {line}" for line in started.get("log", []))
-                raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
+                raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}"
+                                     + (f"\n{tail}" if tail else ""))
             if wait_ready:
                 progress(f"waiting for {vm.name} to report running")
                 self._wait_ready(state)

@@ -180,7 +180,8 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
         raise SpecError([Diagnostic(filename, line, col, "$", "binary data (NUL byte) in a spec file",
                                     "a spec is UTF-8 YAML or JSON text")])
     if not text.strip() or _only_comments(text):
-        raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty", "a spec starts with `apiVersion: acrnmgr/v1`")])
+        raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty",
+                                    "a spec starts with `apiVersion: acrnmgr/v1`")])
     is_json = filename.lower().endswith(".json") or _looks_like_json(text)
     try:
         if is_json:
@@ -196,7 +197,8 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
             line, col = positions.locate(())
             kind = type_name(data)
             problems.append(Diagnostic(filename, line, col, "$",
-                                       f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
+                                       "the top level must be a mapping (apiVersion, kind, metadata, spec), "
+                                       f"got {kind}",
                                        "one VM per document; start with `apiVersion: acrnmgr/v1`"
                                        if kind != "nothing (null)" else None))
     if problems:
@@ -314,7 +316,8 @@ class _YamlParser:
         self.count += 1
         if self.count > MAX_NODES:
             if self.count == MAX_NODES + 1:
-                self._problem(node.start_mark, f"document expands to more than {MAX_NODES} values (YAML aliases?)", path)
+                self._problem(node.start_mark, f"document expands to more than {MAX_NODES} values (YAML aliases?)",
+                              path)
             return None
         self.positions.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         kind = node.id
@@ -385,7 +388,8 @@ class _YamlParser:
             value = self.constructor.construct_object(node, deep=True)
         except self.yaml.constructor.ConstructorError as exc:
             tag = node.tag
-            self._problem(node.start_mark, f"unsupported YAML tag `{tag}`" if "tag" in str(exc) else f"invalid value: {exc.problem}",
+            self._problem(node.start_mark,
+                          f"unsupported YAML tag `{tag}`" if "tag" in str(exc) else f"invalid value: {exc.problem}",
                           path, "remove the tag; specs hold plain strings, numbers, booleans, lists and mappings")
             return None
         except (ValueError, OverflowError):
