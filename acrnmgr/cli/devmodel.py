@@ -91,8 +91,12 @@ def serve(
             server = VhostUserServer(dev, socket_path)
         except ServerError as exc:
             raise _fail(str(exc)) from None
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: stopping", signum)
+            server.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: (log.info("signal %d: stopping", signum), server.stop()))
+            signal.signal(sig, on_signal)
         pty_path = getattr(dev, "pty_path", None)
         if pty_path:
             log.info("console pty: %s", pty_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -152,7 +152,8 @@ def register(app: typer.Typer) -> None:
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """List the VMs acrnmgr knows about."""
-        vms = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")} for st in _statuses(engine, connect)]
+        vms: list[dict[str, Any]] = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")}
+                                     for st in _statuses(engine, connect)]
         if output is OutputFormat.json:
             typer.echo(json.dumps(vms, indent=2))
             return
