@@ -281,7 +281,7 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
                 if isinstance(part.get(f), str):
                     wanted.append((("spec", "boot", section, f), part[f]))
     for path, dev in _devices(spec):
-        for f in _IMAGE_FIELDS.get(dev.get("type"), ()):
+        for f in _IMAGE_FIELDS.get(dev.get("type", ""), ()):
             if isinstance(dev.get(f), str):
                 wanted.append((path + (f,), dev[f]))
         if dev.get("type") == "passthru":
@@ -332,7 +332,7 @@ def cross_file_checks(docs: list[Document]) -> list[Diagnostic]:
         name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
         if isinstance(name, str):
             claim(doc, "name", name, ("metadata", "name"), f"VM name `{name}`", "VM names must be unique on a host")
-        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+        spec = data["spec"] if isinstance(data.get("spec"), dict) else {}
         for path, dev in _devices(spec):
             t = dev.get("type")
             if t == "vhost-vsock" and isinstance(dev.get("cid"), int):
@@ -345,7 +345,7 @@ def cross_file_checks(docs: list[Document]) -> list[Diagnostic]:
                     if isinstance(dev.get(f), str):
                         claim(doc, "tap", dev[f], path + (f,), f"interface `{dev[f]}`",
                               "each virtio-net needs its own tap")
-        settings = spec.get("settings") if isinstance(spec.get("settings"), dict) else {}
+        settings = spec["settings"] if isinstance(spec.get("settings"), dict) else {}
         if isinstance(settings.get("cmdMonitor"), str):
             claim(doc, "cmd", settings["cmdMonitor"], ("spec", "settings", "cmdMonitor"),
                   f"command monitor socket `{settings['cmdMonitor']}`", "each VM needs its own socket")

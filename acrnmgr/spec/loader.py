@@ -10,9 +10,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # there at run time; typeshed leaves it out
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import yaml
 
@@ -410,8 +410,15 @@ class _YamlParser:
 # JSON: strict json.loads for syntax errors and messages, then a small walk over the (now known
 # valid) text to find positions and duplicate keys.
 
-_WS = re.compile(r"[ \t\n\r]*")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+class _Matches(Protocol):
+    """A pattern that always matches where the walk uses it: _WS matches the empty string, and _NUMBER
+    is only tried where valid JSON has a number."""
+
+    def match(self, string: str, pos: int = 0) -> re.Match[str]: ...
+
+
+_WS = cast(_Matches, re.compile(r"[ \t\n\r]*"))
+_NUMBER = cast(_Matches, re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"))
 _LITERALS = {"true": True, "false": False, "null": None, "NaN": float("nan"),
              "Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -449,7 +456,7 @@ class _JsonParser:
         if c == "{":
             return self._object(i + 1, path)
         if c == "[":
-            out = []
+            out: list[Any] = []
             i = _WS.match(s, i + 1).end()
             if s[i] == "]":
                 return out, i + 1
