@@ -31,7 +31,8 @@ def import_(
                                            help="Write one <name>.yaml per VM here (default: YAML on stdout)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (YAML) or json (a report)."),
     board: Optional[Path] = typer.Option(None, "--board", metavar="BOARD.xml",
-                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough devices."),
+                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough "
+                                              "devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
@@ -50,7 +51,7 @@ def import_(
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force))}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force), strict=True)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:

@@ -30,7 +30,8 @@ def detect_format(path: Path, text: str) -> str:
         raise ImportError_(f"{path}: XML whose root is neither <acrn-config> (ACRN scenario) nor <domain> (libvirt)")
     if "dm_params" in text or "acrn-dm" in text:
         return "launch-script"
-    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) or libvirt domain XML")
+    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) "
+                       "or libvirt domain XML")
 
 
 def import_file(path: str | Path, board: str | Path | None = None) -> ImportResult:
