@@ -55,8 +55,7 @@ def import_(
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force),
-                                                     strict=True)}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force), strict=True)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:

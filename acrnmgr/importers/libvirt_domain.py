@@ -388,7 +388,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
     devs = root.find("devices")
     found: list[tuple[int | None, int, dict]] = []  # (slot, document order, device)
     extras = meta.get("deviceExtras", {}) if isinstance(meta.get("deviceExtras"), dict) else {}
-    lpc: list[dict] = []
+    lpc: list[dict[str, Any]] = []
     order = 0
     imported: list[ET.Element] = []
 

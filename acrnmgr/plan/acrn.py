@@ -120,7 +120,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
 
     for slot, emulation in slots.fixed_slots(rtvm):
         argv += ["-s", f"{slot}:0,{emulation}"]
-    for plan, config in sorted(((p, a) for p, a in zip(plans, args) if p.slot is not None),
+    for plan, config in sorted(((p, a) for p, a in zip(plans, args, strict=True) if p.slot is not None),
                                key=lambda pa: pa[0].slot or 0):
         argv += ["-s", f"{plan.slot}:0,{emulation_of(plan)}" + (f",{config}" if config else "")]
 

@@ -131,7 +131,8 @@ def test_tricky_dm_params(tmp_path):
     assert any("my_own_helper" in w for w in vm.warnings)
     # The one real difference, warned about: an RTVM with virtio devices always gets polling mode.
     assert any("--virtio_poll 1000000" in w for w in vm.warnings)
-    assert normalized_argv(rendered(vm)) == normalized_argv(vm.source_argv[:-1] + ["--virtio_poll", "1000000", "rt-demo"])
+    expected = vm.source_argv[:-1] + ["--virtio_poll", "1000000", "rt-demo"]
+    assert normalized_argv(rendered(vm)) == normalized_argv(expected)
 
 
 def test_spec_from_argv_refuses_what_acrn_dm_refuses():

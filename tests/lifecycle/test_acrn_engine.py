@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
-
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.state import VM_NAME, ProcessIdentity, VmState, wait_until
+
+ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 
 
 def _pid_gone(pid: int) -> bool:
@@ -108,7 +108,7 @@ def test_crash_is_reported_with_exit_code_and_log(acrn_env):
     os.kill(pid, signal.SIGUSR1)
     assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
     st = acrn_env.status("vm1")
-    assert st["exit_code"] == 1 and any("simulated device model crash" in l for l in st["log"])
+    assert st["exit_code"] == 1 and any("simulated device model crash" in line for line in st["log"])
     text = acrn_env.run("status", "vm1").stdout
     assert "crashed" in text and "exit code 1" in text
     # A crashed VM can be started again.
