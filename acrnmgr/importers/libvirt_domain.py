@@ -259,6 +259,17 @@ def _ovmf(os_el: ET.Element, loader: ET.Element, path: str, name: str, warnings:
     ltype = loader.get("type") or "rom"
     readonly = loader.get("readonly") == "yes" or ltype == "rom"
     nvram = os_el.find("nvram")
+    for el, attrs in ((loader, ("format",)), (nvram, ("format", "templateFormat"))):
+        for attr in attrs:
+            fmt = el.get(attr) if el is not None else None
+            if el is not None and fmt not in (None, "raw"):
+                raise ImportError_(f"<{el.tag} {attr}='{fmt}'>: acrn-dm loads raw firmware and variables only; "
+                                   f"convert it (qemu-img convert -O raw) and point the domain at the raw file")
+    _unmapped(loader, {"@readonly": _ANY, "@type": _ANY, "@secure": _ANY, "@format": _ANY, "#text": _ANY},
+              "<os><loader>", warnings)
+    if nvram is not None:
+        _unmapped(nvram, {"@template": _ANY, "@format": _ANY, "@templateFormat": _ANY, "@type": _ANY,
+                          "#text": _ANY}, "<os><nvram>", warnings)
     o: dict[str, Any]
     if nvram is not None:
         if nvram.get("type") not in (None, "file") or nvram.find("source") is not None:

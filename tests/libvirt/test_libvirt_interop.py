@@ -482,3 +482,15 @@ def test_a_bare_virtio_serial_controller_is_reported_not_imported():
     got = spec_from_domain(_domain("<controller type='virtio-serial' index='0'/>"))
     assert "devices" not in got.data["spec"]
     assert any("has no ports" in w for w in got.warnings)
+
+
+def test_firmware_that_is_not_raw_is_refused():
+    fw = ("<loader readonly='yes' secure='yes' type='pflash' format='qcow2'>/usr/share/edk2/ovmf/OVMF_CODE_4M.secboot"
+          ".qcow2</loader><nvram template='/usr/share/edk2/ovmf/OVMF_VARS_4M.secboot.qcow2' format='qcow2'>"
+          "/var/lib/libvirt/qemu/nvram/t1_VARS.qcow2</nvram>")
+    with pytest.raises(ImportError_, match="raw firmware"):
+        spec_from_domain(_domain(os_extra=fw))
+    raw = fw.replace(" format='qcow2'", "").replace(".qcow2", ".fd").replace("<loader ", "<loader stateless='no' ")
+    got = spec_from_domain(_domain(os_extra=raw))
+    assert got.data["spec"]["boot"]["ovmf"]["secure"] is True
+    assert any("stateless" in w for w in got.warnings)
