@@ -494,3 +494,12 @@ def test_firmware_that_is_not_raw_is_refused():
     got = spec_from_domain(_domain(os_extra=raw))
     assert got.data["spec"]["boot"]["ovmf"]["secure"] is True
     assert any("stateless" in w for w in got.warnings)
+
+
+def test_a_read_only_sata_disk_never_becomes_writable():
+    disk = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/srv/w.img'/>"
+            "<target dev='sda' bus='sata'/><readonly/></disk>")
+    with pytest.raises(ImportError_, match="read-only SATA"):
+        spec_from_domain(_domain(disk))
+    cd = disk.replace("device='disk'", "device='cdrom'")
+    assert spec_from_domain(_domain(cd)).data["spec"]["devices"] == [{"type": "ahci", "cd": "/srv/w.img"}]
