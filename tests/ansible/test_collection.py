@@ -109,3 +109,13 @@ def test_install_role(ansible, tmp_path):
 def test_build_script_bundles_the_wheel(collection: Path):
     files = collection / "ansible_collections" / "acrnmgr" / "acrn" / "roles" / "install" / "files"
     assert [p.name.split("-")[0] for p in files.glob("*.whl")] == ["acrnmgr"]
+
+
+@pytest.mark.slow
+def test_ansible_test_sanity():
+    """`ansible-test sanity` (every test that runs without containers) through scripts/ansible-sanity.sh.
+    The first run builds ansible-test's venvs (about 80 s), later runs reuse them (about 10 s)."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "ansible-sanity.sh")], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert 'Running sanity test "validate-modules"' in proc.stdout + proc.stderr

@@ -24,7 +24,7 @@ description:
   - Errors (invalid specs, a VM that failed to start, an unreachable engine) make the task fail with
     acrnmgr's own message.
 author:
-  - acrnmgr developers
+  - acrnmgr developers (!UNKNOWN)
 options:
   path:
     description:
@@ -87,6 +87,7 @@ attributes:
     support: full
     description: The launch-line difference per VM.
   platform:
+    support: full
     platforms: posix
     description: Linux hosts (an ACRN Service VM, or any host for the qemu and libvirt engines).
 seealso:

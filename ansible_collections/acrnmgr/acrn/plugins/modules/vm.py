@@ -20,7 +20,7 @@ description:
     and removes its acrnmgr state folder (logs included).
   - Errors come back as task failures with acrnmgr's own message.
 author:
-  - acrnmgr developers
+  - acrnmgr developers (!UNKNOWN)
 options:
   name:
     description:
@@ -29,9 +29,9 @@ options:
     type: str
   spec:
     description:
-      - The VM's spec, required for O(state=started). A string is the path of a spec file on the target
-        (relative paths inside it are relative to that file); a mapping is the spec itself (its file paths
-        should then be absolute).
+      - The VM's spec, required for O(state=started). A string is the absolute path of a spec file on the
+        target (relative paths inside it are relative to that file); a mapping is the spec itself (its file
+        paths should then be absolute).
       - A spec file holds one VM.
     type: raw
   state:
@@ -77,10 +77,14 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Runs C(acrnmgr apply --dry-run) over the spec, or only reads the VM's status.
   diff_mode:
     support: none
+    description: Use M(acrnmgr.acrn.apply) for argv differences.
   platform:
+    support: full
     platforms: posix
+    description: Linux hosts (an ACRN Service VM, or any host for the qemu and libvirt engines).
 seealso:
   - module: acrnmgr.acrn.apply
 """
@@ -167,7 +171,7 @@ def spec_folder(module):
         with open(os.path.join(folder, "vm.json"), "w") as f:
             json.dump(spec, f)
     elif isinstance(spec, str):
-        path = os.path.abspath(os.path.expanduser(spec))
+        path = os.path.abspath(spec)
         if not os.path.isfile(path):
             module.fail_json(msg="spec %s: no such file on the target" % spec)
         with open(os.path.join(folder, "kustomization.yaml"), "w") as f:
