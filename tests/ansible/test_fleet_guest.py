@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.ansible.conftest import EXAMPLE, git
+from tests.ansible.conftest import ACRNMGR, EXAMPLE, git
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
@@ -67,7 +67,7 @@ def test_example_playbook_rollout(ansible, tmp_path, guest):
         "vars": {
             "acrnmgr_install": False, "acrnmgr_become": False,
             "acrnmgr_specs_repo": f"file://{repo}", "acrnmgr_specs_dir": str(tmp_path / "checkout"),
-            "acrnmgr_engine": "qemu", "acrnmgr_executable": str(ansible.env["PATH"].split(":")[0] + "/acrnmgr"),
+            "acrnmgr_engine": "qemu", "acrnmgr_executable": ACRNMGR,
             "acrnmgr_host_profile": {"kvm": accel == "kvm", "net_tun": True, "lapic_ids": [0, 1]},
         }}}}}))
 
@@ -99,8 +99,9 @@ def test_example_playbook_rollout(ansible, tmp_path, guest):
     assert {n: status(n)["pid"] for n in pids} == pids
     assert "128" in (ansible.state / "fleet2" / "argv").read_text()
 
-    out, changed, vms = play()
+    out, changed, vms = play("--diff")  # the real run with --diff: the same argv difference
     assert changed == 1 and vms == {"fleet1": "unchanged -> running", "fleet2": "update -> running"}, out.out
+    assert re.search(r"^-.*128", out.out, re.M) and re.search(r"^\+.*160", out.out, re.M), out.out
     assert status("fleet1")["pid"] == pids["fleet1"]  # only fleet2 restarted
     assert status("fleet2")["pid"] != pids["fleet2"]
     assert "160" in (ansible.state / "fleet2" / "argv").read_text()
