@@ -114,9 +114,9 @@ def test_example_playbook_rollout(ansible, tmp_path, guest):
     assert status("fleet2")["state"] == "stopped" and status("fleet1")["pid"] == pids["fleet1"]
 
     # acrnmgr.acrn.vm: one VM, its spec inline (from the module's JSON args).
-    def vm(args: dict, *extra: str) -> dict:
+    def vm(args: dict, *extra: str, rc: int = 0) -> dict:
         out = ansible.module("acrnmgr.acrn.vm", json.dumps({"engine": "qemu", **args}), *extra)
-        assert out.rc == 0, out.out
+        assert out.rc == rc, out.out
         return json.loads(out.out.split("=>", 1)[1])
 
     fleet3 = yaml.safe_load(spec("fleet3", "128M", image.kernel, initrd))
@@ -133,3 +133,10 @@ def test_example_playbook_rollout(ansible, tmp_path, guest):
     r = vm({"name": "fleet3", "state": "absent"})
     assert (r["changed"], r["state"]) == (True, "absent") and not (ansible.state / "fleet3").exists()
     assert vm({"name": "fleet3", "state": "absent"})["changed"] is False
+
+    # A spec given as a path: fleet1 runs its overlay (two CPUs), so its base spec is an update; check mode.
+    r = vm({"spec": str(repo / "base" / "fleet1.yaml")}, "--check")
+    assert (r["changed"], r["action"], r["name"]) == (True, "update", "fleet1"), r
+    assert status("fleet1")["pid"] == pids["fleet1"]
+    r = vm({"spec": str(repo / "base" / "fleet1.yaml"), "allow_restart": False}, "--check", rc=2)
+    assert "its spec changed and allow_restart is false" in r["msg"], r
