@@ -86,6 +86,24 @@ def test_errors_are_task_failures(ansible, tmp_path):
     assert out.rc == 0 and '"changed": false' in out.out and '"vms": []' in out.out, out.out
 
 
+def test_a_vm_that_fails_fails_the_task(ansible, tmp_path):
+    """The acrn engine on a machine that is not an ACRN Service VM: the VM's create fails; the task fails
+    with acrnmgr's reason and still returns the per-VM results."""
+    (tmp_path / "bzImage").write_bytes(b"\0" * 4096)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "failvm.yaml").write_text(
+        "apiVersion: acrnmgr/v1\nkind: VM\nmetadata: {name: failvm}\nspec:\n  cpu: {affinity: [2]}\n"
+        f"  memory: 256M\n  boot:\n    kernel: {{path: {tmp_path / 'bzImage'}}}\n")
+    host = REPO / "examples" / "hosts" / "acrn-service-vm.yaml"
+    out = ansible.module("acrnmgr.acrn.apply", f"path={specs} engine=acrn host_profile={host}")
+    assert out.rc == 2 and "Traceback" not in out.out, out.out
+    result = json.loads(out.out.split("=>", 1)[1])
+    assert result["msg"].startswith("acrnmgr apply: failvm: create failed: ") and "ACRN Service VM" in result["msg"]
+    assert [(v["name"], v["action"], v["result"]) for v in result["vms"]] == [("failvm", "create", "failed")]
+    assert result["changed"] is False
+
+
 @pytest.mark.slow
 def test_install_role(ansible, tmp_path):
     """The role installs the collection's bundled wheel (this checkout's acrnmgr) into a venv; twice is
