@@ -109,10 +109,13 @@ def test_virtio_blk_rejections(config, message):
 def test_virtio_net_v3():
     assert parse_slot("4,virtio-net,tap=tap0,vhost,mac=00:16:3E:00:00:01").params == {
         "tap": "tap0", "vhost": True, "mac": "00:16:3e:00:00:01"}
-    # mac_seed swallows the rest of the string, commas included
+    # as virtio_net.c: the seed is the rest of the string, commas included, yet `vhost` and `mac=`
+    # are honoured wherever they stand, before the seed or inside it
     assert parse_slot("4,virtio-net,tap=tap0,mac_seed=a,b,vhost").params == {
-        "tap": "tap0", "vhost": False, "macSeed": "a,b,vhost"}
-    for bad, msg in [("tap0", "tap=<name>"), ("tap=t,vhost,mac_seed=x", "right after the tap"),
+        "tap": "tap0", "vhost": True, "macSeed": "a,b,vhost"}
+    assert parse_slot("4,virtio-net,tap=tap0,vhost,mac_seed=x").params == {
+        "tap": "tap0", "vhost": True, "macSeed": "x"}
+    for bad, msg in [("tap0", "tap=<name>"), ("tap=t,bogus,mac_seed=x", "unknown option"),
                      ("tap=t,mac=01:00:00:00:00:01", "multicast"), ("tap=t,mac=zz", "invalid mac")]:
         with pytest.raises(GrammarError, match=msg):
             parse_slot(f"4,virtio-net,{bad}")
@@ -145,7 +148,8 @@ def test_passthru_ivshmem_vsock_and_friends():
     assert parse_slot("9,vhost-vsock,cid=3").params == {"cid": 3}
     assert parse_slot("10,virtio-gpu,geometry=1920x1080+0+0,geometry=fullscreen:1").params == {
         "displays": [{"geometry": "1920x1080+0+0"}, {"fullscreen": True, "monitor": 1}]}
-    assert parse_slot("11,xhci,1-2:2-2,tablet,cap=apl").params == {"ports": ["1-2", "2-2"], "tablet": True, "cap": "apl"}
+    assert parse_slot("11,xhci,1-2:2-2,tablet,cap=apl").params == {
+        "ports": ["1-2", "2-2"], "tablet": True, "cap": "apl"}
     assert parse_slot("12,uart,vuart_idx:1").params == {"vuartIdx": 1}
     assert parse_slot("13,ahci,hd:/a.img,cd:/b.iso").params == {"hd": ["/a.img"], "cd": ["/b.iso"]}
     for bad in ("8,ivshmem,dm:/s,3", "8,ivshmem,dm:/s,1024", "8,ivshmem,xx:/s,2", "9,vhost-vsock,cid=2",
