@@ -31,7 +31,8 @@ def import_(
                                            help="Write one <name>.yaml per VM here (default: YAML on stdout)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (YAML) or json (a report)."),
     board: Optional[Path] = typer.Option(None, "--board", metavar="BOARD.xml",
-                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough devices."),
+                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies "
+                                              "passthrough devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
@@ -50,7 +51,8 @@ def import_(
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force))}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force),
+                                                                strict=True)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:
@@ -59,11 +61,13 @@ def import_(
             vm["errors"] = problems[vm["name"]]
             if vm["name"] in files:
                 vm["file"] = files[vm["name"]]
-        report["ok"] = not any(problems.values())
+        report["ok"] = not any(problems.values()) and not result.errors
         typer.echo(json.dumps(report, indent=2))
     else:
         for w in result.warnings:
             typer.echo(f"warning: {w}", err=True)
+        for e in result.errors:
+            typer.echo(f"error: {e}", err=True)
         for s in result.specs:
             for w in s.warnings:
                 typer.echo(f"warning: {s.name}: {w}", err=True)
@@ -73,6 +77,8 @@ def import_(
         elif not any(problems.values()):
             typer.echo("---\n".join(spec_yaml(s, result.source) for s in result.specs), nl=False)
     bad = {n: p for n, p in problems.items() if p}
+    if result.errors and not bad:
+        raise typer.Exit(1)  # some VMs of the file could not be imported (their siblings were)
     if bad:
         if output is not OutputFormat.json:
             for name, errs in bad.items():

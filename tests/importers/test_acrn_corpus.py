@@ -1,0 +1,172 @@
+"""ACRN's own released scenarios (tests/fixtures/acrn-corpus, with ACRN's LICENSE) import, and each
+imported VM renders to the argv of the launch script ACRN's default_populator + launch_cfg_gen
+produced for it.
+
+The reference argv is read by running the reference script with its host helpers stubbed
+(probe_modules, offline_cpus, unbind_device, create_tap, mount_partition, acrn-dm): bash computes
+it, not our parser. It is compared with `normalized_argv`, i.e. up to acrn-dm's own equivalences
+(option order, `-s 3` == `-s 3:0`, --lapic_pt next to --rtvm). Two things are made equal before
+comparing, both stated:
+- the host MAC in mac_seed: the reference reads /sys/class/net/e*/address when it runs; our argv's
+  HOST_MAC placeholder is resolved the same way (read_host_mac), on the same machine;
+- a relative disk path: the reference gives acrn-dm `./x.img`, opened from the directory the script
+  runs in; the spec resolves it against the spec's folder. The reference runs in that folder, so
+  both name the same file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from acrnmgr.cli import app
+from acrnmgr.devices.virtio_net import read_host_mac, resolve_host_mac
+from acrnmgr.importers import import_file
+from acrnmgr.importers.dm_argv import normalized_argv
+from acrnmgr.importers.scenario import Board
+from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.spec.validation import load_spec_text
+
+CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "acrn-corpus"
+SCENARIOS = sorted((CORPUS / "scenarios").glob("*.xml"))
+runner = CliRunner()
+
+STUBS = r"""
+probe_modules() { :; }
+offline_cpus() { echo "offline_cpus $*" >> "$STUB_OUT/log"; }
+unbind_device() { echo "unbind_device $*" >> "$STUB_OUT/log"; }
+create_tap() { echo "create_tap $*" >> "$STUB_OUT/log"; }
+mount_partition() { echo "mount_partition $*" >> "$STUB_OUT/log"; echo /mnt/stub; }
+unmount_partition() { :; }
+acrn-dm() { printf '%s\0' "$@" > "$STUB_OUT/argv"; }
+"""
+
+
+def board_of(scenario: Path) -> Path:
+    return CORPUS / "boards" / (scenario.stem.split("__")[0] + ".xml")
+
+
+def run_reference(script: Path, cwd: Path) -> tuple[list[str], list[str]]:
+    """(acrn-dm argv, helper calls) of a generated launch script, its host helpers stubbed: the stubs
+    are defined right after the script's own helper functions, so they replace them."""
+    text = script.read_text()
+    dm = text.index("dm_params=(")
+    end = max(m.end() for m in re.finditer(r"^}\s*$", text[:dm], re.M))
+    (cwd / "launch.sh").write_text(text[:end] + "\n" + STUBS + text[end:])
+    proc = subprocess.run(["bash", str(cwd / "launch.sh")], cwd=cwd, env={**os.environ, "STUB_OUT": str(cwd)},
+                          capture_output=True, text=True, timeout=60)
+    assert (cwd / "argv").exists(), proc.stderr
+    argv = ["acrn-dm", *(cwd / "argv").read_bytes().decode().split("\0")[:-1]]
+    log = (cwd / "log").read_text().splitlines() if (cwd / "log").exists() else []
+    return argv, log
+
+
+def absolute_disks(argv: list[str], base: Path) -> list[str]:
+    """A relative virtio-blk path as the acrn-dm process started in `base` opens it."""
+    out = []
+    for word in argv:
+        m = re.match(r"^(\d+(?::\d+){0,2},virtio-blk,)([^,]+)(.*)$", word)
+        if m and not os.path.isabs(m.group(2)):
+            word = m.group(1) + os.path.normpath(str(base / m.group(2))) + m.group(3)
+        out.append(word)
+    return out
+
+
+def cases():
+    for scenario in SCENARIOS:
+        ref = CORPUS / "reference" / scenario.stem
+        if ref.is_dir():
+            yield pytest.param(scenario, ref, id=scenario.stem)
+
+
+@pytest.mark.parametrize("scenario, ref", list(cases()))
+def test_every_post_launched_vm_renders_to_acrns_own_launch_script(scenario, ref, tmp_path):
+    board = board_of(scenario)
+    host = Board.load(board).host_profile()
+    result = import_file(scenario, board=board)
+    assert not result.errors
+    scripts = sorted(ref.glob("launch_user_vm_id*.sh"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
+    assert len(result.specs) == len(scripts)
+    host_mac = read_host_mac()
+    for n, (imported, script) in enumerate(zip(result.specs, scripts, strict=True), 1):
+        work = tmp_path / f"vm{n}"
+        work.mkdir()
+        spec = load_spec_text(yaml.safe_dump(imported.data), str(work / f"{imported.name}.yaml"),
+                               check_paths=False, base_dir=work)
+        compiled = compile_spec(spec, host)
+        assert compiled.ok, (imported.name, compiled.errors)
+        ours = [resolve_host_mac(a, host_mac) for a in compiled.argv]
+        theirs, _log = run_reference(script, work)
+        assert normalized_argv(ours) == normalized_argv(absolute_disks(theirs, work)), (script, ours, theirs)
+
+
+def test_sample_launch_scripts_import_and_render_back(tmp_path):
+    host = Board.load(CORPUS / "boards" / "generic_board.xml").host_profile()
+    for script in sorted((CORPUS / "sample_launch_scripts").glob("*.sh")):
+        (imported,) = import_file(script).specs
+        work = tmp_path / script.stem
+        work.mkdir()
+        spec = load_spec_text(yaml.safe_dump(imported.data), str(work / f"{imported.name}.yaml"),
+                               check_paths=False, base_dir=work)
+        compiled = compile_spec(spec, host)
+        assert compiled.ok, compiled.errors
+        theirs, _ = run_reference(script, work)
+        ours = [resolve_host_mac(a) for a in compiled.argv]
+        assert normalized_argv(ours) == normalized_argv(absolute_disks(theirs, work)), script
+        # the relative disk path is kept, and said so
+        assert any(w for w in imported.warnings if "relative" in w) or all(
+            os.path.isabs(d.get("path", "/")) for d in imported.data["spec"].get("devices", []))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.stem for s in SCENARIOS])
+def test_scenarios_import_with_their_board(scenario):
+    text = scenario.read_text()
+    if "POST_LAUNCHED_VM" not in text:
+        pytest.skip("no post-launched VM")
+    result = import_file(scenario, board=board_of(scenario))
+    assert not result.errors
+    for vm in result.specs:
+        # v3's nested <cpu_affinity><pcpu><pcpu_id> is read
+        assert vm.data["spec"]["cpu"]["affinity"]
+        net = [d for d in vm.data["spec"].get("devices", []) if d["type"] == "virtio-net"]
+        # XSD defaults: the empty <console/> is a stdio virtio-console; the seed keeps its host MAC part
+        assert all(d["macSeed"] == "{hostMac}-" + vm.name for d in net)
+
+
+def _scenario_with(tmp_path: Path, edit) -> Path:
+    src = CORPUS / "scenarios" / "cfl-k700-i7__shared_launch_6user_vm.xml"
+    path = tmp_path / "scenario.xml"
+    path.write_text(edit(src.read_text()))
+    return path
+
+
+def test_duplicate_vm_names_are_an_error_naming_both(tmp_path):
+    path = _scenario_with(tmp_path, lambda t: t.replace("<name>POST_STD_VM3</name>", "<name>POST_STD_VM2</name>"))
+    result = import_file(path, board=CORPUS / "boards" / "cfl-k700-i7.xml")
+    assert [s.name for s in result.specs].count("POST_STD_VM2") == 1
+    (err,) = result.errors
+    assert "vm 4 (POST_STD_VM2)" in err and "vm 3" in err and "unique" in err
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["import", str(path), "--board", str(CORPUS / "boards" / "cfl-k700-i7.xml"),
+                              "-o", str(out)])
+    assert res.exit_code == 1 and "already used by vm 3" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s.name}.yaml" for s in result.specs)
+
+
+def test_no_memory_and_stdio_twice_are_errors_naming_the_vm_while_siblings_import(tmp_path):
+    def edit(text: str) -> str:
+        vms = text.split("<vm id=")
+        vms[2] = re.sub(r"<memory>.*?</memory>", "", vms[2], count=1, flags=re.S)  # POST_STD_VM1
+        vms[4] = vms[4].replace("<vuart0>n</vuart0>", "<vuart0>y</vuart0>")  # POST_STD_VM2: com1 stdio too
+        return "<vm id=".join(vms)
+
+    result = import_file(_scenario_with(tmp_path, edit), board=CORPUS / "boards" / "cfl-k700-i7.xml")
+    assert [s.name for s in result.specs] == ["POST_RT_VM1", "POST_STD_VM3", "POST_STD_VM4", "POST_STD_VM5"]
+    memory, stdio = result.errors
+    assert memory.startswith("vm 1 (POST_STD_VM1): not imported:") and "NoneM" in memory
+    assert stdio.startswith("vm 3 (POST_STD_VM2): not imported:") and "stdio" in stdio
