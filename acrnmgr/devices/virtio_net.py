@@ -273,11 +273,11 @@ def acrn_mac(slot: int, func: int, seed: str | None) -> str:
     return ":".join(f"{b:02x}" for b in (0x00, 0x16, 0x3E, *digest[:3]))
 
 
-def read_host_mac(sysfs: str | Path = "/sys") -> str:
+def read_host_mac(net_dir: str | Path = "/sys/class/net") -> str:
     """What ACRN's launch scripts use for HOST_MAC: ${mac:0:17} of `cat /sys/class/net/e*/address`
     (the first e* interface in glob order; empty when there is none)."""
     text = ""
-    for path in sorted(Path(sysfs, "class/net").glob("e*/address")):
+    for path in sorted(Path(net_dir).glob("e*/address")):
         try:
             text += Path(path).read_text()
         except OSError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acrnmgr.devices.virtio_console import VirtioConsole
-from acrnmgr.devices.virtio_net import VirtioNet
+from acrnmgr.devices.virtio_net import HOST_MAC, VirtioNet, read_host_mac, resolve_host_mac
 from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
@@ -23,6 +23,7 @@ from acrnmgr.lifecycle.manager import SupervisedEngine
 from acrnmgr.lifecycle.state import ProcessSpec, VmState
 from acrnmgr.model import VmSpec
 from acrnmgr.plan import make_plan
+from acrnmgr.plan.acrn import offline_cpus
 
 HUGEPAGE_SIZE = 2 << 20
 
@@ -65,7 +66,8 @@ class AcrnEngine(SupervisedEngine):
         acrn_dm = shutil.which("acrn-dm") or host.acrn_dm
         if not acrn_dm:
             raise PlanError("acrn-dm not found on PATH: install ACRN's device model, or use --engine qemu")
-        argv = [acrn_dm, *plan.acrn.argv[1:]]
+        host_mac = read_host_mac(self.paths.net_sysfs) if any(HOST_MAC in a for a in plan.acrn.argv) else ""
+        argv = [acrn_dm, *(resolve_host_mac(a, host_mac) for a in plan.acrn.argv[1:])]
         channel = vm.settings.pm_notify_channel or ""
         info = {
             "vm": vm.name,
@@ -77,7 +79,8 @@ class AcrnEngine(SupervisedEngine):
             "consoles": _consoles(vm),
         }
         # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
-        cleanup = [str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0)).replace(".monitor.0.", ".monitor.{pid}.")]
+        first = str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0))
+        cleanup = [first.replace(".monitor.0.", ".monitor.{pid}.")]
         if info["cmd_monitor"]:
             cleanup.append(str(info["cmd_monitor"]))
         return LaunchPlan("acrn", [ProcessSpec("acrn-dm", argv, role="main")], cleanup=cleanup, info=info)
@@ -94,7 +97,7 @@ class AcrnEngine(SupervisedEngine):
             )
         Path(self.paths.mngr_dir).mkdir(parents=True, exist_ok=True)  # acrn-dm does not create it (#2798)
         prepare_taps(vm, plan, progress, self.paths.net_sysfs)
-        self._offline_cpus(list(vm.affinity), progress)
+        self._offline_cpus(offline_cpus(vm), progress)  # ACRN's template: an RTVM's CPUs only
 
     def _offline_cpus(self, lapic_ids: list[int], progress) -> None:
         """Take the VM's CPUs away from the Service VM: offline each, then hand it to the HSM.
@@ -102,12 +105,14 @@ class AcrnEngine(SupervisedEngine):
         if not lapic_ids:
             return
         if not Path(self.paths.remove_cpu).exists():
-            raise LifecycleError(f"{self.paths.remove_cpu} is missing: this is not an ACRN Service VM (use --engine qemu)")
+            raise LifecycleError(f"{self.paths.remove_cpu} is missing: this is not an ACRN Service VM "
+                                 "(use --engine qemu)")
         mapping = _lapic_to_processor(self.paths.cpuinfo)
         for lapic in lapic_ids:
             cpu = mapping.get(lapic)
-            if cpu is None:
-                raise LifecycleError(f"no CPU with LAPIC ID {lapic} in {self.paths.cpuinfo}")
+            if cpu is None:  # as ACRN's template: acrn-dm itself refuses a CPU it cannot have
+                progress(f"warning: no CPU with LAPIC ID {lapic} in {self.paths.cpuinfo}; not offlined")
+                continue
             if cpu == 0:
                 progress("warning: processor 0 cannot be offlined; leaving it to the Service VM")
                 continue
@@ -205,7 +210,8 @@ def prepare_taps(vm: VmSpec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/
             continue
         if not (net / bridge / "bridge").exists():
             raise LifecycleError(
-                f"bridge {bridge} does not exist: create it (ip link add {bridge} type bridge) or set spec.network.bridge"
+                f"bridge {bridge} does not exist: create it (ip link add {bridge} type bridge) or set "
+                "spec.network.bridge"
             )
         progress(f"creating tap {tap} on bridge {bridge}")
         for argv in (

@@ -1,14 +1,16 @@
 """Render the launch script (templates/launch_user_vm.sh.j2) for a compiled VM.
 
 Its shape follows ACRN's generated launch_user_vm_idN.sh: helper functions, tap creation,
-passthrough unbinding and CPU offlining, then `dm_params=( ... )` and
-`acrn-dm "${dm_params[@]}"`. Every value goes through shlex.quote."""
+passthrough unbinding and CPU offlining with the semantics of ACRN's launch script template, then
+`dm_params=( ... )` and `acrn-dm "${dm_params[@]}"`. Every value goes through shlex.quote; the
+one expansion is the HOST_MAC placeholder of a macSeed, which becomes "${mac:0:17}"."""
 
 from __future__ import annotations
 
 import shlex
 from functools import cache
 
+from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.render.acrndm import Compiled
 from acrnmgr.render.grammar import OPTIONS_V2, OPTIONS_V3
 from acrnmgr.resources import template_loader
@@ -33,6 +35,14 @@ def _template():
     return env.get_template(TEMPLATE)
 
 
+def shell_word(word: str) -> str:
+    """`word` quoted for bash, except HOST_MAC, which becomes the script's "${mac:0:17}" (the Service
+    VM's NIC address, read when the script runs, as ACRN's generated scripts do)."""
+    if HOST_MAC not in word:
+        return shlex.quote(word)
+    return '"${mac:0:17}"'.join(shlex.quote(part) if part else "" for part in word.split(HOST_MAC))
+
+
 def dm_lines(argv: list[str]) -> list[str]:
     """dm_params one option per line: `-s 3:0,virtio-blk,...` stays together (quoted apart)."""
     takes_arg = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
@@ -40,10 +50,10 @@ def dm_lines(argv: list[str]) -> list[str]:
     lines, i = [], 0
     while i < len(argv):
         if argv[i] in takes_arg and i + 1 < len(argv):
-            lines.append(f"{shlex.quote(argv[i])} {shlex.quote(argv[i + 1])}")
+            lines.append(f"{shell_word(argv[i])} {shell_word(argv[i + 1])}")
             i += 2
         else:
-            lines.append(shlex.quote(argv[i]))
+            lines.append(shell_word(argv[i]))
             i += 1
     return lines
 
@@ -60,4 +70,5 @@ def render_script(compiled: Compiled) -> str:
         bridge=compiled.bridge,
         passthru=compiled.passthru,
         cpus=compiled.cpus,
+        host_mac=any(HOST_MAC in a for a in compiled.argv),
     )

@@ -30,7 +30,10 @@ from acrnmgr.importers import import_file
 from acrnmgr.importers.dm_argv import normalized_argv
 from acrnmgr.importers.scenario import Board
 from acrnmgr.render.acrndm import compile_spec
+from acrnmgr.render.script import render_script
 from acrnmgr.spec.validation import load_spec_text
+
+from tests.render.test_script import run_script
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "acrn-corpus"
 SCENARIOS = sorted((CORPUS / "scenarios").glob("*.xml"))
@@ -101,8 +104,27 @@ def test_every_post_launched_vm_renders_to_acrns_own_launch_script(scenario, ref
         compiled = compile_spec(spec, host)
         assert compiled.ok, (imported.name, compiled.errors)
         ours = [resolve_host_mac(a, host_mac) for a in compiled.argv]
-        theirs, _log = run_reference(script, work)
+        theirs, log = run_reference(script, work)
         assert normalized_argv(ours) == normalized_argv(absolute_disks(theirs, work)), (script, ours, theirs)
+
+        # The rendered launch script does what the reference does around acrn-dm: the same CPUs
+        # offlined (only an RTVM's), the same taps, the same devices unbound, the same argv.
+        lapics = host.lapic_ids
+        proc, run = run_script(work, render_script(compiled), {lapic: n for n, lapic in enumerate(lapics)},
+                               nics={"eth0": "00:1b:21:0a:0b:0c"}, pci=tuple(compiled.passthru))
+        assert proc.returncode == 0, proc.stderr
+        argv = ["acrn-dm", *(a.decode() for a in (run / "argv").read_bytes().split(b"\0")[:-1])]
+        assert argv == [resolve_host_mac(a, "00:1b:21:0a:0b:0c") for a in compiled.argv]
+        offlined = sorted(int(c) for line in log if line.startswith("offline_cpus") for c in line.split()[1:])
+        assert offlined == sorted(compiled.cpus)
+        expect_off = [n for n, lapic in enumerate(lapics) if lapic in compiled.cpus and n != 0]
+        for n in range(len(lapics)):
+            state = (run / f"sys/devices/system/cpu/cpu{n}/online").read_text().strip()
+            assert state == ("0" if n in expect_off else "1"), (imported.name, n)
+        taps = sorted(line.split()[1] for line in log if line.startswith("create_tap"))
+        assert taps == compiled.taps
+        unbound = [line.split()[1] for line in log if line.startswith("unbind_device")]
+        assert unbound == [f"0000:{bdf}" for bdf in compiled.passthru]
 
 
 def test_sample_launch_scripts_import_and_render_back(tmp_path):
