@@ -15,6 +15,7 @@ comparing, both stated:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -25,7 +26,8 @@ import yaml
 from typer.testing import CliRunner
 
 from acrnmgr.cli import app
-from acrnmgr.devices.virtio_net import read_host_mac, resolve_host_mac
+from acrnmgr.devices import vm_from_spec
+from acrnmgr.devices.virtio_net import VirtioNet, acrn_mac, read_host_mac, resolve_host_mac
 from acrnmgr.importers import import_file
 from acrnmgr.importers.dm_argv import normalized_argv
 from acrnmgr.importers.scenario import Board
@@ -192,3 +194,55 @@ def test_no_memory_and_stdio_twice_are_errors_naming_the_vm_while_siblings_impor
     memory, stdio = result.errors
     assert memory.startswith("vm 1 (POST_STD_VM1): not imported:") and "NoneM" in memory
     assert stdio.startswith("vm 3 (POST_STD_VM2): not imported:") and "stdio" in stdio
+
+
+# -- MACs: acrn-dm's algorithm, across files -------------------------------------------------------
+
+
+def test_acrn_mac_is_virtio_net_c_algorithm():
+    # md5("4-0") starts 20 fd cf: every seedless NIC in slot 4, on every host
+    assert acrn_mac(4, 0, None) == "00:16:3e:20:fd:cf"
+    digest = hashlib.md5(b"4-0-00:1b:21:0a:0b:0c-POST_STD_VM1").digest()
+    expected = "00:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+    assert acrn_mac(4, 0, "00:1b:21:0a:0b:0c-POST_STD_VM1") == expected
+
+
+def _write_imported(tmp_path: Path, drop_seed: bool) -> list[str]:
+    result = import_file(CORPUS / "scenarios" / "generic_board__shared.xml",
+                         board=CORPUS / "boards" / "generic_board.xml")
+    files = []
+    for vm in result.specs:
+        for dev in vm.data["spec"]["devices"]:
+            if drop_seed:
+                dev.pop("macSeed", None)
+        path = tmp_path / f"{vm.name}.yaml"
+        path.write_text(yaml.safe_dump(vm.data))
+        files.append(str(path))
+    return files
+
+
+def test_validate_across_files_reports_effective_mac_collisions(tmp_path):
+    files = _write_imported(tmp_path, drop_seed=True)
+    res = runner.invoke(app, ["validate", "--no-check-paths", *files])
+    assert res.exit_code == 1
+    assert "gets MAC 00:16:3e:20:fd:cf" in res.stderr and "POST_STD_VM1" in res.stderr
+    # ACRN's own seeds (<host MAC>-<VM name>) keep them apart
+    ok = tmp_path / "seeded"
+    ok.mkdir()
+    res = runner.invoke(app, ["validate", "--no-check-paths", *_write_imported(ok, drop_seed=False)])
+    assert res.exit_code == 0, res.stderr
+
+
+def test_qemu_engine_gives_the_guest_the_mac_acrn_dm_would(tmp_path):
+    result = import_file(CORPUS / "scenarios" / "generic_board__shared.xml",
+                         board=CORPUS / "boards" / "generic_board.xml")
+    imported = result.specs[0]
+    spec = load_spec_text(yaml.safe_dump(imported.data), str(tmp_path / "vm.yaml"), check_paths=False,
+                          base_dir=tmp_path)
+    vm = vm_from_spec(spec)
+    (net,) = [d for d in vm.devices if isinstance(d, VirtioNet)]
+    host_mac = read_host_mac()
+    expected = acrn_mac(4, 0, f"{host_mac}-{imported.name}")
+    assert net.qemu_mac(vm.name, 4) == expected
+    other = "00:1b:21:0a:0b:0c"
+    assert net.qemu_mac(vm.name, 4, host_mac=other) == acrn_mac(4, 0, f"{other}-{imported.name}")
