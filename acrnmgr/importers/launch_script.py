@@ -187,6 +187,10 @@ class _Expander:
                 self.warnings.append(f"`{command.strip()}`: add_virtual_device needs a slot and a kind; dropped")
                 return []
             slot, kind, options = args[0], args[1], " ".join(args[2:])
+            if kind == "virtio-input":
+                options = self._input_options(options)
+                if options is None:
+                    return []
             return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
         if fn == "add_passthrough_device":
             if len(args) < 2:
@@ -210,6 +214,22 @@ class _Expander:
         self.warnings.append(f"`{command.strip()}`: unknown helper {fn!r} (not one of ACRN's launch script "
                              "template); its output is unknown, dropped")
         return []
+
+    def _input_options(self, options: str) -> str | None:
+        """As the template's add_virtual_device: `,id:<id>` is taken out and the id passed as the serial
+        (virtio_input.c takes everything after the comma); `Device name: N, Device physical path: P`
+        is resolved to /dev/input/eventX on the Service VM when the script runs."""
+        ident = re.search(r"id:([a-zA-Z0-9_\-]*)", options)
+        if ident:
+            options = options.replace(f",id:{ident.group(1)}", "")
+        named = re.search(r"(Device name: )(.*),( Device physical path: )(.*)", options)
+        if named:
+            self.warnings.append(f"virtio-input {options!r}: the script looks the device up by name and physical "
+                                 "path when it runs; not imported (give /dev/input/eventX, or the name in a spec)")
+            return None
+        if ident and ident.group(1):
+            options += f",{ident.group(1)}"
+        return options
 
     def _net_options(self, options: str) -> str:
         """The generator appends mac_seed=${mac:0:17}-<vm>, where $mac is the host NIC's address read

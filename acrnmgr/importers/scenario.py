@@ -235,8 +235,14 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if virtio is not None:
         for inp in virtio.findall("input"):
             dev, ident = _text(inp, "backend_device_file"), _text(inp, "id")
-            if dev:
-                virtual("virtio-input", f"{dev},id:{ident}" if ident else dev)
+            if dev and not dev.startswith("/"):
+                # `Device name: N, Device physical path: P`: the template finds /dev/input/eventX at launch
+                warnings.append(f"virtio-input {dev!r}: ACRN's script looks the device up by name and physical "
+                                "path when it runs; not imported (give /dev/input/eventX)")
+                slots.take()  # the generator still allocates its slot
+            elif dev:
+                # launch_script_template.sh's add_virtual_device strips `id:` and passes the id as the serial
+                virtual("virtio-input", f"{dev},{ident}" if ident else dev)
         for con in virtio.findall("console"):
             mark = "@" if _text(con, "use_type") == "Virtio console" else ""
             backend = _text(con, "backend_type")
@@ -288,6 +294,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                                 f"+{_text(disp, 'vertical_offset')}")
                 elif kind == "Full screen":
                     opts.append(f"geometry=fullscreen:{_text(disp, 'monitor_id')}")
+            if not opts:
+                warnings.append(f"virtio-gpu ({kind}) without <displays>: ACRN's generator writes a bare virtio-gpu, "
+                                "which acrn-dm cannot start (strdup(NULL)); not imported, add a display")
+                slots.take()  # the generator still allocates its slot
+                continue
             virtual("virtio-gpu", ",".join(opts))
         for cid in _texts(virtio, "vsock"):
             virtual("vhost-vsock", f"cid={cid}")

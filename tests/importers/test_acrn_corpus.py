@@ -246,3 +246,34 @@ def test_qemu_engine_gives_the_guest_the_mac_acrn_dm_would(tmp_path):
     assert net.qemu_mac(vm.name, 4) == expected
     other = "00:1b:21:0a:0b:0c"
     assert net.qemu_mac(vm.name, 4, host_mac=other) == acrn_mac(4, 0, f"{other}-{imported.name}")
+
+
+# -- devices the generator writes in forms acrn-dm reads differently -------------------------------
+
+
+def _one_vm_scenario(tmp_path: Path, virtio: str) -> Path:
+    src = (CORPUS / "scenarios" / "generic_board__shared.xml").read_text()
+    text = re.sub(r"(<name>POST_STD_VM1</name>.*?<virtio_devices>)(.*?)(</virtio_devices>)",
+                  lambda m: m.group(1) + virtio + m.group(3), src, count=1, flags=re.S)
+    path = tmp_path / "scenario.xml"
+    path.write_text(text)
+    return path
+
+
+def test_virtio_input_id_is_the_serial_and_a_device_name_is_not_a_whole_vm_lost(tmp_path):
+    path = _one_vm_scenario(tmp_path, """
+      <input><backend_device_file>/dev/input/event3</backend_device_file><id>kbd0</id></input>
+      <input><backend_device_file>Device name: AT Translated Set 2 keyboard, Device physical path:
+        isa0060/serio0/input0</backend_device_file></input>
+      <gpu><display_type>Window</display_type></gpu>
+      <block>/img/a.img</block>""")
+    result = import_file(path, board=CORPUS / "boards" / "generic_board.xml")
+    vm = next(s for s in result.specs if s.name == "POST_STD_VM1")
+    devices = vm.data["spec"]["devices"]
+    # the template strips `id:`; virtio_input.c takes what follows the comma as the serial
+    assert {"type": "virtio-input", "device": "/dev/input/event3", "serial": "kbd0"} in devices
+    assert any("Device name" in w and "not imported" in w for w in vm.warnings)
+    assert any("virtio-gpu" in w and "display" in w for w in vm.warnings)
+    assert not any(d["type"] == "virtio-gpu" for d in devices)
+    # a skipped device keeps its slot, as the generator allocates it: inputs 3 and 4, so the disk is on 5
+    assert next(d for d in devices if d["type"] == "virtio-blk").get("slot") == 5

@@ -235,3 +235,12 @@ def test_modern_vbs_u_blk_is_an_acrn_plan_error_and_a_qemu_device(tmp_path, serv
     from acrnmgr.lifecycle.qemu_argv import compile_qemu
     argv = compile_qemu(make_spec(tmp_path, body), plain_box, tmp_path).argv
     assert any(a.startswith("virtio-blk-pci,drive=dev3,addr=0x3,disable-legacy=on,disable-modern=off,") for a in argv)
+
+
+def test_virtio_gpu_without_a_display_is_refused_for_acrn_dm(tmp_path, service_vm):
+    body = BASIC + "  devices:\n    - {type: virtio-gpu}\n"
+    compiled = compile_body(tmp_path, body, service_vm)
+    assert any("at least one display" in d.message for d in compiled.errors)
+    ok = compile_body(tmp_path, BASIC + "  devices:\n    - {type: virtio-gpu, displays: [{fullscreen: true}]}\n",
+                      service_vm)
+    assert ok.ok and "3:0,virtio-gpu,geometry=fullscreen" in ok.argv

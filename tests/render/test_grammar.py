@@ -157,3 +157,9 @@ def test_passthru_ivshmem_vsock_and_friends():
                 "12,uart,1", "14,wdt-i6300esb,x", "15,virtio-input,event0"):
         with pytest.raises(GrammarError):
             parse_slot(bad)
+
+
+def test_virtio_gpu_needs_a_display():
+    # acrn-dm calls strdup(NULL) or refuses the geometry without one
+    with pytest.raises(GrammarError, match="no display"):
+        parse_slot("7,virtio-gpu")
