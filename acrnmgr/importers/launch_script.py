@@ -260,7 +260,15 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
         if kind == "sub":
             argv += expander.helper(chunk)
         else:
-            argv += expander.words(chunk)
+            words = expander.words(chunk)
+            for word in words:
+                if word.startswith("-") and len(word.split()) > 1:
+                    warnings.append(
+                        f"dm_params word {word!r} reaches acrn-dm as ONE argument (ACRN's generator quotes "
+                        "customized_parameters into one word): acrn-dm reads it as "
+                        f"{word[:2]!r} with the value {word[2:]!r}, and so does this import. Unquote it in the "
+                        "script, or import the scenario, whose customized_parameters are split into words")
+            argv += words
     if not re.search(r"acrn-dm\s+(\"\$\{dm_params\[@\]\}\"|\$\{dm_params\[@\]\}|\"\$\{dm_params\[\*\]\}\")", text):
         warnings.append("the script never runs `acrn-dm \"${dm_params[@]}\"`; imported dm_params anyway")
     return argv, warnings

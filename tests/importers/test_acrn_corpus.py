@@ -277,3 +277,23 @@ def test_virtio_input_id_is_the_serial_and_a_device_name_is_not_a_whole_vm_lost(
     assert not any(d["type"] == "virtio-gpu" for d in devices)
     # a skipped device keeps its slot, as the generator allocates it: inputs 3 and 4, so the disk is on 5
     assert next(d for d in devices if d["type"] == "virtio-blk").get("slot") == 5
+
+
+def test_customized_parameters_quoted_into_one_word_are_read_as_acrn_dm_reads_them(tmp_path):
+    script = (CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id2.sh").read_text()
+    script = script.replace("    --ovmf /usr/share/acrn/bios/OVMF.fd\n",
+                            "    '-k /home/acrn/bzImage -B \"root=/dev/vda rw\"'\n")
+    path = tmp_path / "launch_user_vm_id2.sh"
+    path.write_text(script)
+    (vm,) = import_file(path).specs
+    # getopt: -k with the rest of the word as its argument, as acrn-dm gets it; and said so
+    assert vm.data["spec"]["boot"] == {"kernel": {"path": ' /home/acrn/bzImage -B "root=/dev/vda rw"'}}
+    assert any("ONE argument" in w and "customized_parameters" in w for w in vm.warnings)
+    # the scenario route splits them: what the user means
+    src = (CORPUS / "scenarios" / "generic_board__shared.xml").read_text()
+    src = src.replace("<vbootloader>y</vbootloader>", "<vbootloader>n</vbootloader><customized_parameters>"
+                      "-k /home/acrn/bzImage -B \"root=/dev/vda rw\"</customized_parameters>")
+    (tmp_path / "scenario.xml").write_text(src)
+    result = import_file(tmp_path / "scenario.xml", board=CORPUS / "boards" / "generic_board.xml")
+    for vm in result.specs:
+        assert vm.data["spec"]["boot"] == {"kernel": {"path": "/home/acrn/bzImage", "cmdline": "root=/dev/vda rw"}}
