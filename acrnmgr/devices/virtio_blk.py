@@ -231,8 +231,12 @@ _SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     tokens = body.split(",") if body else []
     params: dict[str, Any] = {"cache": DEFAULT_CACHE, "readOnly": False}
-    if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
+    # acrn-dm reads iothread and mq= before the path, in either order
+    while tokens and (tokens[0] == "iothread" or tokens[0].startswith(("iothread=", "mq="))):
         tok = tokens.pop(0)
+        if tok.startswith("mq="):
+            params["mq"] = acrn_int(tok[3:], "virtio-blk mq", 1, 64)
+            continue
         count, cpus = 1, []
         if "=" in tok:
             spec = tok.split("=", 1)[1]
@@ -242,13 +246,9 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
                 cpus = [[acrn_int(c, "virtio-blk iothread cpu", 0) for c in group.split(":")]
                         for group in affinity.split("/")]
         params["iothread"] = {"count": count, "cpus": cpus}
-    if tokens and tokens[0].startswith("mq="):
-        params["mq"] = acrn_int(tokens.pop(0)[3:], "virtio-blk mq", 1, 64)
     if not tokens or not tokens[0]:
         raise GrammarError(f"virtio-blk: missing image path in {body!r}")
     path = tokens.pop(0)
-    if path.startswith(("iothread", "mq=")):
-        raise GrammarError(f"virtio-blk: {path!r} must come before mq= and the path (order: iothread, mq, path)")
     params["path"] = None if path == "nodisk" else path
     for tok in tokens:
         key, eq, val = tok.partition("=")

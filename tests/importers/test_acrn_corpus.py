@@ -297,3 +297,14 @@ def test_customized_parameters_quoted_into_one_word_are_read_as_acrn_dm_reads_th
     result = import_file(tmp_path / "scenario.xml", board=CORPUS / "boards" / "generic_board.xml")
     for vm in result.specs:
         assert vm.data["spec"]["boot"] == {"kernel": {"path": "/home/acrn/bzImage", "cmdline": "root=/dev/vda rw"}}
+
+
+def test_unknown_passthru_option_is_a_warning_not_a_lost_vm(tmp_path):
+    script = (CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id1.sh").read_text()
+    script = script.replace("add_passthrough_device                   2 0000:00:02.0",
+                            "add_passthrough_device                   2 0000:00:02.0 frobnicate")
+    path = tmp_path / "launch_user_vm_id1.sh"
+    path.write_text(script)
+    (vm,) = import_file(path).specs
+    assert {"type": "passthru", "bdf": "00:02.0", "gpu": True} in vm.data["spec"]["devices"]
+    assert any("frobnicate" in w and "ignores" in w for w in vm.warnings)

@@ -95,7 +95,7 @@ def test_virtio_blk_full():
 
 @pytest.mark.parametrize("config, message", [
     ("/a.img,mq=2", "before the path"),
-    ("mq=2,iothread,/a.img", "before mq="),
+    ("/a.img,iothread", "before the path"),
     ("/a.img,bogus", "invalid device option"),
     ("", "missing image path"),
     ("/a,sectorsize=100", "sectorsize"),
@@ -153,7 +153,7 @@ def test_passthru_ivshmem_vsock_and_friends():
     assert parse_slot("12,uart,vuart_idx:1").params == {"vuartIdx": 1}
     assert parse_slot("13,ahci,hd:/a.img,cd:/b.iso").params == {"hd": ["/a.img"], "cd": ["/b.iso"]}
     for bad in ("8,ivshmem,dm:/s,3", "8,ivshmem,dm:/s,1024", "8,ivshmem,xx:/s,2", "9,vhost-vsock,cid=2",
-                "9,vhost-vsock,cid=4294967295", "7,passthru,00:20.0", "7,passthru,0/2/0,bogus",
+                "9,vhost-vsock,cid=4294967295", "7,passthru,00:20.0",
                 "12,uart,1", "14,wdt-i6300esb,x", "15,virtio-input,event0"):
         with pytest.raises(GrammarError):
             parse_slot(bad)
@@ -163,3 +163,14 @@ def test_virtio_gpu_needs_a_display():
     # acrn-dm calls strdup(NULL) or refuses the geometry without one
     with pytest.raises(GrammarError, match="no display"):
         parse_slot("7,virtio-gpu")
+
+
+def test_virtio_blk_takes_iothread_and_mq_in_either_order():
+    a = parse_slot("5,virtio-blk,iothread=2,mq=2,/img/a.img").params
+    b = parse_slot("5,virtio-blk,mq=2,iothread=2,/img/a.img").params
+    assert a == b and a["mq"] == 2 and a["iothread"] == {"count": 2, "cpus": []}
+
+
+def test_passthru_unknown_option_is_ignored_as_acrn_dm_does():
+    params = parse_slot("6,passthru,0/1f/6,enable_ptm,frobnicate").params
+    assert params["options"] == {"enablePtm": True} and params["ignored"] == ["frobnicate"]
