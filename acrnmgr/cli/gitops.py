@@ -34,6 +34,9 @@ def import_(
                                          help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies "
                                               "passthrough devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
+                                            help="Resolve relative image paths against DIR (where ACRN's launch "
+                                                 "script runs); default: keep them relative."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
 
@@ -44,7 +47,7 @@ def import_(
     from acrnmgr.importers.output import spec_yaml, validate, write_specs
 
     try:
-        result = import_file(file, board=board)
+        result = import_file(file, board=board, base_dir=base_dir)
     except ImportError_ as exc:
         fail(str(exc))
     problems = {s.name: validate(s, out_dir) for s in result.specs}

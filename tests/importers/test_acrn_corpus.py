@@ -308,3 +308,15 @@ def test_unknown_passthru_option_is_a_warning_not_a_lost_vm(tmp_path):
     (vm,) = import_file(path).specs
     assert {"type": "passthru", "bdf": "00:02.0", "gpu": True} in vm.data["spec"]["devices"]
     assert any("frobnicate" in w and "ignores" in w for w in vm.warnings)
+
+
+def test_base_dir_resolves_relative_disk_paths(tmp_path):
+    script = CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id1.sh"
+    (vm,) = import_file(script).specs
+    assert {"type": "virtio-blk", "path": "./win10-ltsc.img"} in vm.data["spec"]["devices"]
+    assert any("relative path" in w for w in vm.warnings)
+    (vm,) = import_file(script, base_dir=tmp_path).specs
+    assert {"type": "virtio-blk", "path": str(tmp_path / "win10-ltsc.img")} in vm.data["spec"]["devices"]
+    assert any("--base-dir" in w for w in vm.warnings)
+    res = runner.invoke(app, ["import", str(script), "--base-dir", str(tmp_path)])
+    assert res.exit_code == 0 and str(tmp_path / "win10-ltsc.img") in res.stdout
