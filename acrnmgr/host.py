@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _VERSION_RE = re.compile(r"DM version is:\s*v?(\d+\.\d+(?:\.\d+)?)")
 
@@ -81,9 +82,9 @@ class HostProfile:
             raise HostProfileError(
                 f"{source}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(known)}"
             )
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for name, value in data.items():
-            kwargs[name] = _check_type(source, name, known[name].type, value)
+            kwargs[name] = _check_type(source, name, str(known[name].type), value)
         if "lapic_ids" not in kwargs and "cpu_count" in kwargs:
             # A profile that only says how many CPUs: assume LAPIC IDs 0..n-1 (the common case).
             kwargs["lapic_ids"] = list(range(kwargs["cpu_count"]))
@@ -119,7 +120,7 @@ _TYPES = {
 }
 
 
-def _check_type(source: str, name: str, annotation: str, value: object) -> object:
+def _check_type(source: str, name: str, annotation: str, value: Any) -> Any:
     expected = _TYPES[annotation]
     ok = isinstance(value, expected) and not (annotation == "int" and isinstance(value, bool))
     if ok and annotation == "list[int]":

@@ -165,8 +165,8 @@ class VmSpec:
 
 def resolve(base_dir: Path, value: str) -> str:
     """A path from the spec, absolute and normalised: relative paths start at the spec's folder."""
-    path = Path(value).expanduser()
-    return os.path.normpath(str(path if path.is_absolute() else base_dir / path))
+    path = os.path.expanduser(value)  # os.path, not pathlib: this runs for every path of every spec loaded
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base_dir, path))
 
 
 def build_boot(raw: Mapping[str, Any], base_dir: Path) -> Boot:

@@ -31,8 +31,8 @@ def import_(
                                            help="Write one <name>.yaml per VM here (default: YAML on stdout)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (YAML) or json (a report)."),
     board: Optional[Path] = typer.Option(None, "--board", metavar="BOARD.xml",
-                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies "
-                                              "passthrough devices."),
+                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough "
+                                              "devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
     base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
                                             help="Resolve relative image paths against DIR (where ACRN's launch "
@@ -54,8 +54,7 @@ def import_(
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force),
-                                                                strict=True)}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force), strict=True)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -85,7 +85,8 @@ def register(app: typer.Typer) -> None:
     def up(
         files: List[Path] = typer.Argument(..., help="VM spec files to start."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-        wait_ready: bool = typer.Option(False, "--wait-ready", help="Return once the VM reports running on its control channel."),
+        wait_ready: bool = typer.Option(False, "--wait-ready",
+                                        help="Return once the VM reports running on its control channel."),
         host: Optional[Path] = typer.Option(None, "--host", help="Host profile YAML instead of probing this machine."),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
@@ -103,7 +104,8 @@ def register(app: typer.Typer) -> None:
     def down(
         names: List[str] = typer.Argument(None, help="VM names."),
         all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started (and the --connect URI's)."),
-        timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a graceful shutdown before forcing."),
+        timeout: float = typer.Option(30.0, "--timeout",
+                                      help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
@@ -144,11 +146,13 @@ def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_(
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
-        engine: EngineChoice = typer.Option("auto", "--engine", help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
+        engine: EngineChoice = typer.Option("auto", "--engine",
+                                            help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """List the VMs acrnmgr knows about."""
-        vms = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")} for st in _statuses(engine, connect)]
+        vms: list[dict[str, Any]] = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")}
+                                     for st in _statuses(engine, connect)]
         if output is OutputFormat.json:
             typer.echo(json.dumps(vms, indent=2))
             return
@@ -157,7 +161,8 @@ def register(app: typer.Typer) -> None:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
-            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+            # strict=False: four widths for five columns; the last (SPEC) is not padded
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
 
     @app.command()
     def logs(

@@ -18,13 +18,15 @@ class ValidateEngine(str, enum.Enum):
 
 
 def validate(
-    files: List[str] = typer.Argument(..., metavar="FILE", help="Spec files (YAML or JSON; - reads standard input; a YAML file may hold several "
-                                      "`---` separated VMs). All VMs are also checked against each other: names, vsock "
-                                      "CIDs, MACs, taps and RTVM CPUs must not clash."),
+    files: List[str] = typer.Argument(..., metavar="FILE",
+                                      help="Spec files (YAML or JSON; - reads standard input; a YAML file may hold "
+                                      "several `---` separated VMs). All VMs are also checked against each other: "
+                                      "names, vsock CIDs, MACs, taps and RTVM CPUs must not clash."),
     host: Optional[str] = typer.Option(None, "--host", metavar="HOST.yaml",
                                        help="Host profile to check against (CPU LAPIC IDs); default: no host checks."),
     no_check_paths: bool = typer.Option(False, "--no-check-paths",
-                                        help="Do not require image/firmware paths to exist (planning for another host)."),
+                                        help="Do not require image/firmware paths to exist (planning for another "
+                                             "host)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (gcc-style lines) or json."),
     engine: Optional[ValidateEngine] = typer.Option(
         None, "--engine", help="Also plan every VM for this engine (acrn, qemu, or auto as `up` picks it) and report "

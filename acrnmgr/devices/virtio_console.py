@@ -33,6 +33,7 @@ from acrnmgr.spec.diagnostics import format_path
 
 DEFAULT_SOCKET_MODE = "server"
 _LIBVIRT_PORT = {"pty": "pty", "socket": "unix", "stdio": "stdio", "tty": "dev", "file": "file"}
+_PORT_OF_LIBVIRT = {v: k for k, v in _LIBVIRT_PORT.items()}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class VirtioConsole(VirtioDevice):
                 if isinstance(name, str):
                     if name in names:
                         ctx.error((*ppath, "name"), f"port name `{name}` is already used by {format_path(names[name])} "
-                                                    f"({ctx.where(names[name])})", "port names must be unique per device")
+                                                    f"({ctx.where(names[name])})",
+                                  "port names must be unique per device")
                     else:
                         names[name] = ppath
                 if port.get("console") is True:
@@ -160,7 +162,7 @@ class VirtioConsole(VirtioDevice):
             imp.consoles[ctrl] = {"type": cls.KIND, "ports": []}
             imp.add(None, imp.consoles[ctrl])
         ports = imp.consoles[ctrl]["ports"]
-        kind = {"pty": "pty", "unix": "socket", "stdio": "stdio", "dev": "tty", "file": "file"}.get(el.get("type") or "")
+        kind = _PORT_OF_LIBVIRT.get(el.get("type") or "")
         if kind is None:
             imp.warnings.append(f"<{tag} type='{el.get('type')}'>: no acrn-dm console backend; skipped")
             return True

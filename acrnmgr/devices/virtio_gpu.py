@@ -97,8 +97,8 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     for tok in body.split(",") if body else []:
         match = re.fullmatch(r"geometry=(?:(\d+)x(\d+)\+(\d+)\+(\d+)|fullscreen(?::(\d+))?)", tok)
         if not match:
-            raise GrammarError(f"virtio-gpu: invalid display {tok!r}: geometry=WxH+X+Y or "
-                               "geometry=fullscreen[:monitor]")
+            raise GrammarError(f"virtio-gpu: invalid display {tok!r}: "
+                               "geometry=WxH+X+Y or geometry=fullscreen[:monitor]")
         if match.group(1):
             displays.append({"geometry": f"{match.group(1)}x{match.group(2)}+{match.group(3)}+{match.group(4)}"})
         else:

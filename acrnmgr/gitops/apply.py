@@ -16,6 +16,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Callable
 
 from acrnmgr.gitops.desired import DesiredSet
@@ -87,8 +88,8 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
         cur = live.get(want.name)
         st = cur.status if cur else None
         active = st is not None and st.get("state") in ACTIVE
-        runner = cur.engine if active else engine
-        if not active:
+        runner = cur.engine if cur is not None and active else engine
+        if st is None or not active:
             c = Change(want.name, "create", want.source, runner.name, st.get("state") if st else None,
                        "no VM running" if not st else f"the VM is {st.get('state')}")
         elif st.get("spec_hash") == want.vm.hash:
@@ -100,8 +101,8 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
                 c.blocked = "needs --allow-restart (the VM is restarted)"
         c.runner = runner
         if with_diff and c.action in ("create", "update"):
-            old = _lines(lambda: runner.launch_lines(want.name)) if active else []
-            new = _lines(lambda: runner.planned_lines(want.vm, host))
+            old = _lines(partial(runner.launch_lines, want.name)) if active else []
+            new = _lines(partial(runner.planned_lines, want.vm, host))
             c.diff = list(difflib.unified_diff(old, new, f"live/{want.name}", f"desired/{want.name}", lineterm=""))
         changes.append(c)
     names = {vm.name for vm in desired.vms}
@@ -113,8 +114,8 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
         if not prune:
             c.blocked = "needs --prune (the VM is stopped)"
         if with_diff:
-            c.diff = list(difflib.unified_diff(_lines(lambda: cur.engine.launch_lines(name)), [], f"live/{name}",
-                                               f"desired/{name}", lineterm=""))
+            old = _lines(partial(cur.engine.launch_lines, name))
+            c.diff = list(difflib.unified_diff(old, [], f"live/{name}", f"desired/{name}", lineterm=""))
         changes.append(c)
     return changes
 
@@ -150,13 +151,15 @@ def execute(changes: list[Change], desired: DesiredSet, host=None, wait: bool = 
             c.result = "skipped"
             progress(f"{c.name}: {c.action} skipped: {c.blocked}")
             continue
+        runner = c.runner
+        assert runner is not None  # make_plan gives every change its engine
         try:
             if c.action in ("update", "prune"):
                 progress(f"{c.name}: stopping ({c.action})")
-                c.runner.down(c.name, timeout=timeout, progress=progress)
+                runner.down(c.name, timeout=timeout, progress=progress)
             if c.action in ("create", "update"):
                 progress(f"{c.name}: starting ({c.action})")
-                c.runner.up(by_name[c.name].vm, host, wait_ready=wait, progress=progress)
+                runner.up(by_name[c.name].vm, host, wait_ready=wait, progress=progress)
             c.result = "done"
         except (LifecycleError, SpecError, OSError) as exc:
             c.result = "failed"

@@ -22,10 +22,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acrnmgr.devices import vm_from_spec
 from acrnmgr.model import VmSpec
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    from acrnmgr.spec.loader import Spec
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml")
@@ -61,7 +65,8 @@ def merge_patch(target, patch):
 def split_documents(text: str) -> list[tuple[int, str]]:
     """[(first line number (0-based), text padded so line numbers match the file)]."""
     docs: list[tuple[int, list[str]]] = []
-    start, current = 0, []
+    start = 0
+    current: list[str] = []
     for n, line in enumerate(text.split("\n")):
         if _DOC_SEP.match(line):
             docs.append((start, current))
@@ -112,7 +117,7 @@ def absolutize(data: dict, base_dir: Path) -> dict:
     return data
 
 
-def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object]]:
+def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, Spec]]:
     """[(source label, Spec)] for one file."""
     from acrnmgr.spec.loader import decode_bytes
     from acrnmgr.spec.validation import load_spec_text
@@ -158,7 +163,7 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Des
     if unknown:
         err(f"unknown kustomization keys: {', '.join(sorted(unknown))} (supported: resources, patches)")
     base = kfile.parent
-    bases: list[tuple[str, object]] = []
+    bases: list[tuple[str, Spec]] = []
     for res in conf.get("resources", []) or []:
         p = (base / str(res)).resolve()
         files = sorted(f for f in p.rglob("*") if f.suffix in SPEC_SUFFIXES and f.name not in KUSTOMIZATION) \

@@ -32,8 +32,8 @@ def detect_format(path: Path, text: str) -> str:
                            "(libvirt)")
     if "dm_params" in text or "acrn-dm" in text:
         return "launch-script"
-    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) or libvirt "
-                       "domain XML")
+    raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) "
+                       "or libvirt domain XML")
 
 
 def rebase_paths(result: ImportResult, base_dir: str | Path) -> None:

@@ -16,6 +16,8 @@ differ, the device gets an explicit `slot`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from acrnmgr.devices import BY_EMULATION
 from acrnmgr.devices.base import SlotDevice
 from acrnmgr.importers.common import ImportedSpec
@@ -141,7 +143,8 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
         spec["settings"] = settings
     if extra:
         spec["extraArgs"] = extra
-    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": name or cmd.vm_name}, "spec": spec}
+    data: dict[str, Any] = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": name or cmd.vm_name},
+                            "spec": spec}
     return ImportedSpec(data["metadata"]["name"], data, warnings, source_argv=list(argv))
 
 
@@ -153,7 +156,9 @@ def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
         raise GrammarError("no boot method: give --ovmf, -k (kernel) or -E (ELF)")
     kind = kinds[0]
     if kind == "ovmf":
-        ovmf = parse_ovmf(cmd.get("ovmf"))
+        value = cmd.get("ovmf")
+        assert value is not None  # --ovmf takes an argument
+        ovmf = parse_ovmf(value)
         out = {k: ovmf[k] for k in ("image", "code", "vars") if k in ovmf}
         if ovmf["writeback"]:
             out["writeback"] = True
@@ -225,6 +230,7 @@ def normalized_argv(argv: list[str], version: str = "3.x") -> dict:
         if name == "lapic_pt" and cmd.has("rtvm"):
             continue
         if name == "memsize":
+            assert value is not None  # -m takes an argument
             value = str(parse_memsize(value))
         options.append((name, value))
     slots = []

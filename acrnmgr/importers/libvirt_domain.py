@@ -69,11 +69,12 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     affinity: list[int] = []
     aff_el = acrn_cfg.find(f"{{{ACRN_NS}}}cpu_affinity") if acrn_cfg is not None else None
     vcpu = root.find("vcpu")
-    count = xml_int(vcpu.text.strip() if vcpu is not None and vcpu.text else None, 1)
+    count = xml_int(vcpu.text.strip() if vcpu is not None and vcpu.text else None, 1) or 1
     if aff_el is not None and aff_el.get("value"):
         affinity = _cpuset(aff_el.get("value"))
     else:
-        pins = sorted(((xml_int(p.get("vcpu"), 0), _cpuset(p.get("cpuset", ""))) for p in root.findall("cputune/vcpupin")))
+        pins = sorted((xml_int(p.get("vcpu"), 0) or 0, _cpuset(p.get("cpuset", "")))
+                      for p in root.findall("cputune/vcpupin"))
         if pins and all(len(c) == 1 for _, c in pins) and len(pins) == count:
             affinity = [c[0] for _, c in pins]
         elif vcpu is not None and vcpu.get("cpuset") and len(_cpuset(vcpu.get("cpuset"))) == count:
@@ -118,7 +119,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     devs = root.find("devices")
     found: list[tuple[int | None, int, dict]] = []  # (slot, document order, device)
     extras = meta.get("deviceExtras", {})
-    lpc = []
+    lpc: list[dict[str, Any]] = []
     order = 0
 
     def add(slot, device, el=None):
@@ -179,7 +180,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     found.sort(key=lambda t: (t[0] if t[0] is not None else 1000, t[1]))
     devices = [d for _, _, d in found]
     slots = [s for s, _, _ in found]
-    for d, s in zip(devices, slots):
+    for d, s in zip(devices, slots, strict=True):
         if s is not None:
             d["slot"] = s
     # Keep only the slots the automatic assignment would not give anyway.
@@ -205,9 +206,10 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
         if args:
             spec["extraArgs"] = args
             warnings.append(f"<acrn:commandline> kept verbatim in extraArgs: {' '.join(args)}")
-    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": {"name": name}, "spec": spec}
+    metadata: dict[str, Any] = {"name": name}
     if meta.get("labels"):
-        data["metadata"]["labels"] = meta["labels"]
+        metadata["labels"] = meta["labels"]
+    data = {"apiVersion": "acrnmgr/v1", "kind": "VM", "metadata": metadata, "spec": spec}
     known = {"name", "uuid", "metadata", "memory", "currentMemory", "vcpu", "cputune", "os", "features", "clock",
              "on_poweroff", "on_reboot", "on_crash", "devices", "memoryBacking", "cpu", "pm", "resource", "seclabel",
              "title", "description", "genid", "sysinfo", "idmap", f"{{{ACRN_NS}}}config", f"{{{ACRN_NS}}}commandline"}

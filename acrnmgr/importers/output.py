@@ -40,6 +40,6 @@ def write_specs(result: ImportResult, out_dir: Path, force: bool = False) -> lis
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists (use --force to overwrite)")
         paths.append(path)
-    for imported, path in zip(result.specs, paths):
+    for imported, path in zip(result.specs, paths, strict=True):
         path.write_text(spec_yaml(imported, result.source))
     return paths

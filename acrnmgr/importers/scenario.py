@@ -310,22 +310,22 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         if not m:
             warnings.append(f"pci_dev {text!r}: no BDF at the start; skipped")
             continue
-        bus, dev, fn = (int(g, 16) for g in m.groups())
-        opts: list[str] = []
+        bus, devno, fn = (int(g, 16) for g in m.groups())
+        opts = []
         if board is not None:
-            cls = board.pci_class(bus, dev, fn) or ""
+            cls = board.pci_class(bus, devno, fn) or ""
             gpu = cls == "0x030000"
             if cls.startswith("0x0200") and _text(vm, "PTM") == "y":
                 opts.append("enable_ptm")
             if cls.startswith("0x0c0330") and _text(vm, "os_type") == "Windows OS":
                 opts.append("d3hot_reset")
         else:
-            gpu = (bus, dev, fn) == (0, 2, 0)
+            gpu = (bus, devno, fn) == (0, 2, 0)
             warnings.append(f"pci_dev {m.group(0)}: no board XML, so its PCI class is unknown"
                             + (" (00:02.0 taken as the integrated GPU -> slot 2)" if gpu else "")
                             + "; enable_ptm/d3hot_reset are not derived")
         slot = GPU_SLOT if gpu else slots.take()
-        devices.append(["-s", f"{slot},passthru,{bus:x}/{dev:x}/{fn:x}" + (f",{','.join(opts)}" if opts else "")])
+        devices.append(["-s", f"{slot},passthru,{bus:x}/{devno:x}/{fn:x}" + (f",{','.join(opts)}" if opts else "")])
         if slot != GPU_SLOT and not intr_monitor:
             intr_monitor = True
             params += ["--intr_monitor", PASSTHRU_INTR_MONITOR]

@@ -13,6 +13,7 @@ keeps its domains only while a connection to it is open."""
 from __future__ import annotations
 
 import atexit
+import builtins
 import signal
 import sys
 import xml.etree.ElementTree as ET
@@ -113,7 +114,8 @@ class DevmodelEngine(SupervisedEngine):
         helpers = [h for h in launch.helpers if h.wait_socket in self.sockets]
         watcher = ProcessSpec("libvirt-domain", [sys.executable, "-m", "acrnmgr.libvirt.watch", self.uri, vm.name],
                               role="main")
-        return LaunchPlan("libvirt", [*helpers, watcher], cleanup=[h.wait_socket for h in helpers],
+        return LaunchPlan("libvirt", [*helpers, watcher],
+                          cleanup=[h.wait_socket for h in helpers if h.wait_socket is not None],
                           info={"uri": self.uri, "vm": vm.name})
 
     def prepare(self, vm: VmSpec, host: HostProfile, plan: LaunchPlan, progress: Progress) -> None:
@@ -224,7 +226,8 @@ class LibvirtEngine:
     def _start_devmodels(self, vm: VmSpec, xml: str, host: HostProfile, progress: Progress) -> bool:
         """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
         (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
-        sockets = frozenset(el.get("path") for el in ET.fromstring(xml).iter("source") if el.get("type") == "unix")
+        sockets = frozenset(path for el in ET.fromstring(xml).iter("source")
+                            if el.get("type") == "unix" and (path := el.get("path")) is not None)
         if not sockets:
             return False
         self._stop_devmodels(vm.name, progress, force=True)  # leftovers of an earlier run of this domain
@@ -248,7 +251,7 @@ class LibvirtEngine:
         libvirt = libvirt_python()
 
         dom = self._domain(name)
-        how = "not running"
+        how: str | None = "not running"
         try:
             if dom.isActive():
                 how = None
@@ -289,15 +292,16 @@ class LibvirtEngine:
 
     def active(self, name: str) -> bool:
         dom = _lookup(connect(self.uri), name)
-        return bool(dom is not None and dom.isActive()) or (self._has_devmodels(name) and self._devmodels().active(name))
+        return (bool(dom is not None and dom.isActive())
+                or (self._has_devmodels(name) and self._devmodels().active(name)))
 
-    def launch_lines(self, name: str) -> list[str]:
+    def launch_lines(self, name: str) -> builtins.list[str]:
         return self._domain(name).XMLDesc().splitlines()
 
-    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> builtins.list[str]:
         return self._export(vm, host, quiet).splitlines()
 
-    def log_files(self, name: str) -> list[Path]:
+    def log_files(self, name: str) -> builtins.list[Path]:
         """libvirt's log of a local QEMU domain (its stdio console, through virtlogd), then the device models'."""
         self._domain(name)
         files = [Path(f"/var/log/libvirt/qemu/{name}.log")] if self.uri == "qemu:///system" else []

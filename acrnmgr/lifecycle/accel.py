@@ -57,10 +57,12 @@ def probe(qemu: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
             proc.kill()
         proc.wait()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
-            stream.close()
+            if stream is not None:  # all three are pipes
+                stream.close()
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> bytes | None:
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes | None:
+    assert proc.stdout is not None  # started with stdout=PIPE
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
     data = b""

@@ -79,8 +79,8 @@ class AcrnEngine(SupervisedEngine):
             "consoles": _consoles(vm),
         }
         # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
-        first = str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0))
-        cleanup = [first.replace(".monitor.0.", ".monitor.{pid}.")]
+        socket = str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0))
+        cleanup = [socket.replace(".monitor.0.", ".monitor.{pid}.")]
         if info["cmd_monitor"]:
             cleanup.append(str(info["cmd_monitor"]))
         return LaunchPlan("acrn", [ProcessSpec("acrn-dm", argv, role="main")], cleanup=cleanup, info=info)
@@ -210,8 +210,8 @@ def prepare_taps(vm: VmSpec, plan: LaunchPlan, progress, net_sysfs: str = "/sys/
             continue
         if not (net / bridge / "bridge").exists():
             raise LifecycleError(
-                f"bridge {bridge} does not exist: create it (ip link add {bridge} type bridge) or set "
-                "spec.network.bridge"
+                f"bridge {bridge} does not exist: create it (ip link add {bridge} type bridge) "
+                "or set spec.network.bridge"
             )
         progress(f"creating tap {tap} on bridge {bridge}")
         for argv in (

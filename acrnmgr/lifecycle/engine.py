@@ -13,6 +13,7 @@ the engine (with its options) of a VM that runs."""
 
 from __future__ import annotations
 
+import builtins
 import enum
 import inspect
 import signal
@@ -68,13 +69,13 @@ class Engine(Protocol):
     def active(self, name: str) -> bool:
         """Something of the VM may still run."""
 
-    def launch_lines(self, name: str) -> list[str]:
+    def launch_lines(self, name: str) -> builtins.list[str]:
         """What runs now, one option per line (for diffs)."""
 
-    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> builtins.list[str]:
         """What `up` of this spec would run, one option per line."""
 
-    def log_files(self, name: str) -> list[Path]:
+    def log_files(self, name: str) -> builtins.list[Path]:
         """The VM's logs, most interesting first."""
 
     def console(self, name: str) -> Console:
@@ -87,7 +88,8 @@ ENGINES = {
     "libvirt": "acrnmgr.libvirt.engine:LibvirtEngine",
 }
 # The CLI's --engine choice (typer needs an Enum): auto, then every registered engine.
-EngineChoice = enum.Enum("EngineChoice", {n: n for n in ("auto", *ENGINES)}, type=str)
+# mypy wants literal members; these are computed from ENGINES on purpose.
+EngineChoice = enum.Enum("EngineChoice", {n: n for n in ("auto", *ENGINES)}, type=str)  # type: ignore[misc]
 
 
 def get_engine(choice: str, host=None, **options: Any) -> Engine:
@@ -109,7 +111,8 @@ def get_engine(choice: str, host=None, **options: Any) -> Engine:
         inspect.signature(cls).bind(**options)
     except TypeError:
         given = ", ".join(sorted(options))
-        raise LifecycleError(f"the {choice} engine does not take {given} (--connect is for the libvirt engine)") from None
+        raise LifecycleError(f"the {choice} engine does not take {given} "
+                             "(--connect is for the libvirt engine)") from None
     return cls(**options)
 
 

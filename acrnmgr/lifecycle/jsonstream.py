@@ -21,7 +21,7 @@ class JsonStream:
         except UnicodeDecodeError as exc:  # a multi-byte character cut by the read
             self._buf += raw[: exc.start].decode("utf-8")
             self._pending = raw[exc.start :]
-        out = []
+        out: list[dict] = []
         while True:
             text = self._buf.lstrip()
             if not text:

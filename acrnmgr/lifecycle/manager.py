@@ -4,6 +4,7 @@ plan, prepare, query and the stop actions."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shlex
@@ -107,13 +108,13 @@ class SupervisedEngine:
         vm = load(VmState(name))
         return vm is not None and is_active(vm)
 
-    def launch_lines(self, name: str) -> list[str]:
+    def launch_lines(self, name: str) -> builtins.list[str]:
         return argv_lines(self._launched(name).launch.main.argv)
 
-    def planned_lines(self, vm: VmSpec, host: HostProfile) -> list[str]:
+    def planned_lines(self, vm: VmSpec, host: HostProfile) -> builtins.list[str]:
         return argv_lines(self.plan(vm, host, VmState(vm.name)).main.argv)
 
-    def log_files(self, name: str) -> list[Path]:
+    def log_files(self, name: str) -> builtins.list[Path]:
         vm = self._launched(name)
         names = ["console.log"] + [f"{p.name}.log" for p in reversed(vm.launch.processes)] + ["supervisor.log"]
         return [vm.state.path(n) for n in names if vm.state.path(n).exists()]
@@ -126,7 +127,8 @@ class SupervisedEngine:
         target = next((c for c in consoles if c["kind"] == "socket"), None) or next(
             (c for c in consoles if c["kind"] in ("pty", "tty")), None)
         if target is None:
-            raise LifecycleError(f"{name} has no console acrnmgr can attach to (give it a stdio, socket or pty console)")
+            raise LifecycleError(f"{name} has no console acrnmgr can attach to "
+                                 "(give it a stdio, socket or pty console)")
         return Console(target["name"], target["kind"], target["path"])
 
     # status ------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class SupervisedEngine:
                 ]
             result["vm_status"] = self.query(vm)
             result["uptime"] = round(time.time() - run.started_at, 1) if run else 0.0
-        elif run_state == "exited":
+        elif run is not None and run_state == "exited":
             result["state"] = run.outcome or "stopped"
             result["exit_code"] = main.get("exit_code")
             result["signal"] = main.get("signal")
@@ -205,8 +207,8 @@ class SupervisedEngine:
             launch = LaunchRecord(
                 name=vm.name, engine=self.name, processes=tuple(plan.processes), spec_hash=vm.hash,
                 spec_path=str(vm.source.resolve()) if vm.source else None, created_at=time.time(),
-                cleanup=tuple(plan.cleanup), post_stop=tuple(plan.post_stop), info=plan.info,
-                engine_options=self.options,
+                cleanup=tuple(plan.cleanup), post_stop=tuple(tuple(argv) for argv in plan.post_stop),
+                info=plan.info, engine_options=self.options,
             )
             state.write_launch(launch)
             state.path("argv").write_text(shlex.join(launch.main.argv) + "\n")
@@ -214,7 +216,8 @@ class SupervisedEngine:
             started = _spawn_supervisor(state)
             if not started.get("ok"):
                 tail = "\n".join(f"  | {line}" for line in started.get("log", []))
-                raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}" + (f"\n{tail}" if tail else ""))
+                raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}"
+                                     + (f"\n{tail}" if tail else ""))
             if wait_ready:
                 progress(f"waiting for {vm.name} to report running")
                 self._wait_ready(state)
@@ -223,7 +226,10 @@ class SupervisedEngine:
 
     def _wait_ready(self, state: VmState) -> None:
         def ready() -> bool:
-            return not state.supervisor_alive() or self.query(load(state)) == "running"
+            if not state.supervisor_alive():
+                return True
+            vm = load(state)  # not None: the launch record was written before the supervisor started
+            return vm is not None and self.query(vm) == "running"
 
         if not wait_until(ready, READY_TIMEOUT, 0.1):
             raise LifecycleError(f"{state.name} did not report running within {READY_TIMEOUT:.0f} s")
@@ -279,8 +285,8 @@ class SupervisedEngine:
                 if not wait_until(gone, FORCE_WAIT, 0.1):
                     raise LifecycleError(f"{name} survived SIGKILL (processes in D state?); see {state.dir}")
             fresh = current()
-            for p in cleanup(state, fresh.launch, _main_pid(fresh)):
-                progress(f"warning: {p}")
+            for problem in cleanup(state, fresh.launch, _main_pid(fresh)):
+                progress(f"warning: {problem}")
             progress(f"{name} stopped ({how})")
             return {"name": name, "action": "stopped", "how": how}
 

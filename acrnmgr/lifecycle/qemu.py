@@ -58,7 +58,9 @@ class QemuEngine(SupervisedEngine):
 
     def graceful_actions(self, vm: Running):
         def powerdown(vm: Running) -> str | None:
-            return "sent system_powerdown (ACPI power button)" if self._qmp(vm, "system_powerdown") is not None else None
+            if self._qmp(vm, "system_powerdown") is None:
+                return None
+            return "sent system_powerdown (ACPI power button)"
 
         return [powerdown]
 

@@ -146,7 +146,8 @@ def _get(d: dict, key: str, kind, where: str, default: Any = _REQUIRED) -> Any:
             raise StateError(f"{where}: {key} is missing")
         return default
     value = d[key]
-    ok = isinstance(value, (int, float) if kind is float else kind) and not (isinstance(value, bool) and kind is not bool)
+    ok = (isinstance(value, (int, float) if kind is float else kind)
+          and not (isinstance(value, bool) and kind is not bool))
     if not ok:
         raise StateError(f"{where}.{key} must be {_type_name(kind)}, not {json.dumps(value)[:40]}")
     return float(value) if kind is float else value
@@ -289,7 +290,8 @@ class ProcessRun:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "ProcessRun":
         d = _obj(data, where)
-        return cls(_get(d, "name", str, where), _choice(_get(d, "role", str, where), ("helper", "main"), f"{where}.role"),
+        return cls(_get(d, "name", str, where),
+                   _choice(_get(d, "role", str, where), ("helper", "main"), f"{where}.role"),
                    ProcessIdentity.from_dict(_get(d, "identity", dict, where), f"{where}.identity"),
                    _get(d, "device", str, where, None), _get(d, "exit_code", int, where, None),
                    _get(d, "signal", int, where, None), _get(d, "exited_at", float, where, None))

@@ -135,7 +135,9 @@ class Supervisor:
         if name is None:
             return None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        entry = replace(self.run.process(name), exit_code=128 + sig if sig else os.WEXITSTATUS(status), signal=sig,
+        started = self.run.process(name)
+        assert started is not None  # spawn() recorded every child it started
+        entry = replace(started, exit_code=128 + sig if sig else os.WEXITSTATUS(status), signal=sig,
                         exited_at=time.time())
         self.record(entry)
         return entry
@@ -214,6 +216,7 @@ class Supervisor:
             self.update(state="degraded", events=(*self.run.events, event))
         self.stop_children()
         main = self.run.process(main_name)
+        assert main is not None  # spawned (and recorded) before supervise() runs
         requested = self.state.path("stop-requested").exists() or self.stop_now
         clean = main.exit_code == 0
         problems = cleanup(self.state, self.launch, main.identity.pid)

@@ -6,6 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from acrnmgr.spec.validation import load_spec
+
 
 def _quote(arg: str) -> str:
     """systemd command-line quoting (and % escaping, since systemd expands specifiers)."""
@@ -44,8 +46,6 @@ WantedBy=multi-user.target
 
 
 def write_unit(spec_file: Path, engine: str, connect: str | None, unit_dir: Path, timeout: float) -> Path:
-    from acrnmgr.spec.validation import load_spec
-
     spec = load_spec(spec_file)
     path = Path(unit_dir) / f"acrnmgr-{spec.name}.service"
     path.parent.mkdir(parents=True, exist_ok=True)

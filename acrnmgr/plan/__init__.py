@@ -68,7 +68,7 @@ class Plan:
 
     def devices_dict(self) -> list[dict[str, Any]]:
         out = []
-        for p, args in zip(self.devices, self.device_args or [""] * len(self.devices)):
+        for p, args in zip(self.devices, self.device_args or [""] * len(self.devices), strict=True):
             item: dict[str, Any] = {"index": p.device.index, "name": p.name, "type": p.kind, "slot": p.slot,
                                     "backend": p.backend, "reason": p.reason}
             if self.engine == "acrn":
@@ -110,7 +110,7 @@ def make_plan(vm: VmSpec, host: HostProfile, engine: str, target_version: str = 
         diags.error((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
 
     plans: list[DevicePlan] = []
-    for device, slot in zip(devices, slots):
+    for device, slot in zip(devices, slots, strict=True):
         choice = device.choose(host, engine, family)
         if choice.error:
             diags.error(device.where, choice.error, choice.suggestion)

@@ -48,7 +48,8 @@ def assign_slots(devices: Sequence[SlotRequest]) -> tuple[list[int | None], list
     for n, i in enumerate(gpus):
         explicit = devices[i].slot
         if n:
-            problems.append(SlotProblem(i, "gpu", f"only one GPU passthrough per VM (device {gpus[0]} is already the GPU)",
+            problems.append(SlotProblem(i, "gpu",
+                                        f"only one GPU passthrough per VM (device {gpus[0]} is already the GPU)",
                                         "drop `gpu: true` from all but one passthru device"))
         elif explicit is not None and explicit != GPU_SLOT:
             problems.append(SlotProblem(i, "slot", f"GPU passthrough must sit on slot {GPU_SLOT}, not {explicit}",

@@ -150,8 +150,9 @@ class DmCommand:
     def has(self, name: str) -> bool:
         return any(n == name for n, _ in self.options)
 
-    def all(self, name: str) -> list[str | None]:
-        return [v for n, v in self.options if n == name]
+    def all(self, name: str) -> list[str]:
+        """Every value of an option that takes an argument, in argv order."""
+        return [v for n, v in self.options if n == name and v is not None]
 
     def slot(self, number: int, bus: int = 0, func: int = 0) -> SlotDevice | None:
         return next((s for s in self.slots if (s.bus, s.slot, s.func) == (bus, number, func)), None)
@@ -172,6 +173,7 @@ def parse_argv(argv: list[str], version: str = "3.x") -> DmCommand:
 
     options: list[tuple[str, str | None]] = []
     positional: list[str] = []
+    opt: Option | None  # a short option may be unknown
     i = 0
     while i < len(args):
         arg = args[i]
@@ -226,6 +228,7 @@ def parse_argv(argv: list[str], version: str = "3.x") -> DmCommand:
             warnings.append(opt.obsolete)  # acrn-dm warns and ignores it
             continue
         if name == "pci_slot":
+            assert value is not None  # -s takes an argument
             device = parse_slot(value, family)
             if device is None:
                 warnings.append(f"-s {value}: obsolete emulation ignored")
@@ -341,6 +344,8 @@ _LOGGERS = ("console", "kmsg", "disk")
 
 
 def _check_option(name: str, value: str | None, family: str, lpc: dict) -> None:
+    if value is None:
+        return  # a flag: every option checked below takes an argument
     if name == "memsize":
         parse_memsize(value)
     elif name == "lpc":

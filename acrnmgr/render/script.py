@@ -43,10 +43,16 @@ def shell_word(word: str) -> str:
     return '"${mac:0:17}"'.join(shlex.quote(part) if part else "" for part in word.split(HOST_MAC))
 
 
+@cache
+def _options_with_argument() -> frozenset[str]:
+    long = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
+    short = {f"-{o.short}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg and o.short}
+    return frozenset(long | short)
+
+
 def dm_lines(argv: list[str]) -> list[str]:
     """dm_params one option per line: `-s 3:0,virtio-blk,...` stays together (quoted apart)."""
-    takes_arg = {f"--{o.long}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg}
-    takes_arg |= {f"-{o.short}" for t in (OPTIONS_V3, OPTIONS_V2) for o in t.values() if o.has_arg and o.short}
+    takes_arg = _options_with_argument()
     lines, i = [], 0
     while i < len(argv):
         if argv[i] in takes_arg and i + 1 < len(argv):

@@ -36,10 +36,12 @@ OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
            "drop it; for power-button notification use `settings.pmNotifyChannel`"),
     "-G": ("is obsolete in acrn-dm v3.x (ignored; GVT-g is gone)",
            "drop it; use a `passthru` device with `gpu: true` or a `virtio-gpu` device"),
-    "--vsbl": ("is obsolete in acrn-dm v3.x (ignored; vSBL boot is gone)", "drop it; boot with `boot.ovmf` or `boot.kernel`"),
+    "--vsbl": ("is obsolete in acrn-dm v3.x (ignored; vSBL boot is gone)",
+               "drop it; boot with `boot.ovmf` or `boot.kernel`"),
     "--part_info": ("is obsolete in acrn-dm v3.x (ignored; it belonged to vSBL boot)", "drop it"),
     "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)", "drop it; use `settings.pmNotifyChannel: uart`"),
-    "--lapic_pt": ("is ignored by acrn-dm on its own (only --rtvm enables LAPIC passthrough)", "set `spec.vmType: rtvm`"),
+    "--lapic_pt": ("is ignored by acrn-dm on its own (only --rtvm enables LAPIC passthrough)",
+                   "set `spec.vmType: rtvm`"),
 }
 # Options the spec models: passing them raw duplicates (or contradicts) what we generate.
 MODELLED_OPTIONS: dict[str, str] = {
@@ -279,7 +281,7 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
                 if isinstance(part.get(f), str):
                     wanted.append((("spec", "boot", section, f), part[f]))
     for path, dev in _devices(spec):
-        for f in _IMAGE_FIELDS.get(dev.get("type"), ()):
+        for f in _IMAGE_FIELDS.get(dev.get("type", ""), ()):
             if isinstance(dev.get(f), str):
                 wanted.append((path + (f,), dev[f]))
         if dev.get("type") == "passthru":
@@ -320,7 +322,8 @@ def cross_file_checks(docs: list[Document]) -> list[Diagnostic]:
             if other_doc is doc:
                 return  # reported by the per-file checks
             line, _ = other_doc.positions.locate(other_path)
-            out.append(doc.diag(path, f"{what} is also used by VM `{_vm_name(other_doc)}` ({other_doc.filename}:{line})", hint))
+            out.append(doc.diag(path, f"{what} is also used by VM `{_vm_name(other_doc)}` "
+                                f"({other_doc.filename}:{line})", hint))
         else:
             seen[key] = (doc, path)
 
@@ -329,26 +332,29 @@ def cross_file_checks(docs: list[Document]) -> list[Diagnostic]:
         name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
         if isinstance(name, str):
             claim(doc, "name", name, ("metadata", "name"), f"VM name `{name}`", "VM names must be unique on a host")
-        spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+        spec = data["spec"] if isinstance(data.get("spec"), dict) else {}
         for path, dev in _devices(spec):
             t = dev.get("type")
             if t == "vhost-vsock" and isinstance(dev.get("cid"), int):
                 claim(doc, "cid", dev["cid"], path + ("cid",), f"vsock CID {dev['cid']}", "each VM needs its own CID")
             if t == "virtio-net":
                 if isinstance(dev.get("mac"), str):
-                    claim(doc, "mac", dev["mac"].lower(), path + ("mac",), f"MAC `{dev['mac']}`", "every NIC needs its own MAC")
+                    claim(doc, "mac", dev["mac"].lower(), path + ("mac",), f"MAC `{dev['mac']}`",
+                          "every NIC needs its own MAC")
                 for f in ("tap", "macvtap"):
                     if isinstance(dev.get(f), str):
-                        claim(doc, "tap", dev[f], path + (f,), f"interface `{dev[f]}`", "each virtio-net needs its own tap")
-        settings = spec.get("settings") if isinstance(spec.get("settings"), dict) else {}
+                        claim(doc, "tap", dev[f], path + (f,), f"interface `{dev[f]}`",
+                              "each virtio-net needs its own tap")
+        settings = spec["settings"] if isinstance(spec.get("settings"), dict) else {}
         if isinstance(settings.get("cmdMonitor"), str):
             claim(doc, "cmd", settings["cmdMonitor"], ("spec", "settings", "cmdMonitor"),
                   f"command monitor socket `{settings['cmdMonitor']}`", "each VM needs its own socket")
         affinity = (spec.get("cpu") or {}).get("affinity") if isinstance(spec.get("cpu"), dict) else None
         if isinstance(affinity, list):
+            rtvm = spec.get("vmType") == "rtvm"
             for i, lapic in enumerate(affinity):
                 if isinstance(lapic, int):
-                    cpus.setdefault(lapic, []).append((doc, ("spec", "cpu", "affinity", i), spec.get("vmType") == "rtvm"))
+                    cpus.setdefault(lapic, []).append((doc, ("spec", "cpu", "affinity", i), rtvm))
     # An RTVM owns its CPUs: nobody else may share them. Reported at every later file.
     for lapic, users in cpus.items():
         if not any(rt for _, _, rt in users):

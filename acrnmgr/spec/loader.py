@@ -10,9 +10,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # there at run time; typeshed leaves it out
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import yaml
 
@@ -180,7 +180,8 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
         raise SpecError([Diagnostic(filename, line, col, "$", "binary data (NUL byte) in a spec file",
                                     "a spec is UTF-8 YAML or JSON text")])
     if not text.strip() or _only_comments(text):
-        raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty", "a spec starts with `apiVersion: acrnmgr/v1`")])
+        raise SpecError([Diagnostic(filename, 1, 1, "$", "file is empty",
+                                    "a spec starts with `apiVersion: acrnmgr/v1`")])
     is_json = filename.lower().endswith(".json") or _looks_like_json(text)
     try:
         if is_json:
@@ -196,7 +197,8 @@ def _parse(text: str, filename: str, base_dir: Path | None, multi: bool) -> list
             line, col = positions.locate(())
             kind = type_name(data)
             problems.append(Diagnostic(filename, line, col, "$",
-                                       f"the top level must be a mapping (apiVersion, kind, metadata, spec), got {kind}",
+                                       "the top level must be a mapping (apiVersion, kind, metadata, spec), "
+                                       f"got {kind}",
                                        "one VM per document; start with `apiVersion: acrnmgr/v1`"
                                        if kind != "nothing (null)" else None))
     if problems:
@@ -314,7 +316,8 @@ class _YamlParser:
         self.count += 1
         if self.count > MAX_NODES:
             if self.count == MAX_NODES + 1:
-                self._problem(node.start_mark, f"document expands to more than {MAX_NODES} values (YAML aliases?)", path)
+                self._problem(node.start_mark, f"document expands to more than {MAX_NODES} values (YAML aliases?)",
+                              path)
             return None
         self.positions.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         kind = node.id
@@ -385,7 +388,8 @@ class _YamlParser:
             value = self.constructor.construct_object(node, deep=True)
         except self.yaml.constructor.ConstructorError as exc:
             tag = node.tag
-            self._problem(node.start_mark, f"unsupported YAML tag `{tag}`" if "tag" in str(exc) else f"invalid value: {exc.problem}",
+            self._problem(node.start_mark,
+                          f"unsupported YAML tag `{tag}`" if "tag" in str(exc) else f"invalid value: {exc.problem}",
                           path, "remove the tag; specs hold plain strings, numbers, booleans, lists and mappings")
             return None
         except (ValueError, OverflowError):
@@ -406,8 +410,15 @@ class _YamlParser:
 # JSON: strict json.loads for syntax errors and messages, then a small walk over the (now known
 # valid) text to find positions and duplicate keys.
 
-_WS = re.compile(r"[ \t\n\r]*")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+class _Matches(Protocol):
+    """A pattern that always matches where the walk uses it: _WS matches the empty string, and _NUMBER
+    is only tried where valid JSON has a number."""
+
+    def match(self, string: str, pos: int = 0) -> re.Match[str]: ...
+
+
+_WS = cast(_Matches, re.compile(r"[ \t\n\r]*"))
+_NUMBER = cast(_Matches, re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"))
 _LITERALS = {"true": True, "false": False, "null": None, "NaN": float("nan"),
              "Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -445,7 +456,7 @@ class _JsonParser:
         if c == "{":
             return self._object(i + 1, path)
         if c == "[":
-            out = []
+            out: list[Any] = []
             i = _WS.match(s, i + 1).end()
             if s[i] == "]":
                 return out, i + 1

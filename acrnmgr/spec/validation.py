@@ -47,10 +47,10 @@ def validate_document(doc: Document, host=None, check_paths: bool = True) -> lis
     return problems + semantic
 
 
-def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
+def validate_files(paths: Iterable[str | Path], host=None, check_paths: bool = True):
     """Validate several files (each may hold several `---` separated VMs) together: each VM on
-    its own, then the cross-VM checks (names, vsock CIDs, MACs, taps unique on one host). Returns (documents, diagnostics); a file
-    that could not be parsed contributes its diagnostics and no document."""
+    its own, then the cross-VM checks (names, vsock CIDs, MACs, taps unique on one host). Returns (documents,
+    diagnostics); a file that could not be parsed contributes its diagnostics and no document."""
     docs: list[Document] = []
     diagnostics: list[Diagnostic] = []
     for path in paths:

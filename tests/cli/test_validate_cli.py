@@ -84,7 +84,8 @@ def test_host_profile_affinity(tmp_path):
     host.write_text("lapic_ids: [0, 1, 2, 3]\n")
     r = run("validate", str(f), "--no-check-paths", "--host", str(host))
     assert r.returncode == 1
-    assert "spec.cpu.affinity[1]: LAPIC ID 9 is not a CPU of this host (hint: the host's LAPIC IDs are 0, 1, 2, 3)" in r.stderr
+    assert ("spec.cpu.affinity[1]: LAPIC ID 9 is not a CPU of this host (hint: the host's LAPIC IDs are 0, 1, 2, 3)"
+            in r.stderr)
 
 
 def test_paths_are_checked_unless_disabled(tmp_path):
@@ -165,7 +166,8 @@ def test_dash_reads_standard_input_with_positions_and_cwd_relative_paths():
     text = (EXAMPLES / "linux-vm.yaml").read_text()
     r = run("validate", "-", cwd=EXAMPLES, stdin=text)
     assert r.returncode == 0, r.stderr
-    r = run("validate", "-", "--output", "json", cwd=EXAMPLES, stdin=text.replace("type: virtio-blk", "type: virtio-blkk"))
+    r = run("validate", "-", "--output", "json", cwd=EXAMPLES,
+            stdin=text.replace("type: virtio-blk", "type: virtio-blkk"))
     assert r.returncode == 1
     report = json.loads(r.stdout)
     assert report["files"] == [{"file": "<stdin>", "ok": False}]

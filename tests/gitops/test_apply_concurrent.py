@@ -73,7 +73,7 @@ def test_two_concurrent_applies_start_each_vm_once(tmp_path):
         finally:
             os.close(lock)  # releases the flock: the two applies now race for it
         results = []
-        for p, before in zip(procs, early):
+        for p, before in zip(procs, early, strict=True):
             out, err = p.communicate(timeout=120)
             assert p.returncode == 0, f"apply -> {p.returncode}\n{out.decode()}\n{(before + err).decode()}"
             results.append({c["name"]: (c["action"], c["result"]) for c in json.loads(out)["changes"]})

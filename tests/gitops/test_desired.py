@@ -29,7 +29,8 @@ def vm(name: str, memory: str = "512M", cpu: int = 0) -> str:
 
 
 def test_merge_patch_rfc7386():
-    assert merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == {"a": "z", "c": {"d": "e"}}
+    merged = merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}})
+    assert merged == {"a": "z", "c": {"d": "e"}}
     assert merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
     assert merge_patch({"a": 1}, {"b": {"c": None}}) == {"a": 1, "b": {}}
 

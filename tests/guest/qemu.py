@@ -317,8 +317,8 @@ def run_guest(script: str, extra_args: list[str] = (), timeout: float = 120, mem
               smp: int = 1, image: GuestImage | None = None, cmdline_extra: str = "",
               fio: bool | None = None) -> GuestResult:
     """Boot the guest, run `script` (busybox sh) in it, and return its exit status and console once it powers
-    off. fio is in the guest when `fio` is true, by default when the script mentions it. Raises GuestError (with QEMU's stderr and the console tail) if QEMU fails or the timeout passes; QEMU
-    is always reaped."""
+    off. fio is in the guest when `fio` is true, by default when the script mentions it. Raises GuestError
+    (with QEMU's stderr and the console tail) if QEMU fails or the timeout passes; QEMU is always reaped."""
     with Guest(script, extra_args, memory_mb, smp, image, qmp=False, cmdline_extra=cmdline_extra,
                fio=fio) as guest:
         result = guest.wait(timeout)

@@ -128,7 +128,8 @@ FOREIGN = """<domain type='kvm'>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
       <source file='/var/lib/libvirt/images/web01.qcow2'/><target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><source file='/iso/debian.iso'/><target dev='sda' bus='sata'/></disk>
-    <interface type='network'><source network='default'/><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/></interface>
+    <interface type='network'><source network='default'/><mac address='52:54:00:aa:bb:cc'/>
+      <model type='virtio'/></interface>
     <serial type='pty'><target port='0'/></serial>
     <graphics type='spice' autoport='yes'/>
     <sound model='ich9'/>

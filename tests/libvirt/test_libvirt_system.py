@@ -1,8 +1,9 @@
 """The libvirt engine on qemu:///system with the real test guest (tests/guest), through the real CLI:
 up defines and starts the domain, status says running, the guest writes a marker to its virtio-blk
 disk (QEMU's own with backend vbs-u; with backend embedded a <disk type='vhostuser'> served by an
-`acrnmgr devmodel serve` process that up starts under the lifecycle supervisor) and reports READY on its serial console (stdio, which libvirt's
-virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses the ACPI power button and the
+`acrnmgr devmodel serve` process that up starts under the lifecycle supervisor) and reports READY on its
+serial console (stdio, which libvirt's virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses
+the ACPI power button and the
 guest powers itself off. Afterwards the marker is in the image, the domain is defined but shut off
 (the engine's down keeps the definition) and no QEMU or device model of it is left."""
 

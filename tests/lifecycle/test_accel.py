@@ -36,12 +36,14 @@ def test_an_abort_when_the_vcpu_runs_means_unusable_and_says_why(tmp_path):
         """)
     usable, reason = probe(qemu)
     assert not usable
-    assert reason == "QEMU cannot run a KVM vCPU with -cpu host: qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69"
+    assert reason == ("QEMU cannot run a KVM vCPU with -cpu host: "
+                      "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69")
 
 
 def test_silence_is_unusable_after_the_timeout(tmp_path):
     qemu = _standin(tmp_path, "import time\ntime.sleep(60)\n")
-    assert probe(qemu, timeout=0.5) == (False, "QEMU cannot run a KVM vCPU with -cpu host: no QMP greeting within 0.5 s")
+    assert probe(qemu, timeout=0.5) == (False,
+                                        "QEMU cannot run a KVM vCPU with -cpu host: no QMP greeting within 0.5 s")
 
 
 def test_missing_qemu_is_unusable(tmp_path):
@@ -75,7 +77,8 @@ def test_an_unusable_kvm_turns_into_tcg_with_a_warning(tmp_path):
     broken = _standin(tmp_path, "sys.exit(1)\n")
     host, warning = with_usable_kvm(HostProfile(kvm=True, qemu=broken), tmp_path / "state")
     assert host.kvm is False and host.qemu == broken
-    assert warning == "KVM is not usable here (QEMU cannot run a KVM vCPU with -cpu host: it exited with status 1); running under TCG"
+    assert warning == ("KVM is not usable here (QEMU cannot run a KVM vCPU with -cpu host: it exited with status 1); "
+                       "running under TCG")
     tcg = HostProfile(kvm=False, qemu=broken)
     assert with_usable_kvm(tcg, tmp_path / "other") == (tcg, None)
     assert not (tmp_path / "other").exists()  # no probe when KVM is not asked for

@@ -29,7 +29,8 @@ def test_stop_request_carries_force_and_timeout():
 
 
 def test_message_ids():
-    assert [m.MsgId.DM_STOP, m.MsgId.DM_SUSPEND, m.MsgId.DM_RESUME, m.MsgId.DM_QUERY, m.MsgId.DM_BLKRESCAN] == [3, 4, 5, 6, 7]
+    ids = [m.MsgId.DM_STOP, m.MsgId.DM_SUSPEND, m.MsgId.DM_RESUME, m.MsgId.DM_QUERY, m.MsgId.DM_BLKRESCAN]
+    assert ids == [3, 4, 5, 6, 7]
     assert struct.unpack_from("<I", m.suspend_request(1), 8)[0] == 4
     assert struct.unpack_from("<I", m.resume_request(1), 8)[0] == 5
 

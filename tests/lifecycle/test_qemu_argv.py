@@ -52,7 +52,8 @@ def test_machine_memory_boot_and_qmp(tmp_path):
 def test_devices_follow_slots_backends_and_modes(tmp_path):
     plan = compile_qemu(_spec("""\
         - {type: virtio-blk, name: root, path: root.img, mode: modern, backend: embedded, mq: 2}
-        - {type: virtio-blk, name: data, path: "d,1.img", mode: legacy, backend: vbs-u, readOnly: true, cache: writeback}
+        - {type: virtio-blk, name: data, path: "d,1.img", mode: legacy, backend: vbs-u, readOnly: true,
+           cache: writeback}
         - {type: virtio-net, name: lan, tap: tap0, mac: "00:16:3e:00:00:01"}
         - {type: virtio-console, name: hvc, ports: [{kind: pty, name: hvc0, console: true}]}
         - {type: virtio-rnd, name: rng, backend: embedded, slot: 9}
@@ -60,7 +61,8 @@ def test_devices_follow_slots_backends_and_modes(tmp_path):
     assert plan.errors == [], plan.errors
     devs = _opts(plan.argv, "-device")
     assert "vhost-user-blk-pci,chardev=cdev3,num-queues=2,addr=0x3,disable-legacy=on,disable-modern=off" in devs
-    assert any(d.startswith("virtio-blk-pci,drive=dev4,addr=0x4,disable-legacy=off,disable-modern=on,write-cache=on") for d in devs)
+    legacy_blk = "virtio-blk-pci,drive=dev4,addr=0x4,disable-legacy=off,disable-modern=on,write-cache=on"
+    assert any(d.startswith(legacy_blk) for d in devs)
     node = json.loads(_opts(plan.argv, "-blockdev")[0])
     assert node["file"]["filename"] == "/vm/d,1.img" and node["read-only"] is True
     assert "tap,id=dev5,ifname=tap0,script=no,downscript=no,vhost=on" in _opts(plan.argv, "-netdev")
@@ -108,8 +110,8 @@ def test_comma_escaping():
 
 
 def test_embedded_net_is_a_vhost_user_netdev_on_intx(tmp_path):
-    plan = compile_qemu(_spec('- {type: virtio-net, name: lan, tap: tap0, mac: "00:16:3e:00:00:02", backend: embedded}\n'),
-                        HOST, tmp_path)
+    plan = compile_qemu(_spec('- {type: virtio-net, name: lan, tap: tap0, mac: "00:16:3e:00:00:02", '
+                              'backend: embedded}\n'), HOST, tmp_path)
     assert plan.errors == [], plan.errors
     assert _opts(plan.argv, "-netdev") == ["vhost-user,id=dev3,chardev=cdev3"]
     # INTx, not MSI-X: Debian's QEMU 7.2 crashes setting up MSI-X notifiers for vhost-user netdevs

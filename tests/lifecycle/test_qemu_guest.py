@@ -41,6 +41,7 @@ class QemuVm:
         self.host = root / "host.yaml"
         self.host.write_text(f"kvm: {str(accel == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
         self.spec = root / f"{self.name}.yaml"
+        mode = "legacy" if backend == "vbs-u" else "modern"
         self.spec.write_text(textwrap.dedent(f"""\
             apiVersion: acrnmgr/v1
             kind: VM
@@ -53,7 +54,7 @@ class QemuVm:
               console:
                 lpc: [{{port: com1, backend: stdio}}]
               devices:
-                - {{type: virtio-blk, name: root, path: disk.img, mode: {'legacy' if backend == 'vbs-u' else 'modern'}, backend: {backend}}}
+                - {{type: virtio-blk, name: root, path: disk.img, mode: {mode}, backend: {backend}}}
             """))
         self.state = root / "state"
         self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}

@@ -46,13 +46,15 @@ def test_corrupt_and_foreign_state_files_are_clear_errors(acrn_env):
         ("run.json", '{"kind": "acrnmgr-run", "version": 1, "state": "ru', "run.json is corrupt (not JSON"),
         ("run.json", json.dumps({"kind": "acrnmgr-run", "version": 1, "state": "flying", "started_at": 1}),
          "run.json.state is 'flying'"),
-        ("launch.json", json.dumps({"some": "other tool's file"}), "launch.json is not an acrnmgr acrnmgr-launch record"),
+        ("launch.json", json.dumps({"some": "other tool's file"}),
+         "launch.json is not an acrnmgr acrnmgr-launch record"),
     ):
         (folder / name).write_text(text)
         for args in (["status", "vm1"], ["down", "vm1"], ["logs", "vm1"],
                      ["up", "--engine", "acrn", "--host", str(acrn_env.host), str(acrn_env.spec())]):
             proc = acrn_env.run(*args, check=False)
-            assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         listed = acrn_env.run("list").stdout
         assert "vm1" in listed and "unreadable" in listed
     assert f"remove {folder}" in acrn_env.run("status", "vm1", check=False).stderr

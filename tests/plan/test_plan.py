@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from acrnmgr.devices import device_from_spec
 from acrnmgr.plan.slots import assign_slots as assign_requests
 from acrnmgr.plan.slots import requests_of
 from acrnmgr.render.grammar import GrammarError, parse_argv
+
 from tests.specs import BASIC, compile_body, make_spec
 
 # The fields each kind requires, so that a test can name only what it is about.
@@ -27,7 +27,6 @@ def choose(raw, host, engine="acrn", family="3"):
 
 def assign_slots(devices):
     return assign_requests(requests_of(devices))
-
 
 
 # --- slots -----------------------------------------------------------------------------------
@@ -65,8 +64,8 @@ def test_virtio_net_vhost_when_host_has_it(service_vm, plain_box):
     net = {"type": "virtio-net", "tap": "tap0"}
     assert choose(net, service_vm).backend == "vhost"
     choice = choose(net, plain_box)
-    assert (choice.backend, choice.reason) == (
-        "vbs-u", "host has no /dev/vhost-net: acrn-dm's user-space virtio-net (VBS-U)")
+    assert (choice.backend, choice.reason) == ("vbs-u",
+                                               "host has no /dev/vhost-net: acrn-dm's user-space virtio-net (VBS-U)")
     assert choose({**net, "backend": "vbs-u"}, service_vm).backend == "vbs-u"
     # acrn-dm honours `vhost` next to mac_seed (virtio_net.c), so a seed does not cost kernel vhost
     assert choose({**net, "macSeed": "s"}, service_vm).backend == "vhost"
@@ -98,8 +97,8 @@ def test_embedded_device_is_planned_not_dropped(service_vm):
 
 
 def test_qemu_engine_plans_embedded_devices(service_vm, plain_box):
-    blk = {"type": "virtio-blk", "mode": "modern", "backend": "embedded"}
-    assert choose(blk, plain_box, "qemu").backend == "embedded"
+    modern = {"type": "virtio-blk", "mode": "modern", "backend": "embedded"}
+    assert choose(modern, plain_box, "qemu").backend == "embedded"
     assert choose({"type": "virtio-blk"}, plain_box, "qemu").backend == "embedded"
     assert choose({"type": "virtio-net", "tap": "t"}, plain_box, "qemu").backend == "vbs-u"
     assert choose({"type": "virtio-net", "tap": "t"}, service_vm, "qemu").backend == "vhost"
@@ -150,8 +149,8 @@ def test_windows_guest_gets_windows_flag_unless_turned_off(tmp_path, service_vm)
     assert "--windows" not in compile_body(tmp_path, BASIC, service_vm).argv
 
 
-@pytest.mark.parametrize("memory, expected", [("1G", "1024M"), ("2048M", "2048M"), (768, "768M"),
-                                              ("131584K", "131584K")])
+@pytest.mark.parametrize("memory, expected",
+                         [("1G", "1024M"), ("2048M", "2048M"), (768, "768M"), ("131584K", "131584K")])
 def test_memory_always_has_a_unit(tmp_path, service_vm, memory, expected):
     body = BASIC.replace("512M", str(memory))
     argv = compile_body(tmp_path, body, service_vm).argv

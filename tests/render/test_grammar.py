@@ -148,8 +148,8 @@ def test_passthru_ivshmem_vsock_and_friends():
     assert parse_slot("9,vhost-vsock,cid=3").params == {"cid": 3}
     assert parse_slot("10,virtio-gpu,geometry=1920x1080+0+0,geometry=fullscreen:1").params == {
         "displays": [{"geometry": "1920x1080+0+0"}, {"fullscreen": True, "monitor": 1}]}
-    assert parse_slot("11,xhci,1-2:2-2,tablet,cap=apl").params == {
-        "ports": ["1-2", "2-2"], "tablet": True, "cap": "apl"}
+    assert parse_slot("11,xhci,1-2:2-2,tablet,cap=apl").params == {"ports": ["1-2", "2-2"], "tablet": True,
+                                                                   "cap": "apl"}
     assert parse_slot("12,uart,vuart_idx:1").params == {"vuartIdx": 1}
     assert parse_slot("13,ahci,hd:/a.img,cd:/b.iso").params == {"hd": ["/a.img"], "cd": ["/b.iso"]}
     for bad in ("8,ivshmem,dm:/s,3", "8,ivshmem,dm:/s,1024", "8,ivshmem,xx:/s,2", "9,vhost-vsock,cid=2",

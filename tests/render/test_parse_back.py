@@ -32,7 +32,8 @@ def expected_params(spec, device: dict, backend: str, family: str) -> dict:
             out["sectorSize"] = {"logical": ss["logical"], "physical": ss.get("physical", ss["logical"])}
         it = device.get("iothread")
         if it:
-            out["iothread"] = {"count": 1, "cpus": []} if it is True else {"count": it["count"], "cpus": it.get("cpus", [])}
+            out["iothread"] = ({"count": 1, "cpus": []} if it is True
+                               else {"count": it["count"], "cpus": it.get("cpus", [])})
         return out
     if kind == "virtio-net":
         out = {"tap": device.get("tap") or device.get("macvtap"), "vhost": backend == "vhost"}
@@ -186,7 +187,8 @@ def test_kitchen_sink_parses_back(tmp_path, service_vm):
     for option, value in [("virtio_poll", "1000"), ("acpidev_pt", "MSFT0101,1"),
                           ("mmiodev_pt", "0xFED40000,0x5000"), ("intr_monitor", "20000,5,2,50"),
                           ("pm_notify_channel", "uart,allow_trigger_s5"), ("cmd_monitor", "/run/acrn/t1.sock"),
-                          ("ovmf", f"w,{tmp_path}/OVMF.fd"), ("logger_setting", "console,level=4;kmsg,level=3;disk,level=5")]:
+                          ("ovmf", f"w,{tmp_path}/OVMF.fd"),
+                          ("logger_setting", "console,level=4;kmsg,level=3;disk,level=5")]:
         assert cmd.get(option) == value, option
     for flag in ("windows", "enable_trusty", "debugexit", "virtio_msi", "ssram"):
         assert cmd.has(flag)

@@ -28,7 +28,8 @@ def spec_text(body: str = "", head: str = HEAD) -> str:
 
 
 def devices_text(devices: str, extra: str = "") -> str:
-    return spec_text("devices:\n" + textwrap.indent(textwrap.dedent(devices).strip("\n"), "  ") + "\n" + textwrap.dedent(extra))
+    body = textwrap.indent(textwrap.dedent(devices).strip("\n"), "  ")
+    return spec_text("devices:\n" + body + "\n" + textwrap.dedent(extra))
 
 
 def diagnostics(text: str, filename: str = "t.yaml", **kw) -> list[Diagnostic]:

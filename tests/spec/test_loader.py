@@ -80,7 +80,7 @@ def test_bad_text(text, filename, line, col, words):
 
 def test_alias_bomb_is_bounded():
     text = "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
-    for prev, name in zip("abcdef", "bcdefg"):
+    for prev, name in zip("abcdef", "bcdefg", strict=True):
         text += f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]\n"
     d = fail(text)[0]
     assert "document expands to more than 100000 values" in d.message

@@ -110,7 +110,8 @@ def test_console_and_lpc_shapes():
             ports: [{kind: file, name: f}, {kind: pty, name: p, socketMode: client}]
     """)
     diags = diagnostics(text)
-    assert only(diags, "spec.console.lpc[0]").message == "com5 (S5 UART) takes `path`, `tcpPort` and `irq`, no `backend`"
+    assert only(diags, "spec.console.lpc[0]").message == ("com5 (S5 UART) takes `path`, `tcpPort` and `irq`, "
+                                                          "no `backend`")
     assert only(diags, "spec.console.lpc[1]").message == "missing required key `path`"
     assert only(diags, "spec.devices[0].ports[0]").message == "missing required key `path`"
     assert only(diags, "spec.devices[0].ports[1]").message == "`socketMode` applies to socket ports only"
