@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.importers.common import ImportError_, ImportResult
 from acrnmgr.importers.dm_argv import spec_from_argv
@@ -223,10 +224,8 @@ class _Expander:
         if ident:
             options = options.replace(f",id:{ident.group(1)}", "")
         named = re.search(r"(Device name: )(.*),( Device physical path: )(.*)", options)
-        if named:
-            self.warnings.append(f"virtio-input {options!r}: the script looks the device up by name and physical "
-                                 "path when it runs; not imported (give /dev/input/eventX, or the name in a spec)")
-            return None
+        if named:  # resolved at launch (spec deviceName/devicePhys)
+            options = by_name_marker(named.group(2).strip(), named.group(4).strip())
         if ident and ident.group(1):
             options += f",{ident.group(1)}"
         return options

@@ -33,6 +33,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from acrnmgr.devices.passthru import GPU_SLOT
+from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.host import HostProfile
 from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
@@ -235,10 +236,14 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if virtio is not None:
         for inp in virtio.findall("input"):
             dev, ident = _text(inp, "backend_device_file"), _text(inp, "id")
-            if dev and not dev.startswith("/"):
-                # `Device name: N, Device physical path: P`: the template finds /dev/input/eventX at launch
-                warnings.append(f"virtio-input {dev!r}: ACRN's script looks the device up by name and physical "
-                                "path when it runs; not imported (give /dev/input/eventX)")
+            named = re.search(r"(Device name: )(.*),( Device physical path: )(.*)", dev or "", re.S)
+            if named:
+                # the template finds /dev/input/eventX by name and physical path at launch: kept symbolic
+                virtual("virtio-input", by_name_marker(named.group(2).strip(), named.group(4).strip())
+                        + (f",{ident}" if ident else ""))
+            elif dev and not dev.startswith("/"):
+                warnings.append(f"virtio-input {dev!r}: neither a path nor `Device name: ..., Device physical "
+                                "path: ...`; not imported")
                 slots.take()  # the generator still allocates its slot
             elif dev:
                 # launch_script_template.sh's add_virtual_device strips `id:` and passes the id as the serial

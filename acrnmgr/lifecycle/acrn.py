@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acrnmgr.devices.virtio_console import VirtioConsole
+from acrnmgr.devices.virtio_input import resolve_argv_word
 from acrnmgr.devices.virtio_net import HOST_MAC, VirtioNet, read_host_mac, resolve_host_mac
 from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle import cmdmonitor, monitor
@@ -67,7 +68,15 @@ class AcrnEngine(SupervisedEngine):
         if not acrn_dm:
             raise PlanError("acrn-dm not found on PATH: install ACRN's device model, or use --engine qemu")
         host_mac = read_host_mac(self.paths.net_sysfs) if any(HOST_MAC in a for a in plan.acrn.argv) else ""
-        argv = [acrn_dm, *(resolve_host_mac(a, host_mac) for a in plan.acrn.argv[1:])]
+        words = [resolve_host_mac(a, host_mac) for a in plan.acrn.argv[1:]]
+        argv, missing_inputs = [acrn_dm], []
+        for word in words:  # a virtio-input by evdev name: found now, or left out (ACRN's template)
+            resolved = resolve_argv_word(word, Path(self.paths.net_sysfs).parent.parent)
+            if resolved is None:
+                argv.pop()  # its -s
+                missing_inputs.append(word)
+            else:
+                argv.append(resolved)
         channel = vm.settings.pm_notify_channel or ""
         info = {
             "vm": vm.name,
@@ -77,6 +86,7 @@ class AcrnEngine(SupervisedEngine):
             "power_button": channel == "power_button",
             "rtvm": vm.rtvm,
             "consoles": _consoles(vm),
+            "inputs_not_found": missing_inputs,
         }
         # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
         socket = str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0))
@@ -96,6 +106,8 @@ class AcrnEngine(SupervisedEngine):
                 f"`echo {host.hugepages_total + need - host.hugepages_free} > /proc/sys/vm/nr_hugepages`"
             )
         Path(self.paths.mngr_dir).mkdir(parents=True, exist_ok=True)  # acrn-dm does not create it (#2798)
+        for word in plan.info.get("inputs_not_found", []):
+            progress(f"warning: -s {word}: no evdev with that name and physical path; the device is left out")
         prepare_taps(vm, plan, progress, self.paths.net_sysfs)
         self._offline_cpus(offline_cpus(vm), progress)  # ACRN's template: an RTVM's CPUs only
 

@@ -260,23 +260,51 @@ def _one_vm_scenario(tmp_path: Path, virtio: str) -> Path:
     return path
 
 
-def test_virtio_input_id_is_the_serial_and_a_device_name_is_not_a_whole_vm_lost(tmp_path):
+def test_virtio_input_id_is_the_serial_and_a_device_name_is_kept_symbolic(tmp_path):
+    named = "Device name: AT Translated Set 2 keyboard, Device physical path: isa0060/serio0/input0"
     path = _one_vm_scenario(tmp_path, """
       <input><backend_device_file>/dev/input/event3</backend_device_file><id>kbd0</id></input>
-      <input><backend_device_file>Device name: AT Translated Set 2 keyboard, Device physical path:
-        isa0060/serio0/input0</backend_device_file></input>
+      <input><backend_device_file>%s</backend_device_file></input>
       <gpu><display_type>Window</display_type></gpu>
-      <block>/img/a.img</block>""")
+      <block>/img/a.img</block>""" % named)
     result = import_file(path, board=CORPUS / "boards" / "generic_board.xml")
     vm = next(s for s in result.specs if s.name == "POST_STD_VM1")
     devices = vm.data["spec"]["devices"]
     # the template strips `id:`; virtio_input.c takes what follows the comma as the serial
     assert {"type": "virtio-input", "device": "/dev/input/event3", "serial": "kbd0"} in devices
-    assert any("Device name" in w and "not imported" in w for w in vm.warnings)
+    assert {"type": "virtio-input", "deviceName": "AT Translated Set 2 keyboard",
+            "devicePhys": "isa0060/serio0/input0"} in devices
     assert any("virtio-gpu" in w and "display" in w for w in vm.warnings)
     assert not any(d["type"] == "virtio-gpu" for d in devices)
-    # a skipped device keeps its slot, as the generator allocates it: inputs 3 and 4, so the disk is on 5
-    assert next(d for d in devices if d["type"] == "virtio-blk").get("slot") == 5
+    # the blk is on 5, the GPU left out on 6 (its slot allocated, as the generator does)
+    assert "slot" not in next(d for d in devices if d["type"] == "virtio-blk")
+
+    # The launch script finds the evdev when it runs, as ACRN's template does; without a match the
+    # device is left out and acrn-dm still runs.
+    spec = load_spec_text(yaml.safe_dump(vm.data), str(tmp_path / "vm.yaml"), check_paths=False,
+                          base_dir=tmp_path)
+    compiled = compile_spec(spec, Board.load(CORPUS / "boards" / "generic_board.xml").host_profile())
+    assert compiled.ok, compiled.errors
+    script = render_script(compiled)
+    for found in (True, False):
+        work = tmp_path / f"found-{found}"
+        work.mkdir()
+        if found:
+            for n, (name, phys) in enumerate([("Power Button", "PNP0C0C/button/input0"),
+                                              ("AT Translated Set 2 keyboard", "isa0060/serio0/input0")], 2):
+                d = work / "run/sys/class/input" / f"event{n}" / "device"
+                d.mkdir(parents=True)
+                (d / "name").write_text(name + "\n")
+                (d / "phys").write_text(phys + "\n")
+        proc, run = run_script(work, script, {0: 0, 2: 1}, nics={"eth0": "00:1b:21:0a:0b:0c"})
+        assert proc.returncode == 0, proc.stderr
+        argv = (run / "argv").read_bytes().decode().split("\0")[:-1]
+        inputs = [a for a in argv if "virtio-input" in a]
+        if found:
+            assert inputs == ["3:0,virtio-input,/dev/input/event3,kbd0", "4:0,virtio-input,/dev/input/event3"]
+        else:
+            assert inputs == ["3:0,virtio-input,/dev/input/event3,kbd0"] and "not found" in proc.stderr
+            assert argv[argv.index("5:0,virtio-blk,/img/a.img") - 1] == "-s"
 
 
 def test_customized_parameters_quoted_into_one_word_are_read_as_acrn_dm_reads_them(tmp_path):

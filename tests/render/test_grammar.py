@@ -174,3 +174,21 @@ def test_virtio_blk_takes_iothread_and_mq_in_either_order():
 def test_passthru_unknown_option_is_ignored_as_acrn_dm_does():
     params = parse_slot("6,passthru,0/1f/6,enable_ptm,frobnicate").params
     assert params["options"] == {"enablePtm": True} and params["ignored"] == ["frobnicate"]
+
+
+def test_virtio_input_by_name_resolves_like_acrns_template(tmp_path):
+    from acrnmgr.devices.virtio_input import by_name_marker, resolve_argv_word
+
+    for n, (name, phys) in ((2, ("AT Translated Set 2 keyboard", "isa0060/serio0/input0")),
+                            (10, ("AT Translated Set 2 keyboard", "isa0060/serio0/input0")),
+                            (3, ("Power Button", "PNP0C0C/button/input0"))):
+        d = tmp_path / "class/input" / f"event{n}" / "device"
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+        (d / "phys").write_text(phys + "\n")
+    word = "4:0,virtio-input," + by_name_marker("AT Translated Set 2 keyboard", "isa0060/serio0/input0") + ",kb"
+    assert parse_slot(word).params == {"deviceName": "AT Translated Set 2 keyboard",
+                                       "devicePhys": "isa0060/serio0/input0", "serial": "kb"}
+    # of several matches, the last in glob order (event10 < event2), as the template's loop leaves it
+    assert resolve_argv_word(word, tmp_path) == "4:0,virtio-input,/dev/input/event2,kb"
+    assert resolve_argv_word(word.replace("serio0", "serio9"), tmp_path) is None
