@@ -192,3 +192,22 @@ def test_virtio_input_by_name_resolves_like_acrns_template(tmp_path):
     # of several matches, the last in glob order (event10 < event2), as the template's loop leaves it
     assert resolve_argv_word(word, tmp_path) == "4:0,virtio-input,/dev/input/event2,kb"
     assert resolve_argv_word(word.replace("serio0", "serio9"), tmp_path) is None
+
+
+def test_virtio_blk_no_bst_block_and_virtio_rnd_kernel_round_trip(tmp_path, service_vm):
+    from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
+    from acrnmgr.render.acrndm import compile_spec
+    from acrnmgr.spec.validation import load_spec_text
+
+    argv = ["acrn-dm", "--cpu_affinity", "2", "-m", "512M", "-k", "/bzImage", "-s", "0:0,hostbridge",
+            "-s", "1:0,lpc", "-s", "3,virtio-blk,/img/a.img,no_bst_block", "-s", "4,virtio-rnd,kernel=on", "vm1"]
+    imported = spec_from_argv(argv)
+    devices = imported.data["spec"]["devices"]
+    assert {"type": "virtio-blk", "path": "/img/a.img", "noBstBlock": True} in devices
+    assert {"type": "virtio-rnd", "kernel": True} in devices
+    import yaml
+    spec = load_spec_text(yaml.safe_dump(imported.data), "vm1.yaml", check_paths=False)
+    compiled = compile_spec(spec, service_vm)
+    assert compiled.ok, compiled.errors
+    assert normalized_argv(compiled.argv) == normalized_argv(argv)
+    assert "4:0,virtio-rnd,kernel=on" in compiled.argv
