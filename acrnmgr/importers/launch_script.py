@@ -190,8 +190,6 @@ class _Expander:
             slot, kind, options = args[0], args[1], " ".join(args[2:])
             if kind == "virtio-input":
                 options = self._input_options(options)
-                if options is None:
-                    return []
             return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
         if fn == "add_passthrough_device":
             if len(args) < 2:
@@ -216,7 +214,7 @@ class _Expander:
                              "template); its output is unknown, dropped")
         return []
 
-    def _input_options(self, options: str) -> str | None:
+    def _input_options(self, options: str) -> str:
         """As the template's add_virtual_device: `,id:<id>` is taken out and the id passed as the serial
         (virtio_input.c takes everything after the comma); `Device name: N, Device physical path: P`
         is resolved to /dev/input/eventX on the Service VM when the script runs."""

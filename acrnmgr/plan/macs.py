@@ -10,6 +10,7 @@ seed text means the same MAC whatever that address is."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from acrnmgr.devices.virtio_net import HOST_MAC, VirtioNet, acrn_mac
 from acrnmgr.model import JsonPath, VmSpec
@@ -36,7 +37,10 @@ def effective_macs(vm: VmSpec) -> list[tuple[VirtioNet, JsonPath, str, str]]:
     return out
 
 
-def mac_collisions(vms: Iterable[tuple[object, VmSpec]]) -> list[tuple[object, JsonPath, str, str]]:
+S = TypeVar("S")
+
+
+def mac_collisions(vms: Iterable[tuple[S, VmSpec]]) -> list[tuple[S, JsonPath, str, str]]:
     """(source, where, message, hint) for each NIC whose effective MAC an earlier VM's NIC on the same
     bridge already has; `source` is what the caller passed with the VM (its document)."""
     seen: dict[tuple[str, str], tuple[VmSpec, str]] = {}

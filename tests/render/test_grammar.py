@@ -211,3 +211,25 @@ def test_virtio_blk_no_bst_block_and_virtio_rnd_kernel_round_trip(tmp_path, serv
     assert compiled.ok, compiled.errors
     assert normalized_argv(compiled.argv) == normalized_argv(argv)
     assert "4:0,virtio-rnd,kernel=on" in compiled.argv
+
+
+def test_acrn_only_emulations_are_spec_devices(tmp_path, service_vm, plain_box):
+    import yaml
+
+    from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
+    from acrnmgr.render.acrndm import compile_spec
+    from acrnmgr.spec.validation import load_spec_text
+
+    argv = ["acrn-dm", "--cpu_affinity", "2", "-m", "512M", "-k", "/bzImage", "-s", "0:0,hostbridge",
+            "-s", "1:0,lpc", "-s", "5,virtio-heci,0:15:0,d0", "-s", "6,virtio-rpmb,physical_rpmb",
+            "-s", "7,virtio-audio", "vm1"]
+    imported = spec_from_argv(argv)
+    devices = imported.data["spec"]["devices"]
+    assert {"type": "acrn-emulation", "emulation": "virtio-heci", "args": "0:15:0,d0", "slot": 5} in devices
+    assert not imported.data["spec"].get("extraArgs")
+    spec = load_spec_text(yaml.safe_dump(imported.data), "vm1.yaml", check_paths=False)
+    compiled = compile_spec(spec, service_vm)
+    assert compiled.ok, compiled.errors
+    assert normalized_argv(compiled.argv) == normalized_argv(argv)
+    qemu = compile_spec(spec, plain_box, engine="qemu")
+    assert any("acrn-emulation" in d.message and "qemu" in d.message for d in qemu.errors)
