@@ -285,7 +285,7 @@ def import_launch_script(text: str, source: str, version: str = "3.x") -> Import
         if path and not path.startswith("/"):
             warnings.append(f"virtio-blk {path}: the script gives acrn-dm this relative path, which it opens from "
                             "the directory the script runs in; the spec keeps it relative, and acrnmgr resolves "
-                            "it against the spec file's folder: keep the spec next to the image, or make the "
-                            "path absolute")
+                            "it against the spec file's folder: keep the spec next to the image, or import "
+                            "with --base-dir DIR (where the script runs)")
     imported.warnings[:0] = warnings
     return ImportResult(source, "launch-script", [imported])

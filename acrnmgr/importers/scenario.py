@@ -286,7 +286,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                 warnings.append(f"virtio-blk {block}: ACRN's launch script gives acrn-dm this relative path, which "
                                 "it opens from the directory the script runs in; the spec keeps it relative, and "
                                 "acrnmgr resolves it against the spec file's folder: keep the spec next to the "
-                                "image, or make the path absolute")
+                                "image, or import with --base-dir DIR (where the script runs)")
             virtual("virtio-blk", block)
         for gpu in virtio.findall("gpu"):
             kind = _text(gpu, "display_type")
