@@ -74,6 +74,7 @@ def vm_from_spec(spec: Spec) -> VmSpec:
         load_order=s.get("loadOrder", DEFAULT_LOAD_ORDER),
         memory=parse_size(s["memory"]),
         affinity=tuple(s["cpu"]["affinity"]),
+        own_pcpu=bool(s["cpu"].get("ownPcpu")),
         boot=build_boot(s["boot"], base),
         lpc=build_lpc((s.get("console") or {}).get("lpc", []), base),
         bridge=(s.get("network") or {}).get("bridge", DEFAULT_BRIDGE),

@@ -278,6 +278,8 @@ def import_launch_script(text: str, source: str, version: str = "3.x") -> Import
         imported = spec_from_argv(argv, version)
     except GrammarError as exc:
         raise ImportError_(f"{source}: acrn-dm would refuse this argv: {exc}") from None
+    if variables.get("own_pcpu") == "y" or variables.get("scheduler") == "SCHED_NOOP":
+        imported.data["spec"]["cpu"]["ownPcpu"] = True  # the template's add_cpus offlines its CPUs
     if variables.get("vm_type") == "RTVM" and imported.data["spec"].get("vmType") != "rtvm":
         imported.warnings.append("vm_type='RTVM' but dm_params has no --rtvm; imported as a standard VM")
     for dev in imported.data["spec"].get("devices", []):

@@ -388,6 +388,9 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         except (GrammarError, ImportError_) as exc:
             result.errors.append(f"{label}: not imported: {exc}")
             continue
+        scheduler = _text(root, "hv/FEATURES/SCHEDULER")
+        if _text(vm, "own_pcpu") == "y" or scheduler == "SCHED_NOOP":  # the template's add_cpus offlines them
+            imported.data["spec"]["cpu"]["ownPcpu"] = True
         imported.warnings[:0] = warnings
         result.specs.append(imported)
     if not result.specs:

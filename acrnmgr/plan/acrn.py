@@ -132,10 +132,10 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
 
 def offline_cpus(vm: VmSpec) -> list[int]:
     """The CPUs (LAPIC IDs) to take from the Service VM before acrn-dm runs, as ACRN's launch script
-    template decides: an RTVM's only (the template also names the SCHED_NOOP scheduler and own_pcpu,
-    which a spec does not have). A shared VM's CPUs stay online in the Service VM; processor 0 is
-    never offlined (HSM refuses it), which the script and the engine skip with a warning."""
-    return list(vm.affinity) if vm.rtvm else []
+    template decides: an RTVM's, and those of a VM that owns its pCPUs (own_pcpu, or the SCHED_NOOP
+    scheduler: the spec's cpu.ownPcpu). A shared VM's CPUs stay online in the Service VM; processor 0
+    is never offlined (HSM refuses it), which the script and the engine skip with a warning."""
+    return list(vm.affinity) if vm.rtvm or vm.own_pcpu else []
 
 
 def _needs_v3(diags: Diagnostics, family: str, where: tuple[str, ...], option: str, since: str) -> None:

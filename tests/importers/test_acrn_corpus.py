@@ -348,3 +348,36 @@ def test_base_dir_resolves_relative_disk_paths(tmp_path):
     assert any("--base-dir" in w for w in vm.warnings)
     res = runner.invoke(app, ["import", str(script), "--base-dir", str(tmp_path)])
     assert res.exit_code == 0 and str(tmp_path / "win10-ltsc.img") in res.stdout
+
+
+def test_a_vm_that_owns_its_pcpus_has_them_offlined_as_the_template_does(tmp_path):
+    board = CORPUS / "boards" / "generic_board.xml"
+    host = Board.load(board).host_profile()
+    ref = (CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id1.sh").read_text()
+    for variable in ("own_pcpu='y'", "scheduler='SCHED_NOOP'"):
+        work = tmp_path / variable.split("=")[0]
+        work.mkdir()
+        text = ref.replace("own_pcpu='n'", variable) if "own" in variable else ref.replace(
+            "scheduler='SCHED_BVT'", variable)
+        script = work / "launch_user_vm_id1.sh"
+        script.write_text(text)
+        _argv, log = run_reference(script, work)
+        offlined = [int(c) for line in log if line.startswith("offline_cpus") for c in line.split()[1:]]
+        assert offlined == [0, 2]
+        (vm,) = import_file(script).specs
+        assert vm.data["spec"]["cpu"]["ownPcpu"] is True
+        spec = load_spec_text(yaml.safe_dump(vm.data), str(work / "vm.yaml"), check_paths=False, base_dir=work)
+        compiled = compile_spec(spec, host)
+        assert compiled.cpus == offlined
+        proc, run = run_script(work, render_script(compiled), {lapic: n for n, lapic in enumerate(host.lapic_ids)},
+                               nics={"eth0": "00:1b:21:0a:0b:0c"}, pci=tuple(compiled.passthru))
+        assert proc.returncode == 0 and "processor 0 can't be offline" in proc.stderr
+        assert (run / "sys/devices/system/cpu/cpu1/online").read_text().strip() == "0"  # LAPIC 2
+        assert (run / "sys/devices/system/cpu/cpu0/online").read_text().strip() == "1"
+    # the scenario route: <own_pcpu>y</own_pcpu>
+    src = (CORPUS / "scenarios" / "generic_board__shared.xml").read_text()
+    src = src.replace("<vuart0>n</vuart0>", "<vuart0>n</vuart0><own_pcpu>y</own_pcpu>", 1)
+    (tmp_path / "scenario.xml").write_text(src)
+    result = import_file(tmp_path / "scenario.xml", board=board)
+    assert result.specs[0].data["spec"]["cpu"].get("ownPcpu") is True
+    assert "ownPcpu" not in result.specs[1].data["spec"]["cpu"]
