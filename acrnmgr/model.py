@@ -151,6 +151,7 @@ class VmSpec:
     base_dir: Path
     data: Mapping[str, Any] = field(repr=False, compare=False)  # the validated document, for export metadata
     locator: Locator | None = field(default=None, repr=False, compare=False)
+    own_pcpu: bool = False  # the VM owns its pCPUs (ACRN's own_pcpu / SCHED_NOOP): they are offlined
 
     @property
     def rtvm(self) -> bool:

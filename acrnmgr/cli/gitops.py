@@ -38,6 +38,9 @@ def import_(
                                       help="libvirt: import a BIOS-booted domain with ACRN's OVMF (UEFI) instead."),
     keep_addresses: bool = typer.Option(False, "--keep-addresses",
                                         help="libvirt: keep the domain's PCI slots (default: acrnmgr assigns them)."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
+                                            help="Resolve relative image paths against DIR (where ACRN's launch "
+                                                 "script runs); default: keep them relative."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
 
@@ -48,7 +51,8 @@ def import_(
     from acrnmgr.importers.output import spec_yaml, validate, write_specs
 
     try:
-        result = import_file(file, board=board, bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
+        result = import_file(file, board=board, base_dir=base_dir, bios_as_ovmf=bios_as_ovmf,
+                             keep_addresses=keep_addresses)
     except ImportError_ as exc:
         fail(str(exc))
     problems = {s.name: validate(s, out_dir, result.source) for s in result.specs}
@@ -64,11 +68,13 @@ def import_(
             vm["errors"] = problems[vm["name"]]
             if vm["name"] in files:
                 vm["file"] = files[vm["name"]]
-        report["ok"] = not any(problems.values())
+        report["ok"] = not any(problems.values()) and not result.errors
         typer.echo(json.dumps(report, indent=2))
     else:
         for w in result.warnings:
             typer.echo(f"warning: {w}", err=True)
+        for e in result.errors:
+            typer.echo(f"error: {e}", err=True)
         for s in result.specs:
             for w in s.warnings:
                 typer.echo(f"warning: {s.name}: {w}", err=True)
@@ -78,6 +84,8 @@ def import_(
         elif not any(problems.values()):
             typer.echo("---\n".join(spec_yaml(s, result.source) for s in result.specs), nl=False)
     bad = {n: p for n, p in problems.items() if p}
+    if result.errors and not bad:
+        raise typer.Exit(1)  # some VMs of the file could not be imported (their siblings were)
     if bad:
         if output is not OutputFormat.json:
             for name, errs in bad.items():

@@ -39,6 +39,7 @@ def validate(
 
     profile = load_host(host) if host is not None else None
     docs, diagnostics = validate_files(files, host=profile, check_paths=not no_check_paths)
+    diagnostics += _mac_collisions(docs, diagnostics)
     if engine is not None:
         diagnostics += _plan_diagnostics(docs, diagnostics, profile, engine.value)
     errors = [d for d in diagnostics if d.is_error]
@@ -62,6 +63,17 @@ def validate(
             summary += f"; {_count(len(errors), 'error')}, {_count(len(warnings), 'warning')}"
         typer.echo(summary, err=bool(errors))
     raise typer.Exit(1 if errors else 0)
+
+
+def _mac_collisions(docs, diagnostics) -> list:
+    """NICs of different VMs on one bridge that acrn-dm would give the same MAC."""
+    from acrnmgr.devices import vm_from_spec
+    from acrnmgr.plan.macs import mac_collisions
+    from acrnmgr.spec.loader import spec_from_document
+
+    failed = {d.file for d in diagnostics if d.is_error}
+    vms = [(doc, vm_from_spec(spec_from_document(doc))) for doc in docs if doc.filename not in failed]
+    return [doc.diag(where, message, hint) for doc, where, message, hint in mac_collisions(vms)]
 
 
 def _plan_diagnostics(docs, diagnostics, profile, engine: str) -> list:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from acrnmgr.devices.acrn_emulation import AcrnEmulation
 from acrnmgr.devices.ahci import Ahci
 from acrnmgr.devices.base import EmulatedDevice, VirtioDevice
 from acrnmgr.devices.ivshmem import Ivshmem
@@ -45,7 +46,7 @@ AnyDevice = VirtioDevice | EmulatedDevice
 
 KINDS: dict[str, type[Any]] = {cls.KIND: cls for cls in (
     VirtioBlk, VirtioNet, VirtioConsole, VirtioRnd, VirtioInput, VirtioGpu, VirtioI2c, VirtioGpio, VhostVsock,
-    Passthru, Ivshmem, Xhci, Ahci, Wdt, Uart)}
+    Passthru, Ivshmem, Xhci, Ahci, Wdt, Uart, AcrnEmulation)}
 
 # acrn-dm's emulation names of each kind (wdt is wdt-i6300esb; ahci also has ahci-hd and ahci-cd).
 BY_EMULATION: dict[str, type[Any]] = {
@@ -73,6 +74,7 @@ def vm_from_spec(spec: Spec) -> VmSpec:
         load_order=s.get("loadOrder", DEFAULT_LOAD_ORDER),
         memory=parse_size(s["memory"]),
         affinity=tuple(s["cpu"]["affinity"]),
+        own_pcpu=bool(s["cpu"].get("ownPcpu")),
         boot=build_boot(s["boot"], base),
         lpc=build_lpc((s.get("console") or {}).get("lpc", []), base),
         bridge=(s.get("network") or {}).get("bridge", DEFAULT_BRIDGE),

@@ -108,6 +108,9 @@ class Passthru(EmulatedDevice):
             d["gpu"] = True
         if p["options"]:
             d["options"] = dict(p["options"])
+        for tok in p.get("ignored", []):
+            warnings.append(f"-s {dev.slot},{dev.emul}: acrn-dm ignores the unknown option {tok!r} (with a "
+                            "warning); dropped")
         return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
@@ -216,6 +219,6 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
             opts["irq"] = acrn_int(val, "passthru irq", 0, 255)
         elif key == "dsdt" and val:
             opts["dsdt"] = val
-        else:
-            raise GrammarError(f"passthru: unknown option {tok!r}")
+        else:  # acrn-dm warns and goes on
+            params.setdefault("ignored", []).append(tok)
     return params

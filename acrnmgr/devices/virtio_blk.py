@@ -47,6 +47,7 @@ class VirtioBlk(VirtioDevice):
     iothread: bool | tuple[int, tuple[tuple[int, ...], ...]] = False  # True, or (count, cpu groups)
     mq: int | None = None
     aio: str | None = None
+    no_bst_block: bool = False
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioBlk:
@@ -62,11 +63,11 @@ class VirtioBlk(VirtioDevice):
                    cache=raw.get("cache", DEFAULT_CACHE), read_only=bool(raw.get("readOnly")), discard=discard,
                    sector_size=(ss["logical"], ss.get("physical")) if ss else None,
                    range=(rng["startLba"], rng["size"]) if rng else None, iothread=iothread, mq=raw.get("mq"),
-                   aio=raw.get("aio"))
+                   aio=raw.get("aio"), no_bst_block=bool(raw.get("noBstBlock")))
 
     @classmethod
     def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
-        p, where = dev.params, f"-s {dev.slot},{dev.emul}"
+        p = dev.params
         if p.get("path") is None:
             return None  # nodisk (a drive inserted later by blkrescan) has no spec form
         d: dict[str, Any] = {"type": cls.KIND, "path": p["path"]}
@@ -77,7 +78,7 @@ class VirtioBlk(VirtioDevice):
         if p.get("readOnly"):
             d["readOnly"] = True
         if p.get("noBstBlock"):
-            warnings.append(f"{where}: no_bst_block is not modelled; dropped")
+            d["noBstBlock"] = True
         for key in ("discard", "sectorSize", "range", "mq", "aio"):
             if key in p:
                 d[key] = p[key]
@@ -114,6 +115,8 @@ class VirtioBlk(VirtioDevice):
             out.append(f"range={self.range[0]}/{self.range[1]}")
         if self.aio:
             out.append(f"aio={self.aio}")
+        if self.no_bst_block:
+            out.append("no_bst_block")
         return ",".join(out)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
@@ -283,8 +286,12 @@ _SECTOR_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
     tokens = body.split(",") if body else []
     params: dict[str, Any] = {"cache": DEFAULT_CACHE, "readOnly": False}
-    if tokens and (tokens[0] == "iothread" or tokens[0].startswith("iothread=")):
+    # acrn-dm reads iothread and mq= before the path, in either order
+    while tokens and (tokens[0] == "iothread" or tokens[0].startswith(("iothread=", "mq="))):
         tok = tokens.pop(0)
+        if tok.startswith("mq="):
+            params["mq"] = acrn_int(tok[3:], "virtio-blk mq", 1, 64)
+            continue
         count, cpus = 1, []
         if "=" in tok:
             spec = tok.split("=", 1)[1]
@@ -294,13 +301,9 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
                 cpus = [[acrn_int(c, "virtio-blk iothread cpu", 0) for c in group.split(":")]
                         for group in affinity.split("/")]
         params["iothread"] = {"count": count, "cpus": cpus}
-    if tokens and tokens[0].startswith("mq="):
-        params["mq"] = acrn_int(tokens.pop(0)[3:], "virtio-blk mq", 1, 64)
     if not tokens or not tokens[0]:
         raise GrammarError(f"virtio-blk: missing image path in {body!r}")
     path = tokens.pop(0)
-    if path.startswith(("iothread", "mq=")):
-        raise GrammarError(f"virtio-blk: {path!r} must come before mq= and the path (order: iothread, mq, path)")
     params["path"] = None if path == "nodisk" else path
     for tok in tokens:
         key, eq, val = tok.partition("=")

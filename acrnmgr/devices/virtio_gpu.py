@@ -56,6 +56,10 @@ class VirtioGpu(VirtioDevice):
                 out.append("geometry=fullscreen" + (f":{display.monitor}" if display.monitor is not None else ""))
             elif display.geometry:
                 out.append(f"geometry={display.geometry}")
+        if not out:
+            ctx.diags.error(self.where, "acrn-dm's virtio-gpu needs at least one display (without one it calls "
+                            "strdup(NULL) or refuses the geometry)",
+                            "displays: [{geometry: 1920x1080+0+0}] or [{fullscreen: true}]")
         return ",".join(out)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
@@ -102,4 +106,7 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
             if match.group(5):
                 display["monitor"] = int(match.group(5))
             displays.append(display)
+    if not displays:
+        raise GrammarError("virtio-gpu: no display: acrn-dm needs geometry=WxH+X+Y or geometry=fullscreen[:monitor] "
+                           "(without one it calls strdup(NULL))")
     return {"displays": displays}

@@ -30,6 +30,11 @@ from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields
 from acrnmgr.spec.diagnostics import format_path
 
+# In a macSeed, the Service VM's NIC address at launch: ACRN's generated scripts seed each NIC with
+# `${mac:0:17}-<VM name>`, mac being `cat /sys/class/net/e*/address` (so: the first e* interface's
+# address, in the shell's glob order). The launch script and `up` replace it (resolve_host_mac).
+HOST_MAC = "{hostMac}"
+
 # The schema's pattern for a MAC, as Python's re reads it (fullmatch: `$` would accept a final newline).
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
@@ -71,8 +76,8 @@ class VirtioNet(VirtioDevice):
         taps: dict[str, tuple[JsonPath, str]] = {}
         for path, dev in items:
             if "mac" in dev and "macSeed" in dev:
-                ctx.error((*path, "macSeed"), "give either `mac` or `macSeed`, not both",
-                          "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
+                ctx.warn((*path, "macSeed"), "`mac` is given, so acrn-dm does not use `macSeed`",
+                         "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
             mac = dev.get("mac")
             if isinstance(mac, str) and MAC_RE.fullmatch(mac):
                 problem = mac_problem(mac)
@@ -110,13 +115,6 @@ class VirtioNet(VirtioDevice):
                           "load the tun kernel module")
         if wanted == "vbs-u":
             return Choice("vbs-u", "backend: vbs-u asked for (acrn-dm's user-space virtio-net)")
-        if self.mac_seed and family == "3":
-            if wanted == "vhost":
-                return Choice(None, "", "acrn-dm takes mac_seed= only right after the tap name and swallows the "
-                              "rest of the option string, so `,vhost` cannot be combined with macSeed",
-                              "use `mac:` instead of `macSeed:`, or backend: auto/vbs-u")
-            return Choice("vbs-u", "macSeed given: acrn-dm reads mac_seed= to the end of the options, "
-                          "so ,vhost cannot follow it")
         if host.vhost_net:
             return Choice("vhost", "host has /dev/vhost-net: kernel vhost-net"
                           + (" (backend: vhost asked for)" if wanted == "vhost" else ""))
@@ -149,7 +147,6 @@ class VirtioNet(VirtioDevice):
             d["mac"] = p["mac"]
         if p.get("macSeed"):
             d["macSeed"] = p["macSeed"]
-            d.pop("backend")  # macSeed forces VBS-U; the planner picks it (reason: mac_seed takes the rest)
         return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
@@ -159,8 +156,6 @@ class VirtioNet(VirtioDevice):
             name = ""
         if ctx.family == "3":
             out = [f"tap={name}"]
-            if self.mac_seed:
-                return f"tap={name},mac_seed={self.mac_seed}"  # mac_seed must come last: it takes the rest
         else:
             if not ("tap" in name or name.startswith("vmnet")):
                 ctx.diags.error((*self.where, "tap" if self.tap else "macvtap"),
@@ -171,10 +166,19 @@ class VirtioNet(VirtioDevice):
             out.append("vhost")
         if self.mac:
             out.append(f"mac={self.mac}")
+        if self.mac_seed and ctx.family == "3":
+            out.append(f"mac_seed={self.mac_seed}")  # last: acrn-dm's seed is the rest of the string
         return ",".join(out)
 
-    def qemu_mac(self, vm_name: str, slot: int) -> str:
-        return self.mac or mac_from_seed(self.mac_seed or f"{vm_name}-{slot}")
+    def qemu_mac(self, vm_name: str, slot: int, host_mac: str | None = None) -> str:
+        """The MAC acrn-dm would give this NIC in `slot` (function 0), so a guest keeps its address
+        whichever engine runs it. HOST_MAC in the seed is this machine's NIC address."""
+        if self.mac:
+            return self.mac
+        seed = self.mac_seed
+        if seed is not None and HOST_MAC in seed:
+            seed = seed.replace(HOST_MAC, host_mac if host_mac is not None else read_host_mac())
+        return acrn_mac(slot, 0, seed)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         if self.macvtap:
@@ -291,10 +295,31 @@ class VirtioNet(VirtioDevice):
         return extra
 
 
-def mac_from_seed(seed: str) -> str:
-    """A stable, locally administered unicast MAC derived from the seed (not acrn-dm's algorithm)."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+def acrn_mac(slot: int, func: int, seed: str | None) -> str:
+    """acrn-dm's MAC for a virtio-net without `mac=` (devicemodel/hw/pci/virtio/virtio_net.c): the MD5 of
+    "<slot>-<func>-<seed>" (of "<slot>-<func>" without a seed), behind Xen's OUI 00:16:3E."""
+    text = f"{slot}-{func}-{seed}" if seed is not None else f"{slot}-{func}"
+    digest = hashlib.md5(text.encode(), usedforsecurity=False).digest()
+    return ":".join(f"{b:02x}" for b in (0x00, 0x16, 0x3E, *digest[:3]))
+
+
+def read_host_mac(net_dir: str | Path = "/sys/class/net") -> str:
+    """What ACRN's launch scripts use for HOST_MAC: ${mac:0:17} of `cat /sys/class/net/e*/address`
+    (the first e* interface in glob order; empty when there is none)."""
+    text = ""
+    for path in sorted(Path(net_dir).glob("e*/address")):
+        try:
+            text += Path(path).read_text()
+        except OSError:
+            continue
+    return text[:17]
+
+
+def resolve_host_mac(value: str, host_mac: str | None = None) -> str:
+    """`value` with HOST_MAC replaced by this host's NIC address (read only when needed)."""
+    if HOST_MAC not in value:
+        return value
+    return value.replace(HOST_MAC, host_mac if host_mac is not None else read_host_mac())
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
@@ -307,28 +332,38 @@ def check_mac(mac: str) -> str:
 
 
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
+    """As acrn-dm's virtio_net_init reads its options: v3.x takes `tap=<name>` first; the seed is
+    everything after `mac_seed=` (commas included), and `vhost` and `mac=` are honoured wherever they
+    stand, even inside the seed's text."""
     if family == "3":
         if not body.startswith("tap="):
             raise GrammarError(f"virtio-net: v3.x needs tap=<name> first, got {body!r}")
         name, _, rest = body[4:].partition(",")
         params: dict[str, Any] = {"tap": name, "vhost": False}
-        if rest.startswith("mac_seed="):
-            params["macSeed"] = rest[len("mac_seed="):]  # takes the rest of the string
-            rest = ""
+        head, sep, seed = rest.partition("mac_seed=")
+        if sep:
+            params["macSeed"] = seed
+            tokens = head.split(",") + seed.split(",")
+            unknown_ok = set(seed.split(","))  # the seed's own words are not options
+        else:
+            tokens, unknown_ok = rest.split(","), set()
     else:
         name, _, rest = body.partition(",")
         if not ("tap" in name or name.startswith("vmnet")):
             raise GrammarError(f"virtio-net: v2.x tap name {name!r} must contain 'tap' or start with 'vmnet'")
         params = {"tap": name, "vhost": False}
+        tokens, unknown_ok = rest.split(","), set()
     if not name or len(name) > 15:
         raise GrammarError(f"virtio-net: invalid tap name {name!r} (1-15 characters)")
-    for tok in rest.split(",") if rest else []:
+    for tok in tokens:
+        if not tok:
+            continue
         if tok == "vhost":
             params["vhost"] = True
         elif tok.startswith("mac="):
             params["mac"] = check_mac(tok[4:])
-        elif tok.startswith("mac_seed="):
-            raise GrammarError("virtio-net: mac_seed= is only recognised right after the tap name")
-        else:
+        elif tok.startswith("mac_seed=") and family == "2":
+            raise GrammarError("virtio-net: v2.x has no mac_seed= option (it is the global --mac_seed)")
+        elif tok not in unknown_ok:
             raise GrammarError(f"virtio-net: unknown option {tok!r}")
     return params

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from acrnmgr.devices.base import (
+    AcrnArgs,
     Choice,
     GrammarError,
     LibvirtIn,
@@ -32,18 +33,22 @@ class VirtioRnd(VirtioDevice):
     EMBEDDED: ClassVar[bool] = True
     QEMU_VHOST_USER: ClassVar[bool] = True
 
+    kernel: bool = False  # acrn-dm's kernel=on (VBS-K)
+
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioRnd:
-        return cls(**common_fields(index, raw))
+        return cls(**common_fields(index, raw), kernel=bool(raw.get("kernel")))
 
     @classmethod
     def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
-        if dev.params.get("kernel"):
-            warnings.append(f"-s {dev.slot},{dev.emul},kernel=on: VBS-K virtio-rnd is legacy and not modelled; "
-                            "imported as VBS-U")
-        return {"type": cls.KIND}
+        return {"type": cls.KIND, **({"kernel": True} if dev.params.get("kernel") else {})}
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return "kernel=on" if self.kernel else ""
 
     def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        if self.kernel and self.acrn_mode_choice() is None:
+            return Choice("vbs-k", "kernel: true: acrn-dm's legacy in-kernel virtio-rnd (VBS-K, /dev/vbs_rng)")
         if self.backend == "auto" and self.acrn_mode_choice() is None:
             return Choice("vbs-u", "acrn-dm's user-space virtio-rnd (VBS-U; VBS-K is legacy)")
         return super().choose_acrn(host, family)

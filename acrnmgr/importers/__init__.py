@@ -7,6 +7,7 @@ as text."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -27,17 +28,42 @@ def detect_format(path: Path, text: str) -> str:
             return "scenario"
         if body.startswith("<domain"):
             return "libvirt"
-        raise ImportError_(f"{path}: XML whose root is neither <acrn-config> (ACRN scenario) nor <domain> (libvirt)")
+        raise ImportError_(f"{path}: XML whose root is neither <acrn-config> (ACRN scenario) nor <domain> "
+                           "(libvirt)")
     if "dm_params" in text or "acrn-dm" in text:
         return "launch-script"
     raise ImportError_(f"{path}: not an ACRN scenario XML, a launch script (no dm_params / acrn-dm) "
                        "or libvirt domain XML")
 
 
-def import_file(path: str | Path, board: str | Path | None = None, *, bios_as_ovmf: bool = False,
-                keep_addresses: bool = False) -> ImportResult:
-    """Import one file; ``bios_as_ovmf`` and ``keep_addresses`` apply to libvirt domain XML (see
-    acrnmgr.importers.libvirt_domain)."""
+def rebase_paths(result: ImportResult, base_dir: str | Path) -> None:
+    """Make the relative image and firmware paths of every imported spec absolute against `base_dir`
+    (where ACRN's launch script runs: acrn-dm opens `./x.img` from there), each with a warning."""
+    base = Path(base_dir).absolute()
+
+    def fix(holder: dict, key: str, spec) -> None:
+        value = holder.get(key)
+        if isinstance(value, str) and value and not value.startswith("/"):
+            holder[key] = os.path.normpath(str(base / value))
+            spec.warnings = [w for w in spec.warnings if not (value in w and "relative path" in w)]
+            spec.warnings.append(f"{value}: relative path resolved against --base-dir: {holder[key]}")
+
+    for spec in result.specs:
+        body = spec.data["spec"]
+        for dev in body.get("devices", []):
+            if dev.get("type") == "virtio-blk":
+                fix(dev, "path", spec)
+        for kind, keys in (("kernel", ("path", "initrd")), ("ovmf", ("image", "code", "vars")), ("elf", ("path",))):
+            boot = body.get("boot", {}).get(kind)
+            if isinstance(boot, dict):
+                for key in keys:
+                    fix(boot, key, spec)
+
+
+def import_file(path: str | Path, board: str | Path | None = None, *, base_dir: str | Path | None = None,
+                bios_as_ovmf: bool = False, keep_addresses: bool = False) -> ImportResult:
+    """Import one file. ``base_dir`` resolves relative image paths where ACRN's launch script runs;
+    ``bios_as_ovmf`` and ``keep_addresses`` apply to libvirt domain XML (see acrnmgr.importers.libvirt_domain)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -49,7 +75,11 @@ def import_file(path: str | Path, board: str | Path | None = None, *, bios_as_ov
         raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
     kind = detect_format(p, text)
     if kind == "scenario":
-        return import_scenario(text, str(path), board=board)
-    if kind == "libvirt":
-        return import_domain_xml(text, str(path), bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
-    return import_launch_script(text, str(path))
+        result = import_scenario(text, str(path), board=board)
+    elif kind == "libvirt":
+        result = import_domain_xml(text, str(path), bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
+    else:
+        result = import_launch_script(text, str(path))
+    if base_dir is not None:
+        rebase_paths(result, base_dir)
+    return result

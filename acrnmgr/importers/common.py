@@ -42,7 +42,10 @@ class ImportResult:
     format: str  # "scenario" | "launch-script" | "libvirt"
     specs: list[ImportedSpec]
     warnings: list[str] = field(default_factory=list)  # about the file as a whole
+    # VMs of the file that could not be imported (each names its VM); the others still are
+    errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "format": self.format, "warnings": list(self.warnings),
+                "errors": list(self.errors),
                 "vms": [s.to_dict() for s in self.specs]}

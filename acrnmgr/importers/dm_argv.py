@@ -9,7 +9,8 @@ The spec renders back (acrnmgr.render.acrndm) to an argv that is *equivalent*: t
   and `-s 1:0,lpc` are not in the spec (the compiler always adds them); a source without them
   gets a warning, and its normalized argv differs;
 - short/long spellings (`-s`/`--pci_slot`) and `slot` vs `slot:0` are the same thing;
-- virtio-blk's default `writethru` may be written or not.
+- virtio-blk's default `writethru` may be written or not;
+- options acrn-dm ignores with a warning (an unknown passthru option) are left out.
 Devices keep their slots: where the automatic assignment (device order, from slot 3) would
 differ, the device gets an explicit `slot`."""
 
@@ -237,6 +238,7 @@ def normalized_argv(argv: list[str], version: str = "3.x") -> dict:
         if s.emul == "igd-lpc":
             continue
         params = dict(s.params)
+        params.pop("ignored", None)  # options acrn-dm ignores (an unknown passthru option)
         if s.emul == "ahci-hd" or s.emul == "ahci-cd":
             params = {"hd": params.get("hd", []), "cd": params.get("cd", [])}
         emul = "ahci" if s.emul.startswith("ahci") else s.emul

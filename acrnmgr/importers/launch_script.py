@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from acrnmgr.devices.virtio_input import by_name_marker
+from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.importers.common import ImportError_, ImportResult
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.render.grammar import GrammarError
@@ -134,10 +136,14 @@ def _split_entries(body: str) -> list[tuple[str, str]]:
     return out
 
 
+_HOST_MAC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=\$\(cat /sys/class/net/e\*/address\)\s*$", re.M)
+
+
 class _Expander:
-    def __init__(self, variables: dict[str, str], warnings: list[str]):
+    def __init__(self, variables: dict[str, str], warnings: list[str], host_mac_var: str | None = None):
         self.variables = variables
         self.warnings = warnings
+        self.host_mac_var = host_mac_var  # the variable the script reads the host NIC's MAC into
 
     def expand(self, word: str) -> str | None:
         """Substitute known variables; None when the word depends on something only the host
@@ -182,6 +188,8 @@ class _Expander:
                 self.warnings.append(f"`{command.strip()}`: add_virtual_device needs a slot and a kind; dropped")
                 return []
             slot, kind, options = args[0], args[1], " ".join(args[2:])
+            if kind == "virtio-input":
+                options = self._input_options(options)
             return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
         if fn == "add_passthrough_device":
             if len(args) < 2:
@@ -206,17 +214,34 @@ class _Expander:
                              "template); its output is unknown, dropped")
         return []
 
+    def _input_options(self, options: str) -> str:
+        """As the template's add_virtual_device: `,id:<id>` is taken out and the id passed as the serial
+        (virtio_input.c takes everything after the comma); `Device name: N, Device physical path: P`
+        is resolved to /dev/input/eventX on the Service VM when the script runs."""
+        ident = re.search(r"id:([a-zA-Z0-9_\-]*)", options)
+        if ident:
+            options = options.replace(f",id:{ident.group(1)}", "")
+        named = re.search(r"(Device name: )(.*),( Device physical path: )(.*)", options)
+        if named:  # resolved at launch (spec deviceName/devicePhys)
+            options = by_name_marker(named.group(2).strip(), named.group(4).strip())
+        if ident and ident.group(1):
+            options += f",{ident.group(1)}"
+        return options
+
     def _net_options(self, options: str) -> str:
-        """The generator appends mac_seed=${mac:0:17}-<vm>, where $mac is the host NIC's address
-        read at run time, and puts it after ,vhost (where acrn-dm does not even recognise it)."""
-        kept = []
-        for tok in options.split(","):
-            if tok.startswith("mac_seed=") and ("$" in tok):
-                self.warnings.append(f"virtio-net {tok}: the MAC seed depends on the host's MAC address at run "
-                                     "time; not imported (set `mac` or `macSeed` on the device)")
-                continue
-            kept.append(tok)
-        return ",".join(kept)
+        """The generator appends mac_seed=${mac:0:17}-<vm>, where $mac is the host NIC's address read
+        when the script runs (`mac=$(cat /sys/class/net/e*/address)`): kept as the spec's HOST_MAC
+        placeholder, which the launch script and `up` resolve the same way."""
+        head, sep, seed = options.partition("mac_seed=")
+        if not sep or "$" not in seed:
+            return options
+        if self.host_mac_var:
+            seed = re.sub(r"\$\{" + self.host_mac_var + r":0:17\}", HOST_MAC, seed)
+        if "$" in seed:
+            self.warnings.append(f"virtio-net mac_seed={seed}: the MAC seed depends on {seed!r}, known only when "
+                                 "the script runs; not imported (set `mac` or `macSeed` on the device)")
+            return head.rstrip(",")
+        return head + sep + seed
 
 
 def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
@@ -224,14 +249,23 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     body, _line = find_dm_params(text)
     variables = top_level_variables(text)
-    expander = _Expander(variables, warnings)
-    # A `$(cat ...)`-style variable assigned at top level (mac=$(cat ...)) is unknown: leave it out.
+    host_mac = _HOST_MAC_RE.search(text)
+    expander = _Expander(variables, warnings, host_mac.group(1) if host_mac else None)
+    # Any other `$(cat ...)`-style variable assigned at top level is unknown: leave it out.
     argv = ["acrn-dm"]
     for kind, chunk in _split_entries(body):
         if kind == "sub":
             argv += expander.helper(chunk)
         else:
-            argv += expander.words(chunk)
+            words = expander.words(chunk)
+            for word in words:
+                if word.startswith("-") and len(word.split()) > 1:
+                    warnings.append(
+                        f"dm_params word {word!r} reaches acrn-dm as ONE argument (ACRN's generator quotes "
+                        "customized_parameters into one word): acrn-dm reads it as "
+                        f"{word[:2]!r} with the value {word[2:]!r}, and so does this import. Unquote it in the "
+                        "script, or import the scenario, whose customized_parameters are split into words")
+            argv += words
     if not re.search(r"acrn-dm\s+(\"\$\{dm_params\[@\]\}\"|\$\{dm_params\[@\]\}|\"\$\{dm_params\[\*\]\}\")", text):
         warnings.append("the script never runs `acrn-dm \"${dm_params[@]}\"`; imported dm_params anyway")
     return argv, warnings
@@ -244,7 +278,16 @@ def import_launch_script(text: str, source: str, version: str = "3.x") -> Import
         imported = spec_from_argv(argv, version)
     except GrammarError as exc:
         raise ImportError_(f"{source}: acrn-dm would refuse this argv: {exc}") from None
+    if variables.get("own_pcpu") == "y" or variables.get("scheduler") == "SCHED_NOOP":
+        imported.data["spec"]["cpu"]["ownPcpu"] = True  # the template's add_cpus offlines its CPUs
     if variables.get("vm_type") == "RTVM" and imported.data["spec"].get("vmType") != "rtvm":
         imported.warnings.append("vm_type='RTVM' but dm_params has no --rtvm; imported as a standard VM")
+    for dev in imported.data["spec"].get("devices", []):
+        path = dev.get("path") if dev["type"] == "virtio-blk" else None
+        if path and not path.startswith("/"):
+            warnings.append(f"virtio-blk {path}: the script gives acrn-dm this relative path, which it opens from "
+                            "the directory the script runs in; the spec keeps it relative, and acrnmgr resolves "
+                            "it against the spec file's folder: keep the spec next to the image, or import "
+                            "with --base-dir DIR (where the script runs)")
     imported.warnings[:0] = warnings
     return ImportResult(source, "launch-script", [imported])

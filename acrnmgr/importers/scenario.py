@@ -10,12 +10,22 @@ passed-through devices (GPU -> slot 2, PTM on Ethernet, d3hot_reset on a Windows
 controller). Without it, pcpu_id is taken as the LAPIC ID and 00:02.0 as the GPU, with a
 warning for each VM.
 
-Things decided on the Service VM when the script runs are reported, not guessed: the
-generator's virtio-net MAC seed (the host NIC's address), and `partition:image` virtio-blk
-disks (mounted by the script)."""
+Before any of that, the XSD defaults are applied as ACRN's default_populator.py does (an empty
+`<console/>` is a stdio virtio-console, a `<network>` without `virtio_framework` is VBS-U, ...):
+see XSD_DEFAULTS.
+
+The generator's virtio-net MAC seed is `<host NIC MAC>-<VM name>`, the MAC read on the Service VM
+when the script runs (`${mac:0:17}` of `cat /sys/class/net/e*/address`). It is kept as the
+spec's `macSeed` with the placeholder HOST_MAC, resolved by the launch script and by `up`.
+`partition:image` virtio-blk disks (mounted by the script) are reported, not guessed.
+
+`customized_parameters` are split into words as a shell would (what the user means: the
+scenario route has no quoting of its own), unlike a launch script, where the generator quoted
+them into one word."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shlex
@@ -23,6 +33,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from acrnmgr.devices.passthru import GPU_SLOT
+from acrnmgr.devices.virtio_input import by_name_marker
+from acrnmgr.devices.virtio_net import HOST_MAC
+from acrnmgr.host import HostProfile
 from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
@@ -30,6 +43,41 @@ from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
 from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
+
+# ACRN's XSD defaults (misc/config_tools/schema/config.xsd and VMtypes.xsd) for what the launch
+# script generator reads, as default_populator.py fills them in: (parent path, element, default).
+# A parent that is absent gets nothing (an absent <console> is no console); a present parent gets
+# each missing child.
+XSD_DEFAULTS: tuple[tuple[str, str, str], ...] = (
+    (".", "vm_type", "STANDARD_VM"),
+    (".", "os_type", "Non-Windows OS"),
+    (".", "vbootloader", "y"),
+    (".", "vuart0", "n"),
+    (".", "PTM", "n"),
+    (".", "lapic_passthrough", "n"),
+    (".", "console_vuart", "None"),
+    ("cpu_affinity/pcpu", "real_time_vcpu", "n"),
+    ("virtio_devices/console", "use_type", "Virtio console"),
+    ("virtio_devices/console", "backend_type", "stdio"),
+    ("virtio_devices/network", "virtio_framework", "User space based (VBSU)"),
+)
+
+
+def populate(vm) -> None:
+    """Apply XSD_DEFAULTS to one <vm> in place (an empty element counts as missing, as for the
+    populator, which fills elements whose text is empty)."""
+    for parent_path, tag, default in XSD_DEFAULTS:
+        for parent in vm.findall(parent_path) if parent_path != "." else [vm]:
+            child = parent.find(tag)
+            if child is None:
+                child = ET.SubElement(parent, tag)
+            if child.text is None or not child.text.strip():
+                child.text = default
+
+
+def pcpu_ids(vm) -> list[str]:
+    """The VM's pCPUs: v3's <cpu_affinity><pcpu><pcpu_id>, or the older flat <cpu_affinity><pcpu_id>."""
+    return _texts(vm, "cpu_affinity/pcpu/pcpu_id") + _texts(vm, "cpu_affinity/pcpu_id")
 
 
 def _text(elem, path: str, default: str | None = None) -> str | None:
@@ -62,6 +110,18 @@ class Board:
                 apic = _text(thread, "apic_id")
                 return int(apic, 16) if apic else None
         return None
+
+    def host_profile(self) -> HostProfile:
+        """The Service VM this board makes: ACRN's HSM and acrn-dm v3, kernel vhost, a tap device, and
+        the board's CPUs by LAPIC ID (what a generated launch script of this board runs on)."""
+        lapic = []
+        for thread in self.root.iter("thread"):
+            apic = _text(thread, "apic_id")
+            if apic:
+                lapic.append(int(apic, 16))
+        return HostProfile(is_service_vm=True, hsm_device="/dev/acrn_hsm", acrn_dm="/usr/bin/acrn-dm",
+                           acrn_dm_version="3.x", vhost_net=True, vhost_vsock=True, net_tun=True,
+                           cpu_count=max(1, len(lapic)), lapic_ids=sorted(lapic))
 
     def pci_class(self, bus: int, dev: int, fn: int) -> str | None:
         for b in self.root.iter("bus"):
@@ -111,7 +171,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if _text(vm, "os_type") == "Windows OS":
         params.append("--windows")
 
-    cpus = sorted(set(_texts(vm, "cpu_affinity/pcpu_id")), key=int)
+    cpus = sorted(set(pcpu_ids(vm)), key=int)
     if board is not None:
         lapic = []
         for cpu in cpus:
@@ -125,11 +185,15 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         if cpus:
             warnings.append("no board XML (--board): pcpu_id values are taken as LAPIC IDs; on boards whose "
                             "LAPIC IDs differ from CPU numbers (hyper-threading) check spec.cpu.affinity")
+    if not cpus:
+        raise ImportError_(f"VM {name}: no <cpu_affinity><pcpu><pcpu_id>: a post-launched VM needs its pCPUs "
+                           "(ACRN's generator would write an empty add_cpus)")
     if lapic:
         params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
     size = _text(vm, "memory/size")
     if size is None:
-        raise ImportError_(f"VM {name}: no <memory><size>")
+        raise ImportError_(f"VM {name}: no <memory><size>: ACRN's generator renders `-m NoneM`, which acrn-dm "
+                           "refuses; give <memory><size> in MiB")
     params += ["-m", f"{size}M"]
     if hv is not None and _text(hv, ".//SSRAM_ENABLED") == "y" and rtvm:
         warnings.append("SSRAM_ENABLED: the generator adds a bare --ssram, which acrn-dm v3.x rejects "
@@ -142,14 +206,16 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         params += ["-l", "com1,stdio"]
     devices.append(["-s", "0:0,hostbridge"])
 
+    # The region id is the region's index in the scenario (ACRN's generator appends it since v3.1).
+    regions = list(root.iter("IVSHMEM_REGION"))
     for provider, prefix in (("Device Model", "dm"), ("Hypervisor", "hv")):
-        for region in root.iter("IVSHMEM_REGION"):
+        for region_id, region in enumerate(regions):
             if _text(region, "PROVIDED_BY") != provider:
                 continue
             for member in region.iter("IVSHMEM_VM"):
                 if _text(member, "VM_NAME") == name:
-                    virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')}",
-                            _vbdf_slot(_text(member, "VBDF")))
+                    virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')},"
+                                       f"{region_id}", _vbdf_slot(_text(member, "VBDF")))
     if _text(vm, "console_vuart") == "PCI":
         virtual("uart", "vuart_idx:0")
     if hv is not None:
@@ -170,8 +236,18 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if virtio is not None:
         for inp in virtio.findall("input"):
             dev, ident = _text(inp, "backend_device_file"), _text(inp, "id")
-            if dev:
-                virtual("virtio-input", f"{dev},id:{ident}" if ident else dev)
+            named = re.search(r"(Device name: )(.*),( Device physical path: )(.*)", dev or "", re.S)
+            if named:
+                # the template finds /dev/input/eventX by name and physical path at launch: kept symbolic
+                virtual("virtio-input", by_name_marker(named.group(2).strip(), named.group(4).strip())
+                        + (f",{ident}" if ident else ""))
+            elif dev and not dev.startswith("/"):
+                warnings.append(f"virtio-input {dev!r}: neither a path nor `Device name: ..., Device physical "
+                                "path: ...`; not imported")
+                slots.take()  # the generator still allocates its slot
+            elif dev:
+                # launch_script_template.sh's add_virtual_device strips `id:` and passes the id as the serial
+                virtual("virtio-input", f"{dev},{ident}" if ident else dev)
         for con in virtio.findall("console"):
             mark = "@" if _text(con, "use_type") == "Virtio console" else ""
             backend = _text(con, "backend_type")
@@ -196,8 +272,8 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             opts = [f"tap={parts[0]}"] + parts[1:]
             if _text(net, "virtio_framework") == "Kernel based (Virtual Host)":
                 opts.append("vhost")
-            warnings.append(f"virtio-net {parts[0]}: ACRN's launch script adds mac_seed=<host NIC MAC>-{name}, "
-                            "known only on the Service VM at run time; not imported (set `mac` or `macSeed`)")
+            # mac_seed takes the rest of acrn-dm's option string, so the generator puts it last.
+            opts.append(f"mac_seed={HOST_MAC}-{name}")
             virtual("virtio-net", ",".join(opts))
         for block in _texts(virtio, "block"):
             if ":" in block:
@@ -206,6 +282,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                                 f"{image} inside it; not imported (give the image's path on the Service VM)")
                 slots.take()  # the generator still allocates its slot
                 continue
+            if not os.path.isabs(block):
+                warnings.append(f"virtio-blk {block}: ACRN's launch script gives acrn-dm this relative path, which "
+                                "it opens from the directory the script runs in; the spec keeps it relative, and "
+                                "acrnmgr resolves it against the spec file's folder: keep the spec next to the "
+                                "image, or import with --base-dir DIR (where the script runs)")
             virtual("virtio-blk", block)
         for gpu in virtio.findall("gpu"):
             kind = _text(gpu, "display_type")
@@ -218,6 +299,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                                 f"+{_text(disp, 'vertical_offset')}")
                 elif kind == "Full screen":
                     opts.append(f"geometry=fullscreen:{_text(disp, 'monitor_id')}")
+            if not opts:
+                warnings.append(f"virtio-gpu ({kind}) without <displays>: ACRN's generator writes a bare virtio-gpu, "
+                                "which acrn-dm cannot start (strdup(NULL)); not imported, add a display")
+                slots.take()  # the generator still allocates its slot
+                continue
             virtual("virtio-gpu", ",".join(opts))
         for cid in _texts(virtio, "vsock"):
             virtual("vhost-vsock", f"cid={cid}")
@@ -281,9 +367,18 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         if vm not in post:
             result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
                                    "managed by acrn-dm; skipped")
+    seen: dict[str, str | None] = {}
     for vm in post:
-        warnings: list[str] = []
         name = _text(vm, "name") or f"vm{vm.get('id')}"
+        label = f"vm {vm.get('id')} ({name})"
+        if name in seen:
+            result.errors.append(f"{label}: not imported: the name {name} is already used by vm {seen[name]} "
+                                 f"({name}); VM names must be unique (acrn-dm's VM name, the spec file's name)")
+            continue
+        seen[name] = vm.get("id")
+        warnings: list[str] = []
+        vm = copy.deepcopy(vm)
+        populate(vm)
         try:
             argv = scenario_argv(root, vm, board_xml, warnings)
             if not any(a in argv for a in ("--ovmf", "-k", "--kernel", "-E", "--elf_file")):
@@ -291,10 +386,14 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
                                    "-k/-E; add a kernel (-k) to customized_parameters or enable vbootloader")
             imported = spec_from_argv(argv, os_type="windows" if _text(vm, "os_type") == "Windows OS" else None)
         except (GrammarError, ImportError_) as exc:
-            result.warnings.append(f"vm {vm.get('id')} ({name}): not imported: {exc}")
+            result.errors.append(f"{label}: not imported: {exc}")
             continue
+        scheduler = _text(root, "hv/FEATURES/SCHEDULER")
+        if _text(vm, "own_pcpu") == "y" or scheduler == "SCHED_NOOP":  # the template's add_cpus offlines them
+            imported.data["spec"]["cpu"]["ownPcpu"] = True
         imported.warnings[:0] = warnings
         result.specs.append(imported)
     if not result.specs:
-        raise ImportError_(f"{source}: no post-launched VM could be imported:\n  " + "\n  ".join(result.warnings))
+        raise ImportError_(f"{source}: no post-launched VM could be imported:\n  "
+                           + "\n  ".join(result.errors + result.warnings))
     return result

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acrnmgr.devices.virtio_console import VirtioConsole
-from acrnmgr.devices.virtio_net import VirtioNet
+from acrnmgr.devices.virtio_input import resolve_argv_word
+from acrnmgr.devices.virtio_net import HOST_MAC, VirtioNet, read_host_mac, resolve_host_mac
 from acrnmgr.host import HostProfile
 from acrnmgr.lifecycle import cmdmonitor, monitor
 from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
@@ -23,6 +24,7 @@ from acrnmgr.lifecycle.manager import SupervisedEngine
 from acrnmgr.lifecycle.state import ProcessSpec, VmState
 from acrnmgr.model import VmSpec
 from acrnmgr.plan import make_plan
+from acrnmgr.plan.acrn import offline_cpus
 
 HUGEPAGE_SIZE = 2 << 20
 
@@ -65,7 +67,16 @@ class AcrnEngine(SupervisedEngine):
         acrn_dm = shutil.which("acrn-dm") or host.acrn_dm
         if not acrn_dm:
             raise PlanError("acrn-dm not found on PATH: install ACRN's device model, or use --engine qemu")
-        argv = [acrn_dm, *plan.acrn.argv[1:]]
+        host_mac = read_host_mac(self.paths.net_sysfs) if any(HOST_MAC in a for a in plan.acrn.argv) else ""
+        words = [resolve_host_mac(a, host_mac) for a in plan.acrn.argv[1:]]
+        argv, missing_inputs = [acrn_dm], []
+        for word in words:  # a virtio-input by evdev name: found now, or left out (ACRN's template)
+            resolved = resolve_argv_word(word, Path(self.paths.net_sysfs).parent.parent)
+            if resolved is None:
+                argv.pop()  # its -s
+                missing_inputs.append(word)
+            else:
+                argv.append(resolved)
         channel = vm.settings.pm_notify_channel or ""
         info = {
             "vm": vm.name,
@@ -75,6 +86,7 @@ class AcrnEngine(SupervisedEngine):
             "power_button": channel == "power_button",
             "rtvm": vm.rtvm,
             "consoles": _consoles(vm),
+            "inputs_not_found": missing_inputs,
         }
         # acrn-dm removes its monitor socket on a clean exit, not when it is killed.
         socket = str(Path(self.paths.mngr_dir) / monitor.socket_name(vm.name, 0))
@@ -94,8 +106,10 @@ class AcrnEngine(SupervisedEngine):
                 f"`echo {host.hugepages_total + need - host.hugepages_free} > /proc/sys/vm/nr_hugepages`"
             )
         Path(self.paths.mngr_dir).mkdir(parents=True, exist_ok=True)  # acrn-dm does not create it (#2798)
+        for word in plan.info.get("inputs_not_found", []):
+            progress(f"warning: -s {word}: no evdev with that name and physical path; the device is left out")
         prepare_taps(vm, plan, progress, self.paths.net_sysfs)
-        self._offline_cpus(list(vm.affinity), progress)
+        self._offline_cpus(offline_cpus(vm), progress)  # ACRN's template: an RTVM's CPUs only
 
     def _offline_cpus(self, lapic_ids: list[int], progress) -> None:
         """Take the VM's CPUs away from the Service VM: offline each, then hand it to the HSM.
@@ -108,8 +122,9 @@ class AcrnEngine(SupervisedEngine):
         mapping = _lapic_to_processor(self.paths.cpuinfo)
         for lapic in lapic_ids:
             cpu = mapping.get(lapic)
-            if cpu is None:
-                raise LifecycleError(f"no CPU with LAPIC ID {lapic} in {self.paths.cpuinfo}")
+            if cpu is None:  # as ACRN's template: acrn-dm itself refuses a CPU it cannot have
+                progress(f"warning: no CPU with LAPIC ID {lapic} in {self.paths.cpuinfo}; not offlined")
+                continue
             if cpu == 0:
                 progress("warning: processor 0 cannot be offlined; leaving it to the Service VM")
                 continue

@@ -29,7 +29,7 @@ class AcrnLaunch:
     argv: list[str]
     taps: list[str]  # tap interfaces to create and attach to `bridge`
     bridge: str
-    cpus: list[int]  # LAPIC IDs (v3.x) the VM runs on
+    cpus: list[int]  # LAPIC IDs to offline before acrn-dm runs (offline_cpus)
     passthru: list[str]  # host BDFs ("00:1f.3") to unbind from their drivers
 
 
@@ -127,7 +127,15 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
     argv += list(vm.extra_args)
     argv.append(vm.name)
     taps = sorted({d.tap for d in nics if d.tap})
-    return AcrnLaunch(argv, taps, vm.bridge, list(vm.affinity), [d.host_bdf for d in passthru])
+    return AcrnLaunch(argv, taps, vm.bridge, offline_cpus(vm), [d.host_bdf for d in passthru])
+
+
+def offline_cpus(vm: VmSpec) -> list[int]:
+    """The CPUs (LAPIC IDs) to take from the Service VM before acrn-dm runs, as ACRN's launch script
+    template decides: an RTVM's, and those of a VM that owns its pCPUs (own_pcpu, or the SCHED_NOOP
+    scheduler: the spec's cpu.ownPcpu). A shared VM's CPUs stay online in the Service VM; processor 0
+    is never offlined (HSM refuses it), which the script and the engine skip with a warning."""
+    return list(vm.affinity) if vm.rtvm or vm.own_pcpu else []
 
 
 def _needs_v3(diags: Diagnostics, family: str, where: tuple[str, ...], option: str, since: str) -> None:

@@ -38,7 +38,7 @@ class Compiled:
     devices: list[DevicePlan]
     taps: list[str]  # tap interfaces to create and attach to `bridge`
     bridge: str
-    cpus: list[int]  # LAPIC IDs (v3.x) the VM runs on; the launch script offlines them
+    cpus: list[int]  # LAPIC IDs (v3.x) the launch script offlines (an RTVM's: plan.acrn.offline_cpus)
     passthru: list[str]  # host BDFs ("00:1f.3") to unbind from their drivers
     errors: list[Diagnostic] = field(default_factory=list)
     warnings: list[Diagnostic] = field(default_factory=list)

@@ -55,9 +55,9 @@ def test_launch_script_helpers_expand_like_bash():
     assert argv[:3] == ["acrn-dm", "--cpu_affinity", "2,4"]
     assert ["--intr_monitor", "10000,10,1,100"] == argv[argv.index("--intr_monitor"):argv.index("--intr_monitor") + 2]
     assert "console,level=4;kmsg,level=3;disk,level=5" in argv
-    # the MAC seed needs the host NIC's address at run time: dropped, and said so
-    assert "7,virtio-net,tap=tap_vm1,vhost" in argv
-    assert any("mac_seed" in w and "run time" in w for w in warnings)
+    # the MAC seed's host NIC address, read when the script runs, is kept as the HOST_MAC placeholder
+    assert "7,virtio-net,tap=tap_vm1,vhost,mac_seed={hostMac}-POST_STD_VM1" in argv
+    assert not any("mac_seed" in w for w in warnings)
     assert argv[-1] == "POST_STD_VM1"
 
 
@@ -90,7 +90,8 @@ def test_scenario_imports_every_post_launched_vm_and_renders_back():
     assert win["osType"] == "windows" and win["settings"]["windows"] is True
     assert win["devices"][0] == {"type": "passthru", "bdf": "00:02.0", "gpu": True}
     assert {"type": "passthru", "bdf": "00:14.0", "options": {"d3hotReset": True}} in win["devices"]
-    assert {"type": "virtio-net", "tap": "tap_win", "backend": "vbs-u", "mac": "00:16:3e:00:00:09"} in win["devices"]
+    assert {"type": "virtio-net", "tap": "tap_win", "backend": "vbs-u", "mac": "00:16:3e:00:00:09",
+            "macSeed": "{hostMac}-WIN_VM"} in win["devices"]
 
 
 def test_scenario_without_board_says_what_it_assumed():
@@ -195,4 +196,4 @@ def test_cli_stdout_is_multi_document_yaml():
     assert res.exit_code == 0
     docs = list(yaml.safe_load_all(res.stdout))
     assert [d["metadata"]["name"] for d in docs] == ["POST_STD_VM1", "POST_RT_VM1", "WIN_VM"]
-    assert "mac_seed" in res.stderr
+    assert "/dev/sda3" in res.stderr

@@ -29,11 +29,12 @@ def test_up_status_down(acrn_env):
     pid = st["pid"]
     sock = acrn_env.mngr / f"vm1.monitor.{pid}.socket"
     assert sock.exists()
-    # The argv acrn-dm got is recorded, and the VM's CPU went to the hypervisor (LAPIC 2 = cpu1).
+    # The argv acrn-dm got is recorded; a standard VM shares its CPU (LAPIC 2 = cpu1) with the Service
+    # VM, as ACRN's launch script template does: only an RTVM's CPUs are offlined.
     argv = (acrn_env.state / "vm1" / "argv").read_text()
     assert "--cpu_affinity 2" in argv and argv.rstrip().endswith("vm1")
-    assert (acrn_env.cpu / "cpu1" / "online").read_text() == "0"
-    assert acrn_env.remove_cpu.read_text() == "1"
+    assert (acrn_env.cpu / "cpu1" / "online").read_text().strip() == "1"
+    assert acrn_env.remove_cpu.read_text() == ""
 
     listed = json.loads(acrn_env.run("list", "--output", "json").stdout)
     assert [(v["name"], v["state"]) for v in listed] == [("vm1", "running")]
@@ -44,6 +45,15 @@ def test_up_status_down(acrn_env):
     assert acrn_env.status("vm1")["state"] == "stopped"
     # down of a stopped VM succeeds and does nothing
     assert "not running" in acrn_env.run("down", "vm1").stderr
+
+
+def test_up_offlines_an_rtvms_cpus(acrn_env):
+    spec = acrn_env.spec(settings="  vmType: rtvm\n")
+    acrn_env.up(spec)
+    assert "--rtvm" in (acrn_env.state / "vm1" / "argv").read_text()
+    assert (acrn_env.cpu / "cpu1" / "online").read_text().strip() == "0"
+    assert acrn_env.remove_cpu.read_text() == "1"
+    acrn_env.run("down", "vm1")
 
 
 def test_up_is_idempotent_and_refuses_a_changed_spec(acrn_env):

@@ -95,7 +95,7 @@ def test_virtio_blk_full():
 
 @pytest.mark.parametrize("config, message", [
     ("/a.img,mq=2", "before the path"),
-    ("mq=2,iothread,/a.img", "before mq="),
+    ("/a.img,iothread", "before the path"),
     ("/a.img,bogus", "invalid device option"),
     ("", "missing image path"),
     ("/a,sectorsize=100", "sectorsize"),
@@ -109,10 +109,13 @@ def test_virtio_blk_rejections(config, message):
 def test_virtio_net_v3():
     assert parse_slot("4,virtio-net,tap=tap0,vhost,mac=00:16:3E:00:00:01").params == {
         "tap": "tap0", "vhost": True, "mac": "00:16:3e:00:00:01"}
-    # mac_seed swallows the rest of the string, commas included
+    # as virtio_net.c: the seed is the rest of the string, commas included, yet `vhost` and `mac=`
+    # are honoured wherever they stand, before the seed or inside it
     assert parse_slot("4,virtio-net,tap=tap0,mac_seed=a,b,vhost").params == {
-        "tap": "tap0", "vhost": False, "macSeed": "a,b,vhost"}
-    for bad, msg in [("tap0", "tap=<name>"), ("tap=t,vhost,mac_seed=x", "right after the tap"),
+        "tap": "tap0", "vhost": True, "macSeed": "a,b,vhost"}
+    assert parse_slot("4,virtio-net,tap=tap0,vhost,mac_seed=x").params == {
+        "tap": "tap0", "vhost": True, "macSeed": "x"}
+    for bad, msg in [("tap0", "tap=<name>"), ("tap=t,bogus,mac_seed=x", "unknown option"),
                      ("tap=t,mac=01:00:00:00:00:01", "multicast"), ("tap=t,mac=zz", "invalid mac")]:
         with pytest.raises(GrammarError, match=msg):
             parse_slot(f"4,virtio-net,{bad}")
@@ -150,7 +153,83 @@ def test_passthru_ivshmem_vsock_and_friends():
     assert parse_slot("12,uart,vuart_idx:1").params == {"vuartIdx": 1}
     assert parse_slot("13,ahci,hd:/a.img,cd:/b.iso").params == {"hd": ["/a.img"], "cd": ["/b.iso"]}
     for bad in ("8,ivshmem,dm:/s,3", "8,ivshmem,dm:/s,1024", "8,ivshmem,xx:/s,2", "9,vhost-vsock,cid=2",
-                "9,vhost-vsock,cid=4294967295", "7,passthru,00:20.0", "7,passthru,0/2/0,bogus",
+                "9,vhost-vsock,cid=4294967295", "7,passthru,00:20.0",
                 "12,uart,1", "14,wdt-i6300esb,x", "15,virtio-input,event0"):
         with pytest.raises(GrammarError):
             parse_slot(bad)
+
+
+def test_virtio_gpu_needs_a_display():
+    # acrn-dm calls strdup(NULL) or refuses the geometry without one
+    with pytest.raises(GrammarError, match="no display"):
+        parse_slot("7,virtio-gpu")
+
+
+def test_virtio_blk_takes_iothread_and_mq_in_either_order():
+    a = parse_slot("5,virtio-blk,iothread=2,mq=2,/img/a.img").params
+    b = parse_slot("5,virtio-blk,mq=2,iothread=2,/img/a.img").params
+    assert a == b and a["mq"] == 2 and a["iothread"] == {"count": 2, "cpus": []}
+
+
+def test_passthru_unknown_option_is_ignored_as_acrn_dm_does():
+    params = parse_slot("6,passthru,0/1f/6,enable_ptm,frobnicate").params
+    assert params["options"] == {"enablePtm": True} and params["ignored"] == ["frobnicate"]
+
+
+def test_virtio_input_by_name_resolves_like_acrns_template(tmp_path):
+    from acrnmgr.devices.virtio_input import by_name_marker, resolve_argv_word
+
+    for n, (name, phys) in ((2, ("AT Translated Set 2 keyboard", "isa0060/serio0/input0")),
+                            (10, ("AT Translated Set 2 keyboard", "isa0060/serio0/input0")),
+                            (3, ("Power Button", "PNP0C0C/button/input0"))):
+        d = tmp_path / "class/input" / f"event{n}" / "device"
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+        (d / "phys").write_text(phys + "\n")
+    word = "4:0,virtio-input," + by_name_marker("AT Translated Set 2 keyboard", "isa0060/serio0/input0") + ",kb"
+    assert parse_slot(word).params == {"deviceName": "AT Translated Set 2 keyboard",
+                                       "devicePhys": "isa0060/serio0/input0", "serial": "kb"}
+    # of several matches, the last in glob order (event10 < event2), as the template's loop leaves it
+    assert resolve_argv_word(word, tmp_path) == "4:0,virtio-input,/dev/input/event2,kb"
+    assert resolve_argv_word(word.replace("serio0", "serio9"), tmp_path) is None
+
+
+def test_virtio_blk_no_bst_block_and_virtio_rnd_kernel_round_trip(tmp_path, service_vm):
+    from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
+    from acrnmgr.render.acrndm import compile_spec
+    from acrnmgr.spec.validation import load_spec_text
+
+    argv = ["acrn-dm", "--cpu_affinity", "2", "-m", "512M", "-k", "/bzImage", "-s", "0:0,hostbridge",
+            "-s", "1:0,lpc", "-s", "3,virtio-blk,/img/a.img,no_bst_block", "-s", "4,virtio-rnd,kernel=on", "vm1"]
+    imported = spec_from_argv(argv)
+    devices = imported.data["spec"]["devices"]
+    assert {"type": "virtio-blk", "path": "/img/a.img", "noBstBlock": True} in devices
+    assert {"type": "virtio-rnd", "kernel": True} in devices
+    import yaml
+    spec = load_spec_text(yaml.safe_dump(imported.data), "vm1.yaml", check_paths=False)
+    compiled = compile_spec(spec, service_vm)
+    assert compiled.ok, compiled.errors
+    assert normalized_argv(compiled.argv) == normalized_argv(argv)
+    assert "4:0,virtio-rnd,kernel=on" in compiled.argv
+
+
+def test_acrn_only_emulations_are_spec_devices(tmp_path, service_vm, plain_box):
+    import yaml
+
+    from acrnmgr.importers.dm_argv import normalized_argv, spec_from_argv
+    from acrnmgr.render.acrndm import compile_spec
+    from acrnmgr.spec.validation import load_spec_text
+
+    argv = ["acrn-dm", "--cpu_affinity", "2", "-m", "512M", "-k", "/bzImage", "-s", "0:0,hostbridge",
+            "-s", "1:0,lpc", "-s", "5,virtio-heci,0:15:0,d0", "-s", "6,virtio-rpmb,physical_rpmb",
+            "-s", "7,virtio-audio", "vm1"]
+    imported = spec_from_argv(argv)
+    devices = imported.data["spec"]["devices"]
+    assert {"type": "acrn-emulation", "emulation": "virtio-heci", "args": "0:15:0,d0", "slot": 5} in devices
+    assert not imported.data["spec"].get("extraArgs")
+    spec = load_spec_text(yaml.safe_dump(imported.data), "vm1.yaml", check_paths=False)
+    compiled = compile_spec(spec, service_vm)
+    assert compiled.ok, compiled.errors
+    assert normalized_argv(compiled.argv) == normalized_argv(argv)
+    qemu = compile_spec(spec, plain_box, engine="qemu")
+    assert any("acrn-emulation" in d.message and "qemu" in d.message for d in qemu.errors)

@@ -208,8 +208,10 @@ def test_mac_and_mac_seed_both_set():
           mac: "02:00:00:00:00:01"
           macSeed: vm1
     """)
-    d = only(errors(text), "spec.devices[0].macSeed")
-    assert d.message == "give either `mac` or `macSeed`, not both"
+    # acrn-dm takes both (mac= wins; ACRN's generator writes both when interface_name has mac=): a warning
+    assert not errors(text)
+    d = only([x for x in diagnostics(text) if not x.is_error], "spec.devices[0].macSeed")
+    assert d.message == "`mac` is given, so acrn-dm does not use `macSeed`"
     assert (d.line, d.col) == pos(text, "macSeed: vm1", "vm1")
 
 

@@ -3,6 +3,11 @@
 # acrn-dm grammar v3.x; spec sha256 072df4dd31dfc4227680548f20ef230171a65b72ee33d1484bdea99da37c3e71.
 # Do not edit: change the spec and run `acrnmgr render --format script` again.
 # Every value below is shell-quoted: paths with spaces or $(...) are passed through inert.
+# The host steps do what ACRN's own launch script template (misc/config_tools/launch_config/
+# launch_script_template.sh) does: CPUs are offlined only for an RTVM, never processor 0; a tap is
+# reused if it exists and a new one joins the bridge if the bridge exists; passthrough devices go
+# to pci-stub. Like ACRN's script, a failed host step is reported and acrn-dm runs anyway: acrn-dm
+# itself refuses a CPU or a device it cannot have.
 set -uo pipefail
 
 # Tests point these at a fake tree; on a Service VM they are the real ones.
@@ -11,62 +16,69 @@ cpuinfo=${ACRN_CPUINFO:-/proc/cpuinfo}
 run_dir=${ACRN_RUN_DIR:-/run/acrn}
 
 function probe_modules() {
-    modprobe pci_stub 2>/dev/null || true
+    modprobe pci_stub
 }
 
-# offline_cpus <LAPIC ID>...: take the VM's CPUs away from the Service VM and hand them to the
+# offline_cpus <LAPIC ID>...: take an RTVM's CPUs away from the Service VM and hand them to the
 # hypervisor. acrn-dm v3.x names CPUs by LAPIC ID; sysfs by Linux CPU number.
 function offline_cpus() {
     local lapic cpu online
     for lapic in "$@"; do
         cpu=$(awk -v id="$lapic" '/^processor/ {p = $3} /^apicid/ && $3 == id {print p; exit}' "$cpuinfo")
         if [[ -z "$cpu" ]]; then
-            echo "offline_cpus: no CPU with LAPIC ID $lapic in $cpuinfo" >&2
-            return 1
+            continue
+        fi
+        if [[ "$cpu" == 0 ]]; then
+            echo "Warning: processor 0 can't be offline, there may be unexpect error!" >&2
+            continue
         fi
         online="$sysfs/devices/system/cpu/cpu$cpu/online"
-        if [[ -e "$online" && "$(cat "$online")" == 1 ]]; then
-            echo 0 > "$online" || return 1
-            while [[ "$(cat "$online")" == 1 ]]; do
-                sleep 0.1
-                echo 0 > "$online" || return 1
-            done
+        if [[ -f "$online" ]]; then
+            echo "cpu$cpu online=$(cat "$online")" >&2
+            if [[ "$(cat "$online")" == 1 ]]; then
+                echo 0 > "$online"
+                # during boot, CPU hotplug may be held off by a PCI driver probe
+                while [[ "$(cat "$online")" == 1 ]]; do
+                    sleep 1
+                    echo 0 > "$online"
+                done
+                echo "$cpu" > "$sysfs/devices/virtual/misc/acrn_hsm/remove_cpu"
+            fi
         fi
-        echo "$cpu" > "$sysfs/devices/virtual/misc/acrn_hsm/remove_cpu" || return 1
     done
 }
 
 # unbind_device <bus:dev.func>: hand a PCI function to pci-stub for passthrough.
 function unbind_device() {
-    local dev="$sysfs/bus/pci/devices/0000:$1" vendor device
-    if [[ ! -e "$dev" ]]; then
-        echo "unbind_device: no PCI device 0000:$1" >&2
-        return 1
-    fi
-    vendor=$(cat "$dev/vendor")
-    device=$(cat "$dev/device")
-    echo "${vendor#0x} ${device#0x}" > "$sysfs/bus/pci/drivers/pci-stub/new_id" 2>/dev/null || true
-    if [[ -e "$dev/driver" ]]; then
-        echo "0000:$1" > "$dev/driver/unbind" || return 1
-    fi
-    echo "0000:$1" > "$sysfs/bus/pci/drivers/pci-stub/bind" 2>/dev/null || true
+    local bdf="0000:$1" vendor device
+    vendor=$(cat "$sysfs/bus/pci/devices/$bdf/vendor")
+    device=$(cat "$sysfs/bus/pci/devices/$bdf/device")
+    echo "$(printf "%04x %04x" "$vendor" "$device")" > "$sysfs/bus/pci/drivers/pci-stub/new_id"
+    echo "$bdf" > "$sysfs/bus/pci/devices/$bdf/driver/unbind"
+    echo "$bdf" > "$sysfs/bus/pci/drivers/pci-stub/bind"
 }
 
-# create_tap <tap> <bridge>: a tap for virtio-net, attached to the bridge.
+# create_tap <tap> <bridge>: a tap for virtio-net; an existing one is reused as it is, a new one
+# joins the bridge when the bridge exists.
 function create_tap() {
-    if ! ip link show dev "$1" >/dev/null 2>&1; then
-        ip tuntap add dev "$1" mode tap || return 1
+    if ip link show dev "$1" >/dev/null 2>&1; then
+        echo "$1 TAP device already available, reusing it."
+        return
     fi
-    ip link set dev "$1" master "$2" || { echo "create_tap: cannot attach $1 to bridge $2" >&2; return 1; }
-    ip link set dev "$1" up || return 1
+    ip tuntap add dev "$1" mode tap
+    if ip link show dev "$2" >/dev/null 2>&1; then
+        echo "$2 bridge already exists, adding new $1 TAP device to it..."
+        ip link set "$1" master "$2"
+        ip link set dev "$1" down
+        ip link set dev "$1" up
+    fi
 }
 
 probe_modules
-mkdir -p "$run_dir/mngr" || exit 1
-create_tap tap_win0 acrn-br0 || exit 1
-unbind_device 00:02.0 || exit 1
-unbind_device 00:14.0 || exit 1
-offline_cpus 8 10 12 || exit 1
+mkdir -p "$run_dir/mngr"
+create_tap tap_win0 acrn-br0 >&2
+unbind_device 00:02.0
+unbind_device 00:14.0
 
 dm_params=(
     -m 8192M
@@ -81,7 +93,7 @@ dm_params=(
     -s 2:0,passthru,00/02/0
     -s 3:0,virtio-blk,b,iothread=2@0/1,mq=2,@EXAMPLES@/images/win10.img
     -s 4:0,ahci,cd:@EXAMPLES@/images/virtio-win.iso
-    -s 5:0,virtio-net,tap=tap_win0,mac_seed=win-gpu-lan
+    -s 5:0,virtio-net,tap=tap_win0,vhost,mac_seed=win-gpu-lan
     -s 6:0,passthru,00/14/0,keep_gsi
     -s 7:0,xhci,tablet
     win-gpu
