@@ -22,6 +22,9 @@ from acrnmgr.spec.diagnostics import Diagnostic, SpecError, format_path, type_na
 # comes anywhere near this many nodes.
 MAX_NODES = 100_000
 MAX_FILE_BYTES = 16 << 20
+# No spec number needs more than 64 bits; a bigger one (0x followed by 3,600 hex digits) could not
+# even be printed (Python refuses to turn ints of more than 4300 digits into text).
+MAX_INT_BITS = 64
 
 
 @dataclass
@@ -212,6 +215,10 @@ def _integral(value):
     return value
 
 
+def _too_big(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS
+
+
 def _char_at(text: str, line: int, column: int) -> str:
     lines = text.split("\n", line + 1)
     return lines[line][column:column + 1] if line < len(lines) else ""
@@ -393,9 +400,13 @@ class _YamlParser:
             self._problem(node.start_mark, "number is far too large", path)
             return None
         if isinstance(value, (bool, int, float)) or value is None:
+            value = _integral(value)
+            if _too_big(value):
+                self._problem(node.start_mark, f"number is far too large (more than {MAX_INT_BITS} bits)", path)
+                return None
             if record and not node.style and node.value:
                 self.positions.raw[path] = node.value
-            return _integral(value)
+            return value
         if isinstance(value, str):
             return value
         # dates, timestamps, binary, sets...: keep the source text; the schema decides.
@@ -463,14 +474,16 @@ class _JsonParser:
                 return val, i + len(lit)
         m = _NUMBER.match(s, i)
         token = m.group(0)
-        if "." in token or "e" in token or "E" in token:
-            return _integral(float(token)), m.end()
         try:
-            return int(token), m.end()
+            value = _integral(float(token)) if "." in token or "e" in token or "E" in token else int(token)
         except ValueError:
+            value = None
+        if value is None or _too_big(value):
             line, col = self._linecol(i)
-            self.problems.append(Diagnostic(self.filename, line, col, format_path(path), "number is far too large"))
+            self.problems.append(Diagnostic(self.filename, line, col, format_path(path),
+                                            f"number is far too large (more than {MAX_INT_BITS} bits)"))
             return None, m.end()
+        return value, m.end()
 
     def _object(self, i: int, path):
         s = self.text
