@@ -97,10 +97,12 @@ class HostProfile:
     def from_file(cls, path: str | Path) -> "HostProfile":
         import yaml  # only for a profile file: the CLI must not pay for it at start-up
 
+        from acrnmgr.inputs import InputError, read_input_text
+
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HostProfileError(f"{path}: cannot read host profile: {exc}") from None
+            text = read_input_text(path)
+        except InputError as exc:
+            raise HostProfileError(f"{path}: cannot read host profile: {exc.reason}") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

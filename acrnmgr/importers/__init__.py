@@ -34,15 +34,13 @@ def detect_format(path: Path, text: str) -> str:
 
 
 def import_file(path: str | Path, board: str | Path | None = None) -> ImportResult:
+    from acrnmgr.inputs import InputError, read_input_text
+
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ImportError_(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ImportError_(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
+        text = read_input_text(p)
+    except InputError as exc:
+        raise ImportError_(str(exc)) from None
     kind = detect_format(p, text)
     if kind == "scenario":
         return import_scenario(text, str(path), board=board)

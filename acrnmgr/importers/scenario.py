@@ -51,9 +51,13 @@ class Board:
 
     @classmethod
     def load(cls, path: str | Path) -> "Board":
+        from acrnmgr.inputs import InputError, read_input
+
         try:
-            return cls(ET.parse(path).getroot())
-        except (OSError, ET.ParseError) as exc:
+            return cls(ET.fromstring(read_input(path)))
+        except InputError as exc:
+            raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
+        except ET.ParseError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
 
     def lapic_id(self, cpu: str) -> int | None:

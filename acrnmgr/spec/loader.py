@@ -132,20 +132,17 @@ def read_documents(path: str | Path) -> list[Document]:
 
 
 def _read_text(path: str | Path) -> tuple[str, str, Path]:
-    p = Path(path)
+    from acrnmgr.inputs import InputError, read_input
+
     name = str(path)
     try:
-        if p.is_dir():
-            raise SpecError([Diagnostic(name, 0, 0, "$", "is a directory, not a spec file")])
-        with open(p, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise SpecError([Diagnostic(name, 0, 0, "$", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError([Diagnostic(name, 0, 0, "$", f"cannot read: {exc.strerror or exc}")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([Diagnostic(name, 0, 0, "$", f"file is larger than {MAX_FILE_BYTES >> 20} MiB; not a VM spec")])
-    return decode_bytes(raw, name), name, p.resolve().parent
+        raw = read_input(path, limit=MAX_FILE_BYTES)
+    except InputError as exc:
+        reason = exc.reason
+        if reason.startswith("is a directory"):
+            reason = "is a directory, not a spec file"
+        raise SpecError([Diagnostic(name, 0, 0, "$", reason)]) from None
+    return decode_bytes(raw, name), name, Path(path).resolve().parent
 
 
 def decode_bytes(raw: bytes, filename: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,7 +68,13 @@ def validate_files(paths: Iterable[str], host=None, check_paths: bool = True):
 
 def _stdin_documents() -> list[Document]:
     """`-` names standard input; its relative paths resolve against the working directory."""
-    return parse_documents(decode_bytes(sys.stdin.buffer.read(), STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
+    from acrnmgr.inputs import InputError, read_input
+
+    try:
+        raw = read_input("-", stdin=True)
+    except InputError as exc:
+        raise SpecError([Diagnostic(STDIN_NAME, 0, 0, "$", exc.reason)]) from None
+    return parse_documents(decode_bytes(raw, STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
 
 
 STDIN_NAME = "<stdin>"
