@@ -25,6 +25,9 @@ from acrnmgr.spec.loader import (
 )
 
 
+TOP_LEVEL_KEYS = {"apiVersion", "kind", "metadata", "spec"}
+
+
 @cache
 def schema() -> dict:
     return json.loads(schema_text())
@@ -40,6 +43,11 @@ def validator():
 
 def validate_document(doc: Document, host=None, check_paths: bool = True) -> list[Diagnostic]:
     """Schema problems (sorted by position) then semantic ones, for one parsed document."""
+    if isinstance(doc.data, dict) and not (set(doc.data) & TOP_LEVEL_KEYS):
+        # Not a spec at all (say /etc/shadow): its keys would be quoted as unknown; never show them.
+        return [Diagnostic(doc.filename, 1, 1, "$", "not a VM spec (it has none of apiVersion, kind, metadata, "
+                                                    "spec); its content is not shown",
+                           "a spec starts with `apiVersion: acrnmgr/v1`")]
     problems = schema_diagnostics(doc)
     semantic = checks.run_checks(doc, host=host, check_paths=check_paths, schema_ok=not problems)
     semantic.sort(key=lambda d: (d.line, d.col))
