@@ -38,7 +38,7 @@ from acrnmgr.spec.diagnostics import Diagnostic, SpecError
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml")
-_DOC_SEP = re.compile(r"^---(?:\s.*)?$")
+_DOC_SEP = re.compile(r"^---(?:\s.*)?\Z")
 # A document that says it is an acrnmgr spec, in YAML or JSON; only such a document's problems are
 # shown (they may quote its keys and values), so a file that is not a spec is never echoed.
 _SPEC_MARK = re.compile(r"""\bapiVersion["']?\s*:\s*["']?acrnmgr/""")

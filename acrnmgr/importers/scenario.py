@@ -93,7 +93,7 @@ class _Slots:
 def _vbdf_slot(vbdf: str | None) -> int | None:
     if not vbdf:
         return None
-    m = re.match(r"^[0-9a-fA-F]+:([0-9a-fA-F]+)\.[0-7]$", vbdf)
+    m = re.match(r"^[0-9a-fA-F]+:([0-9a-fA-F]+)\.[0-7]\Z", vbdf)
     return int(m.group(1), 16) if m else None
 
 

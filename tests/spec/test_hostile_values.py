@@ -177,3 +177,44 @@ def test_memory_has_a_maximum_in_every_spelling(memory):
 
 def test_memory_at_the_maximum_is_fine():
     assert not [d for d in diagnostics(HEAD.replace("memory: 1G", "memory: 16384G")) if d.is_error]
+
+
+# -- Python regexes that validate input ------------------------------------------------------
+
+def _dollar_patterns():
+    """re.compile/match/search/fullmatch calls on a literal ending in `$` (without re.M) in acrnmgr."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "acrnmgr"
+    for f in sorted(root.rglob("*.py")):
+        if "devmodel" in f.parts:  # hardened on its own
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                    and node.func.attr in ("match", "search", "compile", "fullmatch") and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                    and node.args[0].value.endswith("$")
+                    and not any("M" in ast.unparse(a) for a in node.args[1:])):
+                yield f"{f.relative_to(root.parent)}:{node.lineno}: {node.args[0].value!r}"
+
+
+def test_no_python_regex_ends_in_a_dollar():
+    """`$` matches before a final newline: end patterns with \\Z (or use fullmatch without `$`)."""
+    assert list(_dollar_patterns()) == []
+
+
+@pytest.mark.parametrize("name", ["vm1.monitor.12.socket\n", "vm1\n.monitor.12.socket"])
+def test_monitor_socket_names_with_a_newline_are_not_sockets(name):
+    from acrnmgr.lifecycle.monitor import parse_socket_name
+
+    assert parse_socket_name(name) is None
+    assert parse_socket_name(name.replace("\n", "")) == ("vm1", 12)
+
+
+@pytest.mark.parametrize("bdf", ["00:02.0\n", "0:2.0\n"])
+def test_passthru_bdf_with_a_newline_is_refused(bdf):
+    from acrnmgr.devices.passthru import _BDF_RE
+
+    assert _BDF_RE.match(bdf) is None and _BDF_RE.match(bdf.strip())
