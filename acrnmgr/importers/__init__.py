@@ -34,11 +34,11 @@ def detect_format(path: Path, text: str) -> str:
 
 
 def import_file(path: str | Path, board: str | Path | None = None) -> ImportResult:
-    from acrnmgr.inputs import InputError, read_input_text
+    from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input_text
 
     p = Path(path)
     try:
-        text = read_input_text(p)
+        text = read_input_text(p, limit=MAX_XML_BYTES)
     except InputError as exc:
         raise ImportError_(str(exc)) from None
     kind = detect_format(p, text)

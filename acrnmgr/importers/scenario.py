@@ -51,10 +51,10 @@ class Board:
 
     @classmethod
     def load(cls, path: str | Path) -> "Board":
-        from acrnmgr.inputs import InputError, read_input
+        from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input
 
         try:
-            return cls(ET.fromstring(read_input(path)))
+            return cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
         except InputError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
         except ET.ParseError as exc:

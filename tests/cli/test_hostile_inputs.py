@@ -34,7 +34,7 @@ def hostile(tmp_path, monkeypatch):
     (d / "secret.yaml").write_text(SECRET + "\n")
     with open(d / "huge.yaml", "wb") as fh:  # sparse: 200 MB that costs nothing on disk
         fh.truncate(200 << 20)
-    (d / "big.xml").write_text("<domain>" + "<x/>" * (5 << 20) + "</domain>")  # 20 MB of tiny elements
+    (d / "big.xml").write_text("<domain>" + "<x/>" * (9 << 18) + "</domain>")  # 9 MB of tiny elements
     (d / "dangling.yaml").symlink_to(d / "gone")
     (d / "loop.yaml").symlink_to(d / "loop.yaml")
     os.mkfifo(d / "fifo.yaml")
@@ -172,6 +172,18 @@ def test_stdin_is_capped_and_fast():
 def test_stdin_hostile_data(data):
     result, out, took = _invoke(["validate", "-"], input=data)
     _assert_clean_failure(["validate", "-"], result, out, took)
+
+
+def test_import_memory_is_bounded(hostile):
+    """The largest XML import accepted costs a bounded amount of memory (80 MB took 1.9 GB)."""
+    code = ("import resource, sys\nfrom acrnmgr.importers import import_file, ImportError_\n"
+            "try:\n    import_file(sys.argv[1])\nexcept ImportError_ as exc:\n    print(exc)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)")
+    for what in ("big xml", "huge"):
+        proc = subprocess.run([sys.executable, "-c", code, hostile[what]], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        message, rss = proc.stdout.splitlines()
+        assert "larger than" in message and int(rss) < 300, (what, message, rss)
 
 
 def test_special_files_are_refused_quickly_by_the_real_binary(hostile):
