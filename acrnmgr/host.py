@@ -75,10 +75,15 @@ class HostProfile:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(map(str, data)) - set(known))
         if unknown:
+            # Only keys that look like names are quoted: a file that is not a host profile at all
+            # (say /etc/shadow) must not have its content echoed.
             hints = []
-            for key in unknown:
+            for key in (k for k in unknown if _NAME_RE.fullmatch(k)):
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hidden = sum(1 for k in unknown if not _NAME_RE.fullmatch(k))
+            if hidden:
+                hints.append(f"{hidden} key(s) that are not names (not shown)")
             raise HostProfileError(
                 f"{source}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(known)}"
             )
@@ -98,19 +103,27 @@ class HostProfile:
     def from_file(cls, path: str | Path) -> "HostProfile":
         import yaml  # only for a profile file: the CLI must not pay for it at start-up
 
+        from acrnmgr.inputs import InputError, read_input_text
+
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HostProfileError(f"{path}: cannot read host profile: {exc}") from None
+            text = read_input_text(path)
+        except InputError as exc:
+            raise HostProfileError(f"{path}: cannot read host profile: {exc.reason}") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise HostProfileError(f"{path}: invalid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise HostProfileError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        except RecursionError:
+            raise HostProfileError(f"{path}: invalid YAML: nesting is too deep") from None
         return cls.from_dict(data, str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 
 _TYPES = {
     "bool": (bool,),

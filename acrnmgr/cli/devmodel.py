@@ -30,7 +30,7 @@ class LogLevel(str, enum.Enum):
     error = "error"
 
 
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 def _fail(message: str) -> typer.Exit:

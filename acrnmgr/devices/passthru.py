@@ -190,7 +190,7 @@ class Passthru(EmulatedDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-_BDF_RE = re.compile(r"^([0-9a-fA-F]{1,2})[/:]([0-9a-fA-F]{1,2})[/.]([0-7])$")
+_BDF_RE = re.compile(r"^([0-9a-fA-F]{1,2})[/:]([0-9a-fA-F]{1,2})[/.]([0-7])\Z")
 
 
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:

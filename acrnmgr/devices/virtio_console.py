@@ -217,7 +217,7 @@ class VirtioConsole(VirtioDevice):
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
-_CONSOLE_RE = re.compile(r"^(@?)(stdio|tty|pty|file|socket):([^=:]+)(?:=([^:]*))?(?::(server|client))?$")
+_CONSOLE_RE = re.compile(r"^(@?)(stdio|tty|pty|file|socket):([^=:]+)(?:=([^:]*))?(?::(server|client))?\Z")
 
 
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:

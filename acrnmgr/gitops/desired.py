@@ -13,13 +13,22 @@ patches, not specs. A directory some overlay names as a resource is not also loa
 when it sits under the applied directory (the overlay wins).
 
 Every error names its file and line; documents of a multi-document file keep their real line
-numbers."""
+numbers.
+
+The applied folder is the boundary: resources and patches must lie inside it once symlinks are
+resolved (no absolute paths, no `..` out of it), and so must every spec file and folder found in
+it. Anything under it that cannot be read (a folder that cannot be listed, a dangling or looping
+symlink, a FIFO or device named like a spec) is an error, so `apply` changes nothing rather than
+prune a VM whose spec it failed to read. A file that is not a VM spec is reported as such, never
+quoted."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +42,10 @@ if TYPE_CHECKING:
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml")
-_DOC_SEP = re.compile(r"^---(?:\s.*)?$")
+_DOC_SEP = re.compile(r"^---(?:\s.*)?\Z")
+# A document that says it is an acrnmgr spec, in YAML or JSON; only such a document's problems are
+# shown (they may quote its keys and values), so a file that is not a spec is never echoed.
+_SPEC_MARK = re.compile(r"""\bapiVersion["']?\s*:\s*["']?acrnmgr/""")
 
 
 @dataclass
@@ -117,22 +129,126 @@ def absolutize(data: dict, base_dir: Path) -> dict:
     return data
 
 
+class _Folder:
+    """The applied folder: what lies inside it, and every entry under it that cannot be read."""
+
+    def __init__(self, root: Path, out: DesiredSet):
+        self.root = root
+        self.real = Path(os.path.realpath(root))
+        self.out = out
+
+    def error(self, path: Path | str, message: str, line: int = 0) -> None:
+        self.out.errors.append(Diagnostic(str(path), line, 1 if line else 0, "$", message))
+
+    def inside(self, path: Path) -> bool:
+        real = Path(os.path.realpath(path))
+        return real == self.real or self.real in real.parents
+
+    def confined(self, base: Path, given, what: str, where: Path) -> Path | None:
+        """`given` (a resource or patch path from a kustomization in `base`) if it is a relative
+        path that stays inside the folder once symlinks are resolved; else an error, and None."""
+        if not isinstance(given, str) or not given:
+            self.error(where, f"each {what} is a path relative to the kustomization, not {_kind(given)}", 1)
+            return None
+        if os.path.isabs(given) or given.startswith("~"):
+            self.error(where, f"{what} {given}: an absolute path; {what}s are relative paths inside {self.root}", 1)
+            return None
+        path = base / given
+        if not self.inside(path):
+            self.error(where, f"{what} {given} lies outside the applied folder {self.root} "
+                              "(apply a folder that holds both)", 1)
+            return None
+        return path
+
+    def walk(self, top: Path) -> list[Path]:
+        """Every file under `top`, recursively and sorted, following symlinks that stay inside the
+        folder; what cannot be read is an error."""
+        files: list[Path] = []
+        seen: set[str] = set()
+
+        def visit(d: Path) -> None:
+            real = os.path.realpath(d)
+            if real in seen:
+                return
+            seen.add(real)
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                self.error(d, f"cannot list this folder: {_why(exc)}")
+                return
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError as exc:
+                    self.error(path, "cannot read: " + ("a dangling symlink" if isinstance(exc, FileNotFoundError)
+                                                        else _why(exc)))
+                    continue
+                relevant = stat.S_ISDIR(mode) or path.suffix in SPEC_SUFFIXES
+                if relevant and entry.is_symlink() and not self.inside(path):
+                    self.error(path, f"a symlink that leads outside the applied folder {self.root}")
+                elif stat.S_ISDIR(mode):
+                    visit(path)
+                else:
+                    files.append(path)
+
+        visit(top)
+        return files
+
+
+MAX_PATCH_VALUES = 100_000
+
+
+def _patch_problem(obj) -> str | None:
+    """Why a patch cannot be applied: more than MAX_PATCH_VALUES values (counting a value each time
+    an alias repeats it), or a number that could not even be printed."""
+    count, stack = 0, [obj]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_PATCH_VALUES:
+            return f"a patch expands to more than {MAX_PATCH_VALUES} values (YAML aliases?)"
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, int) and node.bit_length() > 64:
+            return "a patch holds a number that is far too large (more than 64 bits)"
+    return None
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def _kind(value) -> str:
+    from acrnmgr.spec.diagnostics import type_name
+
+    return type_name(value)
+
+
 def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, Spec]]:
     """[(source label, Spec)] for one file."""
+    from acrnmgr.inputs import InputError, read_input
     from acrnmgr.spec.loader import decode_bytes
     from acrnmgr.spec.validation import load_spec_text
 
     try:
-        text = decode_bytes(path.read_bytes(), str(path))
-    except SpecError as exc:
-        out.errors += exc.diagnostics
+        text = decode_bytes(read_input(path), str(path))
+    except SpecError:
+        out.errors.append(Diagnostic(str(path), 0, 0, "$", "not a VM spec (not UTF-8 text); its content is not shown"))
         return []
-    except OSError as exc:
-        out.errors.append(Diagnostic(str(path), 0, 0, "$", f"cannot read: {exc.strerror or exc}"))
+    except InputError as exc:
+        out.errors.append(Diagnostic(str(path), 0, 0, "$", f"cannot read: {exc.reason}"))
         return []
     docs = split_documents(text) if path.suffix != ".json" else [(0, text)]
     result = []
-    for n, (_, doc) in enumerate(docs, start=1):
+    for n, (start, doc) in enumerate(docs, start=1):
+        if not _SPEC_MARK.search(doc):
+            out.errors.append(Diagnostic(str(path), start + 1, 1, "$", "not a VM spec (it has no "
+                                         "`apiVersion: acrnmgr/v1`); its content is not shown"))
+            continue
         try:
             spec = load_spec_text(doc, str(path), host=host, base_dir=path.resolve().parent)
         except SpecError as exc:
@@ -142,53 +258,98 @@ def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, Spec]]:
     return result
 
 
-def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Desired]:
+def _yaml_error(exc) -> tuple[str, int]:
+    """A YAML error's problem and line, without the snippet of the file that str(exc) quotes."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "not valid YAML"
+    return problem, (mark.line + 1 if mark is not None else 1)
+
+
+def _read_yaml(path: Path):
+    """(data, None) or (None, (message, line)) for a kustomization or a patch file."""
     import yaml
 
+    from acrnmgr.inputs import InputError, read_input_text
+
+    try:
+        return yaml.safe_load(read_input_text(path)), None
+    except InputError as exc:
+        return None, (f"cannot read: {exc.reason}", 0)
+    except yaml.YAMLError as exc:
+        problem, line = _yaml_error(exc)
+        return None, (f"invalid YAML: {problem}", line)
+    except RecursionError:
+        return None, ("nesting is too deep", 1)
+
+
+def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path], folder: _Folder) -> list[Desired]:
     from acrnmgr.spec.validation import load_spec_text
 
     def err(message: str, line: int = 1) -> None:
         out.errors.append(Diagnostic(str(kfile), line, 1, "$", message))
 
-    try:
-        conf = yaml.safe_load(kfile.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        err(f"invalid kustomization: {exc}", mark.line + 1 if mark else 1)
+    conf, problem = _read_yaml(kfile)
+    if problem:
+        err(f"invalid kustomization: {problem[0]}", problem[1])
         return []
+    conf = {} if conf is None else conf
     if not isinstance(conf, dict):
         err("a kustomization is a mapping with `resources` and `patches`")
         return []
-    unknown = set(conf) - {"resources", "patches", "apiVersion", "kind"}
+    unknown = [k for k in conf if k not in ("resources", "patches", "apiVersion", "kind")]
     if unknown:
-        err(f"unknown kustomization keys: {', '.join(sorted(unknown))} (supported: resources, patches)")
+        shown = ", ".join(sorted(str(k)[:40] for k in unknown))
+        err(f"unknown kustomization keys: {shown} (supported: resources, patches)")
+    lists = {}
+    for key in ("resources", "patches"):
+        value = conf.get(key)
+        if value is not None and not isinstance(value, list):
+            err(f"`{key}` is a list, not {_kind(value)}")
+            return []
+        lists[key] = value or []
     base = kfile.parent
     bases: list[tuple[str, Spec]] = []
-    for res in conf.get("resources", []) or []:
-        p = (base / str(res)).resolve()
-        files = sorted(f for f in p.rglob("*") if f.suffix in SPEC_SUFFIXES and f.name not in KUSTOMIZATION) \
-            if p.is_dir() else [p]
+    for res in lists["resources"]:
+        p = folder.confined(base, res, "resource", kfile)
+        if p is None:
+            continue
         if not p.exists():
             err(f"resource {res} does not exist")
             continue
-        claimed.update(files)
+        files = [f for f in folder.walk(p) if f.suffix in SPEC_SUFFIXES and f.name not in KUSTOMIZATION] \
+            if p.is_dir() else [p]
+        claimed.update(f.resolve() for f in files)
         for f in files:
             bases += _load_docs(f, None, out)
     patches: dict[str, list[dict]] = {}
-    for item in conf.get("patches", []) or []:
-        if not isinstance(item, dict) or not ({"path", "patch"} & set(item)):
+    for item in lists["patches"]:
+        if not isinstance(item, dict) or not ({"path", "patch"} & set(item)) or ({"path", "patch"} <= set(item)):
             err("each patch is {path: FILE} or {patch: {...}}")
             continue
         if "path" in item:
-            try:
-                patch = yaml.safe_load((base / item["path"]).read_text())
-            except (OSError, yaml.YAMLError) as exc:
-                err(f"patch {item['path']}: {exc}")
+            ppath = folder.confined(base, item["path"], "patch", kfile)
+            if ppath is None:
+                continue
+            patch, problem = _read_yaml(ppath)
+            if problem:
+                err(f"patch {item['path']}: {problem[0]}" + (f" (line {problem[1]})" if problem[1] else ""))
                 continue
         else:
             patch = item["patch"]
-        target = (item.get("target") or {}).get("name") or ((patch or {}).get("metadata") or {}).get("name")
-        if not target:
+        if not isinstance(patch, dict):
+            err(f"a patch is a mapping (a partial spec), not {_kind(patch)}")
+            continue
+        problem = _patch_problem(patch)
+        if problem:
+            err(problem)
+            continue
+        target_conf = item.get("target")
+        if target_conf is not None and not (isinstance(target_conf, dict) and isinstance(target_conf.get("name"), str)):
+            err("a patch's `target` is {name: VM}")
+            continue
+        metadata = patch.get("metadata")
+        target = (target_conf or {}).get("name") or (metadata.get("name") if isinstance(metadata, dict) else None)
+        if not isinstance(target, str) or not target:
             err("a patch needs metadata.name (or target: {name: ...}) to pick its VM")
             continue
         patches.setdefault(target, []).append(patch)
@@ -196,16 +357,14 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path]) -> list[Des
     names = {spec.name for _, spec in bases}
     for target in patches:
         if target not in names:
-            err(f"patch for {target}: no such VM among the resources ({', '.join(sorted(names)) or 'none'})")
+            err(f"patch for {target[:40]}: no such VM among the resources ({', '.join(sorted(names)) or 'none'})")
     for label, spec in bases:
         data = absolutize(spec.data, spec.base_dir)
         for patch in patches.get(spec.name, []):
             data = merge_patch(data, patch)
-        import json
-
         try:
-            patched = load_spec_text(json.dumps(data), f"{kfile} ({spec.name}, patched from {label})", host=host,
-                                     base_dir=spec.base_dir)
+            patched = load_spec_text(json.dumps(data, default=str), f"{kfile} ({spec.name}, patched from {label})",
+                                     host=host, base_dir=spec.base_dir)
         except SpecError as exc:
             out.errors += exc.diagnostics
             continue
@@ -219,13 +378,15 @@ def load_desired(root: str | Path, host=None) -> DesiredSet:
     if not root.is_dir():
         out.errors.append(Diagnostic(str(root), 0, 0, "$", "not a directory"))
         return out
+    folder = _Folder(root, out)
+    every = folder.walk(root)
     claimed: set[Path] = set()
-    overlays = sorted(p for name in KUSTOMIZATION for p in root.rglob(name))
+    overlays = sorted(p for p in every if p.name in KUSTOMIZATION)
     overlay_dirs = {k.parent for k in overlays}
     for kfile in overlays:
-        out.vms += _overlay(kfile, host, out, claimed)
-    for path in sorted(root.rglob("*")):
-        if path.suffix not in SPEC_SUFFIXES or not path.is_file() or path.name.startswith("."):
+        out.vms += _overlay(kfile, host, out, claimed, folder)
+    for path in every:
+        if path.suffix not in SPEC_SUFFIXES or path.name.startswith("."):
             continue
         if path.parent in overlay_dirs or any(d in path.parents for d in overlay_dirs) or path.resolve() in claimed:
             continue

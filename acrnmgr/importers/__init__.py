@@ -15,6 +15,7 @@ from acrnmgr.importers.common import ImportedSpec, ImportError_, ImportResult, x
 from acrnmgr.importers.launch_script import import_launch_script
 from acrnmgr.importers.libvirt_domain import import_domain_xml
 from acrnmgr.importers.scenario import import_scenario
+from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input_text
 
 __all__ = ["ImportError_", "ImportResult", "ImportedSpec", "detect_format", "import_file", "xml_root"]
 
@@ -66,13 +67,9 @@ def import_file(path: str | Path, board: str | Path | None = None, *, base_dir: 
     ``bios_as_ovmf`` and ``keep_addresses`` apply to libvirt domain XML (see acrnmgr.importers.libvirt_domain)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ImportError_(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ImportError_(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
+        text = read_input_text(p, limit=MAX_XML_BYTES)
+    except InputError as exc:
+        raise ImportError_(str(exc)) from None
     kind = detect_format(p, text)
     if kind == "scenario":
         result = import_scenario(text, str(path), board=board)

@@ -27,7 +27,7 @@ from acrnmgr.importers.common import ImportError_, ImportResult
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.render.grammar import GrammarError
 
-_ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 

@@ -99,9 +99,13 @@ class Board:
 
     @classmethod
     def load(cls, path: str | Path) -> "Board":
+        from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input
+
         try:
-            return cls(ET.parse(path).getroot())
-        except (OSError, ET.ParseError) as exc:
+            return cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
+        except InputError as exc:
+            raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
+        except ET.ParseError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
 
     def lapic_id(self, cpu: str) -> int | None:
@@ -149,7 +153,7 @@ class _Slots:
 def _vbdf_slot(vbdf: str | None) -> int | None:
     if not vbdf:
         return None
-    m = re.match(r"^[0-9a-fA-F]+:([0-9a-fA-F]+)\.[0-7]$", vbdf)
+    m = re.match(r"^[0-9a-fA-F]+:([0-9a-fA-F]+)\.[0-7]\Z", vbdf)
     return int(m.group(1), 16) if m else None
 
 

@@ -150,7 +150,7 @@ class Reassembler:
 
 # Socket names -----------------------------------------------------------------------------------
 
-_SOCKET_RE = re.compile(r"^(?P<vm>.+)\.monitor\.(?P<pid>\d+)\.socket$")
+_SOCKET_RE = re.compile(r"^(?P<vm>.+)\.monitor\.(?P<pid>\d+)\.socket\Z")
 
 
 def socket_name(vm: str, pid: int) -> str:

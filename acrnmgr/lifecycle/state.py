@@ -33,13 +33,14 @@ from acrnmgr.lifecycle.errors import StateError
 from acrnmgr.paths import state_root
 
 # metadata.name in schemas/vm.schema.json (acrn-dm's VM name); a name becomes a folder name.
-VM_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
+VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")  # the schema's metadata.name (use fullmatch)
 
 
 def check_name(name: str) -> str:
     """`name` if it is a valid VM name, else StateError (so `../../x` never becomes a path)."""
     if not isinstance(name, str) or not VM_NAME.fullmatch(name):
-        raise StateError(f"invalid VM name {name!r}: a VM name is 1 to 15 letters, digits, '_' or '-'")
+        raise StateError(f"invalid VM name {name!r}: a VM name is 1 to 15 letters, digits, '_' or '-', "
+                         "not starting with '-'")
     return name
 
 

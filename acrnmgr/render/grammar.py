@@ -271,7 +271,7 @@ def _match_long(table: dict[str, Option], name: str, family: str) -> Option:
 # ---------------------------------------------------------------------------------------------
 # global options
 
-_MEM_RE = re.compile(r"^(\d+)([KkMmGg]?)$")
+_MEM_RE = re.compile(r"^(\d+)([KkMmGg]?)\Z")
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 

@@ -17,6 +17,7 @@ from acrnmgr.spec.loader import Document
 from acrnmgr.spec.units import format_size, parse_size
 
 MIN_MEMORY = 128 << 20
+MAX_MEMORY = 16 << 40  # the schema's maximum for an integer size (MiB), for sizes with a unit too
 
 # acrn-dm v3.x: options that are gone or ignored, with what to do instead.
 OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
@@ -134,6 +135,8 @@ def _check_memory(ctx: _Ctx, spec: dict) -> None:
     if size < MIN_MEMORY:
         ctx.error(("spec", "memory"), f"memory {format_size(size) if size else 0} is below acrn-dm's minimum of 128M",
                   "give the VM at least 128M")
+    elif size > MAX_MEMORY:
+        ctx.error(("spec", "memory"), f"memory {format_size(size)} is above the maximum of 16T", "give the VM less")
 
 
 def _check_names(ctx: _Ctx, spec: dict) -> None:

@@ -22,6 +22,9 @@ from acrnmgr.spec.diagnostics import Diagnostic, SpecError, format_path, type_na
 # comes anywhere near this many nodes.
 MAX_NODES = 100_000
 MAX_FILE_BYTES = 16 << 20
+# No spec number needs more than 64 bits; a bigger one (0x followed by 3,600 hex digits) could not
+# even be printed (Python refuses to turn ints of more than 4300 digits into text).
+MAX_INT_BITS = 64
 
 
 @dataclass
@@ -129,20 +132,17 @@ def read_documents(path: str | Path) -> list[Document]:
 
 
 def _read_text(path: str | Path) -> tuple[str, str, Path]:
-    p = Path(path)
+    from acrnmgr.inputs import InputError, read_input
+
     name = str(path)
     try:
-        if p.is_dir():
-            raise SpecError([Diagnostic(name, 0, 0, "$", "is a directory, not a spec file")])
-        with open(p, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise SpecError([Diagnostic(name, 0, 0, "$", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError([Diagnostic(name, 0, 0, "$", f"cannot read: {exc.strerror or exc}")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([Diagnostic(name, 0, 0, "$", f"file is larger than {MAX_FILE_BYTES >> 20} MiB; not a VM spec")])
-    return decode_bytes(raw, name), name, p.resolve().parent
+        raw = read_input(path, limit=MAX_FILE_BYTES)
+    except InputError as exc:
+        reason = exc.reason
+        if reason.startswith("is a directory"):
+            reason = "is a directory, not a spec file"
+        raise SpecError([Diagnostic(name, 0, 0, "$", reason)]) from None
+    return decode_bytes(raw, name), name, Path(path).resolve().parent
 
 
 def decode_bytes(raw: bytes, filename: str) -> str:
@@ -212,6 +212,10 @@ def _integral(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _too_big(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS
 
 
 def _char_at(text: str, line: int, column: int) -> str:
@@ -397,9 +401,13 @@ class _YamlParser:
             self._problem(node.start_mark, "number is far too large", path)
             return None
         if isinstance(value, (bool, int, float)) or value is None:
+            value = _integral(value)
+            if _too_big(value):
+                self._problem(node.start_mark, f"number is far too large (more than {MAX_INT_BITS} bits)", path)
+                return None
             if record and not node.style and node.value:
                 self.positions.raw[path] = node.value
-            return _integral(value)
+            return value
         if isinstance(value, str):
             return value
         # dates, timestamps, binary, sets...: keep the source text; the schema decides.
@@ -474,14 +482,16 @@ class _JsonParser:
                 return val, i + len(lit)
         m = _NUMBER.match(s, i)
         token = m.group(0)
-        if "." in token or "e" in token or "E" in token:
-            return _integral(float(token)), m.end()
         try:
-            return int(token), m.end()
+            value = _integral(float(token)) if "." in token or "e" in token or "E" in token else int(token)
         except ValueError:
+            value = None
+        if value is None or _too_big(value):
             line, col = self._linecol(i)
-            self.problems.append(Diagnostic(self.filename, line, col, format_path(path), "number is far too large"))
+            self.problems.append(Diagnostic(self.filename, line, col, format_path(path),
+                                            f"number is far too large (more than {MAX_INT_BITS} bits)"))
             return None, m.end()
+        return value, m.end()
 
     def _object(self, i: int, path):
         s = self.text

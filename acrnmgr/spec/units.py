@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGkmg])\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGkmg])\s*\Z")
 
 
 def parse_size(value: int | str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,6 +25,9 @@ from acrnmgr.spec.loader import (
 )
 
 
+TOP_LEVEL_KEYS = {"apiVersion", "kind", "metadata", "spec"}
+
+
 @cache
 def schema() -> dict:
     return json.loads(schema_text())
@@ -41,6 +43,11 @@ def validator():
 
 def validate_document(doc: Document, host=None, check_paths: bool = True) -> list[Diagnostic]:
     """Schema problems (sorted by position) then semantic ones, for one parsed document."""
+    if isinstance(doc.data, dict) and not (set(doc.data) & TOP_LEVEL_KEYS):
+        # Not a spec at all (say /etc/shadow): its keys would be quoted as unknown; never show them.
+        return [Diagnostic(doc.filename, 1, 1, "$", "not a VM spec (it has none of apiVersion, kind, metadata, "
+                                                    "spec); its content is not shown",
+                           "a spec starts with `apiVersion: acrnmgr/v1`")]
     problems = schema_diagnostics(doc)
     semantic = checks.run_checks(doc, host=host, check_paths=check_paths, schema_ok=not problems)
     semantic.sort(key=lambda d: (d.line, d.col))
@@ -69,7 +76,13 @@ def validate_files(paths: Iterable[str | Path], host=None, check_paths: bool = T
 
 def _stdin_documents() -> list[Document]:
     """`-` names standard input; its relative paths resolve against the working directory."""
-    return parse_documents(decode_bytes(sys.stdin.buffer.read(), STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
+    from acrnmgr.inputs import InputError, read_input
+
+    try:
+        raw = read_input("-", stdin=True)
+    except InputError as exc:
+        raise SpecError([Diagnostic(STDIN_NAME, 0, 0, "$", exc.reason)]) from None
+    return parse_documents(decode_bytes(raw, STDIN_NAME), STDIN_NAME, base_dir=Path.cwd())
 
 
 STDIN_NAME = "<stdin>"

@@ -77,7 +77,8 @@ def test_top_level_problems():
     assert by_path["apiVersion"].message == "expected `acrnmgr/v1`, got `acrnmgr/v2`"
     assert by_path["kind"].suggestion == "use `VM`"
     assert by_path["metadata.name"].message == "`bad name!` is not valid here"
-    assert by_path["metadata.name"].suggestion == "expected acrn-dm VM name: [A-Za-z0-9_-]{1,15}"
+    assert by_path["metadata.name"].suggestion == \
+        "expected acrn-dm VM name: 1 to 15 of [A-Za-z0-9_-], not starting with '-'"
     assert by_path["extra"].message == "unknown key `extra`"
     assert {d.message for d in diags if d.json_path == "spec"} == {
         "missing required key `cpu`", "missing required key `memory`", "missing required key `boot`"}
