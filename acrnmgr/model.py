@@ -42,6 +42,8 @@ class OvmfBoot:
     code: str | None = None
     vars: str | None = None
     writeback: bool = False
+    vars_template: str | None = None  # where a fresh vars comes from (libvirt's <nvram template>)
+    secure: bool = False  # a Secure Boot build (libvirt's <loader secure='yes'>)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class LpcPort:
     tcp_port: int | None = None
     irq: int | None = None
     where: JsonPath = ()
+    tcp_host: str | None = None  # the listening address of a tcp port (None: 127.0.0.1)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ def build_boot(raw: Mapping[str, Any], base_dir: Path) -> Boot:
         def path(key: str) -> str | None:
             return resolve(base_dir, o[key]) if o.get(key) else None
 
-        return OvmfBoot(path("image"), path("code"), path("vars"), writeback=bool(o.get("writeback", False)))
+        return OvmfBoot(path("image"), path("code"), path("vars"), writeback=bool(o.get("writeback", False)),
+                        vars_template=path("varsTemplate"), secure=bool(o.get("secure", False)))
     return ElfBoot(resolve(base_dir, raw["elf"]["path"]))
 
 
@@ -190,7 +194,7 @@ def build_lpc(raw: list[Mapping[str, Any]], base_dir: Path) -> tuple[LpcPort, ..
     for n, p in enumerate(raw):
         path = p.get("path")
         ports.append(LpcPort(p["port"], p.get("backend", "stdio"), resolve(base_dir, path) if path else None,
-                             p.get("tcpPort"), p.get("irq"), ("spec", "console", "lpc", n)))
+                             p.get("tcpPort"), p.get("irq"), ("spec", "console", "lpc", n), p.get("tcpHost")))
     return tuple(ports)
 
 

@@ -37,6 +37,10 @@ def import_(
     base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
                                             help="Resolve relative image paths against DIR (where ACRN's launch "
                                                  "script runs); default: keep them relative."),
+    bios_as_ovmf: bool = typer.Option(False, "--bios-as-ovmf",
+                                      help="libvirt: import a BIOS-booted domain with ACRN's OVMF (UEFI) instead."),
+    keep_addresses: bool = typer.Option(False, "--keep-addresses",
+                                        help="libvirt: keep the domain's PCI slots (default: acrnmgr assigns them)."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
 
@@ -47,10 +51,11 @@ def import_(
     from acrnmgr.importers.output import spec_yaml, validate, write_specs
 
     try:
-        result = import_file(file, board=board, base_dir=base_dir)
+        result = import_file(file, board=board, base_dir=base_dir, bios_as_ovmf=bios_as_ovmf,
+                             keep_addresses=keep_addresses)
     except ImportError_ as exc:
         fail(str(exc))
-    problems = {s.name: validate(s, out_dir) for s in result.specs}
+    problems = {s.name: validate(s, out_dir, result.source) for s in result.specs}
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:

@@ -55,6 +55,10 @@ class Ahci(EmulatedDevice):
         path = (src.get("file") or src.get("dev")) if src is not None else None
         if target is None or target.get("bus") != "sata" or not path:
             return False
+        imp.check_disk(el, f"<disk> {target.get('dev')}", path)
+        if el.find("readonly") is not None and el.get("device") != "cdrom":
+            imp.errors.append(f"<disk> {target.get('dev')} {path}: a read-only SATA disk: acrn-dm's ahci hd is "
+                              "writable (its cd is read-only); attach it as a virtio disk to keep it read-only")
         imp.add(imp.slot_of(el), {"type": cls.KIND, ("cd" if el.get("device") == "cdrom" else "hd"): path}, el)
         return True
 

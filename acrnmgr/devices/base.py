@@ -190,6 +190,8 @@ class LibvirtOut:
     needs_shared_memory: bool = False  # a vhost-user device: guest RAM must be a shared memfd
     serial_controllers: int = 0
     disks: int = 0
+    bridge_given: bool = False  # the spec names network.bridge: NICs are <interface type='bridge'> on it
+    boot_order: int = 0  # the last <boot order> given
 
     def socket(self, device: Device) -> str:
         return str(vhost_socket_path(self.state_dir, device.display_name))
@@ -213,25 +215,85 @@ def xml_memory_bytes(el: ET.Element) -> int:
     units = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
              "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40}
     unit = (el.get("unit") or "KiB").lower()
-    return int((el.text or "").strip()) * units.get(unit, 1 << 10)
+    text = (el.text or "").strip()
+    if unit not in units:
+        raise ValueError(f"<{el.tag} unit='{el.get('unit')}'>: not a unit libvirt knows")
+    if not text.isdigit():
+        raise ValueError(f"<{el.tag}>{text}</{el.tag}>: not a whole number of {el.get('unit') or 'KiB'}")
+    return int(text) * units[unit]
 
 
 @dataclass
 class LibvirtIn:
-    """A domain being imported: what device kinds read from its elements and hand back as spec devices."""
+    """A domain being imported: what device kinds read from its elements and hand back as spec devices.
+
+    ``errors`` are refusals: what would change what the VM touches (a disk format acrn-dm would misread, an
+    encrypted or transient disk) makes the whole import fail with every reason listed. ``foreign`` is a
+    domain acrnmgr did not export (no acrnmgr metadata): its PCI addresses are libvirt's, not ours, and are
+    dropped (the planner re-slots) unless ``keep_addresses``."""
 
     name: str  # the domain's
     spec: dict[str, Any]  # the spec being built (a kind may set spec.network.bridge)
     add: Any  # add(slot, device mapping, element) records a device in the domain's order
     warnings: list[str] = field(default_factory=list)
     consoles: dict[int, dict[str, Any]] = field(default_factory=dict)  # virtio-serial controller index -> device
+    errors: list[str] = field(default_factory=list)
+    foreign: bool = False
+    keep_addresses: bool = False
+    taps: set[str] = field(default_factory=set)  # interface names given so far
+    boot_disk: bool = False  # a disk with <boot order='1'> was seen
 
-    @staticmethod
-    def slot_of(el: ET.Element) -> int | None:
+    def slot_of(self, el: ET.Element) -> int | None:
         addr = el.find("address")
-        if addr is not None and addr.get("type") == "pci":
-            return xml_int(addr.get("slot"))
-        return None
+        if addr is None or addr.get("type") != "pci":
+            return None
+        if self.foreign and not self.keep_addresses:
+            return None
+        if (xml_int(addr.get("bus"), 0) or 0) != 0 or (xml_int(addr.get("domain"), 0) or 0) != 0:
+            self.warnings.append(f"<{el.tag}> at PCI {addr.get('domain') or 0}:{addr.get('bus')}:{addr.get('slot')}: "
+                                 "acrn-dm has one PCI bus; its slot is assigned anew")
+            return None
+        slot = xml_int(addr.get("slot"))
+        return slot if slot is not None and 0 <= slot <= 31 else None
+
+    def tap(self, wanted: str | None, what: str, why: str = "") -> str:
+        """A distinct interface name (1-15 characters): ``wanted`` when free, else one made from the VM's name."""
+        if wanted and wanted not in self.taps and len(wanted) <= 15:
+            self.taps.add(wanted)
+            return wanted
+        n = 0
+        while True:
+            suffix = str(n)
+            name = f"tap_{self.name[:15 - 4 - len(suffix)]}{suffix}"
+            if name not in self.taps:
+                break
+            n += 1
+        self.taps.add(name)
+        if wanted:
+            self.warnings.append(f"{what}: interface name {wanted!r} is taken or too long; set to {name}")
+        else:
+            self.warnings.append(f"{what}: {why or 'no <target dev>'}: tap name set to {name}")
+        return name
+
+    def check_disk(self, el: ET.Element, label: str, path: str | None) -> None:
+        """Refuse a disk whose contents acrn-dm would present differently: not raw, encrypted, or transient."""
+        if el.find("transient") is not None:
+            self.errors.append(f"{label} {path}: <transient/> (writes are thrown away at shutdown) has no acrn-dm "
+                               "form; imported as is, the guest's writes would become permanent. Use a copy of the "
+                               "image, and remove <transient/>")
+        enc = el.find("encryption")
+        if enc is None:
+            enc = el.find("source/encryption")
+        if enc is not None:
+            self.errors.append(f"{label} {path}: <encryption format='{enc.get('format')}'>: acrn-dm cannot open "
+                               "LUKS or qcow encrypted images; the guest would see ciphertext. Decrypt it to a raw "
+                               "image (or a dm-crypt block device) and import that")
+        drv = el.find("driver")
+        fmt = drv.get("type") if drv is not None else None
+        if fmt not in (None, "raw", "iso"):  # (an ISO image is raw)
+            self.errors.append(f"{label} {path}: format {fmt}: acrn-dm reads raw images only and would present "
+                               f"the {fmt} container to the guest as its disk. Convert it first (qemu-img convert "
+                               f"-O raw {path} IMAGE.raw) and point the domain at the raw image")
 
     @staticmethod
     def mode_of(el: ET.Element | None, attr: str = "model") -> str | None:

@@ -151,14 +151,27 @@ class Passthru(EmulatedDevice):
         if a is None:
             imp.warnings.append("<hostdev type='pci'> without a source address: skipped")
             return True
-        bus, slot, function = (xml_int(a.get(k), 0) or 0 for k in ("bus", "slot", "function"))
-        d: dict[str, Any] = {"type": cls.KIND, "bdf": f"{bus:02x}:{slot:02x}.{function}"}
+        values = [xml_int(a.get(k)) for k in ("domain", "bus", "slot", "function")]
+        domain = values[0] if a.get("domain") is not None else 0
+        bus, slot, function = values[1:]
+        text = ":".join(str(a.get(k)) for k in ("domain", "bus", "slot", "function"))
+        if domain is None or bus is None or slot is None or function is None or not (
+                0 <= bus <= 0xFF and 0 <= slot <= 0x1F and 0 <= function <= 7):
+            imp.warnings.append(f"<hostdev> {text}: not a PCI address; skipped")
+            return True
+        bdf = f"{bus:02x}:{slot:02x}.{function}"
+        if domain != 0:
+            imp.warnings.append(f"<hostdev> {domain:04x}:{bdf}: acrn-dm passes through devices of PCI domain 0000 "
+                                "only; skipped (importing it as 0000:" + bdf + " would hand the guest another device)")
+            return True
+        d: dict[str, Any] = {"type": cls.KIND, "bdf": bdf}
         rom = el.find("rom")
         imp.add(imp.slot_of(el), d, el)
         if rom is not None and rom.get("file"):
             d.setdefault("options", {})["romfile"] = rom.get("file")
-        if imp.slot_of(el) == 2:
-            d["gpu"] = True
+        if rom is not None and rom.get("bar") == "off":
+            imp.warnings.append(f"<hostdev> {bdf}: <rom bar='off'> has no acrn-dm form; the ROM BAR stays visible")
+        # gpu: true (slot 2) comes only from acrnmgr's own metadata: libvirt's slot 2 says nothing about a GPU
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:

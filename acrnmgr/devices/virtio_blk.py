@@ -161,36 +161,84 @@ class VirtioBlk(VirtioDevice):
         if target is None or target.get("bus") != "virtio":
             return False
         src = el.find("source")
+        dtype = el.get("type") or "file"
         path = (src.get("file") or src.get("dev")) if src is not None else None
+        label = f"<disk> {(target.get('dev') or '?')}"
         d: dict[str, Any] = {"type": cls.KIND}
-        if el.get("type") == "vhostuser":
+        if el.get("device") not in (None, "disk"):
+            imp.warnings.append(f"{label}: device='{el.get('device')}' on virtio has no acrn-dm form; skipped")
+            return True
+        if dtype == "vhostuser":
+            if imp.foreign:
+                sock = src.get("path") if src is not None else None
+                imp.warnings.append(f"{label}: a vhost-user disk served by another process ({sock}); acrn-dm has no "
+                                    "vhost-user frontend and acrnmgr serves images itself: skipped (give the image "
+                                    "path as a virtio-blk instead)")
+                return True
             d["backend"] = "embedded"
-        elif path:
+        elif dtype in ("file", "block") and path:
             d["path"] = path
+            if imp.foreign and not imp.mode_of(el):
+                d["backend"] = "vbs-u"  # QEMU's own virtio-blk on the image, as the domain had it
+        else:
+            where = ""
+            if src is not None:
+                where = " ".join(f"{k}={v}" for k, v in sorted(src.attrib.items()))
+                hosts = [h.get("name") or "" for h in src.findall("host") if h.get("name")]
+                if hosts:
+                    where += f" host={','.join(hosts)}"
+            imp.warnings.append(f"<disk type='{dtype}'> {target.get('dev')} ({where or 'no source'}): acrn-dm reads "
+                                "local files and block devices only; skipped (attach it on the host and give its path)")
+            return True
+        imp.check_disk(el, label, path)
         drv = el.find("driver")
         if drv is not None:
+            cache_in = drv.get("cache")
             cache = {"writethrough": "writethru", "writeback": "writeback", "none": "nocache",
-                     "directsync": "nocache"}.get(drv.get("cache", ""))
+                     "directsync": "nocache", "unsafe": "writeback", "default": None}.get(cache_in or "default")
+            if cache_in and cache_in not in ("writethrough", "writeback", "none", "default"):
+                if cache_in in ("directsync", "unsafe"):
+                    imp.warnings.append(f"{label}: cache='{cache_in}' has no acrn-dm form; set to {cache}")
+                else:
+                    imp.warnings.append(f"{label}: cache='{cache_in}' is not a libvirt cache mode; left at the default")
             if cache and cache != DEFAULT_CACHE:
                 d["cache"] = cache
             if drv.get("discard") == "unmap":
                 d["discard"] = True
             if drv.get("io") in ("io_uring", "threads"):
                 d["aio"] = drv.get("io")
+            elif drv.get("io"):
+                imp.warnings.append(f"{label}: io='{drv.get('io')}' has no acrn-dm form (threads or io_uring); "
+                                    "acrn-dm's default is used")
             queues = xml_int(drv.get("queues"))
-            if queues:
+            if queues and 1 <= queues <= 64:
                 d["mq"] = queues
-            if drv.get("type") not in (None, "raw"):
-                imp.warnings.append(f"disk {path}: format {drv.get('type')}; acrn-dm reads raw images only")
+        sl = src.find("slices/slice") if src is not None else None
+        if sl is not None:
+            offset, size = xml_int(sl.get("offset")), xml_int(sl.get("size"))
+            if sl.get("type") != "storage" or offset is None or size is None or offset % 512 or size % 512 \
+                    or offset < 0 or size <= 0:
+                imp.errors.append(f"{label} {path}: <slice type='{sl.get('type')}' offset='{sl.get('offset')}' "
+                                  f"size='{sl.get('size')}'>: acrn-dm takes a range of whole 512-byte sectors; "
+                                  "the guest would see the whole image")
+            else:
+                d["range"] = {"startLba": offset // 512, "size": size // 512}
         if el.find("readonly") is not None:
             d["readOnly"] = True
-        if el.find("boot") is not None:
-            d["boot"] = True
+        boot = el.find("boot")
+        if boot is not None:
+            if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
+                d["boot"] = True
+                imp.boot_disk = True
+            else:
+                imp.warnings.append(f"{label}: boot order {boot.get('order')}: acrn-dm marks one boot disk; "
+                                    "only order 1 is kept")
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
         imp.add(imp.slot_of(el), d, el)
-        if "path" not in d:
-            imp.warnings.append("vhost-user disk without acrnmgr metadata: the image behind the socket is unknown")
+        if "path" not in d and imp.foreign:
+            imp.warnings.append(f"{label}: vhost-user disk without acrnmgr metadata: the image behind the socket "
+                                "is unknown")
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
@@ -209,8 +257,11 @@ class VirtioBlk(VirtioDevice):
             disk = xml_sub(out.devices, "disk", type="file", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw", cache=_LIBVIRT_CACHE[self.cache],
                     discard="unmap" if self.discard else None, io=self.aio, queues=self.mq)
-            xml_sub(disk, "source", file=self.path)
-            extra.update({k: self.raw[k] for k in ("iothread", "range", "sectorSize") if k in self.raw})
+            src = xml_sub(disk, "source", file=self.path)
+            if self.range:  # the guest sees this slice of the image only, under libvirt too
+                slices = xml_sub(src, "slices")
+                xml_sub(slices, "slice", type="storage", offset=self.range[0] * 512, size=self.range[1] * 512)
+            extra.update({k: self.raw[k] for k in ("iothread", "sectorSize") if k in self.raw})
             if isinstance(self.discard, tuple):
                 extra["discard"] = self.raw["discard"]
         xml_sub(disk, "target", dev=f"vd{chr(ord('a') + out.disks)}", bus="virtio")
@@ -218,7 +269,8 @@ class VirtioBlk(VirtioDevice):
         if self.read_only:
             xml_sub(disk, "readonly")
         if self.boot:
-            xml_sub(disk, "boot", order=1)
+            out.boot_order += 1
+            xml_sub(disk, "boot", order=out.boot_order)
         if model != "virtio":
             disk.set("model", model)
         xml_alias(disk, self.name)

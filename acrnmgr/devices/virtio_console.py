@@ -158,20 +158,34 @@ class VirtioConsole(VirtioDevice):
         addr = el.find("address")
         ctrl = xml_int(addr.get("controller"), 0) if addr is not None else 0
         ctrl = ctrl or 0
-        if ctrl not in imp.consoles:
-            imp.consoles[ctrl] = {"type": cls.KIND, "ports": []}
-            imp.add(None, imp.consoles[ctrl])
-        ports = imp.consoles[ctrl]["ports"]
         kind = _PORT_OF_LIBVIRT.get(el.get("type") or "")
         if kind is None:
             imp.warnings.append(f"<{tag} type='{el.get('type')}'>: no acrn-dm console backend; skipped")
             return True
-        port: dict[str, Any] = {"kind": kind, "name": target.get("name") or f"port{len(ports)}"}
+        if tag == "console" and any(p.get("console") for p in imp.consoles.get(ctrl, {}).get("ports", [])):
+            # a virtio-console device has one console port: another console gets a device of its own
+            ctrl = min(k for k in range(-1, -1000, -1) if k not in imp.consoles)
+        if ctrl not in imp.consoles:
+            imp.consoles[ctrl] = {"type": cls.KIND, "ports": []}
+            imp.add(None, imp.consoles[ctrl])
+        ports = imp.consoles[ctrl]["ports"]
+        taken = {p["name"] for d in imp.consoles.values() for p in d["ports"]}
+        name = target.get("name")
+        if not name or name in taken:
+            name = next(f"{'console' if tag == 'console' else 'port'}{n}" for n in range(1000)
+                        if f"{'console' if tag == 'console' else 'port'}{n}" not in taken)
+        port: dict[str, Any] = {"kind": kind, "name": name}
         if tag == "console":
             port["console"] = True
         src = el.find("source")
         if src is not None and src.get("path"):
             port["path"] = src.get("path")
+        elif kind == "socket":
+            port["path"] = f"/run/acrnmgr/{imp.name}/{name}.sock"
+            imp.warnings.append(f"<{tag} type='unix'> {name}: libvirt generates its socket path; set to {port['path']}")
+        elif kind in ("tty", "file"):
+            imp.warnings.append(f"<{tag} type='{el.get('type')}'> {name} has no path; skipped")
+            return True
         if kind == "socket" and src is not None and src.get("mode") == "connect":
             port["socketMode"] = "client"  # server is the default
         pos = xml_int(addr.get("port"), None) if addr is not None else None

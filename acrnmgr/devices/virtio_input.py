@@ -83,8 +83,9 @@ class VirtioInput(VirtioDevice):
         source = el.find("source")
         if el.get("type") == "evdev" and source is not None:
             imp.add(None, {"type": cls.KIND, "device": source.get("dev")}, el)
-        elif el.get("type") not in ("mouse", "keyboard"):
-            imp.warnings.append(f"<input type='{el.get('type')}'>: not mapped")
+        elif el.get("type") not in ("mouse", "keyboard") or el.get("bus") not in (None, "ps2"):
+            # (the PS/2 mouse and keyboard every x86 domain has: acrn-dm's LPC emulates them)
+            imp.warnings.append(f"<input type='{el.get('type')}' bus='{el.get('bus')}'>: not mapped")
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:

@@ -60,12 +60,14 @@ class VirtioNet(VirtioDevice):
     macvtap: str | None = None
     mac: str | None = None  # lower case
     mac_seed: str | None = None
+    libvirt_network: str | None = None  # a libvirt network the libvirt export attaches it to
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioNet:
         mac = raw.get("mac")
         return cls(**common_fields(index, raw), tap=raw.get("tap"), macvtap=raw.get("macvtap"),
-                   mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"))
+                   mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"),
+                   libvirt_network=raw.get("libvirtNetwork"))
 
     @classmethod
     def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
@@ -204,32 +206,50 @@ class VirtioNet(VirtioDevice):
         t = el.get("type")
         d: dict[str, Any] = {"type": cls.KIND}
         target = el.find("target")
+        source = el.find("source")
         mac = el.find("mac")
+        label = f"<interface type='{t}'>"
         if mac is not None and mac.get("address"):
             d["mac"] = (mac.get("address") or "").lower()
-        model = el.find("model")
-        mtype = model.get("type") if model is not None else None
-        if mtype != "virtio" and imp.mode_of(model, "type") is None:
-            imp.warnings.append(f"<interface> model {mtype!r}: imported as virtio-net")
-        elif imp.mode_of(model, "type"):
-            d["mode"] = imp.mode_of(model, "type")
+            label += f" {d['mac']}"
         drv = el.find("driver")
         if t == "vhostuser":
+            if imp.foreign:
+                path = source.get("path") if source is not None else None
+                imp.warnings.append(f"{label}: its vhost-user backend ({path}) belongs to another process; acrn-dm has "
+                                    "no vhost-user frontend and acrnmgr's embedded model serves a tap: skipped")
+                return True
             d["backend"] = "embedded"
         elif drv is not None and drv.get("name") == "vhost":
             d["backend"] = "vhost"
-        if target is not None and target.get("dev"):
-            d["tap"] = target.get("dev")
-        elif t in ("bridge", "network", "ethernet"):
-            imp.warnings.append(f"<interface type='{t}'> without <target dev>: tap name set to "
-                                f"tap_{imp.name[:11]}; libvirt would have picked one")
-            d["tap"] = f"tap_{imp.name[:11]}"
-            source = el.find("source")
-            if t == "bridge" and source is not None:
-                imp.spec.setdefault("network", {})["bridge"] = source.get("bridge")
-        elif t != "vhostuser":
-            imp.warnings.append(f"<interface type='{t}'>: no acrn-dm equivalent; skipped")
+        elif drv is not None and drv.get("name") == "qemu":
+            d["backend"] = "vbs-u"
+        if t not in ("bridge", "network", "ethernet", "vhostuser"):
+            imp.warnings.append(f"{label}: no acrn-dm equivalent (a tap on a bridge); skipped")
             return True
+        model = el.find("model")
+        mtype = model.get("type") if model is not None else None
+        if mtype != "virtio" and imp.mode_of(model, "type") is None:
+            imp.warnings.append(f"{label}: model {mtype!r} imported as virtio-net (the guest needs a virtio driver)")
+        elif imp.mode_of(model, "type"):
+            d["mode"] = imp.mode_of(model, "type")
+        wanted = target.get("dev") if target is not None else None
+        if t == "vhostuser" and not imp.foreign:
+            pass  # the tap is in the acrnmgr metadata
+        elif wanted and wanted.startswith(("vnet", "macvtap", "vhost-user")) and imp.foreign:
+            d["tap"] = imp.tap(None, label, f"libvirt generates its tap name ({wanted})")
+        else:
+            d["tap"] = imp.tap(wanted, label)
+        if t == "bridge" and source is not None and source.get("bridge") and imp.foreign:
+            net = imp.spec.setdefault("network", {})
+            if net.setdefault("bridge", source.get("bridge")) != source.get("bridge"):
+                imp.warnings.append(f"{label}: bridge {source.get('bridge')!r}: acrnmgr puts all of a VM's taps on "
+                                    f"one bridge; this one goes on {net['bridge']!r}")
+        elif t == "network" and source is not None and source.get("network"):
+            d["libvirtNetwork"] = source.get("network")
+            if imp.foreign:
+                imp.warnings.append(f"{label}: libvirt network {source.get('network')!r}: kept for the libvirt "
+                                    "export; the acrn and qemu engines put the tap on the VM's bridge (network.bridge)")
         imp.add(imp.slot_of(el), d, el)
         if d.get("macvtap") is True:
             d["macvtap"] = d.pop("tap")
@@ -246,6 +266,16 @@ class VirtioNet(VirtioDevice):
             iface = xml_sub(out.devices, "interface", type="bridge")
             xml_sub(iface, "source", bridge=out.bridge)
             xml_sub(iface, "target", dev=self.ifname, managed="no")
+            if self.libvirt_network:
+                extra["libvirtNetwork"] = self.libvirt_network  # the ACRN driver takes a bridge
+        elif self.libvirt_network and not self.macvtap:
+            iface = xml_sub(out.devices, "interface", type="network")
+            xml_sub(iface, "source", network=self.libvirt_network)
+            xml_sub(iface, "target", dev=self.ifname)
+        elif out.bridge_given and not self.macvtap:  # (a macvtap exists already: libvirt takes it as ethernet)
+            iface = xml_sub(out.devices, "interface", type="bridge")
+            xml_sub(iface, "source", bridge=out.bridge)
+            xml_sub(iface, "target", dev=self.ifname)
         else:
             iface = xml_sub(out.devices, "interface", type="ethernet")
             xml_sub(iface, "target", dev=self.ifname, managed="no")

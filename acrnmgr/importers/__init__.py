@@ -60,8 +60,10 @@ def rebase_paths(result: ImportResult, base_dir: str | Path) -> None:
                     fix(boot, key, spec)
 
 
-def import_file(path: str | Path, board: str | Path | None = None,
-                base_dir: str | Path | None = None) -> ImportResult:
+def import_file(path: str | Path, board: str | Path | None = None, *, base_dir: str | Path | None = None,
+                bios_as_ovmf: bool = False, keep_addresses: bool = False) -> ImportResult:
+    """Import one file; ``base_dir`` makes relative image paths absolute (rebase_paths); ``bios_as_ovmf``
+    and ``keep_addresses`` apply to libvirt domain XML (see acrnmgr.importers.libvirt_domain)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -75,7 +77,7 @@ def import_file(path: str | Path, board: str | Path | None = None,
     if kind == "scenario":
         result = import_scenario(text, str(path), board=board)
     elif kind == "libvirt":
-        result = import_domain_xml(text, str(path))
+        result = import_domain_xml(text, str(path), bios_as_ovmf=bios_as_ovmf, keep_addresses=keep_addresses)
     else:
         result = import_launch_script(text, str(path))
     if base_dir is not None:

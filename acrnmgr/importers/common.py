@@ -27,6 +27,7 @@ class ImportedSpec:
     data: dict  # the spec document (apiVersion, kind, metadata, spec)
     warnings: list[str] = field(default_factory=list)
     source_argv: list[str] | None = None  # the acrn-dm argv this spec stands for, when there is one
+    origins: dict[str, str] = field(default_factory=dict)  # JSON path prefix -> where it came from in the source
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "spec": self.data, "warnings": list(self.warnings)}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from acrnmgr.lifecycle.errors import StateError
+from acrnmgr.paths import state_root
 
 # metadata.name in schemas/vm.schema.json (acrn-dm's VM name); a name becomes a folder name.
 VM_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -40,18 +41,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not VM_NAME.fullmatch(name):
         raise StateError(f"invalid VM name {name!r}: a VM name is 1 to 15 letters, digits, '_' or '-'")
     return name
-
-
-def state_root() -> Path:
-    env = os.environ.get("ACRNMGR_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/acrnmgr")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "acrnmgr"
-    return Path(f"/tmp/acrnmgr-{os.getuid()}")
 
 
 # Process identity ------------------------------------------------------------------------------

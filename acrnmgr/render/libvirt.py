@@ -92,8 +92,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
     devs = _sub(root, "devices")
-    out = LibvirtOut(flavor, devs, vm.bridge, state_dir)
-    _sub(os_el, "type", "hvm", arch="x86_64", **({} if flavor == "acrn" else {"machine": "pc"}))
+    out = LibvirtOut(flavor, devs, vm.bridge, state_dir, bridge_given=bool((s.get("network") or {}).get("bridge")))
+    type_el = _sub(os_el, "type", "hvm", arch="x86_64")
+    machine = "pc"
     boot = vm.boot
     if isinstance(boot, KernelBoot):
         _sub(os_el, "kernel", boot.path)
@@ -102,17 +103,38 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         if boot.cmdline:
             _sub(os_el, "cmdline", boot.cmdline)
     elif isinstance(boot, OvmfBoot):
-        _sub(os_el, "loader", boot.image or boot.code, readonly="no" if boot.image else "yes", type="pflash")
-        if boot.vars:
-            _sub(os_el, "nvram", boot.vars)
-        if boot.writeback:
-            meta["ovmfWriteback"] = True
+        # What the VM may write stays exactly what acrn-dm lets it write: acrn-dm loads the firmware into
+        # guest memory and writes back only with `writeback` (into the image, or into vars).
+        secure = "yes" if boot.secure else None
+        if boot.image and boot.writeback:  # the image is the VM's own, and written
+            _sub(os_el, "loader", boot.image, readonly="no", type="pflash", secure=secure)
+        elif boot.image:  # loaded, never written: QEMU's -bios, a read-only ROM
+            _sub(os_el, "loader", boot.image, readonly="yes", type="rom", secure=secure)
+            if boot.secure:
+                out.warnings.append("boot.ovmf: a Secure Boot image loaded as a ROM: libvirt's QEMU driver enforces "
+                                    "Secure Boot (SMM) only on pflash; give code + vars to keep it enforced")
+        else:
+            _sub(os_el, "loader", boot.code, readonly="yes", type="pflash", secure=secure)
+            if boot.writeback:
+                _sub(os_el, "nvram", boot.vars, template=boot.vars_template)
+            else:
+                # acrn-dm reads vars and never writes it: under libvirt the VM writes a copy of its own,
+                # made from it, so the spec's file (maybe the distribution's template) is never written
+                _sub(os_el, "nvram", str(state_dir / f"{vm.name}_VARS.fd"), template=boot.vars)
+                meta["ovmf"] = {"code": boot.code, "vars": boot.vars,
+                                **({"varsTemplate": boot.vars_template} if boot.vars_template else {}),
+                                **({"secure": True} if boot.secure else {})}
+        if boot.secure:
+            _sub(features, "smm", state="on")
+            machine = "q35"  # libvirt: Secure Boot needs SMM, which needs q35
     else:
         _sub(os_el, "kernel", boot.path)
         meta["elf"] = True
         if flavor == "qemu":
             out.warnings.append("boot.elf: exported as a direct kernel boot; QEMU loads multiboot/PVH ELF images only")
 
+    if flavor == "qemu":
+        type_el.set("machine", machine)
     if flavor == "qemu" and host.qemu:
         _sub(devs, "emulator", host.qemu)
     for port, raw_port in zip(vm.lpc, (s.get("console") or {}).get("lpc", []), strict=True):
@@ -123,13 +145,19 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         serial = _sub(devs, "serial", type={"stdio": "stdio", "tty": "dev", "tcp": "tcp"}[port.backend])
         if port.backend == "tty":
             _sub(serial, "source", path=raw_port["path"])
-        elif port.backend == "tcp":
-            _sub(serial, "source", mode="bind", host="0.0.0.0", service=port.tcp_port)
+        elif port.backend == "tcp":  # on the address the qemu engine binds it to, unless the spec says
+            _sub(serial, "source", mode="bind", host=port.tcp_host or "127.0.0.1", service=port.tcp_port)
             _sub(serial, "protocol", type="raw")
         _sub(serial, "target", port=LPC_INDEX[port.port])
 
     for i, (d, p) in enumerate(zip(devices, plan.devices, strict=True)):
+        before = len(devs)
         extra = p.device.libvirt(out, p.slot, p.backend)
+        if extra is not None and not d.get("name") and len(devs) > before:
+            # an unnamed device: a reserved user alias carries its position, for its acrnmgr-only fields
+            first = devs[before]
+            if first.find("alias") is None:
+                _sub(first, "alias", name=f"ua-_acrnmgr{i}")
         if extra is None:
             kept = {"index": i, "_slot": p.slot, **d}
             for key in ("hd", "cd"):  # ahci images: absolute like every other path in the domain
@@ -137,11 +165,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
                     kept[key] = getattr(p.device, key)
             unmapped.append(kept)
             continue
-        name, kind = d.get("name"), d["type"]
+        name = d.get("name")
         if extra:
             meta_dev[name or f"#{i}"] = extra
-        if not name and extra:
-            out.warnings.append(f"devices[{i}] ({kind}) has no name; its acrnmgr-only fields are matched by position")
 
     warnings = out.warnings
     for u in unmapped:

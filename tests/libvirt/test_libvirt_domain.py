@@ -94,7 +94,9 @@ def test_backends_follow_the_compiler_choice():
     assert acrn.find("memoryBacking") is None
     assert disk.get("type") == "file" and disk.find("driver").get("cache") == "writeback"
     iface = root.find("devices/interface")
-    assert iface.get("type") == "ethernet" and iface.find("target").get("dev") == "tap_linux0"
+    # the spec names its bridge: libvirt puts the tap on it, as the acrn engine does
+    assert iface.get("type") == "bridge" and iface.find("target").get("dev") == "tap_linux0"
+    assert iface.find("source").get("bridge") == "acrn-br0"
     assert iface.find("driver").get("name") == "vhost"
     assert [a.get("slot") for a in root.iter("address") if a.get("type") == "pci"] == ["0x03", "0x04", "0x05", "0x06"]
 
@@ -125,8 +127,8 @@ FOREIGN = """<domain type='kvm'>
     <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>
     <nvram>/var/lib/libvirt/qemu/nvram/web01_VARS.fd</nvram></os>
   <devices>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file='/var/lib/libvirt/images/web01.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/web01.img'/><target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><source file='/iso/debian.iso'/><target dev='sda' bus='sata'/></disk>
     <interface type='network'><source network='default'/><mac address='52:54:00:aa:bb:cc'/>
       <model type='virtio'/></interface>
@@ -143,11 +145,11 @@ def test_foreign_domain_imports_and_says_what_it_could_not_map():
     spec = imported.data["spec"]
     assert spec["memory"] == "2G" and spec["cpu"]["affinity"] == [0, 1]
     assert spec["boot"] == {"ovmf": {"code": "/usr/share/OVMF/OVMF_CODE.fd",
-                                     "vars": "/var/lib/libvirt/qemu/nvram/web01_VARS.fd"}}
+                                     "vars": "/var/lib/libvirt/qemu/nvram/web01_VARS.fd", "writeback": True}}
     types = [d["type"] for d in spec["devices"]]
     assert types == ["virtio-blk", "ahci", "virtio-net", "virtio-rnd"]
     text = "\n".join(imported.warnings)
-    for expected in ("vCPU pinning", "qcow2", "<graphics>", "<sound>", "serial type='pty'", "tap name"):
+    for expected in ("vCPU pinning", "<uuid>", "<graphics>", "<sound>", "serial type='pty'", "tap name"):
         assert expected in text, expected
     load_spec_text(yaml.safe_dump(imported.data), "web01.yaml", check_paths=False)
 
