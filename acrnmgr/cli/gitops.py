@@ -34,13 +34,13 @@ def import_(
                                          help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough "
                                               "devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
-    base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
-                                            help="Resolve relative image paths against DIR (where ACRN's launch "
-                                                 "script runs); default: keep them relative."),
     bios_as_ovmf: bool = typer.Option(False, "--bios-as-ovmf",
                                       help="libvirt: import a BIOS-booted domain with ACRN's OVMF (UEFI) instead."),
     keep_addresses: bool = typer.Option(False, "--keep-addresses",
                                         help="libvirt: keep the domain's PCI slots (default: acrnmgr assigns them)."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir", metavar="DIR",
+                                            help="Resolve relative image paths against DIR (where ACRN's launch "
+                                                 "script runs); default: keep them relative."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
 

@@ -62,8 +62,8 @@ def rebase_paths(result: ImportResult, base_dir: str | Path) -> None:
 
 def import_file(path: str | Path, board: str | Path | None = None, *, base_dir: str | Path | None = None,
                 bios_as_ovmf: bool = False, keep_addresses: bool = False) -> ImportResult:
-    """Import one file; ``base_dir`` makes relative image paths absolute (rebase_paths); ``bios_as_ovmf``
-    and ``keep_addresses`` apply to libvirt domain XML (see acrnmgr.importers.libvirt_domain)."""
+    """Import one file. ``base_dir`` resolves relative image paths where ACRN's launch script runs;
+    ``bios_as_ovmf`` and ``keep_addresses`` apply to libvirt domain XML (see acrnmgr.importers.libvirt_domain)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
