@@ -381,3 +381,31 @@ def test_a_vm_that_owns_its_pcpus_has_them_offlined_as_the_template_does(tmp_pat
     result = import_file(tmp_path / "scenario.xml", board=board)
     assert result.specs[0].data["spec"]["cpu"].get("ownPcpu") is True
     assert "ownPcpu" not in result.specs[1].data["spec"]["cpu"]
+
+
+@pytest.mark.parametrize("flavor", ["qemu", "acrn"])
+def test_imported_vms_survive_a_libvirt_round_trip(tmp_path, flavor):
+    """spec -> export (libvirt) -> import -> render: the same acrn-dm argv, for every imported VM."""
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump(Board.load(CORPUS / "boards" / "cfl-k700-i7.xml").host_profile().to_dict()))
+    for scenario in SCENARIOS:
+        if "POST_LAUNCHED_VM" not in scenario.read_text():
+            continue
+        out = tmp_path / scenario.stem
+        res = runner.invoke(app, ["import", str(scenario), "--board", str(board_of(scenario)), "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        for spec in sorted(out.glob("*.yaml")):
+            exported = runner.invoke(app, ["export", str(spec), "--flavor", flavor, "--host", str(host),
+                                           "--no-check-paths"])
+            assert exported.exit_code == 0, exported.output
+            back = out / flavor / spec.stem
+            back.mkdir(parents=True)
+            (back / "domain.xml").write_text(exported.stdout)
+            res = runner.invoke(app, ["import", str(back / "domain.xml"), "-o", str(back)])
+            assert res.exit_code == 0, res.output
+            argv = []
+            for path in (spec, back / f"{spec.stem}.yaml"):
+                rendered = runner.invoke(app, ["render", str(path), "--no-check-paths", "--host", str(host)])
+                assert rendered.exit_code == 0, rendered.output
+                argv.append(rendered.stdout)
+            assert argv[0] == argv[1], (scenario.stem, spec.stem)
