@@ -115,6 +115,9 @@ class VirtioNet(VirtioDevice):
                           "load the tun kernel module")
         if wanted == "vbs-u":
             return Choice("vbs-u", "backend: vbs-u asked for (acrn-dm's user-space virtio-net)")
+        if self.mac_seed and wanted == "auto" and family == "3" and "vhost" not in self.mac_seed.split(","):
+            return Choice("vbs-u", "macSeed given: acrn-dm reads everything after mac_seed= as the seed, so a "
+                          "following ,vhost would change the MAC; acrn-dm's user-space virtio-net keeps it")
         if host.vhost_net:
             return Choice("vhost", "host has /dev/vhost-net: kernel vhost-net"
                           + (" (backend: vhost asked for)" if wanted == "vhost" else ""))
@@ -147,6 +150,9 @@ class VirtioNet(VirtioDevice):
             d["mac"] = p["mac"]
         if p.get("macSeed"):
             d["macSeed"] = p["macSeed"]
+        for option in p.get("ignored", []):
+            hint = " (mac_seed= counts only right after the tap name)" if option.startswith("mac_seed=") else ""
+            warnings.append(f"-s {dev.slot},{dev.emul}: acrn-dm ignores the option {option!r}{hint}; dropped")
         return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
@@ -162,20 +168,32 @@ class VirtioNet(VirtioDevice):
                                 f"acrn-dm v2.x only accepts interface names containing 'tap' or starting with "
                                 f"'vmnet', not {name!r}", f"rename it, e.g. tap_{name}"[:60])
             out = [name]
+        seed = self.acrn_seed(backend) if ctx.family == "3" else None
+        if seed is not None:
+            # acrn-dm reads mac_seed= only right after the tap name, and the seed is the rest of the string;
+            # `vhost` and `mac=` are honoured anywhere, the seed's text included.
+            return ",".join([*out, f"mac_seed={seed}"])
         if backend == "vhost":
             out.append("vhost")
         if self.mac:
             out.append(f"mac={self.mac}")
-        if self.mac_seed and ctx.family == "3":
-            out.append(f"mac_seed={self.mac_seed}")  # last: acrn-dm's seed is the rest of the string
         return ",".join(out)
+
+    def acrn_seed(self, backend: str | None) -> str | None:
+        """The seed acrn-dm reads (it derives the MAC from it): macSeed, with `,vhost` after it when kernel
+        vhost is on and the seed does not already say so."""
+        if self.mac_seed is None:
+            return None
+        if backend == "vhost" and "vhost" not in self.mac_seed.split(","):
+            return f"{self.mac_seed},vhost"
+        return self.mac_seed
 
     def qemu_mac(self, vm_name: str, slot: int, host_mac: str | None = None) -> str:
         """The MAC acrn-dm would give this NIC in `slot` (function 0), so a guest keeps its address
         whichever engine runs it. HOST_MAC in the seed is this machine's NIC address."""
         if self.mac:
             return self.mac
-        seed = self.mac_seed
+        seed = self.acrn_seed("vhost" if self.backend == "vhost" else None)
         if seed is not None and HOST_MAC in seed:
             seed = seed.replace(HOST_MAC, host_mac if host_mac is not None else read_host_mac())
         return acrn_mac(slot, 0, seed)
@@ -332,19 +350,19 @@ def check_mac(mac: str) -> str:
 
 
 def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
-    """As acrn-dm's virtio_net_init reads its options: v3.x takes `tap=<name>` first; the seed is
-    everything after `mac_seed=` (commas included), and `vhost` and `mac=` are honoured wherever they
-    stand, even inside the seed's text."""
+    """As acrn-dm's virtio_net_init reads its options: v3.x takes `tap=<name>` first; `mac_seed=` counts only
+    right after it, and the seed is everything after it (commas included); `vhost` and `mac=` are honoured
+    wherever they stand, even inside the seed's text."""
     if family == "3":
         if not body.startswith("tap="):
             raise GrammarError(f"virtio-net: v3.x needs tap=<name> first, got {body!r}")
         name, _, rest = body[4:].partition(",")
         params: dict[str, Any] = {"tap": name, "vhost": False}
-        head, sep, seed = rest.partition("mac_seed=")
-        if sep:
+        if rest.startswith("mac_seed="):  # only right after the tap name
+            seed = rest[len("mac_seed="):]
             params["macSeed"] = seed
-            tokens = head.split(",") + seed.split(",")
-            unknown_ok = set(seed.split(","))  # the seed's own words are not options
+            tokens = seed.split(",")
+            unknown_ok = set(tokens)  # the seed's own words are not options
         else:
             tokens, unknown_ok = rest.split(","), set()
     else:
@@ -364,6 +382,8 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
             params["mac"] = check_mac(tok[4:])
         elif tok.startswith("mac_seed=") and family == "2":
             raise GrammarError("virtio-net: v2.x has no mac_seed= option (it is the global --mac_seed)")
+        elif family == "3" and tok not in unknown_ok:
+            params.setdefault("ignored", []).append(tok)  # acrn-dm skips options it does not know
         elif tok not in unknown_ok:
             raise GrammarError(f"virtio-net: unknown option {tok!r}")
     return params

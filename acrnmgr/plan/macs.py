@@ -29,7 +29,8 @@ def effective_macs(vm: VmSpec) -> list[tuple[VirtioNet, JsonPath, str, str]]:
         if device.mac:
             out.append((device, (*device.where, "mac"), device.mac, "mac"))
             continue
-        seed = device.mac_seed
+        # validate is engine-neutral: kernel vhost (which extends the seed) only when the spec asks for it
+        seed = device.acrn_seed("vhost" if device.backend == "vhost" else None)
         text = f"{slot}-0-{seed}" if seed is not None else f"{slot}-0"
         how = f'acrn-dm\'s MD5 of "{text}"' + (f" ({HOST_MAC} being the host NIC's address)" if seed and
                                                  HOST_MAC in seed else "")

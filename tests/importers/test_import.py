@@ -90,8 +90,9 @@ def test_scenario_imports_every_post_launched_vm_and_renders_back():
     assert win["osType"] == "windows" and win["settings"]["windows"] is True
     assert win["devices"][0] == {"type": "passthru", "bdf": "00:02.0", "gpu": True}
     assert {"type": "passthru", "bdf": "00:14.0", "options": {"d3hotReset": True}} in win["devices"]
-    assert {"type": "virtio-net", "tap": "tap_win", "backend": "vbs-u", "mac": "00:16:3e:00:00:09",
-            "macSeed": "{hostMac}-WIN_VM"} in win["devices"]
+    # `tap=tap_win,mac=...,mac_seed=...`: acrn-dm reads mac_seed= only right after the tap name (and the MAC
+    # is given anyway), so the seed is dropped with a warning
+    assert {"type": "virtio-net", "tap": "tap_win", "backend": "vbs-u", "mac": "00:16:3e:00:00:09"} in win["devices"]
 
 
 def test_scenario_without_board_says_what_it_assumed():

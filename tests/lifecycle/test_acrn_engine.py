@@ -340,4 +340,4 @@ def test_a_vm_name_that_is_a_path_is_refused(acrn_env, command):
 
 def test_the_vm_name_pattern_is_the_schemas():
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "vm.schema.json").read_text())
-    assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == f"^{VM_NAME.pattern}$"
+    assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == f"^{VM_NAME.pattern}$(?!\\n)"

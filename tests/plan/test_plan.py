@@ -67,9 +67,11 @@ def test_virtio_net_vhost_when_host_has_it(service_vm, plain_box):
     assert (choice.backend, choice.reason) == ("vbs-u",
                                                "host has no /dev/vhost-net: acrn-dm's user-space virtio-net (VBS-U)")
     assert choose({**net, "backend": "vbs-u"}, service_vm).backend == "vbs-u"
-    # acrn-dm honours `vhost` next to mac_seed (virtio_net.c), so a seed does not cost kernel vhost
-    assert choose({**net, "macSeed": "s"}, service_vm).backend == "vhost"
+    # acrn-dm reads `,vhost` after mac_seed= as part of the seed (virtio_net.c): auto keeps the seed's MAC
+    assert choose({**net, "macSeed": "s"}, service_vm).backend == "vbs-u"
+    assert "would change the MAC" in choose({**net, "macSeed": "s"}, service_vm).reason
     assert choose({**net, "macSeed": "s", "backend": "vhost"}, service_vm).backend == "vhost"
+    assert choose({**net, "macSeed": "s,vhost"}, service_vm).backend == "vhost"
     assert choose({**net, "macSeed": "s"}, service_vm, family="2").backend == "vhost"
 
 
@@ -243,3 +245,21 @@ def test_virtio_gpu_without_a_display_is_refused_for_acrn_dm(tmp_path, service_v
     ok = compile_body(tmp_path, BASIC + "  devices:\n    - {type: virtio-gpu, displays: [{fullscreen: true}]}\n",
                       service_vm)
     assert ok.ok and "3:0,virtio-gpu,geometry=fullscreen" in ok.argv
+
+
+def test_mac_seed_follows_acrn_dms_parser(tmp_path, service_vm):
+    """virtio_net.c: mac_seed= counts only right after the tap name and takes the rest of the string;
+    vhost and mac= are honoured anywhere, the seed included."""
+    seeded = parse_argv(["acrn-dm", "-m", "1G", "--cpu_affinity", "1", "-s", "4,virtio-net,tap=t0,mac_seed=a,vhost",
+                         "vm"]).slots[0].params
+    assert seeded["macSeed"] == "a,vhost" and seeded["vhost"] is True
+    late = parse_argv(["acrn-dm", "-m", "1G", "--cpu_affinity", "1", "-s", "4,virtio-net,tap=t0,vhost,mac_seed=a",
+                       "vm"]).slots[0].params
+    assert "macSeed" not in late and late["vhost"] is True and late["ignored"] == ["mac_seed=a"]
+    # auto keeps the seed's MAC (user-space virtio-net); an explicit vhost follows the seed, as acrn-dm reads it
+    body = BASIC + "  devices:\n    - {type: virtio-net, tap: t0, macSeed: s1}\n"
+    assert "tap=t0,mac_seed=s1" in " ".join(compile_body(tmp_path, body, service_vm).argv)
+    vhost = compile_body(tmp_path, body.replace("macSeed: s1", "macSeed: s1, backend: vhost"), service_vm)
+    assert "tap=t0,mac_seed=s1,vhost" in " ".join(vhost.argv)
+    imported = parse_argv(vhost.argv).slots[-1].params
+    assert (imported["macSeed"], imported["vhost"]) == ("s1,vhost", True)

@@ -93,7 +93,7 @@ dm_params=(
     -s 2:0,passthru,00/02/0
     -s 3:0,virtio-blk,b,iothread=2@0/1,mq=2,@EXAMPLES@/images/win10.img
     -s 4:0,ahci,cd:@EXAMPLES@/images/virtio-win.iso
-    -s 5:0,virtio-net,tap=tap_win0,vhost,mac_seed=win-gpu-lan
+    -s 5:0,virtio-net,tap=tap_win0,mac_seed=win-gpu-lan
     -s 6:0,passthru,00/14/0,keep_gsi
     -s 7:0,xhci,tablet
     win-gpu
