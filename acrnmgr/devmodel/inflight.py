@@ -13,15 +13,15 @@ Layout per queue (QEMU's docs/interop/vhost-user.rst, "Inflight I/O tracking"), 
 from __future__ import annotations
 
 import fcntl
-import logging
 import mmap
 import os
 import struct
 from collections.abc import Sequence
 
 from acrnmgr.devmodel.memory import check_shared_fd
+from acrnmgr.devmodel.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 VERSION = 1
 ALIGN = 64

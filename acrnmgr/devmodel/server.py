@@ -12,7 +12,6 @@ vhost-user session over the same device. That is what makes `-chardev socket,rec
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import socket
@@ -24,8 +23,9 @@ from acrnmgr.devmodel.device import IoCallback, VirtioDevice
 from acrnmgr.devmodel.vhost_user import (
     MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
 )
+from acrnmgr.devmodel.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ServerError(Exception):
@@ -162,7 +162,7 @@ class VhostUserServer:
                     try:
                         self._sel.register(fd, selectors.EVENT_READ, lambda f, i=queue: self._on_kick(f, i))
                     except (OSError, ValueError) as exc:  # e.g. a regular file passed as a kick fd
-                        log.warning("queue %d: cannot poll kick fd %d: %s", queue, fd, exc)
+                        self._kick_failed(queue, fd, f"cannot be polled ({exc})")
                         continue
                     self._kicks.add(fd)
                 case Unwatch(fd):
@@ -177,7 +177,8 @@ class VhostUserServer:
                     except BlockingIOError:
                         pass  # the counter is saturated: the peer has a wake-up pending anyway
                     except OSError as exc:
-                        log.warning("signalling eventfd %d failed: %s", fd, exc)
+                        if self.backend is not None:
+                            self._execute(self.backend.notify_failed(fd, f"failed: {exc}"))
                 case Process(queue):
                     self._process(queue)
 
@@ -271,13 +272,24 @@ class VhostUserServer:
     # ------------------------------------------------------------------ data path
 
     def _on_kick(self, fd: int, qidx: int) -> None:
+        # os.read, not os.eventfd_read: that cannot tell end of file (a pipe whose writer closed, which
+        # would be readable forever) from an error.  Any readable fd counts as a kick; EOF or an error
+        # breaks the ring, and the fd is no longer watched.
         try:
-            os.eventfd_read(fd)
+            data = os.read(fd, 8)
         except BlockingIOError:
             return
         except OSError as exc:
-            log.warning("queue %d: kick read failed: %s", qidx, exc)
+            self._kick_failed(qidx, fd, f"read failed ({exc})")
+            return
+        if not data:
+            self._kick_failed(qidx, fd, "reached end of file")
+            return
         self._process(qidx)
+
+    def _kick_failed(self, qidx: int, fd: int, reason: str) -> None:
+        if self.backend is not None:
+            self._execute(self.backend.kick_failed(qidx, fd, reason))
 
     def _process(self, qidx: int) -> None:
         if self.backend is None:
