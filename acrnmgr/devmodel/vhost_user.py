@@ -241,8 +241,12 @@ class MessageReader:
 
     def feed(self, data: bytes, fds: Iterable[int] = ()) -> list[Message]:
         """Add bytes (and the fds that came with them); return the messages now complete.
-        Raises Disconnect (with the fds it held) when framing is lost: the caller drops the connection."""
+        Raises Disconnect (with the fds it held) when framing is lost, or when more than MAX_FDS fds come with
+        one message (a peer sending a byte at a time, each with fds, would otherwise pile them up here): the
+        caller drops the connection."""
         self._fds.extend(fds)
+        if len(self._fds) > MAX_FDS:
+            raise Disconnect(f"more than {MAX_FDS} fds with one message", self.close())
         out: list[Message] = []
         view = memoryview(data)
         while True:

@@ -41,6 +41,17 @@ class Served:
     def fds(self) -> set[str]:
         return set(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def quiet_fds(self, still: float = 0.3, timeout: float = 5.0) -> int:
+        """The server's fd count once it has not changed for `still` seconds (the server is idle)."""
+        deadline = time.monotonic() + timeout
+        n, since = len(self.fds()), time.monotonic()
+        while time.monotonic() - since < still and time.monotonic() < deadline:
+            time.sleep(0.02)
+            m = len(self.fds())
+            if m != n:
+                n, since = m, time.monotonic()
+        return n
+
     def settle_fds(self, expected: int, timeout: float = 5.0) -> int:
         """The server's fd count once it is back to `expected` (or whatever it is when `timeout` runs out)."""
         deadline = time.monotonic() + timeout

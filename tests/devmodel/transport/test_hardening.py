@@ -13,7 +13,7 @@ import pytest
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.inflight import queue_region_size
-from acrnmgr.devmodel.vhost_user import INFLIGHT, U64, VRING_STATE, Request
+from acrnmgr.devmodel.vhost_user import HEADER, INFLIGHT, U64, VERSION, VRING_STATE, Request
 
 from .frontend import Frontend, FrontendError
 from .served import MODERN, Served, rng_roundtrip
@@ -202,3 +202,36 @@ def test_a_call_fd_that_fails_is_dropped_and_logged_once(served):
         fe.close()
     assert served.log().count("call fd") == 1, served.log()[-2000:]
     assert served.alive()
+
+
+# ------------------------------------------------------------------------------------------------ descriptors
+
+def test_fds_trickled_with_one_message_are_bounded_and_closed(served):
+    """1 byte + 8 fds per send used to pile up (3,209 fds held for one message).  More than 8 fds for one
+    message drops the connection, and every fd it brought is closed."""
+    rng_roundtrip(served.path, 1)
+    baseline = served.quiet_fds()
+    ev = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    peer = socket.socket(socket.AF_UNIX)
+    peer.connect(str(served.path))
+    header = HEADER.pack(Request.SET_MEM_TABLE, VERSION, 200)
+    most = 0
+    try:
+        for i in range(60):
+            byte = header[i:i + 1] if i < len(header) else b"\0"
+            try:
+                socket.send_fds(peer, [byte], [ev] * 8)
+            except OSError:
+                break  # the server hung up: good
+            most = max(most, len(served.fds()))
+        peer.settimeout(5)
+        try:
+            assert peer.recv(1) == b""  # the server closed the connection
+        except ConnectionResetError:
+            pass
+    finally:
+        peer.close()
+        os.close(ev)
+    assert most <= baseline + 2 * 8 + 1, f"the server held {most - baseline} fds for one message"
+    assert served.settle_fds(baseline) == baseline
+    assert len(rng_roundtrip(served.path)) == 3
