@@ -277,6 +277,11 @@ class MessageReader:
                 break
         return out
 
+    @property
+    def partial(self) -> bool:
+        """Whether part of a message has arrived (the shell times out a message that stalls)."""
+        return bool(self._buf) or self._header is not None
+
     def _abandon(self, complete: list[Message]) -> list[int]:
         """Framing is lost: every fd received so far, also those of messages completed in this feed."""
         return [fd for m in complete for fd in m.fds] + self.close()

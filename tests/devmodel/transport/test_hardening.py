@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from acrnmgr.devmodel.inflight import queue_region_size
 from acrnmgr.devmodel.vhost_user import HEADER, INFLIGHT, U64, VERSION, VRING_STATE, Request
 
 from .frontend import Frontend, FrontendError
-from .served import MODERN, Served, rng_roundtrip
+from .served import ACRNMGR, MODERN, Served, rng_roundtrip
 
 
 @pytest.fixture
@@ -235,3 +236,116 @@ def test_fds_trickled_with_one_message_are_bounded_and_closed(served):
     assert most <= baseline + 2 * 8 + 1, f"the server held {most - baseline} fds for one message"
     assert served.settle_fds(baseline) == baseline
     assert len(rng_roundtrip(served.path)) == 3
+
+
+# ---------------------------------------------------------------------------------- one socket, one front-end
+
+def test_a_second_server_on_a_live_socket_is_refused(served):
+    """It used to unlink the first server's socket and take the path over."""
+    inode = os.stat(served.path).st_ino
+    second = subprocess.Popen([ACRNMGR, "devmodel", "serve", "--device", "rng", "--socket", str(served.path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = second.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        second.communicate()
+        pytest.fail("the second server started serving on the first one's socket")
+    assert second.returncode == 1, err
+    assert "another server is listening" in err and "Traceback" not in err
+    assert os.stat(served.path).st_ino == inode
+    assert len(rng_roundtrip(served.path)) == 3
+
+
+def _eof_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_second_front_end_is_refused_at_once_while_one_is_connected(served):
+    fe = Frontend(served.path)
+    try:
+        fe.handshake()
+        (q,) = fe.start(MODERN, {0: 16}).values()
+        other = socket.socket(socket.AF_UNIX)
+        other.connect(str(served.path))
+        other.sendall(HEADER.pack(Request.GET_FEATURES, VERSION, 0))
+        assert _eof_within(other, 3), "the second front-end was left waiting"
+        other.close()
+        q.post(ins=[16])
+        q.notify()
+        assert len(q.wait(1)) == 1  # the first one is still served
+    finally:
+        fe.close()
+    assert "refused a second front-end" in served.log()
+    assert len(rng_roundtrip(served.path)) == 3
+
+
+def test_a_half_sent_header_does_not_block_other_clients(served):
+    """A client that sends half a header used to block every other client, with no time-out."""
+    half = socket.socket(socket.AF_UNIX)
+    half.connect(str(served.path))
+    half.sendall(HEADER.pack(Request.SET_FEATURES, VERSION, 8)[:7])
+    try:
+        other = socket.socket(socket.AF_UNIX)
+        other.connect(str(served.path))
+        other.sendall(HEADER.pack(Request.GET_FEATURES, VERSION, 0))
+        assert _eof_within(other, 3), "the other client got no answer while one stalls mid-header"
+        other.close()
+    finally:
+        half.close()
+    assert len(rng_roundtrip(served.path)) == 3
+
+
+@pytest.mark.parametrize("stall", ["half-header", "half-payload", "a-byte-a-second"])
+def test_a_stalled_message_is_timed_out(tmp_path, stall):
+    s = Served(tmp_path / "run", "--stall-timeout", "1")
+    peer = socket.socket(socket.AF_UNIX)
+    try:
+        peer.connect(str(s.path))
+        message = HEADER.pack(Request.SET_FEATURES, VERSION, 8) + U64.pack(MODERN)
+        start = time.monotonic()
+        if stall == "half-header":
+            peer.sendall(message[:5])
+        elif stall == "half-payload":
+            peer.sendall(message[:15])
+        else:
+            for i in range(4):
+                try:
+                    peer.sendall(message[i:i + 1])
+                except OSError:
+                    break
+                time.sleep(0.5)
+        assert _eof_within(peer, 5), "the stalled client was never dropped"
+        assert time.monotonic() - start < 4
+        assert "stalled half-sent" in s.log()
+        assert len(rng_roundtrip(s.path)) == 3
+    finally:
+        peer.close()
+        s.stop()
+
+
+def test_a_front_end_that_never_reads_its_replies_cannot_wedge_the_server(served):
+    """Requests whose replies fill the socket buffer used to block the server in sendall for good."""
+    greedy = socket.socket(socket.AF_UNIX)
+    greedy.connect(str(served.path))
+    greedy.setblocking(False)
+    request = HEADER.pack(Request.GET_FEATURES, VERSION, 0) * 512
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                greedy.send(request)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break  # dropped
+        assert len(rng_roundtrip(served.path, timeout=5)) == 3
+    finally:
+        greedy.close()
+    assert served.alive()
