@@ -17,7 +17,8 @@ __all__ = ["RATE_LIMIT", "RateLimit", "get_logger"]
 
 
 class RateLimit(logging.Filter):
-    """Let through at most ``burst`` records with the same (logger, level, template) per ``period`` seconds."""
+    """Let through at most ``burst`` records with the same (logger, level, template) per ``period`` seconds.
+    The template is the format string, and its first argument when that is a short string."""
 
     MAX_KEYS = 1024  # templates tracked at once (they are the source's format strings: few in practice)
 
@@ -31,7 +32,7 @@ class RateLimit(logging.Filter):
         self.suppressed = 0  # total, for tests and statistics
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, self._template(record))
         now = self.clock()
         window = self._windows.get(key)
         if window is None or now - window[0] >= self.period:
@@ -48,6 +49,16 @@ class RateLimit(logging.Filter):
         window[2] += 1
         self.suppressed += 1
         return False
+
+    @staticmethod
+    def _template(record: logging.LogRecord) -> str:
+        """The format string, with a leading string argument (a request name: "vhost-user %s failed") as part
+        of it, so that one request failing over and over does not hide the others."""
+        template = str(record.msg)
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[0], str) and len(args[0]) <= 32:
+            template = f"{template}\0{args[0]}"
+        return template
 
     def _expire(self, now: float) -> None:
         for key in [k for k, w in self._windows.items() if now - w[0] >= self.period]:

@@ -58,3 +58,12 @@ def test_every_devmodel_logger_carries_the_shared_limit():
     for name in ("acrnmgr.devmodel.server", "acrnmgr.devmodel.vhost_user", "acrnmgr.devmodel.virtqueue"):
         assert RATE_LIMIT in logging.getLogger(name).filters
     assert get_logger("acrnmgr.devmodel.server").filters.count(RATE_LIMIT) == 1
+
+
+def test_one_request_failing_over_and_over_does_not_hide_another():
+    logger, records = _logger("test.devmodel.ratelimit.names", RateLimit(burst=2, period=10.0, clock=Clock()))
+    for _ in range(100):
+        logger.error("vhost-user %s failed: %s", "SET_VRING_NUM", "bad size")
+    logger.error("vhost-user %s failed: %s", "SET_MEM_TABLE", "memfd not sealed")
+    assert records == ["vhost-user SET_VRING_NUM failed: bad size"] * 2 + [
+        "vhost-user SET_MEM_TABLE failed: memfd not sealed"]
