@@ -276,6 +276,7 @@ class Frontend(FrontendBase):
     def __init__(self, path: str, *, timeout: float = 10.0, seal: bool = True) -> None:
         super().__init__(seal=seal)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)  # before connecting: a wedged server's full backlog blocks connect()
         deadline = time.monotonic() + timeout
         while True:
             try:

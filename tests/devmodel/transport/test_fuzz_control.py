@@ -42,6 +42,7 @@ class Server:
     def __init__(self, directory) -> None:
         self.directory = directory
         self.runs = 0
+        self.ok = True
         self.s = self._start()
 
     def _start(self) -> Served:
@@ -52,9 +53,12 @@ class Server:
         return s
 
     def fresh(self) -> Served:
-        if not self.s.alive():
+        """The server, restarted if the previous example failed (it may be dead, or wedged)."""
+        if not self.ok or not self.s.alive():
+            self.s.proc.kill()
             self.s.stop()
             self.s = self._start()
+        self.ok = False  # until this example passes
         return self.s
 
 
@@ -266,9 +270,9 @@ def test_mutated_control_messages_and_fds(servers, tmp_path, mutations, slots):
     _post_a_buffer(ram)
     fds = Fds(ram, str(tmp_path))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(5)  # before connecting: a wedged server's full backlog would block connect() for good
     try:
         sock.connect(str(server.path))
-        sock.settimeout(5)
         try:
             for step in steps:
                 _send(sock, step, fds)
@@ -286,6 +290,7 @@ def test_mutated_control_messages_and_fds(servers, tmp_path, mutations, slots):
     got = rng_roundtrip(server.path, 2, timeout=10)
     assert [(n, len(data)) for _, n, data in got] == [(32, 32)] * 2
     assert server.alive()
+    servers.ok = True
 
 
 def test_the_log_stays_small(servers):
