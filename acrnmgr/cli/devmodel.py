@@ -58,6 +58,9 @@ def serve(
     console_socket: Annotated[Path | None, typer.Option("--console-socket", help="console: Unix socket to serve the "
                                                         "console on instead of a pty.")] = None,
     log_level: Annotated[LogLevel, typer.Option("--log-level", help="Logging verbosity (stderr).")] = LogLevel.info,
+    stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=0.01, max=3600,
+                                                 help="Seconds a front-end may take to finish sending a message "
+                                                      "it began; then it is disconnected.")] = 5.0,
 ) -> None:
     """Serve one virtio device over vhost-user in the foreground until SIGTERM/SIGINT.
 
@@ -94,7 +97,7 @@ def serve(
         raise _fail(f"cannot open the {kind} device: {exc}") from None
     try:
         try:
-            server = VhostUserServer(dev, socket_path)
+            server = VhostUserServer(dev, socket_path, stall_timeout=stall_timeout)
         except ServerError as exc:
             raise _fail(str(exc)) from None
         def on_signal(signum: int, _frame: FrameType | None) -> None:

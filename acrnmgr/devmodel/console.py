@@ -8,7 +8,6 @@ one to read it is dropped rather than blocking the device loop.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import socket
@@ -21,8 +20,9 @@ from .device import IoCallback, RingAccess, VirtioDevice
 from .memory import GuestMemory
 from .stream import RxPump
 from .virtqueue import DescriptorChain, VirtQueue
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RX, TX = 0, 1
 

@@ -20,7 +20,6 @@ Contract with the transport (vhost_user.py / server.py):
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from typing import Protocol
@@ -28,8 +27,9 @@ from typing import Protocol
 from . import features as F
 from .memory import GuestMemory
 from .virtqueue import DescriptorChain, VirtQueue
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CONFIG_SPACE_MAX = 256  # vhost-user GET_CONFIG payload limit
 

@@ -12,13 +12,16 @@ Layout per queue (QEMU's docs/interop/vhost-user.rst, "Inflight I/O tracking"), 
 
 from __future__ import annotations
 
-import logging
+import fcntl
 import mmap
 import os
 import struct
 from collections.abc import Sequence
 
-log = logging.getLogger(__name__)
+from acrnmgr.devmodel.memory import check_shared_fd
+from acrnmgr.devmodel.logs import get_logger
+
+log = get_logger(__name__)
 
 VERSION = 1
 ALIGN = 64
@@ -139,11 +142,9 @@ class InflightArea:
         if mmap_offset % mmap.PAGESIZE:
             raise InflightError(f"inflight mmap offset {mmap_offset} is not page aligned")
         try:
-            file_size = os.fstat(fd).st_size
-        except OSError as exc:
-            raise InflightError(f"inflight fd: {exc}") from exc
-        if file_size < mmap_offset + mmap_size:
-            raise InflightError(f"inflight fd holds {file_size} bytes, less than offset+size {mmap_offset + mmap_size}")
+            check_shared_fd(fd, mmap_offset, mmap_size, "inflight buffer")
+        except ValueError as exc:
+            raise InflightError(str(exc)) from exc
         self._map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=mmap_offset)
         self.mmap_size = mmap_size
         self.num_queues = num_queues
@@ -159,9 +160,12 @@ class InflightArea:
             raise InflightError(f"bad inflight geometry: {num_queues} queues of {queue_size}")
         size = queue_region_size(queue_size) * num_queues
         size = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-        fd = os.memfd_create("acrnmgr-inflight", os.MFD_CLOEXEC)
+        fd = os.memfd_create("acrnmgr-inflight", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # Sealed as QEMU seals guest RAM: the front-end keeps this fd and hands it back after a restart,
+            # and a buffer it could shrink would be refused then.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             return cls(fd, size, 0, num_queues, queue_size), fd
         except BaseException:
             os.close(fd)

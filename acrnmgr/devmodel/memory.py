@@ -7,8 +7,11 @@ are written as ``offset <= size - length`` rather than ``gpa + length <= end`` a
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import mmap
+import os
+import stat
 import struct
 from collections.abc import Iterator
 
@@ -26,6 +29,46 @@ _generations: Iterator[int] = itertools.count()
 
 class GuestMemoryError(ValueError):
     """A guest address range is not fully inside one mapped region (a ValueError: bad input from the peer)."""
+
+
+def is_memfd(fd: int) -> bool:
+    """Whether ``fd`` is a memfd (its /proc/self/fd link reads ``/memfd:NAME (deleted)``)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    except OSError:
+        # No /proc: a file that knows about seals is a memfd (or a shmem file, which is sealed the same way).
+        try:
+            fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            return False
+        return True
+
+
+def check_shared_fd(fd: int, offset: int, size: int, what: str) -> None:
+    """Refuse a front-end fd that could take its memory away while we have it mapped.
+
+    Accessing a MAP_SHARED mapping past the end of its file raises SIGBUS, which kills the process.  So the
+    file must be a regular file (memfd, tmpfs, hugetlbfs, a disk file) that holds ``offset + size`` bytes
+    now, and a memfd must be sealed against shrinking (F_SEAL_SHRINK, as QEMU's memory-backend-memfd and our
+    own inflight buffer are), so that its size stays.  Other files cannot be sealed: their owner could still
+    truncate them, which is why the front-end is trusted not to (README, "Security").
+    Raises ValueError with the reason."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise ValueError(f"{what}: fd {fd}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{what}: fd {fd} is not a memory file (memfd, tmpfs or hugetlbfs file)")
+    if is_memfd(fd):
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot read the seals of memfd {fd}: {exc.strerror}") from exc
+        if not seals & fcntl.F_SEAL_SHRINK:
+            raise ValueError(f"{what}: memfd {fd} is not sealed against shrinking (F_SEAL_SHRINK); "
+                             f"refusing to map memory the front-end could truncate under us")
+    if st.st_size < offset + size:
+        raise ValueError(f"{what}: fd {fd} holds {st.st_size} bytes, less than offset {offset:#x} + size {size:#x}")
 
 
 class MemoryRegion:
@@ -85,13 +128,18 @@ class GuestMemory:
                    fd: int) -> MemoryRegion:
         """mmap ``size`` bytes of ``fd`` at ``mmap_offset`` (MAP_SHARED, read/write) as guest memory.
 
-        The caller keeps ownership of ``fd`` (mmap keeps the mapping alive after it is closed).
+        ``fd`` must pass :func:`check_shared_fd` (a memfd sealed against shrinking, or another regular file big
+        enough).  The caller keeps ownership of ``fd`` (mmap keeps the mapping alive after it is closed).
         """
         for name, v in (("guest_phys_addr", guest_phys_addr), ("size", size), ("userspace_addr", userspace_addr),
                         ("mmap_offset", mmap_offset)):
             _check_u64(name, v)
         if size == 0:
             raise GuestMemoryError("memory region of size 0")
+        try:
+            check_shared_fd(fd, mmap_offset, size, f"memory region gpa={guest_phys_addr:#x}")
+        except ValueError as e:
+            raise GuestMemoryError(str(e)) from e
         aligned = mmap_offset - (mmap_offset % PAGE_SIZE)
         delta = mmap_offset - aligned
         try:

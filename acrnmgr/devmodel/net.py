@@ -9,7 +9,6 @@ kernel reads and writes the virtio_net_hdr itself.  We offer no offloads (no CSU
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import struct
 
@@ -18,8 +17,9 @@ from .device import IoCallback, RingAccess, VirtioDevice
 from .memory import GuestMemory
 from .stream import RxPump, copy_into
 from .virtqueue import DescriptorChain, VirtQueue
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RX, TX = 0, 1
 TUNSETIFF = 0x400454CA

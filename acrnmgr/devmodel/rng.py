@@ -5,14 +5,14 @@ Zero-copy: os.readv from /dev/urandom straight into the guest buffers (same sour
 
 from __future__ import annotations
 
-import logging
 import os
 
 from . import features as F
 from .device import VirtioDevice
 from .virtqueue import DescriptorChain, VirtQueue
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_FILL = 1 << 16  # per request: a hostile driver must not make us read megabytes per descriptor
 

@@ -5,18 +5,23 @@ The shell decides nothing about the protocol: it feeds bytes to the backend and 
 returns (vhost_user.Reply / Watch / Unwatch / Close / Notify / Process), in order.  Every fd the front-end
 passes is made non-blocking on arrival: the shell never blocks on an fd someone else gave it.
 
-One front-end at a time: the listener is only watched while no front-end is connected, so when QEMU
-disconnects (or was connected to a previous instance of us) the next connection starts a fresh
-vhost-user session over the same device. That is what makes `-chardev socket,reconnect=N` work.
+One front-end at a time (vhost-user has one per socket): while one is connected, another connection is
+accepted and closed at once, with a log line, rather than left waiting; when the front-end disconnects
+(or was connected to a previous instance of us) the next connection starts a fresh vhost-user session over
+the same device. That is what makes `-chardev socket,reconnect=N` work.  The connection is non-blocking:
+a front-end that does not read its replies is dropped, and so is one that starts a message and does not
+finish it within `stall_timeout` seconds.  A second server on a live socket path is refused, not allowed
+to take the socket over.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import select
 import selectors
 import socket
 import stat
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,8 +29,9 @@ from acrnmgr.devmodel.device import IoCallback, VirtioDevice
 from acrnmgr.devmodel.vhost_user import (
     MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
 )
+from acrnmgr.devmodel.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ServerError(Exception):
@@ -64,8 +70,27 @@ def prepare_socket_path(path: str | os.PathLike[str]) -> Path:
         return path
     if not stat.S_ISSOCK(pst.st_mode):
         raise ServerError(f"{path} exists and is not a socket; refusing to replace it")
+    if socket_is_live(path):
+        raise ServerError(f"{path}: another server is listening on this socket; refusing to take it over")
     os.unlink(path)  # stale socket from a previous run (e.g. killed with SIGKILL)
     return path
+
+
+def socket_is_live(path: Path) -> bool:
+    """Whether a server listens on the Unix socket `path` (a stale one refuses the connection).
+    Never blocks: a live server whose backlog is full answers EAGAIN, which counts as live."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        return False
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        raise ServerError(f"cannot check whether {path} is in use: {exc.strerror}") from exc
+    finally:
+        probe.close()
+    return True
 
 
 def listen_unix(path: Path) -> socket.socket:
@@ -83,11 +108,18 @@ def listen_unix(path: Path) -> socket.socket:
     return sock
 
 
+STALL_TIMEOUT = 5.0  # seconds a front-end may take to finish a message it began sending
+DRAIN_LIMIT = 64  # messages read from the current front-end before a newcomer is refused
+
+
 class VhostUserServer:
     """Serve `device` on a vhost-user socket until `stop()` is called (thread- and signal-safe)."""
 
-    def __init__(self, device: VirtioDevice, socket_path: str | os.PathLike[str]) -> None:
+    def __init__(self, device: VirtioDevice, socket_path: str | os.PathLike[str], *,
+                 stall_timeout: float = STALL_TIMEOUT) -> None:
         self.device = device
+        self.stall_timeout = stall_timeout
+        self._partial_since: float | None = None  # when the message now arriving began to arrive
         self.path = prepare_socket_path(socket_path)
         self._listener = listen_unix(self.path)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -115,12 +147,25 @@ class VhostUserServer:
         log.info("serving %s on %s", type(self.device).__name__, self.path)
         try:
             while not self._stopping:
-                for key, _events in self._sel.select():
+                timeout = None
+                if self._partial_since is not None:
+                    timeout = max(0.0, self._partial_since + self.stall_timeout - time.monotonic())
+                for key, _events in self._sel.select(timeout):
+                    if not self._still_registered(key):
+                        continue  # an earlier callback of this round closed it (its fd may even be re-used)
                     key.data(key.fileobj)
                     if self._stopping:
                         break
+                if self._partial_since is not None and time.monotonic() - self._partial_since >= self.stall_timeout:
+                    self._disconnect(f"a message stalled half-sent for {self.stall_timeout:g} s")
         finally:
             self._shutdown()
+
+    def _still_registered(self, key: selectors.SelectorKey) -> bool:
+        try:
+            return self._sel.get_key(key.fileobj) is key
+        except (KeyError, ValueError):  # ValueError: a closed socket object (fileno -1)
+            return False
 
     def _shutdown(self) -> None:
         self._disconnect("server stopping")
@@ -162,7 +207,7 @@ class VhostUserServer:
                     try:
                         self._sel.register(fd, selectors.EVENT_READ, lambda f, i=queue: self._on_kick(f, i))
                     except (OSError, ValueError) as exc:  # e.g. a regular file passed as a kick fd
-                        log.warning("queue %d: cannot poll kick fd %d: %s", queue, fd, exc)
+                        self._kick_failed(queue, fd, f"cannot be polled ({exc})")
                         continue
                     self._kicks.add(fd)
                 case Unwatch(fd):
@@ -177,7 +222,8 @@ class VhostUserServer:
                     except BlockingIOError:
                         pass  # the counter is saturated: the peer has a wake-up pending anyway
                     except OSError as exc:
-                        log.warning("signalling eventfd %d failed: %s", fd, exc)
+                        if self.backend is not None:
+                            self._execute(self.backend.notify_failed(fd, f"failed: {exc}"))
                 case Process(queue):
                     self._process(queue)
 
@@ -190,13 +236,32 @@ class VhostUserServer:
             log.warning("accept failed: %s", exc)
             return
         conn.set_inheritable(False)
-        self._sel.unregister(self._listener)  # one front-end at a time
+        conn.setblocking(False)
+        if self._conn is not None:
+            self._drain()
+        if self._conn is not None:  # one front-end at a time
+            log.warning("refused a second front-end connection: one is already connected")
+            conn.close()
+            return
         self._conn = conn
+        self._partial_since = None
         self._reader = MessageReader()
         self.backend = VhostUserBackend(self.device)
         self.connections += 1
         self._sel.register(conn, selectors.EVENT_READ, self._on_message)
         log.info("front-end connected (session %d)", self.connections)
+
+    def _drain(self) -> None:
+        """Take in what the current front-end already sent before refusing a newcomer: a front-end that
+        reconnects closes its old connection first, and that EOF may still wait behind the new connection."""
+        poller = select.poll()
+        assert self._conn is not None
+        poller.register(self._conn, select.POLLIN)
+        for _ in range(DRAIN_LIMIT):
+            conn = self._conn
+            if conn is None or not poller.poll(0):
+                return
+            self._on_message(conn)
 
     def _sync_device_sources(self) -> None:
         """The device's fds to watch change with its state (a tap is only read while RX buffers exist)."""
@@ -221,6 +286,7 @@ class VhostUserServer:
         self._sel.unregister(self._conn)
         self._conn.close()
         self._conn = None
+        self._partial_since = None
         if self._reader is not None:
             close_fds(self._reader.close())
             self._reader = None
@@ -232,14 +298,14 @@ class VhostUserServer:
         self._kicks.clear()
         # A new front-end negotiates from scratch; the device's open resources (image, tap) stay.
         self.device.reset()
-        if not self._stopping:
-            self._sel.register(self._listener, selectors.EVENT_READ, self._on_accept)
 
     def _on_message(self, conn: socket.socket) -> None:
         reader, backend = self._reader, self.backend
         assert reader is not None and backend is not None
         try:
             data, fds, flags, _ = socket.recv_fds(conn, reader.wanted, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return
         except OSError as exc:
             self._disconnect(f"read error: {exc}")
             return
@@ -261,6 +327,10 @@ class VhostUserServer:
                 self._execute(backend.handle(msg))
                 if self.backend is None:  # an effect dropped the connection
                     return
+            if not reader.partial:
+                self._partial_since = None
+            elif self._partial_since is None:
+                self._partial_since = time.monotonic()
             self._sync_device_sources()
         except Disconnect as exc:
             self._disconnect(str(exc))  # unregisters every kick fd first
@@ -271,13 +341,24 @@ class VhostUserServer:
     # ------------------------------------------------------------------ data path
 
     def _on_kick(self, fd: int, qidx: int) -> None:
+        # os.read, not os.eventfd_read: that cannot tell end of file (a pipe whose writer closed, which
+        # would be readable forever) from an error.  Any readable fd counts as a kick; EOF or an error
+        # breaks the ring, and the fd is no longer watched.
         try:
-            os.eventfd_read(fd)
+            data = os.read(fd, 8)
         except BlockingIOError:
             return
         except OSError as exc:
-            log.warning("queue %d: kick read failed: %s", qidx, exc)
+            self._kick_failed(qidx, fd, f"read failed ({exc})")
+            return
+        if not data:
+            self._kick_failed(qidx, fd, "reached end of file")
+            return
         self._process(qidx)
+
+    def _kick_failed(self, qidx: int, fd: int, reason: str) -> None:
+        if self.backend is not None:
+            self._execute(self.backend.kick_failed(qidx, fd, reason))
 
     def _process(self, qidx: int) -> None:
         if self.backend is None:

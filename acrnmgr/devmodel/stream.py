@@ -9,14 +9,14 @@ guest's buffers) and is delivered when buffers appear; beyond the bound it is dr
 from __future__ import annotations
 
 import collections
-import logging
 import os
 from collections.abc import Callable
 
 from .memory import GuestMemory
 from .virtqueue import DescriptorChain, VirtQueue
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def copy_into(views: list[memoryview], data: bytes | bytearray | memoryview, offset: int = 0) -> int:

@@ -19,7 +19,6 @@ a registered fd silently removes it from epoll, and a re-used fd number would th
 from __future__ import annotations
 
 import enum
-import logging
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from acrnmgr.devmodel.inflight import InflightArea, InflightError
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
 from acrnmgr.devmodel.ringstate import RingEvent, RingState, runnable, transition
 from acrnmgr.devmodel.virtqueue import VirtQueue
+from acrnmgr.devmodel.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Request(enum.IntEnum):
@@ -241,8 +241,12 @@ class MessageReader:
 
     def feed(self, data: bytes, fds: Iterable[int] = ()) -> list[Message]:
         """Add bytes (and the fds that came with them); return the messages now complete.
-        Raises Disconnect (with the fds it held) when framing is lost: the caller drops the connection."""
+        Raises Disconnect (with the fds it held) when framing is lost, or when more than MAX_FDS fds come with
+        one message (a peer sending a byte at a time, each with fds, would otherwise pile them up here): the
+        caller drops the connection."""
         self._fds.extend(fds)
+        if len(self._fds) > MAX_FDS:
+            raise Disconnect(f"more than {MAX_FDS} fds with one message", self.close())
         out: list[Message] = []
         view = memoryview(data)
         while True:
@@ -272,6 +276,11 @@ class MessageReader:
             if not view:
                 break
         return out
+
+    @property
+    def partial(self) -> bool:
+        """Whether part of a message has arrived (the shell times out a message that stalls)."""
+        return bool(self._buf) or self._header is not None
 
     def _abandon(self, complete: list[Message]) -> list[int]:
         """Framing is lost: every fd received so far, also those of messages completed in this feed."""
@@ -353,7 +362,8 @@ class VhostUserBackend:
     `handle(msg)` -> list[Effect]; raises Disconnect when the connection must be dropped.
     `process(qidx)` -> list[Effect]: run the device over that ring (Notify its call fd, or its err fd if the
     ring just broke).  `device_io(callback)` -> list[Effect]: run a device io callback (tap/pty readable).
-    `close()` -> list[Effect]: give back every fd.  `ring(qidx)` is the device's RingAccess.
+    `kick_failed(qidx, fd, reason)` / `notify_failed(fd, reason)` -> list[Effect]: the shell could not use a
+    ring's fd.  `close()` -> list[Effect]: give back every fd.  `ring(qidx)` is the device's RingAccess.
     """
 
     def __init__(self, device: VirtioDevice) -> None:
@@ -801,6 +811,38 @@ class VhostUserBackend:
         if self.device.process_queue(qidx, vq, mem) and q.call_fd is not None:
             fx.append(Notify(q.call_fd))
         return fx + self._check_broken(q)
+
+    def kick_failed(self, qidx: int, fd: int, reason: str) -> list[Effect]:
+        """The shell cannot use ring `qidx`'s kick fd `fd` (it cannot be polled, it reached end of file, or
+        reading it failed): stop watching it, give it back, and break the ring (NEEDS_RESET, err fd signalled).
+        Logged once: the fd is gone, so it cannot fail again."""
+        if not 0 <= qidx < len(self.queues) or self.queues[qidx].kick_fd != fd:
+            return []  # stale: the ring has moved on to another fd
+        q = self.queues[qidx]
+        fx: list[Effect] = []
+        self._drop_fd(fx, fd, watched=True)
+        q.kick_fd = None
+        log.error("queue %d: kick fd %s; the ring is broken until the driver resets the device", qidx, reason)
+        if q.state is not RingState.NEEDS_RESET:
+            self._move(q, RingEvent.FAIL)
+            q.pending = False
+            if q.err_fd is not None:
+                fx.append(Notify(q.err_fd))
+        return fx
+
+    def notify_failed(self, fd: int, reason: str) -> list[Effect]:
+        """Writing to call or err fd `fd` failed (not a full counter: an error): stop using it, log once."""
+        fx: list[Effect] = []
+        for q in self.queues:
+            if q.call_fd == fd:
+                log.error("queue %d: call fd %s; no more used-buffer notifications on it", q.index, reason)
+                self._drop_fd(fx, fd)
+                q.call_fd = None
+            elif q.err_fd == fd:
+                log.error("queue %d: err fd %s; dropped", q.index, reason)
+                self._drop_fd(fx, fd)
+                q.err_fd = None
+        return fx
 
     def device_io(self, callback: IoCallback) -> list[Effect]:
         """Run a device io callback (one of device.io_sources()): it moves data and names the rings to signal."""

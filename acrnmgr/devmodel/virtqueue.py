@@ -35,7 +35,6 @@ returns those chains again before looking at the avail ring, without calling ``o
 from __future__ import annotations
 
 import collections
-import logging
 import platform
 import struct
 import sys
@@ -45,8 +44,9 @@ from typing import Protocol
 
 from . import features as F
 from .memory import GuestMemory, GuestMemoryError
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2

@@ -7,6 +7,7 @@ check that the guard bytes never change, i.e. the device model never touched mem
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -25,8 +26,9 @@ class GuestRam:
 
     def __init__(self, size: int = 1 << 20):
         self.size = size
-        self.fd = os.memfd_create("test-guest", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("test-guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, size + 2 * PAGE)
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # the device model refuses unsealed memfds
         self.raw = mmap.mmap(self.fd, size + 2 * PAGE, flags=mmap.MAP_SHARED)
         self.raw[:PAGE] = bytes([GUARD]) * PAGE
         self.raw[PAGE + size:] = bytes([GUARD]) * PAGE

@@ -9,6 +9,7 @@ which QEMU 7.2 cannot front over vhost-user.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import select
@@ -41,9 +42,11 @@ class FrontendError(AssertionError):
 class GuestRam:
     """The memfd-backed guest RAM with gpa/uva <-> offset arithmetic."""
 
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("frontend-ram", os.MFD_CLOEXEC)
+    def __init__(self, *, seal: bool = True) -> None:
+        self.fd = os.memfd_create("frontend-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, 2 * REGION_SIZE)
+        if seal:  # as QEMU's memory-backend-memfd does (seal=on is its default)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         self.map = mmap.mmap(self.fd, 2 * REGION_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._next = [PAGE, PAGE]  # bump allocators per region (page 0 left unused)
 
@@ -186,8 +189,8 @@ class FrontQueue:
 class FrontendBase:
     """Front-end requests over some transport; subclasses move the bytes."""
 
-    def __init__(self) -> None:
-        self.ram = GuestRam()
+    def __init__(self, *, seal: bool = True) -> None:
+        self.ram = GuestRam(seal=seal)
         self.queues: dict[int, FrontQueue] = {}
         self.reply_ack = False
 
@@ -270,9 +273,10 @@ class FrontendBase:
 class Frontend(FrontendBase):
     """A front-end connected to a back-end's Unix socket."""
 
-    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
-        super().__init__()
+    def __init__(self, path: str, *, timeout: float = 10.0, seal: bool = True) -> None:
+        super().__init__(seal=seal)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)  # before connecting: a wedged server's full backlog blocks connect()
         deadline = time.monotonic() + timeout
         while True:
             try:

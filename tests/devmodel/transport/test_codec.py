@@ -96,3 +96,15 @@ def test_mem_table_accepts_qemu_full_table_and_rejects_short_or_empty():
         parse_mem_table(Message(Request.SET_MEM_TABLE, VERSION, MEM_HEADER.pack(0, 0)))
     with pytest.raises(ProtocolError):
         parse_mem_table(Message(Request.SET_MEM_TABLE, VERSION, MEM_HEADER.pack(9, 0) + bytes(9 * 32)))
+
+
+def test_reader_refuses_more_than_max_fds_for_one_message_and_gives_them_back():
+    from acrnmgr.devmodel.vhost_user import MAX_FDS, Disconnect, MessageReader
+
+    reader = MessageReader()
+    head = HEADER.pack(Request.SET_MEM_TABLE, VERSION, 8)
+    reader.feed(head[:1], list(range(100, 100 + MAX_FDS)))
+    with pytest.raises(Disconnect) as err:
+        reader.feed(head[1:2], [200])
+    assert err.value.fds == [*range(100, 100 + MAX_FDS), 200]
+    assert reader.close() == []

@@ -140,3 +140,29 @@ def test_close_gives_back_every_fd(fe):
     assert all(fd_open(fd) for fd in (kick, call, err))
     fe.execute(effects)
     assert fe.backend.close() == []
+
+
+def test_a_failed_kick_fd_is_unwatched_closed_and_breaks_the_ring_once(fe):
+    fe.start(MODERN, {0: 8})
+    ring = fe.backend.queues[0]
+    kick = ring.kick_fd
+    err = os.eventfd(0, os.EFD_NONBLOCK)
+    fe.execute(handle(fe, Request.SET_VRING_ERR, U64.pack(0), [err]))
+    err = ring.err_fd
+    assert fe.backend.kick_failed(0, kick + 1000, "stale") == []  # not the ring's fd: nothing happens
+    effects = fe.backend.kick_failed(0, kick, "reached end of file")
+    assert effects == [Unwatch(kick), Close(kick), Notify(err)]
+    fe.execute(effects)
+    assert ring.kick_fd is None
+    assert fe.get_u64(Request.GET_STATUS) & F.S_NEEDS_RESET
+    assert fe.backend.kick_failed(0, kick, "again") == []  # once
+
+
+def test_a_failed_call_fd_is_closed_and_forgotten(fe):
+    fe.start(MODERN, {0: 8})
+    ring = fe.backend.queues[0]
+    call = ring.call_fd
+    assert fe.backend.notify_failed(call, "failed: broken pipe") == [Close(call)]
+    assert ring.call_fd is None
+    os.close(call)
+    assert fe.backend.notify_failed(call, "again") == []
