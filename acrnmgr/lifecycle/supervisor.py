@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,7 @@ class Supervisor:
         self.ready_fd = ready_fd
         self.launch = launch
         self.children: dict[int, str] = {}  # pid -> process name
+        self.pumps: dict[str, threading.Thread] = {}  # process name -> the thread copying its output to its log
         self.run = RunRecord(state="starting", started_at=time.time(), supervisor=ProcessIdentity.of(os.getpid()))
         self.stop_now = False
 
@@ -106,19 +108,28 @@ class Supervisor:
 
     # processes -----------------------------------------------------------------------------
     def spawn(self, proc: ProcessSpec) -> subprocess.Popen:
-        log = open(self.state.path(f"{proc.name}.log"), "ab")
+        # The child writes into a pipe and a thread of ours copies it into a log with a size cap, so no
+        # process (a device model logging a hostile front-end's every move, say) can fill the disk.
+        read_end, write_end = os.pipe()
         try:
             child = subprocess.Popen(
                 proc.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=write_end,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
                 preexec_fn=_pdeathsig(signal.SIGTERM),
                 env={**os.environ, **proc.env},
             )
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
-            log.close()
+            os.close(write_end)
+        log = CappedLog(self.state.path(f"{proc.name}.log"), log_cap())
+        pump = threading.Thread(target=log.pump, args=(read_end,), name=f"log-{proc.name}", daemon=True)
+        pump.start()
+        self.pumps[proc.name] = pump
         ident = ProcessIdentity.of(child.pid) or ProcessIdentity(child.pid, -1, [])
         self.children[child.pid] = proc.name
         self.record(ProcessRun(proc.name, proc.role, ident, proc.device))
@@ -134,6 +145,7 @@ class Supervisor:
         name = self.children.pop(pid, None)
         if name is None:
             return None
+        self.flush_log(name)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         started = self.run.process(name)
         assert started is not None  # spawn() recorded every child it started
@@ -141,6 +153,12 @@ class Supervisor:
                         exited_at=time.time())
         self.record(entry)
         return entry
+
+    def flush_log(self, name: str) -> None:
+        """Let the log pump of a process that exited copy its last words (what `status` shows) first."""
+        pump = self.pumps.pop(name, None)
+        if pump is not None:
+            pump.join(LOG_FLUSH_TIMEOUT)  # a grandchild may still hold the pipe open: do not wait for it
 
     def stop_children(self) -> None:
         for pid in list(self.children):
@@ -163,7 +181,9 @@ class Supervisor:
     def wait_socket(self, child: subprocess.Popen, path: str) -> str | None:
         ok = wait_until(lambda: os.path.exists(path) or child.poll() is not None, HELPER_SOCKET_TIMEOUT)
         if child.returncode is not None:
-            self.children.pop(child.pid, None)
+            name = self.children.pop(child.pid, None)
+            if name is not None:
+                self.flush_log(name)
             return f"exited with code {child.returncode} before creating {path}"
         return None if ok else f"did not create {path} within {HELPER_SOCKET_TIMEOUT:.0f} s"
 
@@ -222,6 +242,51 @@ class Supervisor:
         problems = cleanup(self.state, self.launch, main.identity.pid)
         self.update(outcome="stopped" if (requested or clean) else "crashed", state="exited", ended_at=time.time(),
                     cleanup_problems=tuple(problems))
+
+
+DEFAULT_LOG_CAP = 8 << 20
+LOG_FLUSH_TIMEOUT = 2.0
+
+
+def log_cap() -> int:
+    """Bytes a supervised process's log may hold before it rotates (ACRNMGR_LOG_MAX_BYTES overrides it)."""
+    try:
+        return max(4096, int(os.environ.get("ACRNMGR_LOG_MAX_BYTES", DEFAULT_LOG_CAP)))
+    except ValueError:
+        return DEFAULT_LOG_CAP
+
+
+class CappedLog:
+    """An append-only log of at most ``cap`` bytes: when full it becomes ``<name>.1`` (replacing the previous
+    one) and a new file starts, so a process's log takes at most twice the cap on disk."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path, self.cap = path, cap
+        self.file = open(path, "ab")
+        self.size = self.file.tell()
+
+    def write(self, data: bytes) -> None:
+        while data:
+            if self.size >= self.cap:
+                self.file.close()
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                self.file = open(self.path, "ab")
+                self.size = 0
+            part, data = data[:self.cap - self.size], data[self.cap - self.size:]
+            self.file.write(part)
+            self.file.flush()
+            self.size += len(part)
+
+    def pump(self, fd: int) -> None:
+        """Copy what the process writes into the log until it closes its end."""
+        try:
+            while chunk := os.read(fd, 65536):
+                self.write(chunk)
+        except OSError:
+            pass  # the disk is full or the log went away: the process keeps running
+        finally:
+            os.close(fd)
+            self.file.close()
 
 
 def main(argv: list[str] | None = None) -> int:

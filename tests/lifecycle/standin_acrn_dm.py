@@ -11,7 +11,7 @@ acrn-dm does (shared/reference/acrn-dm.md section 5):
   SIGUSR1            -> a simulated crash: prints an error and exits 1
 Virtio-console socket ports are served as an upper-casing echo (a console to attach to).
 With --cmd_monitor it also serves {"command":"destroy"} -> {"ack":0} and powers off.
-Each start appends its pid to $STANDIN_STARTS when set."""
+Each start appends its pid to $STANDIN_STARTS when set, and writes $STANDIN_SPEW bytes of log lines when set."""
 
 import json
 import os
@@ -34,6 +34,9 @@ def main() -> int:
     if os.environ.get("STANDIN_STARTS"):
         with open(os.environ["STANDIN_STARTS"], "a") as fh:
             fh.write(f"{os.getpid()}\n")
+    for n in range(int(os.environ.get("STANDIN_SPEW", "0")) // 64):
+        print(f"{n:>10} a device model that logs far too much ...................", flush=n % 256 == 0)
+    sys.stdout.flush()
     power_button = (cmd.get("pm_notify_channel") or "").split(",")[0] == "power_button"
     mngr = os.environ.get("ACRNMGR_ACRN_MNGR_DIR", monitor.DEFAULT_MNGR_DIR)
     path = os.path.join(mngr, monitor.socket_name(cmd.vm_name, os.getpid()))

@@ -341,3 +341,19 @@ def test_a_vm_name_that_is_a_path_is_refused(acrn_env, command):
 def test_the_vm_name_pattern_is_the_schemas():
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "vm.schema.json").read_text())
     assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == f"^{VM_NAME.pattern}$(?!\\n)"
+
+
+def test_a_supervised_log_is_capped_and_rotated(acrn_env):
+    """A process that logs without end (a device model flooded by a hostile front-end) fills no disk: its log
+    rotates at a cap into <name>.log.1, so it holds at most twice the cap; the last lines are in <name>.log."""
+    cap = 64 * 1024
+    acrn_env.up(acrn_env.spec(), env={"ACRNMGR_LOG_MAX_BYTES": str(cap), "STANDIN_SPEW": str(20 * cap)})
+    log = VmState("vm1", acrn_env.state).path("acrn-dm.log")
+    rotated = log.with_name("acrn-dm.log.1")
+
+    def written() -> bool:
+        return rotated.exists() and any("20479 a device model" in line for line in log.read_text().splitlines())
+
+    assert wait_until(written, 20)
+    assert log.stat().st_size <= cap and rotated.stat().st_size == cap
+    acrn_env.run("down", "vm1")
