@@ -10,6 +10,7 @@ import typer
 from acrnmgr import __version__
 from acrnmgr.cli import devmodel as devmodel_cli
 from acrnmgr.cli import gitops as gitops_cli
+from acrnmgr.cli import images as images_cli
 from acrnmgr.cli import lifecycle as lifecycle_cli
 from acrnmgr.cli import render as render_cli
 from acrnmgr.cli import spec as spec_cli
@@ -31,7 +32,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error."""
 
@@ -40,6 +42,7 @@ spec_cli.register(app)
 render_cli.register(app)
 lifecycle_cli.register(app)
 gitops_cli.register(app)
+app.add_typer(images_cli.app, name="image", help="Build bootable guest images from Debian's packages.")
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")
 
 

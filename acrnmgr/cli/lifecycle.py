@@ -85,7 +85,10 @@ def register(app: typer.Typer) -> None:
     def up(
         files: List[Path] = typer.Argument(..., help="VM spec files to start."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-        wait_ready: bool = typer.Option(False, "--wait-ready", help="Return once the VM reports running on its control channel."),
+        wait_ready: bool = typer.Option(
+            False, "--wait-ready",
+            help="Return once the guest is up: its console printed spec.console.ready's pattern (without one: the "
+                 "VM reports running on its control channel)."),
         host: Optional[Path] = typer.Option(None, "--host", help="Host profile YAML instead of probing this machine."),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
@@ -103,7 +106,8 @@ def register(app: typer.Typer) -> None:
     def down(
         names: List[str] = typer.Argument(None, help="VM names."),
         all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started (and the --connect URI's)."),
-        timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a graceful shutdown before forcing."),
+        timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+                                      help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
@@ -144,7 +148,8 @@ def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_(
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
-        engine: EngineChoice = typer.Option("auto", "--engine", help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
+        engine: EngineChoice = typer.Option(
+            "auto", "--engine", help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
         """List the VMs acrnmgr knows about."""
@@ -157,7 +162,7 @@ def register(app: typer.Typer) -> None:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
-            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+            typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
 
     @app.command()
     def logs(
@@ -174,13 +179,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def console(
         name: str = typer.Argument(..., help="VM name."),
+        port: Optional[str] = typer.Option(None, "--port", metavar="NAME",
+                                           help="The console port to attach to, e.g. com2 or a virtio-console "
+                                                "port's name (default: the first stdio or socket console)."),
+        linger: float = typer.Option(2.0, "--linger", metavar="SECONDS",
+                                     help="With stdin not a terminal: after it ends, wait until the console is "
+                                          "quiet this long."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
     ) -> None:
-        """Attach to the VM's console (socket, pty or tty). Detach with Ctrl-]."""
+        """Attach to the VM's console (socket, pty or tty). Detach with Ctrl-].
+
+        From a pipe, send the input and print what the console answers: echo 'uname -a' | acrnmgr console NAME"""
         from acrnmgr.lifecycle import logs as logs_mod
 
-        _guard(logs_mod.attach_console, _engine_of(name, engine, connect), name)
+        _guard(logs_mod.attach_console, _engine_of(name, engine, connect), name, port, linger)
 
     @app.command()
     def systemd(

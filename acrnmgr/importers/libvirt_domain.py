@@ -73,7 +73,8 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     if aff_el is not None and aff_el.get("value"):
         affinity = _cpuset(aff_el.get("value"))
     else:
-        pins = sorted(((xml_int(p.get("vcpu"), 0), _cpuset(p.get("cpuset", ""))) for p in root.findall("cputune/vcpupin")))
+        pins = sorted((xml_int(p.get("vcpu"), 0), _cpuset(p.get("cpuset", "")))
+                      for p in root.findall("cputune/vcpupin"))
         if pins and all(len(c) == 1 for _, c in pins) and len(pins) == count:
             affinity = [c[0] for _, c in pins]
         elif vcpu is not None and vcpu.get("cpuset") and len(_cpuset(vcpu.get("cpuset"))) == count:
@@ -179,7 +180,7 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
     found.sort(key=lambda t: (t[0] if t[0] is not None else 1000, t[1]))
     devices = [d for _, _, d in found]
     slots = [s for s, _, _ in found]
-    for d, s in zip(devices, slots):
+    for d, s in zip(devices, slots, strict=False):
         if s is not None:
             d["slot"] = s
     # Keep only the slots the automatic assignment would not give anyway.
@@ -191,6 +192,8 @@ def spec_from_domain(xml_text: str, source: str = "<domain>") -> ImportedSpec:
                 del d["slot"]
     if lpc or meta.get("lpc"):
         spec["console"] = {"lpc": sorted(lpc + meta.get("lpc", []), key=lambda p: p["port"])}
+    if meta.get("consoleReady"):
+        spec.setdefault("console", {})["ready"] = meta["consoleReady"]
     if meta.get("network"):
         spec["network"] = meta["network"]
     if devices:

@@ -289,7 +289,8 @@ class LibvirtEngine:
 
     def active(self, name: str) -> bool:
         dom = _lookup(connect(self.uri), name)
-        return bool(dom is not None and dom.isActive()) or (self._has_devmodels(name) and self._devmodels().active(name))
+        return bool(dom is not None and dom.isActive()) or (
+            self._has_devmodels(name) and self._devmodels().active(name))
 
     def launch_lines(self, name: str) -> list[str]:
         return self._domain(name).XMLDesc().splitlines()
@@ -305,7 +306,7 @@ class LibvirtEngine:
             files += self._devmodels().log_files(name)
         return [f for f in files if f.exists()]
 
-    def console(self, name: str) -> Console:
+    def console(self, name: str, port: str | None = None) -> Console:
         self._domain(name)
         raise LifecycleError(f"acrnmgr cannot attach to a libvirt domain's console yet: use "
                              f"`virsh -c {self.uri} console {name}`")

@@ -77,7 +77,7 @@ class Engine(Protocol):
     def log_files(self, name: str) -> list[Path]:
         """The VM's logs, most interesting first."""
 
-    def console(self, name: str) -> Console:
+    def console(self, name: str, port: str | None = None) -> Console:
         """The console to attach to; LifecycleError when there is none."""
 
 
@@ -109,7 +109,8 @@ def get_engine(choice: str, host=None, **options: Any) -> Engine:
         inspect.signature(cls).bind(**options)
     except TypeError:
         given = ", ".join(sorted(options))
-        raise LifecycleError(f"the {choice} engine does not take {given} (--connect is for the libvirt engine)") from None
+        raise LifecycleError(
+            f"the {choice} engine does not take {given} (--connect is for the libvirt engine)") from None
     return cls(**options)
 
 

@@ -115,7 +115,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
 
     if flavor == "qemu" and host.qemu:
         _sub(devs, "emulator", host.qemu)
-    for port, raw_port in zip(vm.lpc, (s.get("console") or {}).get("lpc", [])):
+    if (s.get("console") or {}).get("ready"):  # acrnmgr's own readiness check: no libvirt element
+        meta["consoleReady"] = s["console"]["ready"]
+    for port, raw_port in zip(vm.lpc, (s.get("console") or {}).get("lpc", []), strict=False):
         if port.port == "com5":
             out.warnings.append("console.lpc com5 (the S5 UART) has no libvirt element; kept in the acrnmgr metadata")
             meta.setdefault("lpc", []).append(raw_port)
@@ -128,7 +130,7 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
             _sub(serial, "protocol", type="raw")
         _sub(serial, "target", port=LPC_INDEX[port.port])
 
-    for i, (d, p) in enumerate(zip(devices, plan.devices)):
+    for i, (d, p) in enumerate(zip(devices, plan.devices, strict=False)):
         extra = p.device.libvirt(out, p.slot, p.backend)
         if extra is None:
             kept = {"index": i, "_slot": p.slot, **d}

@@ -57,6 +57,7 @@ class Env:
             "ACRNMGR_CPUINFO": str(root / "cpuinfo"),
             "ACRNMGR_LIFE_MNGR_SOCKET": str(root / "life_mngr.sock"),
             "STANDIN_STARTS": str(self.starts),
+            "ACRNMGR_STARTUP_WINDOW": "0.3",  # the stand-in starts (or fails) at once; keep the suite quick
         }
 
     def spec(self, name: str = "vm1", settings: str = "", extra_devices: str = "") -> Path:

@@ -193,7 +193,7 @@ def test_the_linux_qemu_example_boots_with_its_embedded_disk(make_vm, guest):
     vm.run("up", "--engine", "qemu", "--host", str(vm.host), "--wait-ready", str(vm.spec))
     st = vm.status()
     assert st["state"] == "running"
-    assert st["processes"]["devmodel-rootfs"]["alive"] and st["processes"]["devmodel-rng"]["alive"]
+    assert st["processes"]["devmodel-data"]["alive"] and st["processes"]["devmodel-rng"]["alive"]
     vm.wait_console("ACRNMGR-WROTE")
     assert not vm.console_has("ACRNMGR-NO-RNG")
     down = vm.run("down", vm.name, "--timeout", "120")
