@@ -107,6 +107,7 @@ printf 'acrnmgr-e2e-%s' "$(cat /proc/sys/kernel/random/boot_id)" > /tmp/marker
 dd if=/tmp/marker of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null
 sync
 echo "ACRNMGR-WROTE $(cat /tmp/marker)"
+echo "acrnmgr-guest: ready"  # examples/linux-qemu.yaml's spec.console.ready pattern
 while :; do sleep 1; done
 """
 
@@ -167,6 +168,7 @@ dd if=/tmp/marker of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null
 sync
 head -c 64 /dev/hwrng | wc -c | grep -qx 64 || echo "ACRNMGR-NO-RNG"
 echo "ACRNMGR-WROTE $(cat /tmp/marker)"
+echo "acrnmgr-guest: ready"  # examples/linux-qemu.yaml's spec.console.ready pattern
 while :; do sleep 1; done
 """
 
