@@ -13,7 +13,11 @@ patches, not specs. A directory some overlay names as a resource is not also loa
 when it sits under the applied directory (the overlay wins).
 
 Every error names its file and line; documents of a multi-document file keep their real line
-numbers."""
+numbers.
+
+YAML that is not a VM spec (a `kind` other than VM, or neither `kind` nor `spec`, as host profiles) is
+skipped, and said so in one line. An `.acrnmgrignore` file at the top of the directory names paths to
+leave out, in gitignore syntax."""
 
 from __future__ import annotations
 
@@ -39,10 +43,81 @@ class Desired:
     source: str  # "file.yaml" or "file.yaml#2" (document 2) or "overlay/kustomization.yaml:name"
 
 
+IGNORE_FILE = ".acrnmgrignore"
+
+
 @dataclass
 class DesiredSet:
     vms: list[Desired] = field(default_factory=list)
     errors: list[Diagnostic] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path: why", for files and documents that are not VM specs
+
+
+def _gitignore_regex(pattern: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    """(regex over a /-separated relative path, negated, directory only) for one gitignore line."""
+    pattern = pattern.rstrip("\n")
+    if not pattern.strip() or pattern.startswith("#"):
+        return None
+    pattern = pattern.rstrip(" ")
+    negated = pattern.startswith("!")
+    pattern = pattern[1:] if negated else pattern
+    dir_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    anchored = "/" in pattern
+    pattern = pattern.lstrip("/")
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+        i += 1
+    body = "".join(out)
+    return re.compile(("^" if anchored else "^(?:.*/)?") + body + "(?:/.*)?$"), negated, dir_only
+
+
+def ignore_matcher(root: Path):
+    """A predicate over paths under root, from root/.acrnmgrignore (gitignore syntax); None without the file."""
+    try:
+        lines = (root / IGNORE_FILE).read_text().splitlines()
+    except OSError:
+        return None
+    rules = [r for r in map(_gitignore_regex, lines) if r is not None]
+
+    def ignored(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        result = False
+        for regex, negated, dir_only in rules:
+            if dir_only and not (path.is_dir() or "/" in rel):
+                continue
+            if regex.match(rel):
+                result = not negated
+        return result
+
+    return ignored
+
+
+def _not_a_vm(doc: str, suffix: str) -> str | None:
+    """Why a document is not a VM spec (None when it is one, or may be: the validator then says what is wrong)."""
+    import json
+
+    import yaml
+
+    try:
+        data = json.loads(doc) if suffix == ".json" else yaml.safe_load(doc)
+    except (ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "kind" in data:
+        return None if data["kind"] == "VM" else f"kind {data['kind']!r} is not a VM spec"
+    return None if "spec" in data or "apiVersion" in data else "no kind: VM (a host profile or other YAML)"
 
 
 def merge_patch(target, patch):
@@ -128,6 +203,10 @@ def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, object]]:
     docs = split_documents(text) if path.suffix != ".json" else [(0, text)]
     result = []
     for n, (_, doc) in enumerate(docs, start=1):
+        why = _not_a_vm(doc, path.suffix)
+        if why is not None:
+            out.skipped.append(f"{path if len(docs) == 1 else f'{path}#{n}'}: skipped, {why}")
+            continue
         try:
             spec = load_spec_text(doc, str(path), host=host, base_dir=path.resolve().parent)
         except SpecError as exc:
@@ -215,12 +294,15 @@ def load_desired(root: str | Path, host=None) -> DesiredSet:
         out.errors.append(Diagnostic(str(root), 0, 0, "$", "not a directory"))
         return out
     claimed: set[Path] = set()
-    overlays = sorted(p for name in KUSTOMIZATION for p in root.rglob(name))
+    ignored = ignore_matcher(root) or (lambda _: False)
+    overlays = sorted(p for name in KUSTOMIZATION for p in root.rglob(name) if not ignored(p))
     overlay_dirs = {k.parent for k in overlays}
     for kfile in overlays:
         out.vms += _overlay(kfile, host, out, claimed)
     for path in sorted(root.rglob("*")):
         if path.suffix not in SPEC_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        if ignored(path):
             continue
         if path.parent in overlay_dirs or any(d in path.parents for d in overlay_dirs) or path.resolve() in claimed:
             continue
