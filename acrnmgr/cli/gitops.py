@@ -31,7 +31,8 @@ def import_(
                                            help="Write one <name>.yaml per VM here (default: YAML on stdout)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (YAML) or json (a report)."),
     board: Optional[Path] = typer.Option(None, "--board", metavar="BOARD.xml",
-                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies passthrough devices."),
+                                         help="ACRN board XML: maps pcpu_id to LAPIC IDs and classifies "
+                                              "passthrough devices."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in DIR."),
 ) -> None:
     """Turn ACRN's own configuration (or a libvirt domain) into acrnmgr specs.
@@ -50,7 +51,7 @@ def import_(
     files: dict[str, str] = {}
     if out_dir is not None and not any(problems.values()):
         try:
-            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force))}
+            files = {s.name: str(p) for s, p in zip(result.specs, write_specs(result, out_dir, force), strict=False)}
         except (FileExistsError, OSError) as exc:
             fail(str(exc))
     if output is OutputFormat.json:
@@ -121,10 +122,14 @@ def _desired(directory: Path, engine, host):
     from acrnmgr.gitops.desired import load_desired
 
     desired = load_desired(directory, host if engine.spec_host_checks else None)
+    for line in desired.skipped:
+        typer.echo(line, err=True)
     if desired.errors:
         for d in desired.errors:
             typer.echo(str(d), err=True)
         fail(f"{len(desired.errors)} problem(s) in {directory}; nothing was changed")
+    if not desired.vms:
+        fail(f"no VM specs in {directory} (a folder of kind: VM YAML or JSON files); nothing was changed")
     return desired
 
 
@@ -157,17 +162,19 @@ def apply(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs (recursive; multi-document "
                                      "YAML; kustomization.yaml overlays)."),
     engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and the argv differences; change nothing."),
     allow_restart: bool = typer.Option(False, "--allow-restart", help="Restart VMs whose spec changed."),
     prune: bool = typer.Option(False, "--prune", help="Stop running VMs that no spec names any more."),
     wait: bool = typer.Option(False, "--wait", help="Block until every started VM runs (or has failed)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Graceful shutdown timeout for update/prune."),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+                                  help="Graceful shutdown timeout for update/prune."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (a table) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
 ) -> None:
-    """Make the running VMs match the specs in DIR. Exit 0 when everything is done (or in sync),
-    1 when a VM failed or the specs are invalid."""
+    """Make the running VMs match the specs in DIR.
+
+    Exit 0 when everything is done (or in sync), 1 when a VM failed or the specs are invalid."""
     from acrnmgr.gitops.apply import apply_lock, execute, format_table, make_plan
 
     profile = load_host(host)
@@ -188,12 +195,22 @@ def apply(
             for c in changes:
                 for line in c.diff:
                     typer.echo(line)
-        done = sum(c.result == "done" for c in changes)
-        skipped = [c.name for c in changes if c.result == "skipped"]
-        summary = f"{done} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
-        if skipped:
-            summary += f", {len(skipped)} skipped ({', '.join(skipped)})"
-        typer.echo(("dry run: " if dry_run else "") + summary, err=True)
+        if dry_run:
+            would = [f"{sum(c.action == a and not c.blocked for c in changes)} {a}"
+                     for a in ("create", "update", "prune")]
+            blocked = [c.name for c in changes if c.blocked]
+            unchanged = sum(c.action == "unchanged" for c in changes)
+            summary = "dry run: would " + ", ".join(would) + f"; {unchanged} unchanged"
+            if blocked:
+                summary += f"; {len(blocked)} would be skipped ({', '.join(blocked)})"
+            typer.echo(summary, err=True)
+        else:
+            done = sum(c.result == "done" for c in changes)
+            skipped = [c.name for c in changes if c.result == "skipped"]
+            summary = f"{done} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
+            if skipped:
+                summary += f", {len(skipped)} skipped ({', '.join(skipped)})"
+            typer.echo(summary, err=True)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -201,7 +218,7 @@ def diff(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 3 when the live state differs from DIR."),
     engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (unified diffs) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
 ) -> None:

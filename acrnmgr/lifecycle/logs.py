@@ -15,13 +15,17 @@ DETACH = b"\x1d"  # Ctrl-]
 LINGER = 2.0  # seconds of console quiet after a piped stdin ends
 
 
-def show(engine: Engine, name: str, follow: bool = False) -> None:
-    """Print every log of the VM; with follow, keep printing what is appended until it stops."""
+def show(engine: Engine, name: str, follow: bool = False, tail: int | None = None) -> None:
+    """Print every log of the VM (with tail, the last `tail` lines of each); with follow, keep printing what is
+    appended until it stops."""
     out = sys.stdout.buffer
     offsets: dict[Path, int] = {}
     for path in engine.log_files(name):
         data = path.read_bytes()
         offsets[path] = len(data)
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail else b""
         out.write(f"==> {path.name} <==\n".encode() + data + (b"" if data.endswith(b"\n") or not data else b"\n"))
     out.flush()
     if not follow:

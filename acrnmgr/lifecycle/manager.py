@@ -302,6 +302,22 @@ class SupervisedEngine:
         if not state.supervisor_alive():
             raise self._died(state, "during start")
 
+    # forget ------------------------------------------------------------------------------------
+    def forget(self, name: str, progress: Progress = quiet) -> dict:
+        """Remove the records of a VM that is not running (stopped or crashed), so `list` no longer shows it."""
+        import shutil
+
+        state = self._launched(name).state
+        with state.locked():
+            vm = load(state)
+            if vm is not None and is_active(vm):
+                raise LifecycleError(f"{name} is running; stop it first (acrnmgr down {name})")
+            if vm is not None:
+                cleanup(state, vm.launch, _main_pid(vm))
+            shutil.rmtree(state.dir, ignore_errors=True)
+        progress(f"{name} forgotten (removed {state.dir})")
+        return {"name": name, "action": "forgotten"}
+
     # down --------------------------------------------------------------------------------------
     def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:
         state = self._launched(name).state
