@@ -118,3 +118,26 @@ def test_apply_refuses_a_folder_without_specs(tmp_path):
     for args in (("apply", str(tmp_path), "--prune"), ("diff", str(tmp_path))):
         proc = run(*args, "--engine", "qemu", env={"ACRNMGR_STATE_DIR": str(tmp_path / "state")})
         assert proc.returncode == 1 and f"no VM specs in {tmp_path}" in proc.stderr, proc.stderr
+
+
+def test_plan_on_the_live_host_checks_its_cpus_as_up_does(tmp_path):
+    (tmp_path / "bzImage").write_bytes(bytes(512))
+    spec = tmp_path / "cpu99.yaml"
+    spec.write_text(textwrap.dedent("""\
+        apiVersion: acrnmgr/v1
+        kind: VM
+        metadata: {name: cpu99}
+        spec:
+          cpu: {affinity: [99]}
+          memory: 128M
+          boot: {kernel: {path: bzImage}}
+        """))
+    env = {"ACRNMGR_STATE_DIR": str(tmp_path / "state")}
+    for command in ("plan", "render"):
+        live = run(command, str(spec), "--engine", "qemu", env=env, columns=300)
+        assert live.returncode == 1 and "LAPIC ID 99 is not a CPU of this host" in live.stderr, live.stderr
+    up = run("up", str(spec), "--engine", "qemu", env=env, columns=300)
+    assert up.returncode == 1 and "LAPIC ID 99 is not a CPU of this host" in up.stderr
+    other = tmp_path / "big.yaml"
+    other.write_text("kvm: false\nlapic_ids: [0, 99]\n")  # planning for another machine: its CPUs count
+    assert run("plan", str(spec), "--engine", "qemu", "--host", str(other), env=env).returncode == 0
