@@ -25,10 +25,14 @@ class Terminal:
     def __init__(self, tmp_path: Path):
         self.server = f"acrnmgr-test-{os.getpid()}"
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ACRNMGR_STATE_DIR": str(tmp_path / "state"),
-               "PS1": "$ ", "TERM": "xterm-256color"}
+               "TERM": "xterm-256color"}
         self._tmux("new-session", "-d", "-s", "t", "-x", "150", "-y", "50", "-c", str(ROOT),
                    "bash --norc --noprofile", env=env)
-        self.wait_for(r"bash-[\d.]+[#$]\s*$", 30)
+        try:
+            self.wait_for(r"bash-[\d.]+[#$]\s*$", 30)
+        except BaseException:
+            self.close()  # the fixture's teardown does not run when its setup fails
+            raise
 
     def _tmux(self, *args: str, env: dict | None = None) -> str:
         return subprocess.run(["tmux", "-L", self.server, *args], capture_output=True, text=True, check=True,
