@@ -132,6 +132,19 @@ Locator = Callable[[JsonPath], tuple[str, int, int]]
 
 
 @dataclass(frozen=True)
+class ReadyCheck:
+    """spec.console.ready: the guest is up once its console printed `pattern` (a regular expression)."""
+
+    pattern: str
+    timeout: float = 120.0
+
+
+def build_ready(console: Mapping[str, Any] | None) -> ReadyCheck | None:
+    raw = (console or {}).get("ready")
+    return ReadyCheck(raw["pattern"], float(raw.get("timeout", 120))) if raw else None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str
     labels: Mapping[str, str]
@@ -152,6 +165,7 @@ class VmSpec:
     data: Mapping[str, Any] = field(repr=False, compare=False)  # the validated document, for export metadata
     locator: Locator | None = field(default=None, repr=False, compare=False)
     own_pcpu: bool = False  # the VM owns its pCPUs (ACRN's own_pcpu / SCHED_NOOP): they are offlined
+    ready: ReadyCheck | None = None  # spec.console.ready: what `up --wait-ready` waits for
 
     @property
     def rtvm(self) -> bool:

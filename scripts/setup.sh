@@ -23,6 +23,7 @@ if ! $python_only; then
         fio                                           # guest-side I/O verification and bench
         ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
         iproute2                                      # tap devices
+        tmux                                          # a real terminal for the console test
         libvirt-daemon-system libvirt-clients         # libvirtd for qemu:///system (the libvirt engine)
     )
 fi

@@ -24,3 +24,15 @@ def service_vm() -> HostProfile:
 @pytest.fixture(scope="session")
 def plain_box() -> HostProfile:
     return HostProfile.from_file(HOSTS / "plain-box.yaml")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_image():
+    """examples/linux-qemu.yaml names the image `acrnmgr image build` writes into ~/.cache/acrnmgr/images/debian;
+    the validator checks that its paths exist, so the suite builds it when missing (seconds; the kernel package
+    is shared with the test guest's cache). A failed build is an error, never a skip."""
+    from acrnmgr.images.user import build_user_image, default_image_dir
+
+    if not (default_image_dir() / "manifest.json").exists():
+        build_user_image(progress=lambda _: None)
+    return default_image_dir()

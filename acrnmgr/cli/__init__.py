@@ -10,15 +10,20 @@ import typer
 from acrnmgr import __version__
 from acrnmgr.cli import devmodel as devmodel_cli
 from acrnmgr.cli import gitops as gitops_cli
+from acrnmgr.cli import helpfmt
+from acrnmgr.cli import host as host_cli
+from acrnmgr.cli import images as images_cli
 from acrnmgr.cli import lifecycle as lifecycle_cli
 from acrnmgr.cli import render as render_cli
 from acrnmgr.cli import spec as spec_cli
+
+helpfmt.install()
 
 app = typer.Typer(
     name="acrnmgr",
     help="Configuration-driven ACRN virtual machines: validate, compile, run and reconcile VM specs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -41,6 +46,8 @@ spec_cli.register(app)
 render_cli.register(app)
 lifecycle_cli.register(app)
 gitops_cli.register(app)
+host_cli.register(app)
+app.add_typer(images_cli.app, name="image", help="Build bootable guest images from Debian's packages.")
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")
 
 

@@ -129,15 +129,23 @@ _CONNECT_HELP = ("The libvirt engine's connection URI, e.g. qemu:///system (its 
                  "live state too.")
 
 
-def _desired(directory: Path, engine, host):
+_ROOT_HELP = ("The folder kustomization resources and patches may reach (default: DIR itself), e.g. the repository "
+              "that holds a per-host overlay DIR and its base. Nothing outside it is read.")
+
+
+def _desired(directory: Path, engine, host, root: Optional[Path] = None):
     """The specs in `directory`, checked against `host` when the engine runs VMs here."""
     from acrnmgr.gitops.desired import load_desired
 
-    desired = load_desired(directory, host if engine.spec_host_checks else None)
+    desired = load_desired(directory, host if engine.spec_host_checks else None, root)
+    for line in desired.skipped:
+        typer.echo(line, err=True)
     if desired.errors:
         for d in desired.errors:
             typer.echo(str(d), err=True)
         fail(f"{len(desired.errors)} problem(s) in {directory}; nothing was changed")
+    if not desired.vms:
+        fail(f"no VM specs in {directory} (a folder of kind: VM YAML or JSON files); nothing was changed")
     return desired
 
 
@@ -170,22 +178,25 @@ def apply(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs (recursive; multi-document "
                                      "YAML; kustomization.yaml overlays)."),
     engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and the argv differences; change nothing."),
     allow_restart: bool = typer.Option(False, "--allow-restart", help="Restart VMs whose spec changed."),
     prune: bool = typer.Option(False, "--prune", help="Stop running VMs that no spec names any more."),
     wait: bool = typer.Option(False, "--wait", help="Block until every started VM runs (or has failed)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Graceful shutdown timeout for update/prune."),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+                                  help="Graceful shutdown timeout for update/prune."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (a table) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
+    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help=_ROOT_HELP),
 ) -> None:
-    """Make the running VMs match the specs in DIR. Exit 0 when everything is done (or in sync),
-    1 when a VM failed or the specs are invalid."""
+    """Make the running VMs match the specs in DIR.
+
+    Exit 0 when everything is done (or in sync), 1 when a VM failed or the specs are invalid."""
     from acrnmgr.gitops.apply import apply_lock, execute, format_table, make_plan
 
     profile = load_host(host)
     eng = _engine(engine, profile, connect)
-    desired = _desired(directory, eng, profile)
+    desired = _desired(directory, eng, profile, root)
     with apply_lock(_progress):
         changes = _guard(make_plan, desired, eng, profile, explicit=_explicit(engine, connect), with_diff=dry_run,
                          allow_restart=allow_restart, prune=prune)
@@ -201,12 +212,22 @@ def apply(
             for c in changes:
                 for line in c.diff:
                     typer.echo(line)
-        done = sum(c.result == "done" for c in changes)
-        skipped = [c.name for c in changes if c.result == "skipped"]
-        summary = f"{done} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
-        if skipped:
-            summary += f", {len(skipped)} skipped ({', '.join(skipped)})"
-        typer.echo(("dry run: " if dry_run else "") + summary, err=True)
+        if dry_run:
+            would = [f"{sum(c.action == a and not c.blocked for c in changes)} {a}"
+                     for a in ("create", "update", "prune")]
+            blocked = [c.name for c in changes if c.blocked]
+            unchanged = sum(c.action == "unchanged" for c in changes)
+            summary = "dry run: would " + ", ".join(would) + f"; {unchanged} unchanged"
+            if blocked:
+                summary += f"; {len(blocked)} would be skipped ({', '.join(blocked)})"
+            typer.echo(summary, err=True)
+        else:
+            done = sum(c.result == "done" for c in changes)
+            skipped = [c.name for c in changes if c.result == "skipped"]
+            summary = f"{done} done, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else "")
+            if skipped:
+                summary += f", {len(skipped)} skipped ({', '.join(skipped)})"
+            typer.echo(summary, err=True)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -214,16 +235,17 @@ def diff(
     directory: Path = typer.Argument(..., metavar="DIR", help="Folder of VM specs."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 3 when the live state differs from DIR."),
     engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-    connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+    connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (unified diffs) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),
+    root: Optional[Path] = typer.Option(None, "--root", metavar="DIR", help=_ROOT_HELP),
 ) -> None:
     """Show, per VM, the unified diff between the running argv and the argv DIR asks for."""
     from acrnmgr.gitops.apply import make_plan
 
     profile = load_host(host)
     eng = _engine(engine, profile, connect)
-    desired = _desired(directory, eng, profile)
+    desired = _desired(directory, eng, profile, root)
     changes = _guard(make_plan, desired, eng, profile, explicit=_explicit(engine, connect), with_diff=True,
                      allow_restart=True, prune=True)
     drift = [c for c in changes if c.action != "unchanged"]

@@ -78,37 +78,70 @@ def _statuses(choice: EngineChoice, connect: Optional[str]) -> list[dict]:
     return [_guard(status, vm) for vm in _known(choice, connect)]
 
 
+def _complete_names(incomplete: str) -> list[str]:
+    """Shell completion of VM names: the VMs with a state folder."""
+    try:
+        from acrnmgr.lifecycle.state import all_vms
+
+        return [n for n in all_vms() if n.startswith(incomplete)]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+
+
+# `acrnmgr status NAME` exit codes, as `systemctl is-active` gives them (LSB): 0 the VM runs (running, degraded,
+# starting), 3 it does not (stopped, crashed, failed, unsupervised, unreadable), 4 no such VM.
+ACTIVE_STATES = ("running", "degraded", "starting")
+EXIT_NOT_RUNNING = 3
+EXIT_NO_SUCH_VM = 4
+
+
+def _emit(output: OutputFormat, results: list[dict]) -> None:
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(results, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Attach this concept's commands to the root app."""
 
     @app.command()
     def up(
-        files: List[Path] = typer.Argument(..., help="VM spec files to start."),
+        files: List[Path] = typer.Argument(..., metavar="FILE", help="VM spec files to start."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-        wait_ready: bool = typer.Option(False, "--wait-ready",
-                                        help="Return once the VM reports running on its control channel."),
-        host: Optional[Path] = typer.Option(None, "--host", help="Host profile YAML instead of probing this machine."),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        wait_ready: bool = typer.Option(
+            False, "--wait-ready",
+            help="Return once the guest is up: its console printed spec.console.ready's pattern (without one: the "
+                 "VM reports running on its control channel)."),
+        host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml",
+                                            help="Host profile YAML instead of probing this machine."),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
+        output: OutputFormat = typer.Option(OutputFormat.text, "--output",
+                                            help="text, or json: one result per VM on stdout."),
     ) -> None:
-        """Start VMs from their specs (a VM already running with the same spec is left alone)."""
+        """Start VMs from their specs (a VM already running with the same spec is left alone).
+
+        Exit 1, with the reason and the VM's last log lines, when a VM dies during start."""
         from acrnmgr.devices import vm_from_spec
         from acrnmgr.spec.validation import load_spec
 
         profile = load_host(host)
         eng = _engine(engine, profile, connect)
+        results = []
         for file in files:
             spec = _guard(load_spec, file, host=profile if eng.spec_host_checks else None)
-            _guard(eng.up, vm_from_spec(spec), profile, wait_ready=wait_ready, progress=_progress)
+            results.append(_guard(eng.up, vm_from_spec(spec), profile, wait_ready=wait_ready, progress=_progress))
+        _emit(output, results)
 
     @app.command()
     def down(
-        names: List[str] = typer.Argument(None, help="VM names."),
+        names: List[str] = typer.Argument(None, metavar="NAME", help="VM names.", autocompletion=_complete_names),
         all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started (and the --connect URI's)."),
-        timeout: float = typer.Option(30.0, "--timeout",
+        timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
                                       help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
+        output: OutputFormat = typer.Option(OutputFormat.text, "--output",
+                                            help="text, or json: one result per VM on stdout."),
     ) -> None:
         """Stop VMs: graceful shutdown, then forced power-off, then SIGKILL (reported as such)."""
         if all_ == bool(names):
@@ -122,35 +155,47 @@ def register(app: typer.Typer) -> None:
                 targets.append((vm.name, vm.engine))
         else:
             targets = [(name, _engine_of(name, engine, connect)) for name in names]
-        for name, eng in targets:
-            _guard(eng.down, name, timeout=timeout, force=force, progress=_progress)
+        results = [_guard(eng.down, name, timeout=timeout, force=force, progress=_progress) for name, eng in targets]
+        _emit(output, results)
 
     @app.command()
     def status(
-        name: Optional[str] = typer.Argument(None, help="VM name (default: all VMs)."),
+        name: Optional[str] = typer.Argument(None, metavar="NAME", help="VM name (default: all VMs).",
+                                             autocompletion=_complete_names),
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     ) -> None:
-        """Show whether VMs are running, degraded, stopped or crashed (with exit code and last log lines)."""
+        """Show whether VMs are running, degraded, stopped or crashed (with exit code and last log lines).
+
+        Exit codes, as systemctl is-active gives them: 0 the VM runs (running, degraded or starting), 3 it
+        does not (stopped, crashed, ...), 4 no VM has that name. Without NAME: 0, or 3 when any VM does not run."""
+        from acrnmgr.lifecycle.state import all_vms, check_name
+
         if name:
+            _guard(check_name, name)
+            if name not in all_vms() and engine.value == "auto" and connect is None:
+                typer.echo(f"error: no VM named {name} (known: {', '.join(all_vms()) or 'none'})", err=True)
+                raise typer.Exit(EXIT_NO_SUCH_VM)
             results = [_guard(_engine_of(name, engine, connect).status, name)]
         else:
             results = _statuses(engine, connect)
         if output is OutputFormat.json:
             typer.echo(json.dumps(results[0] if name else results, indent=2))
-            return
-        for st in results:
-            _print_status(st)
+        else:
+            for st in results:
+                _print_status(st)
+        if any(st.get("state") not in ACTIVE_STATES for st in results):
+            raise typer.Exit(EXIT_NOT_RUNNING)
 
     @app.command("list")
     def list_(
         output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text or json."),
-        engine: EngineChoice = typer.Option("auto", "--engine",
-                                            help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        engine: EngineChoice = typer.Option(
+            "auto", "--engine", help="Also list this engine's VMs (libvirt: the domains acrnmgr defined)."),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     ) -> None:
-        """List the VMs acrnmgr knows about."""
+        """List the VMs acrnmgr knows about (`forget` removes a stopped or crashed one)."""
         vms: list[dict[str, Any]] = [{k: st.get(k) for k in ("name", "engine", "state", "pid", "spec")}
                                      for st in _statuses(engine, connect)]
         if output is OutputFormat.json:
@@ -166,32 +211,57 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
-        name: str = typer.Argument(..., help="VM name."),
+        name: str = typer.Argument(..., metavar="NAME", help="VM name.", autocompletion=_complete_names),
         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new output until the VM stops."),
+        tail: Optional[int] = typer.Option(None, "-n", "--tail", metavar="N", min=0,
+                                           help="Only the last N lines of each log (then new ones, with -f)."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     ) -> None:
         """Print the VM's logs: guest console, VM process, device models, supervisor."""
         from acrnmgr.lifecycle import logs as logs_mod
 
-        _guard(logs_mod.show, _engine_of(name, engine, connect), name, follow)
+        _guard(logs_mod.show, _engine_of(name, engine, connect), name, follow, tail)
+
+    @app.command()
+    def forget(
+        names: List[str] = typer.Argument(..., metavar="NAME", help="VM names.", autocompletion=_complete_names),
+        engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
+    ) -> None:
+        """Forget stopped or crashed VMs: remove their records and logs, so `list` no longer shows them.
+
+        A running VM is refused (stop it with `down` first)."""
+        for name in names:
+            eng = _engine_of(name, engine, connect)
+            if not hasattr(eng, "forget"):
+                fail(f"the {eng.name} engine keeps {name}'s records itself (libvirt: virsh undefine {name})")
+            _guard(eng.forget, name, progress=_progress)
 
     @app.command()
     def console(
-        name: str = typer.Argument(..., help="VM name."),
+        name: str = typer.Argument(..., metavar="NAME", help="VM name.", autocompletion=_complete_names),
+        port: Optional[str] = typer.Option(None, "--port", metavar="NAME",
+                                           help="The console port to attach to, e.g. com2 or a virtio-console "
+                                                "port's name (default: the first stdio or socket console)."),
+        linger: float = typer.Option(2.0, "--linger", metavar="SECONDS",
+                                     help="With stdin not a terminal: after it ends, wait until the console is "
+                                          "quiet this long."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
     ) -> None:
-        """Attach to the VM's console (socket, pty or tty). Detach with Ctrl-]."""
+        """Attach to the VM's console (socket, pty or tty). Detach with Ctrl-].
+
+        From a pipe, send the input and print what the console answers: echo 'uname -a' | acrnmgr console NAME"""
         from acrnmgr.lifecycle import logs as logs_mod
 
-        _guard(logs_mod.attach_console, _engine_of(name, engine, connect), name)
+        _guard(logs_mod.attach_console, _engine_of(name, engine, connect), name, port, linger)
 
     @app.command()
     def systemd(
-        file: Path = typer.Argument(..., help="VM spec file."),
+        file: Path = typer.Argument(..., metavar="FILE", help="VM spec file."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
-        connect: Optional[str] = typer.Option(None, "--connect", help=_CONNECT_HELP),
+        connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
         unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--dir", help="Where to write the unit."),
         timeout: float = typer.Option(60.0, "--timeout", help="Graceful shutdown timeout for `down` at stop."),
     ) -> None:

@@ -37,6 +37,7 @@ from acrnmgr.model import (
     VmSpec,
     build_boot,
     build_lpc,
+    build_ready,
     build_settings,
 )
 from acrnmgr.spec.loader import Spec
@@ -86,4 +87,5 @@ def vm_from_spec(spec: Spec) -> VmSpec:
         base_dir=base,
         data=spec.data,
         locator=spec.locate,
+        ready=build_ready(s.get("console")),
     )

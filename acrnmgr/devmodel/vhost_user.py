@@ -508,15 +508,21 @@ class VhostUserBackend:
             self._move(q, RingEvent.ENABLE)
             q.pending = True
 
+    def _offered_protocol_features(self) -> int:
+        """CONFIG only for a device type with a config space: QEMU warns about it for one without (virtio-rng)."""
+        if self.device.config_space():
+            return SUPPORTED_PROTOCOL_FEATURES
+        return SUPPORTED_PROTOCOL_FEATURES & ~(1 << ProtocolFeature.CONFIG)
+
     def _get_protocol_features(self, msg: Message, fx: list[Effect]) -> Reply:
-        return reply(msg.request, U64.pack(SUPPORTED_PROTOCOL_FEATURES))
+        return reply(msg.request, U64.pack(self._offered_protocol_features()))
 
     def _set_protocol_features(self, msg: Message, fx: list[Effect]) -> None:
         (value,) = _unpack(U64, msg)
-        if value & ~SUPPORTED_PROTOCOL_FEATURES:
-            log.warning("front-end asked for unsupported protocol features %#x; ignoring them",
-                        value & ~SUPPORTED_PROTOCOL_FEATURES)
-        self.protocol_features = value & SUPPORTED_PROTOCOL_FEATURES
+        offered = self._offered_protocol_features()
+        if value & ~offered:
+            log.warning("front-end asked for unsupported protocol features %#x; ignoring them", value & ~offered)
+        self.protocol_features = value & offered
 
     def _set_owner(self, msg: Message, fx: list[Effect]) -> None:
         self.owner = True

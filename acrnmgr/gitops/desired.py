@@ -20,10 +20,15 @@ resolved (no absolute paths, no `..` out of it), and so must every spec file and
 it. Anything under it that cannot be read (a folder that cannot be listed, a dangling or looping
 symlink, a FIFO or device named like a spec) is an error, so `apply` changes nothing rather than
 prune a VM whose spec it failed to read. A file that is not a VM spec is reported as such, never
-quoted."""
+quoted.
+
+YAML that is not a VM spec (a `kind` other than VM, or neither `kind` nor `spec`, as host profiles) is
+skipped, and said so in one line. An `.acrnmgrignore` file at the top of the directory names paths to
+leave out, in gitignore syntax."""
 
 from __future__ import annotations
 
+import dataclasses
 import copy
 import json
 import os
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from acrnmgr.devices import vm_from_spec
+from acrnmgr.host import HostProfile
 from acrnmgr.model import VmSpec
 from acrnmgr.spec.diagnostics import Diagnostic, SpecError
 
@@ -45,6 +51,7 @@ KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml")
 _DOC_SEP = re.compile(r"^---(?:\s.*)?\Z")
 # A document that says it is an acrnmgr spec, in YAML or JSON; only such a document's problems are
 # shown (they may quote its keys and values), so a file that is not a spec is never echoed.
+_HOST_PROFILE_KEYS = {f.name for f in dataclasses.fields(HostProfile)}
 _SPEC_MARK = re.compile(r"""\bapiVersion["']?\s*:\s*["']?acrnmgr/""")
 
 
@@ -55,10 +62,82 @@ class Desired:
     source: str  # "file.yaml" or "file.yaml#2" (document 2) or "overlay/kustomization.yaml:name"
 
 
+IGNORE_FILE = ".acrnmgrignore"
+
+
 @dataclass
 class DesiredSet:
     vms: list[Desired] = field(default_factory=list)
     errors: list[Diagnostic] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path: why", for files and documents that are not VM specs
+
+
+def _gitignore_regex(pattern: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    """(regex over a /-separated relative path, negated, directory only) for one gitignore line."""
+    pattern = pattern.rstrip("\n")
+    if not pattern.strip() or pattern.startswith("#"):
+        return None
+    pattern = pattern.rstrip(" ")
+    negated = pattern.startswith("!")
+    pattern = pattern[1:] if negated else pattern
+    dir_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    anchored = "/" in pattern
+    pattern = pattern.lstrip("/")
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+        i += 1
+    body = "".join(out)
+    return re.compile(("^" if anchored else "^(?:.*/)?") + body + "(?:/.*)?$"), negated, dir_only
+
+
+def ignore_matcher(root: Path):
+    """A predicate over paths under root, from root/.acrnmgrignore (gitignore syntax); None without the file."""
+    try:
+        lines = (root / IGNORE_FILE).read_text().splitlines()
+    except OSError:
+        return None
+    rules = [r for r in map(_gitignore_regex, lines) if r is not None]
+
+    def ignored(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        result = False
+        for regex, negated, dir_only in rules:
+            if dir_only and not (path.is_dir() or "/" in rel):
+                continue
+            if regex.match(rel):
+                result = not negated
+        return result
+
+    return ignored
+
+
+def _not_a_vm(doc: str, suffix: str) -> str | None:
+    """Why a document is clearly no VM spec, so a folder may hold it (a `kind` other than VM, or a host
+    profile); None for anything else, which must then be a VM spec (and is an error, never quoted, if not)."""
+    import yaml  # only for folders that hold other YAML: plain spec folders never parse twice
+
+    try:
+        data = json.loads(doc) if suffix == ".json" else yaml.safe_load(doc)
+    except (ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or not data:
+        return None
+    if "kind" in data:
+        return None if data["kind"] == "VM" else "its kind is not VM"
+    if set(data) <= _HOST_PROFILE_KEYS:
+        return "a host profile, not a VM spec"
+    return None
 
 
 def merge_patch(target, patch):
@@ -130,11 +209,12 @@ def absolutize(data: dict, base_dir: Path) -> dict:
 
 
 class _Folder:
-    """The applied folder: what lies inside it, and every entry under it that cannot be read."""
+    """The applied folder: what lies inside its boundary (the folder itself, or a --root that holds it, as a
+    repository holds a per-host overlay and its base), and every entry under it that cannot be read."""
 
-    def __init__(self, root: Path, out: DesiredSet):
-        self.root = root
-        self.real = Path(os.path.realpath(root))
+    def __init__(self, root: Path, out: DesiredSet, boundary: Path | None = None):
+        self.root = boundary if boundary is not None else root
+        self.real = Path(os.path.realpath(self.root))
         self.out = out
 
     def error(self, path: Path | str, message: str, line: int = 0) -> None:
@@ -156,7 +236,7 @@ class _Folder:
         path = base / given
         if not self.inside(path):
             self.error(where, f"{what} {given} lies outside the applied folder {self.root} "
-                              "(apply a folder that holds both)", 1)
+                              "(apply a folder that holds both, or give --root a folder that does)", 1)
             return None
         return path
 
@@ -228,8 +308,8 @@ def _kind(value) -> str:
     return type_name(value)
 
 
-def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, Spec]]:
-    """[(source label, Spec)] for one file."""
+def _load_docs(path: Path, host, out: DesiredSet, named: bool = False) -> list[tuple[str, Spec]]:
+    """[(source label, Spec)] for one file; `named`: a kustomization names it, so it must be a VM spec."""
     from acrnmgr.inputs import InputError, read_input
     from acrnmgr.spec.loader import decode_bytes
     from acrnmgr.spec.validation import load_spec_text
@@ -245,6 +325,10 @@ def _load_docs(path: Path, host, out: DesiredSet) -> list[tuple[str, Spec]]:
     docs = split_documents(text) if path.suffix != ".json" else [(0, text)]
     result = []
     for n, (start, doc) in enumerate(docs, start=1):
+        why = None if named else _not_a_vm(doc, path.suffix)
+        if why is not None:
+            out.skipped.append(f"{path if len(docs) == 1 else f'{path}#{n}'}: skipped, {why}")
+            continue
         if not _SPEC_MARK.search(doc):
             out.errors.append(Diagnostic(str(path), start + 1, 1, "$", "not a VM spec (it has no "
                                          "`apiVersion: acrnmgr/v1`); its content is not shown"))
@@ -320,7 +404,7 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path], folder: _Fo
             if p.is_dir() else [p]
         claimed.update(f.resolve() for f in files)
         for f in files:
-            bases += _load_docs(f, None, out)
+            bases += _load_docs(f, None, out, named=True)
     patches: dict[str, list[dict]] = {}
     for item in lists["patches"]:
         if not isinstance(item, dict) or not ({"path", "patch"} & set(item)) or ({"path", "patch"} <= set(item)):
@@ -372,21 +456,29 @@ def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path], folder: _Fo
     return result
 
 
-def load_desired(root: str | Path, host=None) -> DesiredSet:
+def load_desired(root: str | Path, host=None, boundary: str | Path | None = None) -> DesiredSet:
+    """The VMs the specs under `root` describe. Kustomization resources and patches may reach anything inside
+    `boundary` (default: `root` itself), never outside it."""
     root = Path(root)
     out = DesiredSet()
     if not root.is_dir():
         out.errors.append(Diagnostic(str(root), 0, 0, "$", "not a directory"))
         return out
-    folder = _Folder(root, out)
+    folder = _Folder(root, out, Path(boundary) if boundary is not None else None)
+    if not folder.inside(root):
+        out.errors.append(Diagnostic(str(root), 0, 0, "$", f"not inside --root {boundary}"))
+        return out
     every = folder.walk(root)
     claimed: set[Path] = set()
-    overlays = sorted(p for p in every if p.name in KUSTOMIZATION)
+    ignored = ignore_matcher(root) or (lambda _: False)
+    overlays = sorted(p for p in every if p.name in KUSTOMIZATION and not ignored(p))
     overlay_dirs = {k.parent for k in overlays}
     for kfile in overlays:
         out.vms += _overlay(kfile, host, out, claimed, folder)
     for path in every:
         if path.suffix not in SPEC_SUFFIXES or path.name.startswith("."):
+            continue
+        if ignored(path):
             continue
         if path.parent in overlay_dirs or any(d in path.parents for d in overlay_dirs) or path.resolve() in claimed:
             continue

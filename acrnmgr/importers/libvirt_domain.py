@@ -512,6 +512,8 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             if isinstance(p, dict) and "_origin" in p:
                 origins[f"spec.console.lpc[{n}]"] = p.pop("_origin")
         spec["console"] = {"lpc": ports}
+    if meta.get("consoleReady"):
+        spec.setdefault("console", {})["ready"] = meta["consoleReady"]
     if meta.get("network"):
         spec["network"] = meta["network"]
     if devices:

@@ -309,7 +309,7 @@ class LibvirtEngine:
             files += self._devmodels().log_files(name)
         return [f for f in files if f.exists()]
 
-    def console(self, name: str) -> Console:
+    def console(self, name: str, port: str | None = None) -> Console:
         self._domain(name)
         raise LifecycleError(f"acrnmgr cannot attach to a libvirt domain's console yet: use "
                              f"`virsh -c {self.uri} console {name}`")

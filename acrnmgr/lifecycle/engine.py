@@ -78,7 +78,7 @@ class Engine(Protocol):
     def log_files(self, name: str) -> builtins.list[Path]:
         """The VM's logs, most interesting first."""
 
-    def console(self, name: str) -> Console:
+    def console(self, name: str, port: str | None = None) -> Console:
         """The console to attach to; LifecycleError when there is none."""
 
 

@@ -23,6 +23,7 @@ from acrnmgr.model import VmSpec
 
 FORCE_WAIT = 10.0  # seconds after each forced stop action before escalating
 READY_TIMEOUT = 60.0
+STARTUP_WINDOW = float(os.environ.get("ACRNMGR_STARTUP_WINDOW", "1.5"))  # seconds a new VM must stay up
 ACTIVE_RUN_STATES = ("running", "degraded", "starting")
 
 
@@ -119,11 +120,17 @@ class SupervisedEngine:
         names = ["console.log"] + [f"{p.name}.log" for p in reversed(vm.launch.processes)] + ["supervisor.log"]
         return [vm.state.path(n) for n in names if vm.state.path(n).exists()]
 
-    def console(self, name: str) -> Console:
+    def console(self, name: str, port: str | None = None) -> Console:
         vm = self._launched(name)
         if not vm.state.supervisor_alive():
             raise LifecycleError(f"{name} is not running")
         consoles = [c for c in vm.info.get("consoles", []) if c.get("path")]
+        if port is not None:
+            chosen = next((c for c in consoles if c["name"] == port), None)
+            if chosen is None:
+                raise LifecycleError(f"{name} has no console port {port} acrnmgr can attach to (it has: "
+                                     f"{', '.join(c['name'] for c in consoles) or 'none'})")
+            return Console(chosen["name"], chosen["kind"], chosen["path"])
         target = next((c for c in consoles if c["kind"] == "socket"), None) or next(
             (c for c in consoles if c["kind"] in ("pty", "tty")), None)
         if target is None:
@@ -218,11 +225,74 @@ class SupervisedEngine:
                 tail = "\n".join(f"  | {line}" for line in started.get("log", []))
                 raise LifecycleError(f"{vm.name} failed to start: {started.get('error')}"
                                      + (f"\n{tail}" if tail else ""))
+            self._survive(state, progress)
+            result = {"name": vm.name, "action": "started", "engine": self.name, "pid": started["pid"], "ready": False}
             if wait_ready:
-                progress(f"waiting for {vm.name} to report running")
-                self._wait_ready(state)
-            progress(f"{vm.name} started (pid {started['pid']})")
-            return {"name": vm.name, "action": "started", "engine": self.name, "pid": started["pid"]}
+                if vm.ready is not None:
+                    self._wait_console(state, vm.ready.pattern, vm.ready.timeout, progress)
+                else:
+                    progress(f"waiting for {vm.name} to report running (no spec.console.ready pattern)")
+                    self._wait_ready(state)
+                result["ready"] = True
+            progress(f"{vm.name} {'is up' if wait_ready else 'started'} (pid {started['pid']})")
+            return result
+
+    def _died(self, state: VmState, during: str) -> LifecycleError:
+        """The error for a VM whose processes ended while `up` waited: its state, how it ended, its last lines."""
+        st = self.status(state.name)
+        why = st.get("error") or describe_exit(st.get("exit_code"), st.get("signal"))
+        launch = state.read_launch()
+        lines = st.get("log") or (state.tail(f"{launch.main.name}.log", 20) if launch else [])
+        console = state.tail("console.log", 10) if state.path("console.log").exists() else []
+        text = f"{state.name} died {during} ({st['state']}: {why})"
+        if lines:
+            text += "\nlast lines of its log:\n" + "\n".join(f"  | {line}" for line in lines)
+        if console:
+            text += "\nlast console lines:\n" + "\n".join(f"  | {line}" for line in console)
+        return LifecycleError(text)
+
+    def _alive(self, state: VmState) -> bool:
+        vm = load(state)
+        if vm is None or not state.supervisor_alive():
+            return False
+        return vm.run is None or vm.run.state in ACTIVE_RUN_STATES
+
+    def _survive(self, state: VmState, progress: Progress) -> None:
+        """A VM that dies at once (a bad kernel, a missing file) must not be reported as started: watch it for
+        STARTUP_WINDOW seconds."""
+        progress(f"checking that {state.name} stays up ({STARTUP_WINDOW:g} s)")
+        deadline = time.monotonic() + STARTUP_WINDOW
+        while time.monotonic() < deadline:
+            if not self._alive(state):
+                raise self._died(state, "during start")
+            time.sleep(0.1)
+
+    def _wait_console(self, state: VmState, pattern: str, timeout: float, progress: Progress) -> None:
+        """Wait until the console log matches `pattern` (spec.console.ready), showing progress."""
+        import re
+
+        regex = re.compile(pattern)
+        log = state.path("console.log")
+        progress(f"waiting for {state.name}'s console to print /{pattern}/ (up to {timeout:g} s)")
+        start = time.monotonic()
+        next_report = start + 5
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if regex.search(text):
+                return
+            if not self._alive(state):
+                raise self._died(state, "before it was ready")
+            now = time.monotonic()
+            if now - start > timeout:
+                tail = "\n".join(f"  | {line}" for line in text.splitlines()[-10:])
+                raise LifecycleError(f"{state.name} did not print /{pattern}/ on its console within {timeout:g} s "
+                                     f"(it still runs; `acrnmgr down {state.name}` stops it)"
+                                     + (f"\nlast console lines:\n{tail}" if tail else ""))
+            if now >= next_report:
+                last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+                progress(f"  still waiting ({now - start:.0f} s){': ' + last[:100] if last else ''}")
+                next_report = now + 5
+            time.sleep(0.2)
 
     def _wait_ready(self, state: VmState) -> None:
         def ready() -> bool:
@@ -234,10 +304,23 @@ class SupervisedEngine:
         if not wait_until(ready, READY_TIMEOUT, 0.1):
             raise LifecycleError(f"{state.name} did not report running within {READY_TIMEOUT:.0f} s")
         if not state.supervisor_alive():
-            st = self.status(state.name)
-            tail = "\n".join(f"  | {line}" for line in st.get("log", []))
-            raise LifecycleError(f"{state.name} exited during start ({st['state']}, "
-                                 f"{describe_exit(st.get('exit_code'), st.get('signal'))})\n{tail}")
+            raise self._died(state, "during start")
+
+    # forget ------------------------------------------------------------------------------------
+    def forget(self, name: str, progress: Progress = quiet) -> dict:
+        """Remove the records of a VM that is not running (stopped or crashed), so `list` no longer shows it."""
+        import shutil
+
+        state = self._launched(name).state
+        with state.locked():
+            vm = load(state)
+            if vm is not None and is_active(vm):
+                raise LifecycleError(f"{name} is running; stop it first (acrnmgr down {name})")
+            if vm is not None:
+                cleanup(state, vm.launch, _main_pid(vm))
+            shutil.rmtree(state.dir, ignore_errors=True)
+        progress(f"{name} forgotten (removed {state.dir})")
+        return {"name": name, "action": "forgotten"}
 
     # down --------------------------------------------------------------------------------------
     def down(self, name: str, *, timeout: float = 30.0, force: bool = False, progress: Progress = quiet) -> dict:

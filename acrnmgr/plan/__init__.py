@@ -99,7 +99,7 @@ def make_plan(vm: VmSpec, host: HostProfile, engine: str, target_version: str = 
               state_dir: Path | None = None, live_host: bool = False) -> Plan:
     """Plan ``vm`` for ``host`` on ``engine``.  ``state_dir`` is where the qemu engine keeps the VM's sockets
     (default: the VM's folder under the state root); ``live_host`` says the host profile is this machine, so
-    device probes (evdev nodes, PCI functions) are checked here."""
+    device probes (evdev nodes, PCI functions) and the CPUs of spec.cpu.affinity are checked here."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} ({', '.join(ENGINES)})")
     family = family_of(target_version)
@@ -108,6 +108,12 @@ def make_plan(vm: VmSpec, host: HostProfile, engine: str, target_version: str = 
     slots, problems = assign_slots([SlotRequest(d.slot, bool(getattr(d, "gpu", False))) for d in devices])
     for problem in problems:
         diags.error((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
+    if live_host and host.lapic_ids:  # as `up` refuses them: plan on this machine says so too
+        shown = ", ".join(map(str, host.lapic_ids[:16])) + (", ..." if len(host.lapic_ids) > 16 else "")
+        for i, lapic in enumerate(vm.affinity):
+            if lapic not in host.lapic_ids:
+                diags.error(("spec", "cpu", "affinity", i), f"LAPIC ID {lapic} is not a CPU of this host",
+                            f"the host's LAPIC IDs are {shown}")
 
     plans: list[DevicePlan] = []
     for device, slot in zip(devices, slots, strict=True):

@@ -137,6 +137,8 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         type_el.set("machine", machine)
     if flavor == "qemu" and host.qemu:
         _sub(devs, "emulator", host.qemu)
+    if (s.get("console") or {}).get("ready"):  # acrnmgr's own readiness check: no libvirt element
+        meta["consoleReady"] = s["console"]["ready"]
     for port, raw_port in zip(vm.lpc, (s.get("console") or {}).get("lpc", []), strict=True):
         if port.port == "com5":
             out.warnings.append("console.lpc com5 (the S5 UART) has no libvirt element; kept in the acrnmgr metadata")

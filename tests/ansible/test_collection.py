@@ -50,7 +50,8 @@ def test_example_overlays_plan(ansible, tmp_path):
     expect = {"edge-01": {"gateway": ("tap_gw_e01", "2,4"), "historian": ("tap_hist0", "6")},
               "edge-02": {"gateway": ("tap_gw_e02", "6")}}
     for host, vms in expect.items():
-        out = ansible.acrnmgr("diff", str(repo / "hosts" / host), "--engine", "acrn", "--host", str(profiles[host]),
+        out = ansible.acrnmgr("diff", str(repo / "hosts" / host), "--root", str(repo), "--engine", "acrn",
+                              "--host", str(profiles[host]),
                               "--output", "json")
         changes = {c["name"]: c for c in json.loads(out.stdout)["changes"]}
         assert set(changes) == set(vms), out.stdout
@@ -82,8 +83,9 @@ def test_errors_are_task_failures(ansible, tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    # a folder with no specs is an error (it would prune every VM), in check mode too
     out = ansible.module("acrnmgr.acrn.apply", f"path={empty} engine=qemu", "--check")
-    assert out.rc == 0 and '"changed": false' in out.out and '"vms": []' in out.out, out.out
+    assert out.rc == 2 and "no VM specs" in out.out and "Traceback" not in out.out, out.out
 
 
 def test_a_vm_that_fails_fails_the_task(ansible, tmp_path):
@@ -99,7 +101,7 @@ def test_a_vm_that_fails_fails_the_task(ansible, tmp_path):
     out = ansible.module("acrnmgr.acrn.apply", f"path={specs} engine=acrn host_profile={host}")
     assert out.rc == 2 and "Traceback" not in out.out, out.out
     result = json.loads(out.out.split("=>", 1)[1])
-    assert result["msg"].startswith("acrnmgr apply: failvm: create failed: ") and "ACRN Service VM" in result["msg"]
+    assert result["msg"].startswith("acrnmgr apply: failvm: create failed: ") and "acrn-dm" in result["msg"]
     assert [(v["name"], v["action"], v["result"]) for v in result["vms"]] == [("failvm", "create", "failed")]
     assert result["changed"] is False
 

@@ -56,7 +56,7 @@ def test_plan_errors_exit_1_and_say_why():
     result = run("plan", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS)
     assert result.exit_code == 1
     assert "acrn-dm has no vhost-user frontend" in result.stderr
-    assert "linux-qemu.yaml:22:7" in result.stderr
+    assert "linux-qemu.yaml:25:7" in result.stderr
     assert run("plan", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS, "--engine", "qemu").exit_code == 0
     result = run("render", str(EXAMPLES / "linux-qemu.yaml"), "--host", SOS)
     assert result.exit_code == 1 and result.stdout == ""

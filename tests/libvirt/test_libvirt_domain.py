@@ -37,7 +37,7 @@ def absolute(spec) -> dict:
     text = json.dumps(spec.data)
     for folder in ("images/", "firmware/"):
         text = text.replace(f'"{folder}', f'"{spec.base_dir}/{folder}')
-    return json.loads(text)
+    return json.loads(text.replace('"~/', f'"{Path.home()}/'))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_embedded_devices_become_vhost_user_with_shared_memfd():
     root = ET.fromstring(export_domain(spec, HOST, "qemu", state_dir=Path("/run/acrnmgr/linux-qemu"))[0])
     disk = root.find("devices/disk")
     assert disk.get("type") == "vhostuser"
-    assert disk.find("source").get("path") == "/run/acrnmgr/linux-qemu/rootfs.vhost.sock"
+    assert disk.find("source").get("path") == "/run/acrnmgr/linux-qemu/data.vhost.sock"
     assert disk.get("model") == "virtio-non-transitional"  # mode: modern
     assert root.find("memoryBacking/source").get("type") == "memfd"
     assert root.find("memoryBacking/access").get("mode") == "shared"

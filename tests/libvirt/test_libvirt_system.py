@@ -3,9 +3,8 @@ up defines and starts the domain, status says running, the guest writes a marker
 disk (QEMU's own with backend vbs-u; with backend embedded a <disk type='vhostuser'> served by an
 `acrnmgr devmodel serve` process that up starts under the lifecycle supervisor) and reports READY on its
 serial console (stdio, which libvirt's virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses
-the ACPI power button and the
-guest powers itself off. Afterwards the marker is in the image, the domain is defined but shut off
-(the engine's down keeps the definition) and no QEMU or device model of it is left."""
+the ACPI power button and the guest powers itself off. Afterwards the marker is in the image, the domain
+is defined but shut off (the engine's down keeps the definition) and no QEMU or device model of it is left."""
 
 from __future__ import annotations
 
@@ -76,7 +75,8 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
 
     def run(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, timeout=TIMEOUT + 30, env=env)
-        assert proc.returncode == 0, f"acrnmgr {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0 or (args[0] == "status" and proc.returncode == 3), \
+            f"acrnmgr {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
 
     def console_text() -> str:

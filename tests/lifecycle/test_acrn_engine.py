@@ -119,7 +119,7 @@ def test_crash_is_reported_with_exit_code_and_log(acrn_env):
     assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
     st = acrn_env.status("vm1")
     assert st["exit_code"] == 1 and any("simulated device model crash" in line for line in st["log"])
-    text = acrn_env.run("status", "vm1").stdout
+    text = acrn_env.run("status", "vm1", check=False).stdout
     assert "crashed" in text and "exit code 1" in text
     # A crashed VM can be started again.
     acrn_env.up(acrn_env.spec())
@@ -205,7 +205,8 @@ def _which_iasl():
 def test_unknown_vm_is_a_clear_error(acrn_env):
     for args in (["status", "nosuch"], ["down", "nosuch"], ["logs", "nosuch"]):
         proc = acrn_env.run(*args, check=False)
-        assert proc.returncode == 1 and "no VM named nosuch" in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.returncode == (4 if args[0] == "status" else 1)  # status: 4 as systemctl, no such unit
+        assert "no VM named nosuch" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_argv_fails_the_start_with_the_log(acrn_env):
@@ -316,13 +317,13 @@ def test_status_says_how_the_vm_process_ended(acrn_env):
     acrn_env.up(acrn_env.spec(), "--wait-ready")
     os.kill(acrn_env.status("vm1")["pid"], signal.SIGKILL)
     assert wait_until(lambda: acrn_env.status("vm1")["state"] == "crashed", 10)
-    assert "killed by SIGKILL (signal 9)" in acrn_env.run("status", "vm1").stdout
+    assert "killed by SIGKILL (signal 9)" in acrn_env.run("status", "vm1", check=False).stdout
 
     acrn_env.up(acrn_env.spec(), "--wait-ready")
     pid = acrn_env.status("vm1")["pid"]
     os.kill(VmState("vm1", acrn_env.state).read_run().supervisor.pid, signal.SIGKILL)
     assert wait_until(lambda: _pid_gone(pid), 10)
-    text = acrn_env.run("status", "vm1").stdout
+    text = acrn_env.run("status", "vm1", check=False).stdout
     assert "supervisor died" in text and "None" not in text and "exit status unknown" in text, text
 
 

@@ -42,7 +42,7 @@ def test_powerdown_ignored_then_quit(tmp_path):
 
     def run(*args):
         proc = subprocess.run([ACRNMGR, *args], capture_output=True, text=True, env=env, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0 or (args[0] == "status" and proc.returncode == 3), proc.stderr
         return proc
 
     vars_before = (OVMF / "OVMF_VARS.fd").read_bytes()

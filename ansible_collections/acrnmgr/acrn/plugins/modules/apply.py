@@ -32,6 +32,12 @@ options:
         repository (for example C(specs/hosts/{{ inventory_hostname }})).
     type: path
     required: true
+  root:
+    description:
+      - The folder kustomization resources and patches may reach (C(acrnmgr apply --root)); default O(path)
+        itself. Set it to the checkout of the spec repository when O(path) is a per-host overlay whose
+        kustomization names a shared base outside it (C(../../base)).
+    type: path
   prune:
     description:
       - Stop running VMs that no spec in O(path) names any more (C(acrnmgr apply --prune)).
@@ -98,6 +104,7 @@ EXAMPLES = r"""
 - name: Make this host's VMs match its overlay in the spec repository
   acrnmgr.acrn.apply:
     path: /srv/acrn-specs/hosts/{{ inventory_hostname }}
+    root: /srv/acrn-specs
     prune: true
     allow_restart: true
     host_profile: "{{ acrnmgr_host_profile | default(omit) }}"
@@ -105,6 +112,7 @@ EXAMPLES = r"""
 - name: What would change (check mode, with the argv differences)
   acrnmgr.acrn.apply:
     path: /srv/acrn-specs/hosts/{{ inventory_hostname }}
+    root: /srv/acrn-specs
   check_mode: true
   diff: true
 """
@@ -175,6 +183,8 @@ def apply_argv(module, exe, dry_run):
     p = module.params
     argv = [exe, "apply", p["path"], "--output", "json", "--timeout", str(p["timeout"])]
     argv += engine_args(module) + host_args(module)
+    if p.get("root"):
+        argv += ["--root", p["root"]]
     if p["prune"]:
         argv.append("--prune")
     if p["allow_restart"]:
@@ -213,6 +223,7 @@ def diffs(changes):
 def main():
     argument_spec = dict(
         path=dict(type="path", required=True),
+        root=dict(type="path"),
         prune=dict(type="bool", default=False),
         allow_restart=dict(type="bool", default=False),
         wait=dict(type="bool", default=False),

@@ -175,7 +175,7 @@ def spec_folder(module):
         if not os.path.isfile(path):
             module.fail_json(msg="spec %s: no such file on the target" % spec)
         with open(os.path.join(folder, "kustomization.yaml"), "w") as f:
-            f.write("resources: [%s]\n" % json.dumps(path))
+            f.write("resources: [%s]\n" % json.dumps(os.path.relpath(path, folder)))
     else:
         module.fail_json(msg="spec is the path of a spec file or a mapping, not %s" % type(spec).__name__)
     return folder
@@ -183,7 +183,8 @@ def spec_folder(module):
 
 def started(module, exe):
     p = module.params
-    argv = [exe, "apply", spec_folder(module), "--output", "json", "--timeout", str(p["timeout"])]
+    # --root /: the kustomization this module wrote names the spec file the playbook gave, wherever it is
+    argv = [exe, "apply", spec_folder(module), "--root", "/", "--output", "json", "--timeout", str(p["timeout"])]
     argv += engine_args(module) + host_args(module)
     if p["allow_restart"]:
         argv.append("--allow-restart")
