@@ -245,3 +245,14 @@ def test_systemd_refuses_a_spec_path_with_control_characters(tmp_path, name):
     result, out, took = _invoke(["systemd", str(tmp_path / "ok.yaml"), "--dir", str(tmp_path / "units"),
                                  "--connect", "qemu:///system\nExecStartPre=/bin/false"])
     _assert_clean_failure(args, result, out, took)
+
+
+@pytest.mark.parametrize("suffix,text", [(".yaml", f"'{SECRET}': 1\n'{SECRET}': 2\n"),
+                                         (".json", f'{{"{SECRET}": 1, "{SECRET}": 2}}\n'),
+                                         (".yaml", f"apiVersion: acrnmgr/v1\n'{SECRET}': 1\n'{SECRET}': 2\n")])
+def test_duplicate_keys_that_are_not_names_are_not_quoted(tmp_path, suffix, text):
+    f = tmp_path / f"x{suffix}"
+    f.write_text(text)
+    result, out, took = _invoke(["validate", str(f)])
+    _assert_clean_failure(["validate"], result, out, took)
+    assert "duplicate key" in out
