@@ -25,6 +25,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+MAX_SECONDS = 86400.0
+
+
+def seconds(value: float) -> float:
+    """A --timeout: finite, 0 to a day (nan, inf and 1e400 are usage errors, not a traceback later)."""
+    import math
+
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise typer.BadParameter(f"{value} is not a number of seconds from 0 to {MAX_SECONDS:g}")
+    return value
+
+
 def load_host(path: Optional[Union[str, Path]]) -> "HostProfile":
     """The profile in `path` (--host FILE), or the live machine's when no file is given.
     A bad profile file is a clean exit 1."""

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, fail, load_host
+from acrnmgr.cli.common import OutputFormat, fail, load_host, seconds
 from acrnmgr.lifecycle.engine import EngineChoice
 
 
@@ -183,7 +183,7 @@ def apply(
     allow_restart: bool = typer.Option(False, "--allow-restart", help="Restart VMs whose spec changed."),
     prune: bool = typer.Option(False, "--prune", help="Stop running VMs that no spec names any more."),
     wait: bool = typer.Option(False, "--wait", help="Block until every started VM runs (or has failed)."),
-    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", callback=seconds,
                                   help="Graceful shutdown timeout for update/prune."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", help="text (a table) or json."),
     host: Optional[Path] = typer.Option(None, "--host", metavar="HOST.yaml", help="Host profile instead of probing."),

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, fail, load_host
+from acrnmgr.cli.common import OutputFormat, fail, load_host, seconds
 from acrnmgr.lifecycle.engine import EngineChoice
 
 _ENGINE_HELP = ("acrn (acrn-dm on an ACRN Service VM), qemu, libvirt (a libvirt domain; see --connect), or auto: "
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
     def down(
         names: List[str] = typer.Argument(None, metavar="NAME", help="VM names.", autocompletion=_complete_names),
         all_: bool = typer.Option(False, "--all", help="Stop every VM acrnmgr started (and the --connect URI's)."),
-        timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+        timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", callback=seconds,
                                       help="Seconds to wait for a graceful shutdown before forcing."),
         force: bool = typer.Option(False, "--force", help="Skip the graceful shutdown."),
         engine: EngineChoice = typer.Option("auto", "--engine", help=_FOUND_HELP),
@@ -263,7 +263,8 @@ def register(app: typer.Typer) -> None:
         engine: EngineChoice = typer.Option("auto", "--engine", help=_ENGINE_HELP),
         connect: Optional[str] = typer.Option(None, "--connect", metavar="URI", help=_CONNECT_HELP),
         unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--dir", help="Where to write the unit."),
-        timeout: float = typer.Option(60.0, "--timeout", help="Graceful shutdown timeout for `down` at stop."),
+        timeout: float = typer.Option(60.0, "--timeout", callback=seconds,
+                                      help="Graceful shutdown timeout for `down` at stop."),
     ) -> None:
         """Write a systemd unit that runs `up` at boot and `down` at shutdown (the role of acrnd)."""
         from acrnmgr.lifecycle import systemd as systemd_mod

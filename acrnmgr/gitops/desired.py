@@ -262,8 +262,9 @@ class _Folder:
                 try:
                     mode = os.stat(path).st_mode
                 except OSError as exc:
-                    self.error(path, "cannot read: " + ("a dangling symlink" if isinstance(exc, FileNotFoundError)
-                                                        else _why(exc)))
+                    if not entry.name.startswith("."):  # hidden files are not read (an editor's .#x.yaml lock)
+                        self.error(path, "cannot read: " + ("a dangling symlink" if isinstance(exc, FileNotFoundError)
+                                                            else _why(exc)))
                     continue
                 relevant = stat.S_ISDIR(mode) or path.suffix in SPEC_SUFFIXES
                 if relevant and entry.is_symlink() and not self.inside(path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
+from acrnmgr.lifecycle.errors import LifecycleError
 from acrnmgr.spec.validation import load_spec
 
 
@@ -46,6 +48,10 @@ WantedBy=multi-user.target
 
 
 def write_unit(spec_file: Path, engine: str, connect: str | None, unit_dir: Path, timeout: float) -> Path:
+    for what, value in (("the spec's path", os.path.realpath(spec_file)), ("--connect", connect or "")):
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            # A newline would end the ExecStart= line and start a directive of its own.
+            raise LifecycleError(f"{what} {value!r} holds a control character, which a systemd unit cannot hold")
     spec = load_spec(spec_file)
     path = Path(unit_dir) / f"acrnmgr-{spec.name}.service"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -218,6 +218,14 @@ def _too_big(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS
 
 
+_KEY_LIKE = re.compile(r"[A-Za-z0-9_./-]{1,63}")
+
+
+def _shown_key(key: str) -> str:
+    """A key as a message quotes it; one that no spec could hold (a line of /etc/shadow) is not shown."""
+    return f"`{key}`" if _KEY_LIKE.fullmatch(key) else "(a key that is not a name; not shown)"
+
+
 def _char_at(text: str, line: int, column: int) -> str:
     lines = text.split("\n", line + 1)
     return lines[line][column:column + 1] if line < len(lines) else ""
@@ -352,8 +360,9 @@ class _YamlParser:
             kpath = path + (key,)
             if key in first_seen:
                 prev = first_seen[key]
-                self._problem(key_node.start_mark, f"duplicate key `{key}` (first given at line {prev.line + 1})",
-                              kpath, "remove one of them")
+                self._problem(key_node.start_mark,
+                              f"duplicate key {_shown_key(key)} (first given at line {prev.line + 1})",
+                              kpath if _KEY_LIKE.fullmatch(key) else path, "remove one of them")
                 continue
             first_seen[key] = key_node.start_mark
             self.positions.keys[kpath] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -508,8 +517,8 @@ class _JsonParser:
             kpath = path + (key,)
             if key in first:
                 self.problems.append(Diagnostic(
-                    self.filename, *key_pos, format_path(kpath),
-                    f"duplicate key `{key}` (first given at line {first[key][0]})", "remove one of them"))
+                    self.filename, *key_pos, format_path(kpath if _KEY_LIKE.fullmatch(key) else path),
+                    f"duplicate key {_shown_key(key)} (first given at line {first[key][0]})", "remove one of them"))
                 saved = self.positions.values.get(kpath)
                 _, i = self._value(i, kpath)
                 if saved:

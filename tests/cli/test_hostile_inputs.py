@@ -218,3 +218,41 @@ def test_a_file_that_is_not_a_spec_is_never_quoted_by_validate(tmp_path, text):
     result, out, took = _invoke(["validate", str(f)])
     _assert_clean_failure(["validate"], result, out, took)
     assert "not a VM spec" in out
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1", "1e400", "1e10"])
+@pytest.mark.parametrize("command", [["down", "novm"], ["down", "--all"], ["systemd", "{ok}", "--dir", "{tmp}/u"],
+                                     ["apply", "{tmp}", "--dry-run"]])
+def test_timeouts_must_be_finite_seconds(tmp_path, monkeypatch, command, value):
+    monkeypatch.setenv("ACRNMGR_STATE_DIR", str(tmp_path / "state"))
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(HEAD)
+    args = [a.format(ok=ok, tmp=tmp_path) for a in command] + ["--timeout", value]
+    result, out, took = _invoke(args)
+    _assert_clean_failure(args, result, out, took)
+    assert result.exit_code == 2 and "seconds" in out, out
+
+
+@pytest.mark.parametrize("name", ["vm.yaml\nExecStartPre=false", "vm\x1b.yaml"])
+def test_systemd_refuses_a_spec_path_with_control_characters(tmp_path, name):
+    spec = tmp_path / name
+    spec.write_text(HEAD)
+    args = ["systemd", str(spec), "--dir", str(tmp_path / "units")]
+    result, out, took = _invoke(args)
+    _assert_clean_failure(args, result, out, took)
+    assert not (tmp_path / "units").exists() or not list((tmp_path / "units").iterdir())
+    (tmp_path / "ok.yaml").write_text(HEAD)
+    result, out, took = _invoke(["systemd", str(tmp_path / "ok.yaml"), "--dir", str(tmp_path / "units"),
+                                 "--connect", "qemu:///system\nExecStartPre=/bin/false"])
+    _assert_clean_failure(args, result, out, took)
+
+
+@pytest.mark.parametrize("suffix,text", [(".yaml", f"'{SECRET}': 1\n'{SECRET}': 2\n"),
+                                         (".json", f'{{"{SECRET}": 1, "{SECRET}": 2}}\n'),
+                                         (".yaml", f"apiVersion: acrnmgr/v1\n'{SECRET}': 1\n'{SECRET}': 2\n")])
+def test_duplicate_keys_that_are_not_names_are_not_quoted(tmp_path, suffix, text):
+    f = tmp_path / f"x{suffix}"
+    f.write_text(text)
+    result, out, took = _invoke(["validate", str(f)])
+    _assert_clean_failure(["validate"], result, out, took)
+    assert "duplicate key" in out

@@ -273,3 +273,11 @@ def test_apply_prune_never_prunes_what_it_could_not_read(acrn_env, kind):  # noq
     assert "nothing was changed" in proc.stderr and "Traceback" not in proc.stderr
     assert env.status("db")["state"] == "running"
     assert env.status("web")["state"] == "running"
+
+
+def test_an_editor_lock_file_is_not_an_error(tmp_path):
+    """Emacs keeps `.#web.yaml` as a dangling symlink while web.yaml is edited: hidden, never read."""
+    (tmp_path / "web.yaml").write_text(vm("web"))
+    (tmp_path / ".#web.yaml").symlink_to("root@host.1234:1700000000")
+    desired = load_desired(tmp_path)
+    assert desired.errors == [] and [v.name for v in desired.vms] == ["web"]
