@@ -20,7 +20,10 @@ from functools import partial
 from typing import Callable
 
 from acrnmgr.gitops.desired import DesiredSet
-from acrnmgr.lifecycle.engine import Engine
+from acrnmgr.lifecycle.engine import Engine, known_vms
+from acrnmgr.lifecycle.errors import LifecycleError
+from acrnmgr.lifecycle.state import state_root
+from acrnmgr.spec.diagnostics import SpecError
 
 ACTIVE = ("running", "degraded", "starting", "unsupervised")
 Progress = Callable[[str], None]
@@ -53,9 +56,6 @@ class Live:
 def live_vms(engine: Engine | None) -> dict[str, Live]:
     """The VMs the engines know (see acrnmgr.lifecycle.engine.known_vms) with their status. A VM whose
     state cannot be read is left out: starting it again reports why."""
-    from acrnmgr.lifecycle.engine import known_vms
-    from acrnmgr.lifecycle.errors import LifecycleError
-
     out = {}
     for vm in known_vms(engine):
         if vm.engine is None:
@@ -69,9 +69,6 @@ def live_vms(engine: Engine | None) -> dict[str, Live]:
 
 def _lines(what: Callable[[], list[str]]) -> list[str]:
     """Launch lines, or the reason there are none in their place."""
-    from acrnmgr.lifecycle.errors import LifecycleError
-    from acrnmgr.spec.diagnostics import SpecError
-
     try:
         return what()
     except (LifecycleError, SpecError) as exc:
@@ -122,8 +119,6 @@ def make_plan(desired: DesiredSet, engine: Engine, host, *, explicit: bool = Tru
 
 @contextmanager
 def apply_lock(progress: Progress):
-    from acrnmgr.lifecycle.state import state_root
-
     root = state_root()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(root / "apply.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -140,9 +135,6 @@ def apply_lock(progress: Progress):
 
 def execute(changes: list[Change], desired: DesiredSet, host=None, wait: bool = False, timeout: float = 30.0,
             progress: Progress = lambda m: None) -> list[Change]:
-    from acrnmgr.lifecycle.errors import LifecycleError
-    from acrnmgr.spec.diagnostics import SpecError
-
     by_name = {vm.name: vm for vm in desired.vms}
     for c in changes:
         if c.action == "unchanged":

@@ -28,23 +28,22 @@ leave out, in gitignore syntax."""
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from acrnmgr.devices import vm_from_spec
 from acrnmgr.host import HostProfile
+from acrnmgr.inputs import InputError, read_input, read_input_text
 from acrnmgr.model import VmSpec
-from acrnmgr.spec.diagnostics import Diagnostic, SpecError
-
-if TYPE_CHECKING:
-    from acrnmgr.spec.loader import Spec
+from acrnmgr.spec.diagnostics import Diagnostic, SpecError, type_name
+from acrnmgr.spec.loader import Spec, decode_bytes
+from acrnmgr.spec.validation import load_spec_text
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml")
@@ -304,17 +303,11 @@ def _why(exc: OSError) -> str:
 
 
 def _kind(value) -> str:
-    from acrnmgr.spec.diagnostics import type_name
-
     return type_name(value)
 
 
 def _load_docs(path: Path, host, out: DesiredSet, named: bool = False) -> list[tuple[str, Spec]]:
     """[(source label, Spec)] for one file; `named`: a kustomization names it, so it must be a VM spec."""
-    from acrnmgr.inputs import InputError, read_input
-    from acrnmgr.spec.loader import decode_bytes
-    from acrnmgr.spec.validation import load_spec_text
-
     try:
         text = decode_bytes(read_input(path), str(path))
     except SpecError:
@@ -354,7 +347,6 @@ def _read_yaml(path: Path):
     """(data, None) or (None, (message, line)) for a kustomization or a patch file."""
     import yaml
 
-    from acrnmgr.inputs import InputError, read_input_text
 
     try:
         return yaml.safe_load(read_input_text(path)), None
@@ -368,8 +360,6 @@ def _read_yaml(path: Path):
 
 
 def _overlay(kfile: Path, host, out: DesiredSet, claimed: set[Path], folder: _Folder) -> list[Desired]:
-    from acrnmgr.spec.validation import load_spec_text
-
     def err(message: str, line: int = 1) -> None:
         out.errors.append(Diagnostic(str(kfile), line, 1, "$", message))
 

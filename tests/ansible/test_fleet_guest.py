@@ -78,7 +78,7 @@ def test_example_playbook_rollout(ansible, tmp_path, guest):
         return out, out.recap()["changed"], vms
 
     def status(name: str) -> dict:
-        return json.loads(ansible.acrnmgr("status", name, "--output", "json").stdout)
+        return json.loads(ansible.acrnmgr("status", name, "--output", "json", code=None).stdout)  # 3: not running
 
     out, changed, vms = play()
     assert changed == 1 and vms == {"fleet1": "create -> running", "fleet2": "create -> running"}, out.out

@@ -88,12 +88,20 @@ def test_create_update_prune(tmp_path, guest):
         assert st["state"] == "running"
         assert "384" in (tmp_path / "state" / "gitops1" / "argv").read_text()
 
+        # A folder left with no spec is an error, not a reason to prune everything; the VM keeps running.
+        text = spec.read_text()
         spec.unlink()
-        c = apply()["gitops1"]
-        assert (c["action"], c["result"]) == ("prune", "skipped")
+        empty = run("apply", str(specs), "--engine", "qemu", "--host", str(host), "--prune", code=1)
+        assert "no VM specs" in empty.stderr and "nothing was changed" in empty.stderr
+        assert json.loads(run("status", "gitops1", "--output", "json").stdout)["state"] == "running"
+        (specs / "disk2.img").write_bytes(bytes(8 << 20))
+        (specs / "gitops2.yaml").write_text(text.replace("gitops1", "gitops2").replace("disk.img", "disk2.img"))
+        changes = apply("--wait")
+        assert (changes["gitops1"]["action"], changes["gitops1"]["result"]) == ("prune", "skipped")
+        assert (changes["gitops2"]["action"], changes["gitops2"]["result"]) == ("create", "done")
         c = apply("--prune")["gitops1"]
         assert (c["action"], c["result"]) == ("prune", "done")
         assert json.loads(run("status", "gitops1", "--output", "json").stdout)["state"] == "stopped"
-        assert apply() == {}
+        assert set(apply()) == {"gitops2"}
     finally:
         subprocess.run([ACRNMGR, "down", "--all", "--force", "--timeout", "1"], env=env, capture_output=True)

@@ -99,6 +99,7 @@ def statuses(module, exe):
     """{name: state} of every VM acrnmgr knows on the target (the engine's, with --connect)."""
     argv = [exe, "status", "--output", "json"] + engine_args(module, with_engine=module.params["engine"] != "auto")
     rc, data, err = run(module, argv, check_rc=False)
-    if rc != 0 or not isinstance(data, list):
+    # `status` exits as `systemctl is-active` does: 3 when some VM does not run; its JSON is the same
+    if rc not in (0, 3) or not isinstance(data, list):
         return {}
     return dict((st.get("name"), st.get("state")) for st in data if isinstance(st, dict))

@@ -219,9 +219,10 @@ def status(module, exe, name):
     """The VM's state, or None when acrnmgr does not know it."""
     argv = [exe, "status", name, "--output", "json"] + engine_args(module, module.params["engine"] != "auto")
     rc, data, err = run(module, argv, check_rc=False)
-    if rc != 0:
-        if "no VM named" in err:
-            return None
+    # exit codes as `systemctl is-active`: 0 runs, 3 does not run (the JSON says how), 4 no such VM
+    if rc == 4 or (rc != 0 and "no VM named" in err):
+        return None
+    if rc not in (0, 3):
         run(module, argv)  # fails the task with acrnmgr's message
     return data.get("state") if isinstance(data, dict) else None
 
