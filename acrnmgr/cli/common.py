@@ -48,3 +48,23 @@ def load_host(path: Optional[Union[str, Path]]) -> "HostProfile":
         return HostProfile.from_file(path)
     except HostProfileError as exc:
         fail(str(exc))
+
+
+def planning_host(profile: Optional["HostProfile"], engine: str) -> tuple["HostProfile", str, bool]:
+    """(host, engine, live) to plan with: an explicit profile as given, else this machine's; `auto` resolved as
+    `up` resolves it; on this machine, the qemu engine probes KVM as `up` does (/dev/kvm may open and still not
+    run a vCPU under a nested hypervisor; QEMU then runs TCG, and a warning says so)."""
+    from acrnmgr.host import HostProfile
+    from acrnmgr.plan import resolve_engine
+
+    live = profile is None
+    host = profile if profile is not None else HostProfile.detect()
+    engine = resolve_engine(engine, host)
+    if live and engine == "qemu":
+        from acrnmgr.lifecycle.accel import with_usable_kvm
+        from acrnmgr.paths import state_root
+
+        host, fallback = with_usable_kvm(host, state_root())
+        if fallback:
+            typer.echo(f"warning: {fallback}", err=True)
+    return host, engine, live

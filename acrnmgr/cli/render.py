@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, load_host
+from acrnmgr.cli.common import OutputFormat, load_host, planning_host
 
 
 class RenderFormat(str, enum.Enum):
@@ -42,8 +42,7 @@ def _fail(lines) -> None:
 def make_cli_plan(file: str, host: Optional[str], target_version: str, engine: str, check_paths: bool) -> Any:
     """Load, validate and plan one spec as the CLI does; spec errors exit 1 with every diagnostic."""
     from acrnmgr.devices import vm_from_spec
-    from acrnmgr.host import HostProfile
-    from acrnmgr.plan import make_plan, resolve_engine
+    from acrnmgr.plan import make_plan
     from acrnmgr.spec.diagnostics import SpecError
     from acrnmgr.spec.validation import load_spec
 
@@ -56,18 +55,8 @@ def make_cli_plan(file: str, host: Optional[str], target_version: str, engine: s
         _fail(exc.diagnostics)
     for warning in spec.warnings:
         typer.echo(str(warning), err=True)
-    live = profile is None
-    profile = profile if profile is not None else HostProfile.detect()
-    engine = resolve_engine(engine, profile)
-    if live and engine == "qemu":
-        # As `up` does: /dev/kvm may open and still not run a vCPU (nested hypervisors); then QEMU runs TCG.
-        from acrnmgr.lifecycle.accel import with_usable_kvm
-        from acrnmgr.paths import state_root
-
-        profile, fallback = with_usable_kvm(profile, state_root())
-        if fallback:
-            typer.echo(f"warning: {fallback}", err=True)
-    return make_plan(vm_from_spec(spec), profile, engine, target_version, live_host=live)
+    planned_host, planned_engine, live = planning_host(profile, engine)
+    return make_plan(vm_from_spec(spec), planned_host, planned_engine, target_version, live_host=live)
 
 
 def render(

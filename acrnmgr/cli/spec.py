@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, load_host
+from acrnmgr.cli.common import OutputFormat, load_host, planning_host
 
 
 class ValidateEngine(str, enum.Enum):
@@ -79,18 +79,16 @@ def _mac_collisions(docs, diagnostics) -> list:
 def _plan_diagnostics(docs, diagnostics, profile, engine: str) -> list:
     """What the one planner says of each VM that passed validation, on the chosen engine."""
     from acrnmgr.devices import vm_from_spec
-    from acrnmgr.host import HostProfile
-    from acrnmgr.plan import make_plan, resolve_engine
+    from acrnmgr.plan import make_plan
     from acrnmgr.spec.loader import spec_from_document
 
-    live = profile is None
-    host = profile if profile is not None else HostProfile.detect()
+    host, engine, live = planning_host(profile, engine)
     failed = {d.file for d in diagnostics if d.is_error}
     out = []
     for doc in docs:
         if doc.filename in failed:
             continue
-        plan = make_plan(vm_from_spec(spec_from_document(doc)), host, resolve_engine(engine, host), live_host=live)
+        plan = make_plan(vm_from_spec(spec_from_document(doc)), host, engine, live_host=live)
         out += plan.errors + plan.warnings
     return out
 
