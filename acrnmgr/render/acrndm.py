@@ -14,7 +14,9 @@ from acrnmgr.spec.loader import Spec
 
 
 @dataclass(frozen=True)
-class DevicePlan:
+class DeviceRow:
+    """One device of a rendered acrn-dm plan, as `render --format json` and `plan --output json` show it."""
+
     index: int  # position in spec.devices
     name: str
     type: str
@@ -35,7 +37,7 @@ class Compiled:
     engine: str
     target_version: str
     argv: list[str]
-    devices: list[DevicePlan]
+    devices: list[DeviceRow]
     taps: list[str]  # tap interfaces to create and attach to `bridge`
     bridge: str
     cpus: list[int]  # LAPIC IDs (v3.x) the launch script offlines (an RTVM's: plan.acrn.offline_cpus)
@@ -60,7 +62,7 @@ class Compiled:
 
 def render_acrndm(plan: Plan) -> Compiled:
     """The acrn-dm side of a plan (for another engine: the device table only, with an empty argv)."""
-    rows = [DevicePlan(**d) for d in plan.devices_dict()]
+    rows = [DeviceRow(**d) for d in plan.devices_dict()]
     launch = plan.acrn
     vm = plan.vm
     if launch is None:
