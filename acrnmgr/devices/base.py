@@ -343,7 +343,34 @@ def parse_bdf(text: str) -> tuple[int, int, int, int]:
     return domain, bus, dev, func
 
 
-class VirtioDevice(Device):
+class DeviceKind(Device):
+    """What a device kind does where it has nothing of its own to say (each kind module overrides the rest)."""
+
+    # The domain elements this kind reads back (tags), and how: from_libvirt returns True when it took the
+    # element (having added a device or said why it skipped it), False to leave it to another kind.
+    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ()
+
+    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        return ""
+
+    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
+        ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
+
+    def missing_on_host(self) -> str | None:
+        """Why this device cannot run on this machine (a host probe), or None."""
+        return None
+
+    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
+        """Write this device's domain element; returns its acrnmgr-only fields, or None when the domain has no
+        element for it (the device is then kept whole in the acrnmgr metadata)."""
+        return None
+
+    @classmethod
+    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
+        return False
+
+
+class VirtioDevice(DeviceKind):
     """A virtio device kind.  Class attributes say what serves it:
 
     - ``ACRN_MODE``: the one transport acrn-dm's own device offers (``legacy``: PIO BAR0, ``modern``: MMIO BAR4);
@@ -438,16 +465,6 @@ class VirtioDevice(Device):
         return Choice("vbs-u", f"QEMU's user-space {self.KIND}")
 
     # -- renderers -------------------------------------------------------------------------------------------
-    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
-        return ""
-
-    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
-
-    def missing_on_host(self) -> str | None:
-        """Why this device cannot run on this machine (a host probe), or None."""
-        return None
-
     def libvirt_extra(self) -> tuple[dict[str, Any], str]:
         """The acrnmgr-only fields every virtio element carries in the metadata, and its libvirt model."""
         extra = {k: self.raw[k] for k in ("backend",) if k in self.raw}
@@ -455,21 +472,9 @@ class VirtioDevice(Device):
             extra["mode"] = "legacy"  # libvirt has no legacy-only virtio model
         return extra, LIBVIRT_MODEL.get(self.mode or "", "virtio")
 
-    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
-        """Write this device's domain element; returns its acrnmgr-only fields, or None when the domain has no
-        element for it (the device is then kept whole in the acrnmgr metadata)."""
-        return None
-
-    # The domain elements this kind reads back (tags), and how: from_libvirt returns True when it took the
-    # element (having added a device or said why it skipped it), False to leave it to another kind.
-    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
-        return False
 
 
-class EmulatedDevice(Device):
+class EmulatedDevice(DeviceKind):
     """A non-virtio device that acrn-dm emulates itself (or passes through)."""
 
     @classmethod
@@ -491,22 +496,3 @@ class EmulatedDevice(Device):
                           "use the acrn engine")
         return Choice("acrn-dm", f"{self.KIND} is emulated by acrn-dm itself")
 
-    def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
-        return ""
-
-    def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        ctx.diags.error(self.where, f"the qemu engine has no mapping for {self.KIND}")
-
-    def missing_on_host(self) -> str | None:
-        return None
-
-    def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
-        """As VirtioDevice.libvirt."""
-        return None
-
-    LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
-        """As VirtioDevice.from_libvirt."""
-        return False
