@@ -80,8 +80,9 @@ def out_of_tree(config: dict[str, str]) -> list[tuple[str, str, str]]:
     return [driver for driver in VIRTIO_DRIVERS if config.get(driver[1]) not in ("m", "y")]
 
 
-def _inputs_hash(gcc: Path | None) -> str:
+def _inputs_hash(image: GuestImage, gcc: Path | None) -> str:
     h = hashlib.sha256()
+    h.update(b"guest\0" + image.directory.name.encode())  # the layer leaves out what the base already loads
     for name in _INPUTS:
         h.update(name.encode() + b"\0" + (HERE / name).read_bytes())
     if gcc is not None:
@@ -91,14 +92,14 @@ def _inputs_hash(gcc: Path | None) -> str:
 
 
 def gpio_i2c_layer(image: GuestImage, progress: Progress = _progress) -> Path:
-    """The gpio-i2c layer's archive for `image`'s kernel: built once (about 15 s cold, most of it the kernel
+    """The gpio-i2c layer's archive for `image`'s kernel: built once (about 20 s cold, most of it the kernel
     source package's download and the module build), then cached. Raises GuestBuildError on failure."""
     guest = json.loads((image.directory / "manifest.json").read_text())
     pkg, version = guest["package"], guest["version"]
     oot = out_of_tree(kernel_config(image))
     gcc = _host_tool(_compiler(image)) if oot else None
     root = image.directory.parent
-    key = f"{LAYER}_{pkg}_{version}_{_inputs_hash(gcc)}"
+    key = f"{LAYER}_{pkg}_{version}_{_inputs_hash(image, gcc)}"
     dest = root / key
     with open(root / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -243,8 +244,12 @@ def _kernel_sources(root: Path, version: str, paths: list[str], progress: Progre
         for p in paths:
             if (tree / inner / p).stat().st_size > _MAX_SOURCE:
                 raise GuestBuildError(f"{p} in {deb.name} is over {_MAX_SOURCE} bytes")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(tree / inner, folder)
+        try:
+            os.rename(tree / inner, folder)
+        except OSError:
+            # Another build (a layer of another key in this cache) put them there first.
+            if not all((folder / p).is_file() for p in paths):
+                raise
     return folder
 
 
