@@ -113,6 +113,7 @@ class Device:
     backend: str
     mode: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    function: int = 0  # the PCI function of `slot` (acrn-dm's -s <slot>:<func>); only with an explicit slot
 
     @property
     def kind(self) -> str:
@@ -241,7 +242,7 @@ def build_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
 def common_fields(index: int, raw: Mapping[str, Any]) -> dict[str, Any]:
     """The Device base fields of one spec device, schema defaults applied."""
     return {"index": index, "name": raw.get("name"), "slot": raw.get("slot"), "backend": raw.get("backend", "auto"),
-            "mode": raw.get("mode"), "raw": raw}
+            "mode": raw.get("mode"), "raw": raw, "function": raw.get("function", 0)}
 
 
 def memory_bytes(value: int | str) -> int:

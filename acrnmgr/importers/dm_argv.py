@@ -9,6 +9,8 @@ The spec renders back (acrnmgr.render.acrndm) to an argv that is *equivalent*: t
   and `-s 1:0,lpc` are not in the spec (the compiler always adds them); a source without them
   gets a warning, and its normalized argv differs;
 - short/long spellings (`-s`/`--pci_slot`) and `slot` vs `slot:0` are the same thing;
+- a device on function N of a slot keeps it (`slot` and `function`); one on a bus other than 0 stays in
+  extraArgs;
 - virtio-blk's default `writethru` may be written or not;
 - options acrn-dm ignores with a warning (an unknown passthru option) are left out.
 Devices keep their slots: where the automatic assignment (device order, from slot 3) would
@@ -189,8 +191,11 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
         if dev.emul == "igd-lpc":
             continue  # acrn-dm adds it itself with an Intel GPU passthrough
         raw = f"{dev.bus}:{dev.slot}:{dev.func},{dev.emul}" + (f",{dev.config}" if dev.config else "")
-        if dev.bus or dev.func:
-            warnings.append(f"-s {raw}: bus/function other than 0 is not modelled; kept in extraArgs")
+        if dev.bus:
+            # acrn-dm's parser takes buses 0-255, but a spec device sits on bus 0: QEMU's pc machine and
+            # libvirt have no second root bus without extra controllers.
+            warnings.append(f"-s {raw}: a device on PCI bus {dev.bus} is not modelled (spec devices sit on bus 0); "
+                            "kept in extraArgs")
             extra += ["-s", raw]
             continue
         device = _device(dev, warnings)
@@ -198,6 +203,8 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
             warnings.append(f"-s {raw}: {dev.emul} is not modelled by the spec; kept in extraArgs")
             extra += ["-s", raw]
             continue
+        if dev.func:
+            device["slot"], device["function"] = dev.slot, dev.func  # a function needs its slot given
         devices.append(device)
         slots.append(dev.slot)
 

@@ -121,8 +121,8 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
     for slot, emulation in slots.fixed_slots(rtvm):
         argv += ["-s", f"{slot}:0,{emulation}"]
     for plan, config in sorted(((p, a) for p, a in zip(plans, args, strict=True) if p.slot is not None),
-                               key=lambda pa: pa[0].slot or 0):
-        argv += ["-s", f"{plan.slot}:0,{emulation_of(plan)}" + (f",{config}" if config else "")]
+                               key=lambda pa: (pa[0].slot or 0, pa[0].device.function)):
+        argv += ["-s", f"{plan.slot}:{plan.device.function},{emulation_of(plan)}" + (f",{config}" if config else "")]
 
     argv += list(vm.extra_args)
     argv.append(vm.name)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from acrnmgr.devices.base import MAX_SOCKET_PATH, Diagnostics, Helper, QemuArgs, esc
 from acrnmgr.host import HostProfile
 from acrnmgr.model import ElfBoot, KernelBoot, OvmfBoot, VmSpec
+from acrnmgr.plan.slots import multifunction_slots
 
 if TYPE_CHECKING:
     from acrnmgr.plan import DevicePlan
@@ -60,8 +61,10 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
     ctx.sockets.append(str(qmp))
     _boot(vm, ctx)
     _lpc(vm, ctx)
+    ctx.multifunction = multifunction_slots([p.slot for p in plans], [p.device.function for p in plans])
     for p in plans:
         if p.slot is not None and p.backend is not None:
+            ctx.function = p.device.function
             p.device.qemu(ctx, p.slot, p.backend)
     for sock in ctx.sockets:
         if len(sock) > MAX_SOCKET_PATH:
