@@ -94,6 +94,7 @@ class Settings:
     debugexit: bool = False
     virtio_msi: bool = False
     iasl: str | None = None
+    hostbridge: str = "intel"  # intel: acrn-dm's `hostbridge`; amd: `amd_hostbridge` (devicemodel/hw/pci/hostbridge.c)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ def build_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
         debugexit=bool(raw.get("debugexit")),
         virtio_msi=bool(raw.get("virtioMsi")),
         iasl=path("iasl"),
+        hostbridge=raw.get("hostbridge", "intel"),
     )
 
 

@@ -35,7 +35,7 @@ from acrnmgr.render.grammar import (
 )
 from acrnmgr.spec.units import format_size
 
-IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
+IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "amd_hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
 
 
 def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = None,
@@ -83,6 +83,8 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
         spec["console"] = {"lpc": lpc}
 
     devices, slots = _devices(cmd, rtvm, warnings, extra)
+    if any(s.emul == "amd_hostbridge" and (s.bus, s.slot, s.func) == (0, HOSTBRIDGE_SLOT, 0) for s in cmd.slots):
+        settings["hostbridge"] = "amd"
     has_virtio = any(d["type"].startswith("virtio") or d["type"] == "vhost-vsock" for d in devices)
     has_plain_passthru = any(d["type"] == "passthru" and not d.get("gpu") for d in devices)
 
@@ -179,7 +181,7 @@ def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
 
 def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) -> tuple[list[dict], list[int]]:
     present = {s.emul for s in cmd.slots}
-    if "hostbridge" not in present:
+    if not present & {"hostbridge", "amd_hostbridge"}:
         warnings.append("no -s 0:0,hostbridge in the source; acrnmgr always adds it")
     if not rtvm and "lpc" not in present:
         warnings.append("no -s 1:0,lpc in the source; acrnmgr adds it for every non-RTVM")

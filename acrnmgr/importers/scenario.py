@@ -127,6 +127,10 @@ class Board:
                            acrn_dm_version="3.x", vhost_net=True, vhost_vsock=True, net_tun=True,
                            cpu_count=max(1, len(lapic)), lapic_ids=sorted(lapic))
 
+    def amd_cpu(self) -> bool:
+        """The board inspector's processor model names AMD."""
+        return any("AMD" in (m.get("description") or "") for m in self.root.iter("model"))
+
     def pci_class(self, bus: int, dev: int, fn: int) -> str | None:
         for b in self.root.iter("bus"):
             if b.get("type") == "pci" and b.get("address") == f"0x{bus:x}":
@@ -371,6 +375,11 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         if vm not in post:
             result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
                                    "managed by acrn-dm; skipped")
+    if board_xml is not None and board_xml.amd_cpu():
+        # launch_cfg_gen.py writes `hostbridge` whatever the board; acrn-dm also has amd_hostbridge
+        result.warnings.append("the board's processor is AMD, but ACRN's launch script generator always emulates "
+                               "`hostbridge` (PCI vendor NetApp); imported as ACRN writes it: set "
+                               "spec.settings.hostbridge: amd for acrn-dm's amd_hostbridge")
     seen: dict[str, str | None] = {}
     for vm in post:
         name = _text(vm, "name") or f"vm{vm.get('id')}"

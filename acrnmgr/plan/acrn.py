@@ -118,7 +118,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
     for port in vm.lpc:
         argv += ["-l", _lpc(ctx, port)]
 
-    for slot, emulation in slots.fixed_slots(rtvm):
+    for slot, emulation in slots.fixed_slots(rtvm, s.hostbridge):
         argv += ["-s", f"{slot}:0,{emulation}"]
     for plan, config in sorted(((p, a) for p, a in zip(plans, args, strict=True) if p.slot is not None),
                                key=lambda pa: (pa[0].slot or 0, pa[0].device.function)):

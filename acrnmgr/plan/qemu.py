@@ -69,6 +69,9 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
     for sock in ctx.sockets:
         if len(sock) > MAX_SOCKET_PATH:
             diags.error(("spec",), f"socket path too long for AF_UNIX ({len(sock)} > {MAX_SOCKET_PATH}): {sock}")
+    if vm.settings.hostbridge != "intel":
+        diags.warn(("spec", "settings", "hostbridge"), f"hostbridge: {vm.settings.hostbridge} applies to acrn-dm; "
+                   "QEMU's pc machine has its own (i440FX) host bridge")
     if vm.extra_args:
         diags.warn(("spec", "extraArgs"), "spec.extraArgs are acrn-dm arguments; the qemu engine ignores them")
     return QemuLaunch(state_dir, ctx.argv, ctx.helpers, ctx.sockets, ctx.consoles, ctx.copies)

@@ -134,6 +134,11 @@ def assign_slots(devices: Sequence[SlotRequest]) -> tuple[list[int | None], list
     return slots, problems
 
 
-def fixed_slots(rtvm: bool) -> list[tuple[int, str]]:
+# spec.settings.hostbridge -> acrn-dm's emulation on slot 0 (devicemodel/hw/pci/hostbridge.c: amd_hostbridge is
+# the same bridge with AMD's vendor ID 0x1022). ACRN's launch script generator always writes `hostbridge`.
+HOSTBRIDGE_EMULATIONS = {"intel": "hostbridge", "amd": "amd_hostbridge"}
+
+
+def fixed_slots(rtvm: bool, hostbridge: str = "intel") -> list[tuple[int, str]]:
     """The emulations acrn-dm gets on fixed slots regardless of the device list."""
-    return [(HOSTBRIDGE_SLOT, "hostbridge")] + ([] if rtvm else [(LPC_SLOT, "lpc")])
+    return [(HOSTBRIDGE_SLOT, HOSTBRIDGE_EMULATIONS[hostbridge])] + ([] if rtvm else [(LPC_SLOT, "lpc")])

@@ -186,6 +186,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         meta["deviceExtras"] = meta_dev
 
     if flavor == "acrn":
+        if vm.settings.hostbridge != "intel":
+            out.warnings.append(f"settings.hostbridge: {vm.settings.hostbridge}: the ACRN libvirt driver writes its "
+                                "own slot-0 hostbridge; kept in the acrnmgr metadata only")
         compiled = render_acrndm(plan)
         cfg = _sub(root, f"{{{ACRN_NS}}}config")
         if vm.rtvm:
