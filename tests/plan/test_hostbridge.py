@@ -22,15 +22,15 @@ HOST = HostProfile(is_service_vm=True, hsm_device="/dev/acrn_hsm", acrn_dm="/usr
 
 
 def load(settings: str = ""):
-    return load_spec_text(textwrap.dedent(f"""\
+    return load_spec_text(textwrap.dedent("""\
         apiVersion: acrnmgr/v1
         kind: VM
-        metadata: {{name: hb}}
+        metadata: {name: hb}
         spec:
-          cpu: {{affinity: [2]}}
+          cpu: {affinity: [2]}
           memory: 256M
-          boot: {{kernel: {{path: /k}}}}
-          devices: [{{type: virtio-rnd}}]
+          boot: {kernel: {path: /k}}
+          devices: [{type: virtio-rnd}]
         """) + settings, "hb.yaml", check_paths=False, base_dir="/vm")
 
 
