@@ -135,9 +135,16 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
     pm = cmd.get("pm_notify_channel")
     if pm:
         channel, _, flag = pm.partition(",")
-        settings["pmNotifyChannel"] = channel
-        if flag == "allow_trigger_s5":
-            settings["allowTriggerS5"] = True
+        if cmd.version.startswith("3") and channel != "power_button":
+            # what acrn-dm v3 does with it: see acrnmgr.plan.acrn._pm_notify_channel
+            warnings.append(f"--pm_notify_channel {pm}: not imported: acrn-dm v3 cannot act on it ("
+                            + ("no vUART node: --pm_by_vuart is obsolete; v3's S5 goes through the Lifecycle "
+                               "Manager over the hypervisor's S5 vUART" if channel == "uart" else
+                               "the IOC mediator is gone") + ")")
+        else:
+            settings["pmNotifyChannel"] = channel
+            if flag == "allow_trigger_s5":
+                settings["allowTriggerS5"] = True
     if cmd.get("cmd_monitor"):
         settings["cmdMonitor"] = cmd.get("cmd_monitor")
 

@@ -40,7 +40,9 @@ OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
     "--vsbl": ("is obsolete in acrn-dm v3.x (ignored; vSBL boot is gone)",
                "drop it; boot with `boot.ovmf` or `boot.kernel`"),
     "--part_info": ("is obsolete in acrn-dm v3.x (ignored; it belonged to vSBL boot)", "drop it"),
-    "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)", "drop it; use `settings.pmNotifyChannel: uart`"),
+    "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)",
+                      "drop it: in v3 the guest's Lifecycle Manager talks over the hypervisor's S5 vUART, which "
+                      "`acrnmgr down` uses (settings.pmNotifyChannel: uart is for acrn-dm 2.7)"),
     "--lapic_pt": ("is ignored by acrn-dm on its own (only --rtvm enables LAPIC passthrough)",
                    "set `spec.vmType: rtvm`"),
 }
