@@ -323,6 +323,12 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             opts = [f"tap={parts[0]}"] + parts[1:]
             if _text(net, "virtio_framework") == "Kernel based (Virtual Host)":
                 opts.append("vhost")
+                # virtio_net.c reads mac_seed= only right after tap=<name>: behind vhost, acrn-dm ignores it
+                warnings.append(f"virtio-net {parts[0]}: ACRN's generator writes tap={parts[0]},vhost,mac_seed=..., "
+                                "and acrn-dm reads mac_seed= only right after the tap name, so the seed is ignored: "
+                                "the guest's MAC comes from the slot and function alone, the same in every VM with "
+                                "a NIC on that slot. Imported as acrn-dm runs it (kernel vhost, no macSeed); give "
+                                "it `mac:` or `macSeed:` to tell VMs apart")
             # mac_seed takes the rest of acrn-dm's option string, so the generator puts it last.
             opts.append(f"mac_seed={HOST_MAC}-{name}")
             virtual("virtio-net", ",".join(opts))
