@@ -179,3 +179,24 @@ def test_libvirt_export_writes_functions_and_imports_them_back(tmp_path):
         argv = compile_spec(load_spec_text(yaml.safe_dump(back.data), "b.yaml", check_paths=False, base_dir="/vm"),
                             HOST).argv
         assert normalized_argv(argv) == normalized_argv(compile_spec(spec, HOST).argv), flavor
+
+
+def test_libvirt_itself_accepts_the_functions_and_its_xml_imports_back():
+    libvirt = pytest.importorskip("libvirt")
+    spec = load(DEVICES)
+    xml, _warnings = export_domain(spec, HOST, flavor="qemu")
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(xml)  # libvirt's own parser checks the addresses
+        try:
+            normalized = dom.XMLDesc()
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+    back = spec_from_domain(normalized, "d.xml")
+    devices = back.data["spec"]["devices"]
+    assert [(d.get("slot"), d.get("function")) for d in devices if d.get("function")] == [(5, 1), (5, 3)]
+    argv = compile_spec(load_spec_text(yaml.safe_dump(back.data), "b.yaml", check_paths=False, base_dir="/vm"),
+                        HOST).argv
+    assert normalized_argv(argv) == normalized_argv(compile_spec(spec, HOST).argv)
