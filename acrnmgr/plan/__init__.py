@@ -107,8 +107,8 @@ def make_plan(vm: VmSpec, host: HostProfile, engine: str, target_version: str = 
     devices: list[AnyDevice] = list(vm.devices)  # type: ignore[arg-type]
     slots, problems = assign_slots([request_of(d) for d in devices])
     for problem in problems:
-        report = diags.warn if problem.severity == "warning" else diags.error
-        report((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
+        if problem.severity == "error":  # (the spec's checks already warned about the rest)
+            diags.error((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
     if live_host and host.lapic_ids:  # as `up` refuses them: plan on this machine says so too
         shown = ", ".join(map(str, host.lapic_ids[:16])) + (", ..." if len(host.lapic_ids) > 16 else "")
         for i, lapic in enumerate(vm.affinity):
