@@ -68,6 +68,7 @@ XSD_DEFAULTS: tuple[tuple[str, str, str, bool], ...] = (
 )
 # The same for the <hv> parts the generator reads (types.xsd, VMtypes.xsd).
 HV_DEFAULTS: tuple[tuple[str, str, str, bool], ...] = (
+    ("hv/FEATURES", "SCHEDULER", "SCHED_BVT", True),  # config.xsd FeatureOptionsType/SCHEDULER
     (".//IVSHMEM_REGION", "PROVIDED_BY", "Hypervisor", True),  # types.xsd IVSHMEMRegionType/PROVIDED_BY
     (".//IVSHMEM_REGION", "IVSHMEM_SIZE", "2", True),  # types.xsd IVSHMEMRegionType/IVSHMEM_SIZE
     (".//vuart_connection", "type", "pci", True),  # VMtypes.xsd VuartConnectionType/type
