@@ -5,10 +5,11 @@ skipping slots that devices ask for explicitly. The result depends only on the s
 
 A device may also ask for a function of its slot (acrn-dm's `-s <slot>:<func>`, devicemodel/hw/pci/core.c
 pci_parse_slot: functions 0-7 of one slot are separate devices). Several devices then share the slot, one
-per function; such a slot is never given to a device without an explicit slot. A guest finds the functions
-of a slot only through function 0 (Linux's pci_scan_slot stops at an empty function 0, and QEMU refuses
-function N beside a single-function function 0), so a slot used at function N without a device at
-function 0 is reported."""
+per function; such a slot is never given to a device without an explicit slot. acrn-dm sets the
+multi-function bit of function 0's header itself (core.c pci_emul_hdrtype_fixup); QEMU wants
+multifunction=on on function 0. A guest finds the functions of a slot only through function 0 (Linux's
+drivers/pci/probe.c pci_scan_slot stops at an empty function 0), so a slot used at function N without a
+device at function 0 is reported (a warning: acrn-dm starts such a VM)."""
 
 from __future__ import annotations
 
