@@ -449,3 +449,28 @@ def test_a_kernel_vhost_network_imports_and_renders_as_acrn_dm_runs_the_generato
         out.append(str(work / f"{name}.yaml"))
     res = runner.invoke(app, ["validate", "--no-check-paths", *out])
     assert res.exit_code == 1 and "POST_STD_VM3" in res.stderr, res.stderr
+
+
+def test_a_generated_vhost_launch_script_imports_and_renders_what_bash_hands_acrn_dm(tmp_path):
+    """The reference script with the one change launch_cfg_gen.py makes for a kernel vhost network
+    (`vhost` before the seed), run by bash with its helpers stubbed: our render of its import is the
+    same VM to acrn-dm (the ignored seed left out), and gets the MAC acrn-dm derives without a seed."""
+    ref = CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id1.sh"
+    text = ref.read_text()
+    assert "4 virtio-net tap=WaaG,mac_seed=${mac:0:17}-POST_STD_VM1`" in text
+    script = tmp_path / "launch_user_vm_id1.sh"
+    script.write_text(text.replace("tap=WaaG,mac_seed=", "tap=WaaG,vhost,mac_seed="))
+    (imported,) = import_file(script).specs
+    (nic,) = [d for d in imported.data["spec"]["devices"] if d["type"] == "virtio-net"]
+    assert nic["backend"] == "vhost" and "macSeed" not in nic
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = load_spec_text(yaml.safe_dump(imported.data), str(work / "vm.yaml"), check_paths=False, base_dir=work)
+    compiled = compile_spec(spec, Board.load(CORPUS / "boards" / "generic_board.xml").host_profile())
+    assert compiled.ok, compiled.errors
+    assert "4:0,virtio-net,tap=WaaG,vhost" in compiled.argv
+    theirs, _ = run_reference(script, work)
+    assert any(a.startswith("4,virtio-net,tap=WaaG,vhost,mac_seed=") for a in theirs)
+    assert normalized_argv(compiled.argv) == normalized_argv(absolute_disks(theirs, work))
+    (device,) = vm_from_spec(spec).devices_of(VirtioNet)
+    assert device.qemu_mac("POST_STD_VM1", 4) == acrn_mac(4, 0, None)
