@@ -248,8 +248,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                            "refuses; give <memory><size> in MiB")
     params += ["-m", f"{size}M"]
     if hv is not None and _text(hv, ".//SSRAM_ENABLED") == "y" and rtvm:
-        warnings.append("SSRAM_ENABLED: the generator adds a bare --ssram, which acrn-dm v3.x rejects "
-                        "(it needs a buffer layout); set settings.ssram yourself")
+        # launch_cfg_gen.py compares the <SSRAM_ENABLED> element itself (not its text) with "y", so it never
+        # writes --ssram; a bare --ssram would be refused anyway (v3 wants a buffer layout)
+        warnings.append("SSRAM_ENABLED: not passed to acrn-dm (ACRN's generator writes no --ssram, and acrn-dm "
+                        "v3's --ssram needs a buffer layout the scenario does not give); set settings.ssram "
+                        "yourself")
     if _text(vm, "vbootloader") == "y":
         params += ["--ovmf", OVMF_DEFAULT]
     if not rtvm:
@@ -347,9 +350,9 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                                 "image, or import with --base-dir DIR (where the script runs)")
             virtual("virtio-blk", block)
         for gpu in virtio.findall("gpu"):
-            kind = _text(gpu, "display_type")
-            if not kind:
-                continue
+            if gpu.find("display_type") is None:
+                continue  # the generator takes only gpu[./display_type]
+            kind = _text(gpu, "display_type") or ""
             opts = []
             for disp in gpu.findall("displays/display"):
                 if kind == "Window":
@@ -366,7 +369,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         for cid in _texts(virtio, "vsock"):
             virtual("vhost-vsock", f"cid={cid}")
 
-    bdf_re = re.compile(r"([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])")
+    bdf_re = re.compile(r"([0-9a-f]{2}):([0-1][0-9a-f]).([0-7])")  # the generator's own (its `.` is any char)
     intr_monitor = False
     for text in _texts(vm, "pci_devs/pci_dev"):
         m = bdf_re.match(text)

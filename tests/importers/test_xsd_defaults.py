@@ -131,3 +131,12 @@ def test_the_generator_argv_itself_gets_the_defaults():
     assert vm.find("lapic_passthrough") is None  # minOccurs 0: not created
     argv = scenario_argv(root, vm, Board.load(BOARD), [])
     assert "3,passthru,4/0/0,enable_ptm" in slots(argv)
+
+
+def test_a_gpu_with_an_empty_display_type_still_takes_its_slot_as_the_generator_does(tmp_path):
+    # launch_cfg_gen.py adds every virtio_devices/gpu[./display_type], a bare one included (which acrn-dm
+    # cannot start: not imported, but the next device's slot is the generator's)
+    body = f"{MEM}<virtio_devices><gpu><display_type/></gpu><vsock>5</vsock></virtio_devices>"
+    result = imported(tmp_path, body)
+    assert "4,vhost-vsock,cid=5" in slots(argv_of(result))
+    assert any("virtio-gpu" in w and "not imported" in w for w in result.specs[0].warnings)
