@@ -94,6 +94,7 @@ class Settings:
     debugexit: bool = False
     virtio_msi: bool = False
     iasl: str | None = None
+    hostbridge: str = "intel"  # intel: acrn-dm's `hostbridge`; amd: `amd_hostbridge` (devicemodel/hw/pci/hostbridge.c)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Device:
     backend: str
     mode: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    function: int = 0  # the PCI function of `slot` (acrn-dm's -s <slot>:<func>); only with an explicit slot
 
     @property
     def kind(self) -> str:
@@ -235,13 +237,14 @@ def build_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
         debugexit=bool(raw.get("debugexit")),
         virtio_msi=bool(raw.get("virtioMsi")),
         iasl=path("iasl"),
+        hostbridge=raw.get("hostbridge", "intel"),
     )
 
 
 def common_fields(index: int, raw: Mapping[str, Any]) -> dict[str, Any]:
     """The Device base fields of one spec device, schema defaults applied."""
     return {"index": index, "name": raw.get("name"), "slot": raw.get("slot"), "backend": raw.get("backend", "auto"),
-            "mode": raw.get("mode"), "raw": raw}
+            "mode": raw.get("mode"), "raw": raw, "function": raw.get("function", 0)}
 
 
 def memory_bytes(value: int | str) -> int:

@@ -127,7 +127,8 @@ def plan(
 def format_plan(plan: Any) -> str:
     rows = [("DEVICE", "TYPE", "SLOT", "BACKEND", "WHY")]
     for d in plan.devices:
-        rows.append((d.name, d.kind, "-" if d.slot is None else str(d.slot), d.backend or "-", d.reason))
+        slot = "-" if d.slot is None else f"{d.slot}:{d.device.function}" if d.device.function else str(d.slot)
+        rows.append((d.name, d.kind, slot, d.backend or "-", d.reason))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = ["  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] for r in rows]
     head = f"{plan.name}: {len(plan.devices)} device(s), engine {plan.engine}"

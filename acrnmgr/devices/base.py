@@ -137,6 +137,19 @@ class QemuArgs:
     sockets: list[str] = field(default_factory=list)  # every unix socket to remove after stop
     consoles: list[dict[str, Any]] = field(default_factory=list)  # {"name", "kind": socket|pty|tty, "path"}
     copies: list[tuple[str, str]] = field(default_factory=list)  # (source, per-run copy) made before start
+    function: int = 0  # the PCI function of the device being written (set by the planner for each device)
+    multifunction: set[int] = field(default_factory=set)  # slots with more than one function in use
+
+    def addr(self, slot: int) -> str:
+        """QEMU's PCI address property of the device being written: function 0 of a slot with more
+        functions says multifunction=on (QEMU refuses function N beside a single-function function 0)."""
+        if self.function:
+            return f"addr={slot:#x}.{self.function:#x}"
+        return f"addr={slot:#x}.0x0,multifunction=on" if slot in self.multifunction else f"addr={slot:#x}"
+
+    def node(self, slot: int) -> str:
+        """A QEMU id for the device being written, unique per slot and function."""
+        return f"dev{slot}" + (f"f{self.function}" if self.function else "")
 
     def stdio_socket(self, name: str, chardev_id: str | None = None) -> str:
         """A console that would be stdio under acrn-dm: a unix socket in the state folder, logged."""

@@ -138,7 +138,7 @@ class Passthru(EmulatedDevice):
         return f"host PCI device {self.sysfs_name} does not exist, so it cannot be passed through"
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        ctx.argv += ["-device", f"vfio-pci,host={self.sysfs_name},addr={slot:#x}"]
+        ctx.argv += ["-device", f"vfio-pci,host={self.sysfs_name},{ctx.addr(slot)}"]
 
     LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("hostdev",)
 

@@ -82,7 +82,7 @@ class VhostVsock(VirtioDevice):
         return f"cid={self.cid}"
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},addr={slot:#x}"]
+        ctx.argv += ["-device", f"vhost-vsock-pci,guest-cid={self.cid},{ctx.addr(slot)}"]
 
     LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("vsock",)
 

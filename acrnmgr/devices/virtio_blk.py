@@ -120,7 +120,7 @@ class VirtioBlk(VirtioDevice):
         return ",".join(out)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr, mode = f"dev{slot}", f"addr={slot:#x}", qemu_mode(self)
+        nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
         if backend == "embedded":
             queues = self.mq or 1
             sock = ctx.helper(self, "blk", ["--image", self.path, "--queues", str(queues)]

@@ -112,8 +112,8 @@ class VirtioConsole(VirtioDevice):
         return ",".join(items)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid = f"dev{slot}"
-        ctx.argv += ["-device", f"virtio-serial-pci,id={nid},addr={slot:#x}{qemu_mode(self)}"]
+        nid = ctx.node(slot)
+        ctx.argv += ["-device", f"virtio-serial-pci,id={nid},{ctx.addr(slot)}{qemu_mode(self)}"]
         for i, port in enumerate(self.ports):
             cid = f"{nid}p{i}"
             if port.kind == "stdio":

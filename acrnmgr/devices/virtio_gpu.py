@@ -63,7 +63,7 @@ class VirtioGpu(VirtioDevice):
         return ",".join(out)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},addr={slot:#x}"]
+        ctx.argv += ["-device", f"virtio-gpu-pci,max_outputs={max(1, len(self.displays))},{ctx.addr(slot)}"]
 
     LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("video",)
 

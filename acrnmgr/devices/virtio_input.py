@@ -74,7 +74,7 @@ class VirtioInput(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         node = self.evdev() or self.device_name or ""
-        ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(node)},addr={slot:#x}"]
+        ctx.argv += ["-device", f"virtio-input-host-pci,evdev={esc(node)},{ctx.addr(slot)}"]
 
     LIBVIRT_TAGS: ClassVar[tuple[str, ...]] = ("input",)
 

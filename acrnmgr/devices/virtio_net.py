@@ -189,20 +189,20 @@ class VirtioNet(VirtioDevice):
         return self.mac_seed
 
     def qemu_mac(self, vm_name: str, slot: int, host_mac: str | None = None) -> str:
-        """The MAC acrn-dm would give this NIC in `slot` (function 0), so a guest keeps its address
+        """The MAC acrn-dm would give this NIC in `slot` at its function, so a guest keeps its address
         whichever engine runs it. HOST_MAC in the seed is this machine's NIC address."""
         if self.mac:
             return self.mac
         seed = self.acrn_seed("vhost" if self.backend == "vhost" else None)
         if seed is not None and HOST_MAC in seed:
             seed = seed.replace(HOST_MAC, host_mac if host_mac is not None else read_host_mac())
-        return acrn_mac(slot, 0, seed)
+        return acrn_mac(slot, self.function, seed)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         if self.macvtap:
             ctx.diags.error(self.where, "macvtap is not supported by the qemu engine; use a tap")
             return
-        nid, addr, mode = f"dev{slot}", f"addr={slot:#x}", qemu_mode(self)
+        nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
         tap = self.tap or ""
         mac = self.qemu_mac(ctx.vm_name, slot)
         if backend == "embedded":

@@ -54,7 +54,7 @@ class VirtioRnd(VirtioDevice):
         return super().choose_acrn(host, family)
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = f"dev{slot}", f"addr={slot:#x}"
+        nid, addr = ctx.node(slot), ctx.addr(slot)
         if backend == "embedded":
             sock = ctx.helper(self, "rng", [])
             ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",

@@ -9,6 +9,8 @@ The spec renders back (acrnmgr.render.acrndm) to an argv that is *equivalent*: t
   and `-s 1:0,lpc` are not in the spec (the compiler always adds them); a source without them
   gets a warning, and its normalized argv differs;
 - short/long spellings (`-s`/`--pci_slot`) and `slot` vs `slot:0` are the same thing;
+- a device on function N of a slot keeps it (`slot` and `function`); one on a bus other than 0 stays in
+  extraArgs;
 - virtio-blk's default `writethru` may be written or not;
 - options acrn-dm ignores with a warning (an unknown passthru option) are left out.
 Devices keep their slots: where the automatic assignment (device order, from slot 3) would
@@ -33,7 +35,7 @@ from acrnmgr.render.grammar import (
 )
 from acrnmgr.spec.units import format_size
 
-IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
+IMPLIED_EMULATIONS = {"hostbridge": HOSTBRIDGE_SLOT, "amd_hostbridge": HOSTBRIDGE_SLOT, "lpc": LPC_SLOT}
 
 
 def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = None,
@@ -81,6 +83,8 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
         spec["console"] = {"lpc": lpc}
 
     devices, slots = _devices(cmd, rtvm, warnings, extra)
+    if any(s.emul == "amd_hostbridge" and (s.bus, s.slot, s.func) == (0, HOSTBRIDGE_SLOT, 0) for s in cmd.slots):
+        settings["hostbridge"] = "amd"
     has_virtio = any(d["type"].startswith("virtio") or d["type"] == "vhost-vsock" for d in devices)
     has_plain_passthru = any(d["type"] == "passthru" and not d.get("gpu") for d in devices)
 
@@ -131,9 +135,16 @@ def spec_from_argv(argv: list[str], version: str = "3.x", name: str | None = Non
     pm = cmd.get("pm_notify_channel")
     if pm:
         channel, _, flag = pm.partition(",")
-        settings["pmNotifyChannel"] = channel
-        if flag == "allow_trigger_s5":
-            settings["allowTriggerS5"] = True
+        if cmd.version.startswith("3") and channel != "power_button":
+            # what acrn-dm v3 does with it: see acrnmgr.plan.acrn._pm_notify_channel
+            warnings.append(f"--pm_notify_channel {pm}: not imported: acrn-dm v3 cannot act on it ("
+                            + ("no vUART node: --pm_by_vuart is obsolete; v3's S5 goes through the Lifecycle "
+                               "Manager over the hypervisor's S5 vUART" if channel == "uart" else
+                               "the IOC mediator is gone") + ")")
+        else:
+            settings["pmNotifyChannel"] = channel
+            if flag == "allow_trigger_s5":
+                settings["allowTriggerS5"] = True
     if cmd.get("cmd_monitor"):
         settings["cmdMonitor"] = cmd.get("cmd_monitor")
 
@@ -177,7 +188,7 @@ def _boot(cmd: DmCommand, warnings: list[str]) -> dict:
 
 def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) -> tuple[list[dict], list[int]]:
     present = {s.emul for s in cmd.slots}
-    if "hostbridge" not in present:
+    if not present & {"hostbridge", "amd_hostbridge"}:
         warnings.append("no -s 0:0,hostbridge in the source; acrnmgr always adds it")
     if not rtvm and "lpc" not in present:
         warnings.append("no -s 1:0,lpc in the source; acrnmgr adds it for every non-RTVM")
@@ -189,8 +200,11 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
         if dev.emul == "igd-lpc":
             continue  # acrn-dm adds it itself with an Intel GPU passthrough
         raw = f"{dev.bus}:{dev.slot}:{dev.func},{dev.emul}" + (f",{dev.config}" if dev.config else "")
-        if dev.bus or dev.func:
-            warnings.append(f"-s {raw}: bus/function other than 0 is not modelled; kept in extraArgs")
+        if dev.bus:
+            # acrn-dm's parser takes buses 0-255, but a spec device sits on bus 0: QEMU's pc machine and
+            # libvirt have no second root bus without extra controllers.
+            warnings.append(f"-s {raw}: a device on PCI bus {dev.bus} is not modelled (spec devices sit on bus 0); "
+                            "kept in extraArgs")
             extra += ["-s", raw]
             continue
         device = _device(dev, warnings)
@@ -198,6 +212,8 @@ def _devices(cmd: DmCommand, rtvm: bool, warnings: list[str], extra: list[str]) 
             warnings.append(f"-s {raw}: {dev.emul} is not modelled by the spec; kept in extraArgs")
             extra += ["-s", raw]
             continue
+        if dev.func:
+            device["slot"], device["function"] = dev.slot, dev.func  # a function needs its slot given
         devices.append(device)
         slots.append(dev.slot)
 

@@ -319,6 +319,15 @@ def spec_from_domain(xml_text: str, source: str = "<domain>", *, bios_as_ovmf: b
         raise ImportError_(f"{source}: the XML is nested too deeply") from None
 
 
+def _pci_function(el: ET.Element) -> int:
+    """The PCI function of a device element's <address type='pci'> (0 when absent or not 0-7)."""
+    addr = el.find("address")
+    if addr is None or addr.get("type") != "pci":
+        return 0
+    function = xml_int(addr.get("function"), 0) or 0
+    return function if 0 <= function <= 7 else 0
+
+
 def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addresses: bool) -> ImportedSpec:
     root = xml_root(xml_text, source, "domain")
     warnings: list[str] = []
@@ -422,6 +431,9 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         if el is not None:
             imported.append(el)
             device["_origin"] = _origin(el, devs)
+            function = _pci_function(el) if slot is not None else 0
+            if function:
+                device["function"] = function
         found.append((slot, order, device))
         order += 1
 
@@ -484,8 +496,9 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         d.pop("index", None)
         found.append((d.pop("_slot", None), order, d))
         order += 1
-    # Device order: by PCI slot where known (the export assigned slots in device order), then as found.
-    found.sort(key=lambda t: (t[0] if t[0] is not None else 1000, t[1]))
+    # Device order: by PCI slot and function where known (the export assigned slots in device order), then as
+    # found.
+    found.sort(key=lambda t: (t[0] if t[0] is not None else 1000, t[2].get("function", 0), t[1]))
     devices = [d for _, _, d in found]
     slots = [s for s, _, _ in found]
     for d, s in zip(devices, slots, strict=True):
@@ -493,7 +506,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             d["slot"] = s
     # Keep only the slots the automatic assignment would not give anyway.
     for d in devices:
-        if "slot" in d:
+        if "slot" in d and not d.get("function"):
             trial = [x if x is not d else {k: v for k, v in d.items() if k != "slot"} for x in devices]
             try:
                 assigned, problems = assign_slots(requests_of(trial))

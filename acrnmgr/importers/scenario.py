@@ -11,8 +11,9 @@ controller). Without it, pcpu_id is taken as the LAPIC ID and 00:02.0 as the GPU
 warning for each VM.
 
 Before any of that, the XSD defaults are applied as ACRN's default_populator.py does (an empty
-`<console/>` is a stdio virtio-console, a `<network>` without `virtio_framework` is VBS-U, ...):
-see XSD_DEFAULTS.
+`<console/>` is a stdio virtio-console, an empty `<PTM/>` is y, an IVSHMEM region without PROVIDED_BY
+is the hypervisor's, a PCI vUART endpoint without a vbdf gets the first free of 00:10.0-00:17.0, ...):
+see XSD_DEFAULTS, HV_DEFAULTS and UNIQUE_DEFAULTS.
 
 The generator's virtio-net MAC seed is `<host NIC MAC>-<VM name>`, the MAC read on the Service VM
 when the script runs (`${mac:0:17}` of `cat /sys/class/net/e*/address`). It is kept as the
@@ -44,35 +45,78 @@ from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
 
-# ACRN's XSD defaults (misc/config_tools/schema/config.xsd and VMtypes.xsd) for what the launch
-# script generator reads, as default_populator.py fills them in: (parent path, element, default).
-# A parent that is absent gets nothing (an absent <console> is no console); a present parent gets
-# each missing child.
-XSD_DEFAULTS: tuple[tuple[str, str, str], ...] = (
-    (".", "vm_type", "STANDARD_VM"),
-    (".", "os_type", "Non-Windows OS"),
-    (".", "vbootloader", "y"),
-    (".", "vuart0", "n"),
-    (".", "PTM", "n"),
-    (".", "lapic_passthrough", "n"),
-    (".", "console_vuart", "None"),
-    ("cpu_affinity/pcpu", "real_time_vcpu", "n"),
-    ("virtio_devices/console", "use_type", "Virtio console"),
-    ("virtio_devices/console", "backend_type", "stdio"),
-    ("virtio_devices/network", "virtio_framework", "User space based (VBSU)"),
+# ACRN's XSD defaults for what the launch script generator reads, filled in as default_populator.py does
+# (misc/config_tools/scenario_config/default_populator.py over scenario_transformer.py): a missing element
+# is created with its default only when the XSD requires it (no minOccurs="0"); an element that is there
+# but empty gets its default either way; an element whose parent is absent gets nothing (an absent
+# <console> is no console). (parent path, element, default, created when missing), each from:
+XSD_DEFAULTS: tuple[tuple[str, str, str, bool], ...] = (
+    (".", "vm_type", "STANDARD_VM", True),  # config.xsd VMConfigType/vm_type
+    (".", "console_vuart", "None", True),  # config.xsd VMConfigType/console_vuart
+    (".", "os_type", "Non-Windows OS", True),  # config.xsd VMConfigType/os_type
+    (".", "vuart0", "n", True),  # config.xsd VMConfigType/vuart0
+    (".", "vbootloader", "y", True),  # config.xsd VMConfigType/vbootloader
+    (".", "own_pcpu", "n", True),  # config.xsd VMConfigType/own_pcpu
+    (".", "lapic_passthrough", "n", False),  # config.xsd VMConfigType/lapic_passthrough (minOccurs 0)
+    (".", "PTM", "y", False),  # config.xsd VMConfigType/PTM (minOccurs 0)
+    ("memory", "size", "1024", False),  # VMtypes.xsd MemoryInfo/size (minOccurs 0; <memory> itself too)
+    ("cpu_affinity/pcpu", "real_time_vcpu", "n", True),  # VMtypes.xsd CPUAffinityConfiguration/real_time_vcpu
+    ("virtio_devices/console", "use_type", "Virtio console", True),  # VMtypes.xsd VirtioConsoleConfiguration
+    ("virtio_devices/console", "backend_type", "stdio", True),  # VMtypes.xsd VirtioConsoleConfiguration
+    # VMtypes.xsd VirtioNetworkConfiguration/virtio_framework (minOccurs 0)
+    ("virtio_devices/network", "virtio_framework", "User space based (VBSU)", False),
+)
+# The same for the <hv> parts the generator reads (types.xsd, VMtypes.xsd).
+HV_DEFAULTS: tuple[tuple[str, str, str, bool], ...] = (
+    ("hv/FEATURES", "SCHEDULER", "SCHED_BVT", True),  # config.xsd FeatureOptionsType/SCHEDULER
+    (".//IVSHMEM_REGION", "PROVIDED_BY", "Hypervisor", True),  # types.xsd IVSHMEMRegionType/PROVIDED_BY
+    (".//IVSHMEM_REGION", "IVSHMEM_SIZE", "2", True),  # types.xsd IVSHMEMRegionType/IVSHMEM_SIZE
+    (".//vuart_connection", "type", "pci", True),  # VMtypes.xsd VuartConnectionType/type
+)
+# Defaults the XSD gives as a set (acrn:defaults) of which each element takes the lowest not yet used by
+# its VM (acrn:unique-among), in document order: (element path, VM-name child, value child, defaults).
+UNIQUE_DEFAULTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    # types.xsd IVSHMEMVM/VBDF: [f'00:{i:02x}.0' for i in range(8, 16)]
+    (".//IVSHMEM_VM", "VM_NAME", "VBDF", tuple(f"00:{i:02x}.0" for i in range(8, 16))),
+    # VMtypes.xsd VuartEndpointType/vbdf: [f'00:{i:02x}.0' for i in range(16, 24)]
+    (".//vuart_connection/endpoint", "vm_name", "vbdf", tuple(f"00:{i:02x}.0" for i in range(16, 24))),
 )
 
 
-def populate(vm) -> None:
-    """Apply XSD_DEFAULTS to one <vm> in place (an empty element counts as missing, as for the
-    populator, which fills elements whose text is empty)."""
-    for parent_path, tag, default in XSD_DEFAULTS:
-        for parent in vm.findall(parent_path) if parent_path != "." else [vm]:
+def _fill(parents, rules: tuple[tuple[str, str, str, bool], ...]) -> None:
+    for parent_path, tag, default, required in rules:
+        for parent in (p for root in parents for p in (root.findall(parent_path) if parent_path != "." else [root])):
             child = parent.find(tag)
             if child is None:
+                if not required:
+                    continue
                 child = ET.SubElement(parent, tag)
             if child.text is None or not child.text.strip():
                 child.text = default
+
+
+def populate(vm) -> None:
+    """Apply XSD_DEFAULTS to one <vm> in place."""
+    _fill([vm], XSD_DEFAULTS)
+
+
+def populate_hv(root) -> None:
+    """Apply HV_DEFAULTS and UNIQUE_DEFAULTS to a scenario's <acrn-config> in place."""
+    _fill([root], HV_DEFAULTS)
+    for path, owner_tag, tag, defaults in UNIQUE_DEFAULTS:
+        elements = root.findall(path)
+        for el in elements:
+            child = el.find(tag)
+            if child is not None and child.text and child.text.strip():
+                continue
+            owner = _text(el, owner_tag)
+            used = {_text(other, tag) for other in elements if _text(other, owner_tag) == owner}
+            free = sorted(set(defaults) - used)
+            if not free:
+                continue  # the populator leaves it empty; validation would refuse the scenario
+            if child is None:
+                child = ET.SubElement(el, tag)
+            child.text = free[0]
 
 
 def pcpu_ids(vm) -> list[str]:
@@ -126,6 +170,10 @@ class Board:
         return HostProfile(is_service_vm=True, hsm_device="/dev/acrn_hsm", acrn_dm="/usr/bin/acrn-dm",
                            acrn_dm_version="3.x", vhost_net=True, vhost_vsock=True, net_tun=True,
                            cpu_count=max(1, len(lapic)), lapic_ids=sorted(lapic))
+
+    def amd_cpu(self) -> bool:
+        """The board inspector's processor model names AMD."""
+        return any("AMD" in (m.get("description") or "") for m in self.root.iter("model"))
 
     def pci_class(self, bus: int, dev: int, fn: int) -> str | None:
         for b in self.root.iter("bus"):
@@ -200,8 +248,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                            "refuses; give <memory><size> in MiB")
     params += ["-m", f"{size}M"]
     if hv is not None and _text(hv, ".//SSRAM_ENABLED") == "y" and rtvm:
-        warnings.append("SSRAM_ENABLED: the generator adds a bare --ssram, which acrn-dm v3.x rejects "
-                        "(it needs a buffer layout); set settings.ssram yourself")
+        # launch_cfg_gen.py compares the <SSRAM_ENABLED> element itself (not its text) with "y", so it never
+        # writes --ssram; a bare --ssram would be refused anyway (v3 wants a buffer layout)
+        warnings.append("SSRAM_ENABLED: not passed to acrn-dm (ACRN's generator writes no --ssram, and acrn-dm "
+                        "v3's --ssram needs a buffer layout the scenario does not give); set settings.ssram "
+                        "yourself")
     if _text(vm, "vbootloader") == "y":
         params += ["--ovmf", OVMF_DEFAULT]
     if not rtvm:
@@ -276,6 +327,12 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             opts = [f"tap={parts[0]}"] + parts[1:]
             if _text(net, "virtio_framework") == "Kernel based (Virtual Host)":
                 opts.append("vhost")
+                # virtio_net.c reads mac_seed= only right after tap=<name>: behind vhost, acrn-dm ignores it
+                warnings.append(f"virtio-net {parts[0]}: ACRN's generator writes tap={parts[0]},vhost,mac_seed=..., "
+                                "and acrn-dm reads mac_seed= only right after the tap name, so the seed is ignored: "
+                                "the guest's MAC comes from the slot and function alone, the same in every VM with "
+                                "a NIC on that slot. Imported as acrn-dm runs it (kernel vhost, no macSeed); give "
+                                "it `mac:` or `macSeed:` to tell VMs apart")
             # mac_seed takes the rest of acrn-dm's option string, so the generator puts it last.
             opts.append(f"mac_seed={HOST_MAC}-{name}")
             virtual("virtio-net", ",".join(opts))
@@ -293,9 +350,9 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                                 "image, or import with --base-dir DIR (where the script runs)")
             virtual("virtio-blk", block)
         for gpu in virtio.findall("gpu"):
-            kind = _text(gpu, "display_type")
-            if not kind:
-                continue
+            if gpu.find("display_type") is None:
+                continue  # the generator takes only gpu[./display_type]
+            kind = _text(gpu, "display_type") or ""
             opts = []
             for disp in gpu.findall("displays/display"):
                 if kind == "Window":
@@ -312,7 +369,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         for cid in _texts(virtio, "vsock"):
             virtual("vhost-vsock", f"cid={cid}")
 
-    bdf_re = re.compile(r"([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])")
+    bdf_re = re.compile(r"([0-9a-f]{2}):([0-1][0-9a-f]).([0-7])")  # the generator's own (its `.` is any char)
     intr_monitor = False
     for text in _texts(vm, "pci_devs/pci_dev"):
         m = bdf_re.match(text)
@@ -359,6 +416,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
 def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
     root = xml_root(text, source, "acrn-config")
+    populate_hv(root)
     board_xml = Board.load(board) if board else None
     result = ImportResult(source, "scenario", [])
     vms = root.findall("vm")
@@ -371,6 +429,11 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         if vm not in post:
             result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
                                    "managed by acrn-dm; skipped")
+    if board_xml is not None and board_xml.amd_cpu():
+        # launch_cfg_gen.py writes `hostbridge` whatever the board; acrn-dm also has amd_hostbridge
+        result.warnings.append("the board's processor is AMD, but ACRN's launch script generator always emulates "
+                               "`hostbridge` (PCI vendor NetApp); imported as ACRN writes it: set "
+                               "spec.settings.hostbridge: amd for acrn-dm's amd_hostbridge")
     seen: dict[str, str | None] = {}
     for vm in post:
         name = _text(vm, "name") or f"vm{vm.get('id')}"

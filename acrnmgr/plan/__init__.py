@@ -20,7 +20,7 @@ from acrnmgr.paths import vm_state_dir
 from acrnmgr.plan import acrn, qemu
 from acrnmgr.plan.acrn import AcrnLaunch
 from acrnmgr.plan.qemu import QemuLaunch
-from acrnmgr.plan.slots import SlotRequest, assign_slots
+from acrnmgr.plan.slots import assign_slots, request_of
 from acrnmgr.spec.diagnostics import Diagnostic
 
 ENGINES = ("acrn", "qemu")
@@ -70,7 +70,7 @@ class Plan:
         out = []
         for p, args in zip(self.devices, self.device_args or [""] * len(self.devices), strict=True):
             item: dict[str, Any] = {"index": p.device.index, "name": p.name, "type": p.kind, "slot": p.slot,
-                                    "backend": p.backend, "reason": p.reason}
+                                    "function": p.device.function, "backend": p.backend, "reason": p.reason}
             if self.engine == "acrn":
                 item["emulation"] = acrn.emulation_of(p)
                 item["args"] = args
@@ -105,9 +105,10 @@ def make_plan(vm: VmSpec, host: HostProfile, engine: str, target_version: str = 
     family = family_of(target_version)
     diags = Diagnostics(vm.locate)
     devices: list[AnyDevice] = list(vm.devices)  # type: ignore[arg-type]
-    slots, problems = assign_slots([SlotRequest(d.slot, bool(getattr(d, "gpu", False))) for d in devices])
+    slots, problems = assign_slots([request_of(d) for d in devices])
     for problem in problems:
-        diags.error((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
+        if problem.severity == "error":  # (the spec's checks already warned about the rest)
+            diags.error((*devices[problem.index].where, problem.field), problem.message, problem.suggestion)
     if live_host and host.lapic_ids:  # as `up` refuses them: plan on this machine says so too
         shown = ", ".join(map(str, host.lapic_ids[:16])) + (", ..." if len(host.lapic_ids) > 16 else "")
         for i, lapic in enumerate(vm.affinity):

@@ -94,12 +94,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
     if s.logger:
         argv += ["--logger_setting", ";".join(f"{k},level={level}" for k, level in s.logger)]
     if s.pm_notify_channel:
-        value = s.pm_notify_channel
-        if s.allow_trigger_s5:
-            if value != "uart":
-                diags.error((*where, "allowTriggerS5"), "allowTriggerS5 only works with pmNotifyChannel: uart")
-            value += ",allow_trigger_s5"
-        argv += ["--pm_notify_channel", value]
+        argv += _pm_notify_channel(s.pm_notify_channel, s.allow_trigger_s5, diags, family)
     if s.cmd_monitor:
         _needs_v3(diags, family, (*where, "cmdMonitor"), "--cmd_monitor", "3.0")
         argv += ["--cmd_monitor", ctx.path(s.cmd_monitor, (*where, "cmdMonitor"), "")]
@@ -118,11 +113,11 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
     for port in vm.lpc:
         argv += ["-l", _lpc(ctx, port)]
 
-    for slot, emulation in slots.fixed_slots(rtvm):
+    for slot, emulation in slots.fixed_slots(rtvm, s.hostbridge):
         argv += ["-s", f"{slot}:0,{emulation}"]
     for plan, config in sorted(((p, a) for p, a in zip(plans, args, strict=True) if p.slot is not None),
-                               key=lambda pa: pa[0].slot or 0):
-        argv += ["-s", f"{plan.slot}:0,{emulation_of(plan)}" + (f",{config}" if config else "")]
+                               key=lambda pa: (pa[0].slot or 0, pa[0].device.function)):
+        argv += ["-s", f"{plan.slot}:{plan.device.function},{emulation_of(plan)}" + (f",{config}" if config else "")]
 
     argv += list(vm.extra_args)
     argv.append(vm.name)
@@ -136,6 +131,37 @@ def offline_cpus(vm: VmSpec) -> list[int]:
     scheduler: the spec's cpu.ownPcpu). A shared VM's CPUs stay online in the Service VM; processor 0
     is never offlined (HSM refuses it), which the script and the engine skip with a warning."""
     return list(vm.affinity) if vm.rtvm or vm.own_pcpu else []
+
+
+# acrn-dm v3's devicemodel/core/main.c marks --pm_notify_channel obsolete (it warns) yet still acts on it:
+# `power_button` registers the ACPI power button, which DM_STOP presses (the only graceful stop acrn-dm's
+# monitor has). `uart` opens the vUART node that --pm_by_vuart named, but v3 ignores --pm_by_vuart, so
+# pm_by_vuart_init (core/pm_vuart.c) finds no node and acrn-dm fails to set the VM up. v3's S5 goes
+# through the Lifecycle Manager over the hypervisor's S5 vUART instead, with nothing on acrn-dm's
+# command line (`acrnmgr down` sends it user_vm_shutdown). `ioc` needs the IOC mediator (-i), which v3
+# ignores as obsolete.
+PM_V3_UART = ("acrn-dm v3 cannot use pmNotifyChannel: uart: --pm_by_vuart is obsolete and ignored, so "
+              "pm_by_vuart_init finds no vUART node and acrn-dm fails to set up the VM. In v3 the guest's "
+              "Lifecycle Manager (life_mngr) talks to the Service VM's over the hypervisor's S5 vUART, with "
+              "nothing on acrn-dm's command line (`acrnmgr down` asks it for user_vm_shutdown), so no "
+              "--pm_notify_channel is written")
+
+
+def _pm_notify_channel(channel: str, allow_trigger_s5: bool, diags: Diagnostics, family: str) -> list[str]:
+    where = ("spec", "settings", "pmNotifyChannel")
+    if allow_trigger_s5 and channel != "uart":
+        diags.error(("spec", "settings", "allowTriggerS5"), "allowTriggerS5 only works with pmNotifyChannel: uart")
+    if family == "2":
+        return ["--pm_notify_channel", channel + (",allow_trigger_s5" if allow_trigger_s5 else "")]
+    if channel == "uart":
+        diags.warn(where, PM_V3_UART, "remove pmNotifyChannel (and allowTriggerS5: a User VM's right to trigger "
+                   "system S5 is the Service VM Lifecycle Manager's configuration in v3), or target 2.7")
+        return []
+    if channel == "ioc":
+        diags.error(where, "pmNotifyChannel: ioc needs the IOC mediator (-i), which acrn-dm v3 ignores as obsolete",
+                    "use pmNotifyChannel: power_button, or remove it (v3's S5 goes through life_mngr)")
+        return []
+    return ["--pm_notify_channel", channel]  # power_button: acrn-dm v3 warns that it is obsolete, and acts on it
 
 
 def _needs_v3(diags: Diagnostics, family: str, where: tuple[str, ...], option: str, since: str) -> None:

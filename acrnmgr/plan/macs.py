@@ -14,14 +14,14 @@ from typing import TypeVar
 
 from acrnmgr.devices.virtio_net import HOST_MAC, VirtioNet, acrn_mac
 from acrnmgr.model import JsonPath, VmSpec
-from acrnmgr.plan.slots import SlotRequest, assign_slots
+from acrnmgr.plan.slots import assign_slots, request_of
 
 
 def effective_macs(vm: VmSpec) -> list[tuple[VirtioNet, JsonPath, str, str]]:
     """(device, where, MAC, how) for each virtio-net of `vm` with a slot; `how` says where the MAC
     comes from."""
     devices = list(vm.devices)
-    slots, _problems = assign_slots([SlotRequest(d.slot, bool(getattr(d, "gpu", False))) for d in devices])
+    slots, _problems = assign_slots([request_of(d) for d in devices])
     out = []
     for device, slot in zip(devices, slots, strict=True):
         if not isinstance(device, VirtioNet) or slot is None:
@@ -31,10 +31,11 @@ def effective_macs(vm: VmSpec) -> list[tuple[VirtioNet, JsonPath, str, str]]:
             continue
         # validate is engine-neutral: kernel vhost (which extends the seed) only when the spec asks for it
         seed = device.acrn_seed("vhost" if device.backend == "vhost" else None)
-        text = f"{slot}-0-{seed}" if seed is not None else f"{slot}-0"
+        func = device.function
+        text = f"{slot}-{func}-{seed}" if seed is not None else f"{slot}-{func}"
         how = f'acrn-dm\'s MD5 of "{text}"' + (f" ({HOST_MAC} being the host NIC's address)" if seed and
                                                  HOST_MAC in seed else "")
-        out.append((device, (*device.where, "macSeed" if seed else "tap"), acrn_mac(slot, 0, seed), how))
+        out.append((device, (*device.where, "macSeed" if seed else "tap"), acrn_mac(slot, func, seed), how))
     return out
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from acrnmgr.devices.base import MAX_SOCKET_PATH, Diagnostics, Helper, QemuArgs, esc
 from acrnmgr.host import HostProfile
 from acrnmgr.model import ElfBoot, KernelBoot, OvmfBoot, VmSpec
+from acrnmgr.plan.slots import multifunction_slots
 
 if TYPE_CHECKING:
     from acrnmgr.plan import DevicePlan
@@ -60,12 +61,17 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
     ctx.sockets.append(str(qmp))
     _boot(vm, ctx)
     _lpc(vm, ctx)
+    ctx.multifunction = multifunction_slots([p.slot for p in plans], [p.device.function for p in plans])
     for p in plans:
         if p.slot is not None and p.backend is not None:
+            ctx.function = p.device.function
             p.device.qemu(ctx, p.slot, p.backend)
     for sock in ctx.sockets:
         if len(sock) > MAX_SOCKET_PATH:
             diags.error(("spec",), f"socket path too long for AF_UNIX ({len(sock)} > {MAX_SOCKET_PATH}): {sock}")
+    if vm.settings.hostbridge != "intel":
+        diags.warn(("spec", "settings", "hostbridge"), f"hostbridge: {vm.settings.hostbridge} applies to acrn-dm; "
+                   "QEMU's pc machine has its own (i440FX) host bridge")
     if vm.extra_args:
         diags.warn(("spec", "extraArgs"), "spec.extraArgs are acrn-dm arguments; the qemu engine ignores them")
     return QemuLaunch(state_dir, ctx.argv, ctx.helpers, ctx.sockets, ctx.consoles, ctx.copies)

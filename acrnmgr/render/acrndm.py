@@ -25,10 +25,12 @@ class DeviceRow:
     reason: str
     emulation: str = ""
     args: str = ""  # the config after "emulation," ('' when none)
+    function: int = 0  # the PCI function on `slot`
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "type": self.type, "slot": self.slot,
-                "backend": self.backend, "reason": self.reason, "emulation": self.emulation, "args": self.args}
+                "function": self.function, "backend": self.backend, "reason": self.reason,
+                "emulation": self.emulation, "args": self.args}
 
 
 @dataclass

@@ -239,7 +239,7 @@ def parse_argv(argv: list[str], version: str = "3.x") -> DmCommand:
             continue
         if name in ("help", "version"):
             raise GrammarError(f"--{name} prints and exits: not a VM launch")
-        _check_option(name, value, family, lpc)
+        _check_option(name, value, family, lpc, warnings)
         kept.append((name, value))
 
     if len(positional) != 1:
@@ -343,7 +343,7 @@ def parse_ovmf(value: str) -> dict:
 _LOGGERS = ("console", "kmsg", "disk")
 
 
-def _check_option(name: str, value: str | None, family: str, lpc: dict) -> None:
+def _check_option(name: str, value: str | None, family: str, lpc: dict, warnings: list[str]) -> None:
     if value is None:
         return  # a flag: every option checked below takes an argument
     if name == "memsize":
@@ -374,6 +374,11 @@ def _check_option(name: str, value: str | None, family: str, lpc: dict) -> None:
     elif name == "pm_notify_channel":
         if value not in ("ioc", "power_button", "uart", "uart,allow_trigger_s5"):
             raise GrammarError(f"invalid pm_notify_channel: {value}")
+        if family == "3":
+            warnings.append('The "--pm_notify_channel" parameter is obsolete (acrn-dm v3 warns, and still acts on it)')
+            if value.startswith("uart"):
+                warnings.append(f"--pm_notify_channel {value}: acrn-dm v3 ignores --pm_by_vuart, so it has no vUART "
+                                "node for it and fails to set up the VM")
     elif name == "acpidev_pt":
         hid, _, uid = value.partition(",")
         if not re.fullmatch(r"[A-Z0-9]{7,8}", hid):

@@ -32,6 +32,7 @@ from acrnmgr.host import HostProfile
 from acrnmgr.model import KernelBoot, OvmfBoot
 from acrnmgr.paths import state_root
 from acrnmgr.plan import Plan, make_plan
+from acrnmgr.plan.slots import multifunction_slots
 from acrnmgr.render.acrndm import render_acrndm
 from acrnmgr.render.script import dm_lines
 from acrnmgr.spec.loader import Spec
@@ -152,9 +153,12 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
             _sub(serial, "protocol", type="raw")
         _sub(serial, "target", port=LPC_INDEX[port.port])
 
+    multi = multifunction_slots([p.slot for p in plan.devices], [p.device.function for p in plan.devices])
     for i, (d, p) in enumerate(zip(devices, plan.devices, strict=True)):
         before = len(devs)
         extra = p.device.libvirt(out, p.slot, p.backend)
+        if p.slot is not None:
+            _set_function(list(devs)[before:], p.slot, p.device.function, p.slot in multi)
         if extra is not None and not d.get("name") and len(devs) > before:
             # an unnamed device: a reserved user alias carries its position, for its acrnmgr-only fields
             first = devs[before]
@@ -182,6 +186,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         meta["deviceExtras"] = meta_dev
 
     if flavor == "acrn":
+        if vm.settings.hostbridge != "intel":
+            out.warnings.append(f"settings.hostbridge: {vm.settings.hostbridge}: the ACRN libvirt driver writes its "
+                                "own slot-0 hostbridge; kept in the acrnmgr metadata only")
         compiled = render_acrndm(plan)
         cfg = _sub(root, f"{{{ACRN_NS}}}config")
         if vm.rtvm:
@@ -211,6 +218,17 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
     return ET.tostring(root, encoding="unicode") + "\n", warnings
 
 
+def _set_function(elements: list[ET.Element], slot: int, function: int, multifunction: bool) -> None:
+    """The PCI function of a device's elements (device kinds write function 0); function 0 of a slot with more
+    functions says multifunction='on', as libvirt (and QEMU) want."""
+    for el in elements:
+        for addr in el.iter("address"):
+            if addr.get("type") == "pci" and addr.get("slot") == f"0x{slot:02x}":
+                addr.set("function", f"0x{function:x}")
+                if multifunction and function == 0:
+                    addr.set("multifunction", "on")
+
+
 # acrn-dm options the ACRN libvirt driver derives from the domain itself.
 _DRIVER_OWNED = {"-m", "--cpu_affinity", "--rtvm", "--virtio_poll", "-k", "-r", "-B", "--ovmf", "-E", "-l"}
 
@@ -218,7 +236,8 @@ _DRIVER_OWNED = {"-m", "--cpu_affinity", "--rtvm", "--virtio_poll", "-k", "-r", 
 def _acrn_commandline(argv: list[str], unmapped_idx: set[int], plans) -> list[str]:
     """acrn-dm options and -s slots the ACRN driver does not generate from domain elements."""
     keep: list[str] = []
-    unmapped_slots = {f"{p.slot}:0,{p.emulation}" for p in plans if p.index in unmapped_idx and p.slot is not None}
+    unmapped_slots = {f"{p.slot}:{p.function},{p.emulation}" for p in plans
+                      if p.index in unmapped_idx and p.slot is not None}
     for line in dm_lines(argv[1:-1]):
         words = shlex.split(line)
         if words[0] in ("-s", "--pci_slot"):

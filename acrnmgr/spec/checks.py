@@ -40,7 +40,9 @@ OBSOLETE_OPTIONS: dict[str, tuple[str, str]] = {
     "--vsbl": ("is obsolete in acrn-dm v3.x (ignored; vSBL boot is gone)",
                "drop it; boot with `boot.ovmf` or `boot.kernel`"),
     "--part_info": ("is obsolete in acrn-dm v3.x (ignored; it belonged to vSBL boot)", "drop it"),
-    "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)", "drop it; use `settings.pmNotifyChannel: uart`"),
+    "--pm_by_vuart": ("is obsolete in acrn-dm v3.x (ignored)",
+                      "drop it: in v3 the guest's Lifecycle Manager talks over the hypervisor's S5 vUART, which "
+                      "`acrnmgr down` uses (settings.pmNotifyChannel: uart is for acrn-dm 2.7)"),
     "--lapic_pt": ("is ignored by acrn-dm on its own (only --rtvm enables LAPIC passthrough)",
                    "set `spec.vmType: rtvm`"),
 }
@@ -153,7 +155,8 @@ def _check_names(ctx: _Ctx, spec: dict) -> None:
 
 
 def _check_slots(ctx: _Ctx, spec: dict) -> None:
-    taken: dict[int, tuple] = {}
+    """The slot rules of acrnmgr.plan.slots (which the planner applies too), located in the spec file."""
+    taken: dict[tuple[int, int], tuple] = {}  # (slot, function) -> device path
     gpu_paths = []
     auto = []
     for path, dev in _devices(spec):
@@ -161,13 +164,21 @@ def _check_slots(ctx: _Ctx, spec: dict) -> None:
         if gpu:
             gpu_paths.append(path)
         slot = dev.get("slot")
+        func = dev.get("function", 0)
+        if not isinstance(func, int) or isinstance(func, bool) or not 0 <= func <= 7:  # schema reports those
+            func = 0
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot <= 31:  # schema reports those
-            if not gpu:
+            if func and slot is None:
+                ctx.error(path + ("function",), f"function {func} needs an explicit `slot`",
+                          "add `slot` (3..29), or remove `function`")
+            elif not gpu:
                 auto.append(path)
             continue
         spath = path + ("slot",)
         if gpu and slot != 2:
             ctx.error(spath, f"GPU passthrough must be on slot 2, not {slot}", "remove `slot` (slot 2 is implied)")
+        elif gpu and func:
+            ctx.error(path + ("function",), "GPU passthrough sits on function 0 of slot 2", "remove `function`")
         elif not gpu and slot == 2:
             ctx.error(spath, "slot 2 is reserved for GPU passthrough", "use a slot from 3 to 29, or remove `slot`")
         elif slot == 0:
@@ -180,13 +191,22 @@ def _check_slots(ctx: _Ctx, spec: dict) -> None:
         elif not 3 <= slot <= 29 and slot != 2:
             ctx.error(spath, f"slot {slot} is outside the slots acrn-dm's config tools hand out (3..29)",
                       "use a slot from 3 to 29, or remove `slot`")
-        if slot in taken:
-            other = taken[slot]
-            ctx.error(spath, f"slot {slot} is already used by {format_path(other)} ({ctx.where(other + ('slot',))})",
-                      "each device needs its own slot; remove `slot` to have one assigned")
+        if (slot, func) in taken:
+            other = taken[(slot, func)]
+            where = f"{slot}:{func}" if func else str(slot)
+            ctx.error(path + ("function",) if func else spath,
+                      f"slot {where} is already used by {format_path(other)} ({ctx.where(other + ('slot',))})",
+                      "each device needs its own slot (or function of a slot); remove `slot` to have one assigned")
         else:
-            taken[slot] = path
-    free = [s for s in range(3, 30) if s not in taken]
+            taken[(slot, func)] = path
+    slots = {slot for slot, _func in taken}
+    for slot in sorted(slots):
+        if (slot, 0) not in taken:
+            first = min((p for (s, _f), p in taken.items() if s == slot), key=lambda p: p[-1])
+            ctx.warn(first + ("function",), f"slot {slot} has no device at function 0, so the guest does not find "
+                     "its other functions (PCI enumeration starts at function 0)",
+                     f"put one of the slot's devices at `function: 0` (slot {slot})")
+    free = [s for s in range(3, 30) if s not in slots]
     for path in auto[len(free):]:
         ctx.error(path, "no PCI slot left for this device (slots 3..29 are all taken)",
                   "a VM has at most 27 devices besides GPU passthrough")

@@ -409,3 +409,68 @@ def test_imported_vms_survive_a_libvirt_round_trip(tmp_path, flavor):
                 assert rendered.exit_code == 0, rendered.output
                 argv.append(rendered.stdout)
             assert argv[0] == argv[1], (scenario.stem, spec.stem)
+
+
+def test_a_kernel_vhost_network_imports_and_renders_as_acrn_dm_runs_the_generators_argv(tmp_path):
+    """launch_cfg_gen.py writes `tap=<if>,vhost,mac_seed=${mac:0:17}-<VM>` for a "Kernel based (Virtual
+    Host)" network. virtio_net.c takes mac_seed= only right after tap=<name>, so behind `vhost` the seed
+    is ignored and the MAC comes from slot and function alone: two such VMs on one slot collide."""
+    framework = "<virtio_framework>Kernel based (Virtual Host)</virtio_framework>"
+    path = _scenario_with(tmp_path, lambda t: t.replace("<interface_name>YaaG3</interface_name>",
+                                                        framework + "<interface_name>YaaG3</interface_name>")
+                          .replace("<interface_name>YaaG4</interface_name>",
+                                   framework + "<interface_name>YaaG4</interface_name>"))
+    board = CORPUS / "boards" / "cfl-k700-i7.xml"
+    host = Board.load(board).host_profile()
+    result = import_file(path, board=board)
+    by_name = {s.name: s for s in result.specs}
+    out = []
+    vhost_vms = [s.name for s in result.specs if any(",vhost," in a for a in s.source_argv or [])]
+    assert len(vhost_vms) == 2
+    for name in vhost_vms:
+        spec = by_name[name]
+        generator_word = next(a for a in spec.source_argv if a.startswith(f"{a.split(',')[0]},virtio-net,"))
+        tap = re.fullmatch(rf"tap=(YaaG\d),vhost,mac_seed=\{{hostMac\}}-{name}", generator_word.split(",", 2)[2])[1]
+        (nic,) = [d for d in spec.data["spec"]["devices"] if d["type"] == "virtio-net"]
+        assert nic["backend"] == "vhost" and "macSeed" not in nic
+        assert any("the seed is ignored" in w for w in spec.warnings)
+        work = tmp_path / name
+        work.mkdir()
+        loaded = load_spec_text(yaml.safe_dump(spec.data), str(work / f"{name}.yaml"), check_paths=False,
+                                base_dir=work)
+        compiled = compile_spec(loaded, host)
+        assert compiled.ok, compiled.errors
+        assert f"{generator_word.split(',')[0]}:0,virtio-net,tap={tap},vhost" in compiled.argv
+        assert normalized_argv(compiled.argv) == normalized_argv(absolute_disks(spec.source_argv, work))
+        (target,) = vm_from_spec(loaded).devices_of(VirtioNet)
+        slot = int(generator_word.split(",")[0])
+        assert target.qemu_mac(name, slot, "00:1b:21:0a:0b:0c") == acrn_mac(slot, 0, None)
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(spec.data))
+        out.append(str(work / f"{name}.yaml"))
+    res = runner.invoke(app, ["validate", "--no-check-paths", *out])
+    assert res.exit_code == 1 and "POST_STD_VM3" in res.stderr, res.stderr
+
+
+def test_a_generated_vhost_launch_script_imports_and_renders_what_bash_hands_acrn_dm(tmp_path):
+    """The reference script with the one change launch_cfg_gen.py makes for a kernel vhost network
+    (`vhost` before the seed), run by bash with its helpers stubbed: our render of its import is the
+    same VM to acrn-dm (the ignored seed left out), and gets the MAC acrn-dm derives without a seed."""
+    ref = CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id1.sh"
+    text = ref.read_text()
+    assert "4 virtio-net tap=WaaG,mac_seed=${mac:0:17}-POST_STD_VM1`" in text
+    script = tmp_path / "launch_user_vm_id1.sh"
+    script.write_text(text.replace("tap=WaaG,mac_seed=", "tap=WaaG,vhost,mac_seed="))
+    (imported,) = import_file(script).specs
+    (nic,) = [d for d in imported.data["spec"]["devices"] if d["type"] == "virtio-net"]
+    assert nic["backend"] == "vhost" and "macSeed" not in nic
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = load_spec_text(yaml.safe_dump(imported.data), str(work / "vm.yaml"), check_paths=False, base_dir=work)
+    compiled = compile_spec(spec, Board.load(CORPUS / "boards" / "generic_board.xml").host_profile())
+    assert compiled.ok, compiled.errors
+    assert "4:0,virtio-net,tap=WaaG,vhost" in compiled.argv
+    theirs, _ = run_reference(script, work)
+    assert any(a.startswith("4,virtio-net,tap=WaaG,vhost,mac_seed=") for a in theirs)
+    assert normalized_argv(compiled.argv) == normalized_argv(absolute_disks(theirs, work))
+    (device,) = vm_from_spec(spec).devices_of(VirtioNet)
+    assert device.qemu_mac("POST_STD_VM1", 4) == acrn_mac(4, 0, None)

@@ -168,8 +168,7 @@ KITCHEN_SINK = """\
     intrMonitor: {threshold: 20000, period: 5, delayMs: 2, durationMs: 50}
     logger: {console: 4, kmsg: 3, disk: 5}
     windows: true
-    pmNotifyChannel: uart
-    allowTriggerS5: true
+    pmNotifyChannel: power_button
     enableTrusty: true
     debugexit: true
     virtioMsi: true
@@ -186,7 +185,7 @@ def test_kitchen_sink_parses_back(tmp_path, service_vm):
     cmd = parse_argv(compiled.argv)
     for option, value in [("virtio_poll", "1000"), ("acpidev_pt", "MSFT0101,1"),
                           ("mmiodev_pt", "0xFED40000,0x5000"), ("intr_monitor", "20000,5,2,50"),
-                          ("pm_notify_channel", "uart,allow_trigger_s5"), ("cmd_monitor", "/run/acrn/t1.sock"),
+                          ("pm_notify_channel", "power_button"), ("cmd_monitor", "/run/acrn/t1.sock"),
                           ("ovmf", f"w,{tmp_path}/OVMF.fd"),
                           ("logger_setting", "console,level=4;kmsg,level=3;disk,level=5")]:
         assert cmd.get(option) == value, option

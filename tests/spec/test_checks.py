@@ -349,7 +349,7 @@ def test_missing_boot_files(tmp_path):
     ("-G", "`-G` is obsolete", "gpu: true"),
     ("--vsbl", "`--vsbl` is obsolete", "boot.ovmf"),
     ("--part_info", "`--part_info` is obsolete", "drop it"),
-    ("--pm_by_vuart", "`--pm_by_vuart` is obsolete", "pmNotifyChannel: uart"),
+    ("--pm_by_vuart", "`--pm_by_vuart` is obsolete", "S5 vUART"),
     ("-p", "`-p` was removed", "spec.cpu.affinity"),
 ])
 def test_obsolete_extra_args(arg, words, hint):
