@@ -769,3 +769,29 @@ def _gather(views: list[memoryview], n: int) -> bytes:
         if len(out) >= n:
             break
     return bytes(out)
+
+
+MAX_ANSWER = 1 << 20
+
+
+def control_call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request to a device's control socket and return its answer (what ``acrnmgr gpio`` does).
+    OSError when the socket cannot be reached or answers nothing within ``timeout``; ValueError when the
+    answer is not one."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while b"\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_ANSWER:
+                raise ValueError("the answer is too long")
+    line = data.split(b"\n", 1)[0]
+    answer = json.loads(line) if line else None
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise ValueError("no answer")
+    return answer
