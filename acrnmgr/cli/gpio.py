@@ -50,7 +50,7 @@ def _call(name: str, request: dict[str, Any]) -> dict[str, Any]:
     if not answer["ok"]:
         fail(f"{name}: {answer.get('error')}")
     lines: list[dict[str, Any]] = answer.get("lines") or []
-    return {"name": name, "lines": lines}
+    return {"name": name, "interrupts": bool(answer.get("interrupts")), "lines": lines}
 
 
 def _show(result: dict[str, Any], output: OutputFormat, value_only: bool) -> None:
@@ -68,6 +68,9 @@ def _show(result: dict[str, Any], output: OutputFormat, value_only: bool) -> Non
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not result["interrupts"]:
+        typer.echo("note: the guest has no GPIO interrupts: its front-end did not negotiate VIRTIO_GPIO_F_IRQ "
+                   "(QEMU's vhost-user-gpio-pci does not offer it)", err=True)
 
 
 @app.command("get")

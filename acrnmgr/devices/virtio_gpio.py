@@ -210,6 +210,9 @@ class VirtioGpio(VirtioDevice):
         for ln in self.lines:
             extra += ["--line", ln.serve_arg()]
         sock = ctx.helper(self, "gpio", extra)
+        ctx.diags.warn(self.where, "QEMU's vhost-user-gpio-pci (7.2, and 8.1 too) does not offer the guest "
+                       "VIRTIO_GPIO_F_IRQ: the lines work, GPIO interrupts do not reach the guest",
+                       "poll input lines in the guest, or run the VM on acrn-dm, whose virtio-gpio has interrupts")
         ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
                      "-device", f"vhost-user-gpio-pci,chardev=c{nid},{addr}"]
 

@@ -466,7 +466,7 @@ class GpioCore:
                     raise LineError(f"value {value!r} is not 0 or 1")
                 self.host_set(name, value)
             lines = [self.find(name)] if name is not None else self.lines
-            return {"ok": True, "lines": [self.describe(line) for line in lines]}
+            return {"ok": True, "interrupts": self.irq_enabled, "lines": [self.describe(line) for line in lines]}
         except LineError as exc:
             return {"ok": False, "error": str(exc)}
 
