@@ -289,6 +289,12 @@ class GpioCore:
                 self._apply_host(line)
         self.due.clear()
 
+    def forget_buffers(self) -> None:
+        """The eventq is a new ring: the buffers held from the old one must never be completed into it."""
+        for line in self.lines:
+            line.held = None
+        self.due.clear()
+
     # -- requestq -------------------------------------------------------------------------------------------
     def request(self, msg_type: int, gpio: int, value: int) -> tuple[int, bytes]:
         """(status, response value bytes) for one message; the value is 1 byte, or the names for GET_NAMES."""
@@ -621,6 +627,15 @@ class GpioDevice(VirtioDevice):
     # -- virtio ---------------------------------------------------------------------------------------------
     def _type_features(self) -> int:
         return F.mask(F.GPIO_F_IRQ)
+
+    def attach_queue(self, qidx: int, vq: VirtQueue) -> None:
+        if qidx == EVENTQ and self.queues.get(EVENTQ) not in (None, vq):
+            # A ring set up anew (the front-end restarted it): held heads index the old ring's table.  The
+            # guest's unmask buffers are lost with it; pushing them into the new ring would corrupt it.
+            if any(line.held is not None for line in self.core.lines):
+                log.info("virtio-gpio: the eventq was set up again; the interrupt buffers held are dropped")
+            self.core.forget_buffers()
+        super().attach_queue(qidx, vq)
 
     def _features_changed(self) -> None:
         self.core.irq_enabled = F.has(self.driver_features, F.GPIO_F_IRQ)

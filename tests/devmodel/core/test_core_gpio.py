@@ -197,11 +197,16 @@ def test_reset_forgets_the_guest_not_the_host(ram, dev):
     assert line.irq == G.IRQ_NONE and line.held is None and line.level == 1
 
 
-def _ask(path, *requests):
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(path)
-        s.sendall(b"".join(json.dumps(r).encode() + b"\n" if isinstance(r, dict) else r for r in requests))
-        return s
+def test_a_new_eventq_never_gets_the_old_rings_heads(ram, dev):
+    drv = Driver(ram, dev)
+    drv.request(G.MSG_SET_IRQ_TYPE, 0, G.IRQ_EDGE_RISING)
+    drv.unmask(0)
+    assert dev.core.find("button").held is not None
+    fresh = GuestQueue(ram, size=16, features=dev.driver_features, index=1)
+    dev.attach_queue(1, fresh.vq)  # the front-end set the ring up again
+    dev.core.host_set("button", 1)
+    dev.process_queue(1, fresh.vq, fresh.mem)
+    assert fresh.get_used() == [] and not dev.needs_reset
 
 
 def test_control_socket(ram, dev, tmp_path):
