@@ -170,7 +170,7 @@ class HostLine:
             nlines = CHIP_INFO.unpack(info)[2]
             self.offset = self._find(line, nlines, path)
             self.fd = -1
-            self._request(0, None)  # as is: hold the line, as acrn-dm does, so nobody else takes it
+            self._request(0, None)  # as is: hold the line from start to stop, as acrn-dm does
         except BaseException:
             os.close(self._chip)
             raise
@@ -195,8 +195,6 @@ class HostLine:
         fd = LINE_REQUEST.unpack(req)[6]
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
-        if self.fd >= 0:
-            os.close(self.fd)
         self.fd = fd
 
     def configure(self, direction: int, value: int, edges: bool) -> None:
@@ -207,9 +205,10 @@ class HostLine:
             flags, output = FLAG_INPUT | ((FLAG_EDGE_RISING | FLAG_EDGE_FALLING) if edges else 0), None
         else:
             flags, output = FLAG_INPUT, None  # released by the guest: a safe input
-        # Reconfiguring the request keeps the line held; edge detection needs a new request on older kernels,
-        # and a new request is what acrn-dm does on every change, so do that.
-        self._request(flags, output)
+        # SET_CONFIG changes direction and edge detection of the request we hold: the line is never let go (no
+        # other process can take it in between, as with acrn-dm's close and request again), and the request
+        # fd, which the device polls for edges, stays the same.
+        fcntl.ioctl(self.fd, GPIO_V2_LINE_SET_CONFIG_IOCTL, bytearray(_line_config(flags, output)))
 
     def get(self) -> int:
         values = bytearray(LINE_VALUES.pack(0, 1))
@@ -286,7 +285,7 @@ class GpioCore:
         for line in self.lines:
             line.reset()
             if line.host is not None:
-                self._apply_host(line)
+                self.apply_host(line)
         self.due.clear()
 
     def forget_buffers(self) -> None:
@@ -327,7 +326,7 @@ class GpioCore:
             if value == DIR_OUT and line.irq != IRQ_NONE:
                 self._disable_irq(line)
             if line.host is not None:
-                self._apply_host(line)
+                self.apply_host(line)
             return 0
         if msg_type == MSG_GET_VALUE:
             return self.level(line)
@@ -349,7 +348,7 @@ class GpioCore:
             line.irq = value
             line.latched = False
             if line.host is not None:
-                self._apply_host(line)
+                self.apply_host(line)
             self._check_level(line)
             return 0
         return None
@@ -359,7 +358,7 @@ class GpioCore:
         line.latched = False
         self._release(line)
         if line.host is not None:
-            self._apply_host(line)
+            self.apply_host(line)
 
     def _release(self, line: Line) -> None:
         """Give the line's held eventq buffer back, INVALID (the interrupt was disabled)."""
@@ -368,7 +367,8 @@ class GpioCore:
             line.held = None
 
     @staticmethod
-    def _apply_host(line: Line) -> None:
+    def apply_host(line: Line) -> None:
+        """Carry the guest's view of a host line (direction, output value, edge detection) to the kernel."""
         assert line.host is not None
         line.host.configure(line.direction, line.out_value, line.irq != IRQ_NONE)
         if line.direction != DIR_OUT:
@@ -606,13 +606,14 @@ class GpioDevice(VirtioDevice):
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep.register(self._wake, select.EPOLLIN)
         built: list[Line] = []
-        self._by_fd: dict[int, Line] = {}
         self.control: ControlSocket | None = None
         try:
             for cfg in lines:
                 built.append(Line(cfg, HostLine(cfg.host) if cfg.host else None))
             self.core = GpioCore(built)
-            self.core.reset()
+            for line in built:  # a host line starts as it is (as under acrn-dm), unless the spec fixes it
+                if line.host is not None and line.config.direction is not None:
+                    self.core.apply_host(line)
             if control_path is not None:
                 self.control = ControlSocket(control_path, self._ep, self._control)
         except BaseException:
@@ -622,7 +623,11 @@ class GpioDevice(VirtioDevice):
             self._ep.close()
             os.close(self._wake)
             raise
-        self._sync_host_fds()
+        self._by_fd: dict[int, Line] = {}
+        for line in built:  # edges arrive on the request fd, held from start to stop
+            if line.host is not None:
+                self._ep.register(line.host.fd, select.EPOLLIN)
+                self._by_fd[line.host.fd] = line
 
     # -- virtio ---------------------------------------------------------------------------------------------
     def _type_features(self) -> int:
@@ -711,27 +716,12 @@ class GpioDevice(VirtioDevice):
 
     def _after_change(self) -> None:
         """Eventq completions came due outside the eventq's own processing: wake the io callback to push them."""
-        self._sync_host_fds()
         if self.core.due:
             os.eventfd_write(self._wake, 1)
 
     # -- host side ------------------------------------------------------------------------------------------
     def _control(self, request: Any) -> dict[str, Any]:
         return self.core.control(request)
-
-    def _sync_host_fds(self) -> None:
-        """Watch each host line's current request fd (a reconfiguration replaces it)."""
-        wanted = {line.host.fd: line for line in self.core.lines if line.host is not None and line.host.fd >= 0}
-        for fd in [fd for fd in self._by_fd if fd not in wanted]:
-            try:
-                self._ep.unregister(fd)
-            except (OSError, ValueError):
-                pass  # already closed: epoll dropped it
-            del self._by_fd[fd]
-        for fd, line in wanted.items():
-            if fd not in self._by_fd:
-                self._ep.register(fd, select.EPOLLIN)
-                self._by_fd[fd] = line
 
     def host_sources(self) -> list[tuple[int, IoCallback]]:
         return [(self._ep.fileno(), self._on_io)]
@@ -748,7 +738,6 @@ class GpioDevice(VirtioDevice):
             elif (line := self._by_fd.get(fd)) is not None and line.host is not None:
                 for level in line.host.read_events():
                     self.core.input_changed(line, level)
-        self._sync_host_fds()
         ring = rings.ring(EVENTQ)
         if ring is not None and self._flush_due(*ring):
             return [EVENTQ]
@@ -760,7 +749,6 @@ class GpioDevice(VirtioDevice):
             self.core.reset()
         except OSError as exc:
             log.warning("virtio-gpio: resetting a host line: %s", exc)
-        self._sync_host_fds()
 
     def close(self) -> None:
         if self.control is not None:
