@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from acrnmgr.cli.common import OutputFormat, fail
+from acrnmgr.cli.lifecycle import _complete_names
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -75,7 +76,7 @@ def _show(result: dict[str, Any], output: OutputFormat, value_only: bool) -> Non
 
 @app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="The VM.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The VM.", autocompletion=_complete_names)],
     line: Annotated[Optional[str], typer.Argument(help="A line's name (default: every line).")] = None,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="text or json.")] = OutputFormat.text,
 ) -> None:
@@ -86,7 +87,7 @@ def get(
 
 @app.command("set")
 def set_(
-    name: Annotated[str, typer.Argument(help="The VM.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The VM.", autocompletion=_complete_names)],
     line: Annotated[str, typer.Argument(help="The line's name.")],
     value: Annotated[int, typer.Argument(min=0, max=1, help="The level to drive: 0 or 1.")],
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="text or json.")] = OutputFormat.text,

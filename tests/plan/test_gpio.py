@@ -154,3 +154,14 @@ def test_spec_checks(devices, path, words):
 
 def test_existing_args_specs_stay_valid():
     assert errors(devices_text("- {type: virtio-gpio, args: '@gpiochip0{1:2:3}'}")) == []
+
+
+def test_libvirt_has_no_gpio_element_and_the_export_says_so(tmp_path, plain_box, service_vm):
+    from acrnmgr.render.libvirt import export_domain
+
+    spec = make_spec(tmp_path, BASIC + LINES)
+    xml, warnings = export_domain(spec, plain_box, "qemu", state_dir=tmp_path / "state")
+    assert any("(virtio-gpio) has no QEMU domain element" in w for w in warnings), warnings
+    assert "gpio" not in xml.split("<metadata>")[0]  # no element in <devices>, only the metadata copy
+    xml, _ = export_domain(make_spec(tmp_path, BASIC + HOST_LINES), service_vm, "acrn")
+    assert "virtio-gpio,@gpiochip0{17=reset:PWR_EN}@gpiochip2{3=alarm}@gpiochip0{4}" in xml  # acrn:commandline
