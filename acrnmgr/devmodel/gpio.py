@@ -542,7 +542,7 @@ class ControlSocket:
             line, client.buf = client.buf.split(b"\n", 1)
             try:
                 request = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the parser's depth
                 answer: dict[str, Any] = {"ok": False, "error": "not a JSON request"}
             else:
                 answer = self._handle(request)

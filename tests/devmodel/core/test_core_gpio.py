@@ -219,7 +219,7 @@ def test_control_socket(ram, dev, tmp_path):
         f = s.makefile("rb")
         requests = [{"op": "get"}, {"op": "set", "line": "button", "value": 1}, {"op": "set", "line": "led",
                     "value": 1}, {"op": "set", "line": "nope", "value": 1}, {"op": "set", "line": "button",
-                    "value": True}, b"not json\n", {"op": "get", "line": "button"}]
+                    "value": True}, b"[" * 2000 + b"\n", {"op": "get", "line": "button"}]
         for r in requests:
             s.sendall(json.dumps(r).encode() + b"\n" if isinstance(r, dict) else r)
             drv.io()
