@@ -188,6 +188,13 @@ class VirtioGpio(VirtioDevice):
                             "order the lines so that each chip's lines are next to each other")
         return "".join(f"@{chip}{{{':'.join(words)}}}" for chip, words in groups)
 
+    def choose_acrn(self, host: HostProfile, family: str) -> Choice:
+        choice = super().choose_acrn(host, family)
+        if choice.backend == "vbs-u":
+            return Choice("vbs-u", "acrn-dm's own virtio-gpio over host GPIO chips (VBS-U, legacy; ACRN's device "
+                          "8086:8609, for ACRN's guest driver)")
+        return choice
+
     # -- QEMU ------------------------------------------------------------------------------------------------
     def choose_qemu(self, host: HostProfile) -> Choice:
         if self.mode in ("legacy", "transitional"):

@@ -35,7 +35,7 @@ def test_host_lines_render_as_acrn_dm_reads_them(tmp_path, service_vm):
     assert compiled.ok, compiled.errors
     assert "3:0,virtio-gpio,@gpiochip0{17=reset:PWR_EN}@gpiochip2{3=alarm}@gpiochip0{4}" in compiled.argv
     (dev,) = compiled.devices
-    assert dev.backend == "vbs-u"
+    assert dev.backend == "vbs-u" and "ACRN's device 8086:8609" in dev.reason
 
 
 def test_acrn_dm_config_parses_back_to_the_same_lines():
