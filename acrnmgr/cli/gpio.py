@@ -64,7 +64,8 @@ def _show(result: dict[str, Any], output: OutputFormat, value_only: bool) -> Non
         return
     rows = [("LINE", "NAME", "DIRECTION", "VALUE", "DRIVEN BY", "IRQ", "SOURCE")]
     for ln in lines:
-        rows.append((str(ln["index"]), ln["name"], ln["direction"] + (" (fixed)" if ln["fixedDirection"] else ""),
+        direction = ln["direction"] + (" (fixed)" if ln["fixedDirection"] else "")
+        rows.append((str(ln["index"]), ln["name"] or "-", direction,
                      "?" if ln["value"] is None else str(ln["value"]), ln["drivenBy"], ln["irq"], ln["source"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -65,7 +65,8 @@ NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,30}\Z")  # 7-bit ASCII, as the 
 @dataclass(frozen=True)
 class LineConfig:
     """One line as the spec declares it: ``direction`` in (the host drives it), out (the guest drives it) or
-    None (the guest chooses); ``initial`` the level the line starts at; ``host`` a host line ("gpiochip0:17")."""
+    None (the guest chooses); ``initial`` the level the line starts at; ``host`` a host line ("gpiochip0:17").
+    A host line's ``name`` may be empty: the guest then sees the host line's own name, as under acrn-dm."""
 
     name: str
     direction: str | None = None
@@ -73,7 +74,7 @@ class LineConfig:
     host: str | None = None
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.name):
+        if not NAME_RE.match(self.name) and not (self.name == "" and self.host):
             raise ValueError(f"line name {self.name!r}: 1-{MAX_NAME} ASCII letters, digits, '_.+-', first a letter")
         if self.direction not in (None, "in", "out"):
             raise ValueError(f"line {self.name}: direction {self.direction!r} is not in or out")
@@ -169,6 +170,7 @@ class HostLine:
             fcntl.ioctl(self._chip, GPIO_GET_CHIPINFO_IOCTL, info)
             nlines = CHIP_INFO.unpack(info)[2]
             self.offset = self._find(line, nlines, path)
+            self.name = self._line_name(self.offset)
             self.fd = -1
             self._request(0, None)  # as is: hold the line from start to stop, as acrn-dm does
         except BaseException:
@@ -181,12 +183,17 @@ class HostLine:
                 raise OSError(errno.ENOENT, f"{path} has {nlines} lines; there is no line {line}")
             return line
         for offset in range(min(nlines, MAX_CHIP_LINES)):
-            info = bytearray(LINE_INFO.size)
-            struct.pack_into("I", info, 64, offset)
-            fcntl.ioctl(self._chip, GPIO_V2_GET_LINEINFO_IOCTL, info)
-            if LINE_INFO.unpack(info)[0].split(b"\0", 1)[0].decode("ascii", "replace") == line:
+            if self._line_name(offset) == line:
                 return offset
         raise OSError(errno.ENOENT, f"{path} has no line named {line!r}")
+
+    def _line_name(self, offset: int) -> str:
+        """The kernel's name of line ``offset`` ("" when it has none the guest could be given)."""
+        info = bytearray(LINE_INFO.size)
+        struct.pack_into("I", info, 64, offset)
+        fcntl.ioctl(self._chip, GPIO_V2_GET_LINEINFO_IOCTL, info)
+        name = LINE_INFO.unpack(info)[0].split(b"\0", 1)[0].decode("ascii", "replace")
+        return name if NAME_RE.match(name) else ""
 
     def _request(self, flags: int, output: int | None) -> None:
         offsets = struct.pack("I", self.offset)
@@ -245,11 +252,12 @@ class HostLine:
 class Line:
     """A line's state: the config, what the guest set, what the host drives, and its interrupt."""
 
-    __slots__ = ("config", "direction", "held", "host", "irq", "latched", "level", "out_value")
+    __slots__ = ("config", "direction", "held", "host", "irq", "latched", "level", "name", "out_value")
 
     def __init__(self, config: LineConfig, host: HostLine | None) -> None:
         self.config = config
         self.host = host
+        self.name = config.name or (host.name if host is not None else "")  # what the guest and the host see
         self.level = config.initial  # the input level the host drives (simulated lines)
         self.held: int | None = None  # the eventq buffer (its head) the guest queued to unmask the interrupt
         self.reset()
@@ -273,9 +281,18 @@ class GpioCore:
     def __init__(self, lines: Sequence[Line]) -> None:
         if not 1 <= len(lines) <= MAX_LINES:
             raise ValueError(f"virtio-gpio needs 1 to {MAX_LINES} lines, not {len(lines)}")
-        names = [ln.config.name for ln in lines]
-        if len(set(names)) != len(names):
+        given = [ln.config.name for ln in lines if ln.config.name]
+        if len(set(given)) != len(given):
             raise ValueError("line names must be unique")
+        seen: set[str] = set(given)
+        for ln in lines:  # a host line's own name, unless another line has it: the spec says names are unique
+            if not ln.config.name and ln.name:
+                if ln.name in seen:
+                    log.warning("virtio-gpio: host line %s is named %s like another line; the guest sees it "
+                                "without a name", ln.config.host, ln.name)
+                    ln.name = ""
+                seen.add(ln.name)
+        names = [ln.name for ln in lines]
         self.lines = list(lines)
         self.names = b"".join(n.encode("ascii") + b"\0" for n in names)
         self.irq_enabled = False  # VIRTIO_GPIO_F_IRQ negotiated
@@ -305,7 +322,7 @@ class GpioCore:
         try:
             result = self._line_request(line, msg_type, value)
         except OSError as exc:  # a host line refused: the guest sees an error, the log says why
-            log.warning("virtio-gpio: line %s (%s): %s", line.config.name, line.config.host, exc)
+            log.warning("virtio-gpio: line %s (%s): %s", line.name, line.config.host, exc)
             return STATUS_ERR, b"\0"
         return (STATUS_ERR, b"\0") if result is None else (STATUS_OK, bytes([result]))
 
@@ -426,9 +443,9 @@ class GpioCore:
     # -- the host's side ------------------------------------------------------------------------------------
     def find(self, name: str) -> Line:
         for line in self.lines:
-            if line.config.name == name:
+            if line.name and line.name == name:
                 return line
-        raise LineError(f"no line named {name!r} (lines: {', '.join(ln.config.name for ln in self.lines)})")
+        raise LineError(f"no line named {name!r} (lines: {', '.join(ln.name for ln in self.lines if ln.name)})")
 
     def host_set(self, name: str, value: int) -> None:
         """The host drives simulated input ``name`` to ``value``."""
@@ -451,7 +468,7 @@ class GpioCore:
             value: int | None = self.level(line)
         except OSError:
             value = None
-        return {"name": line.config.name, "index": index, "direction": DIRECTION_NAMES[line.direction],
+        return {"name": line.name, "index": index, "direction": DIRECTION_NAMES[line.direction],
                 "value": value, "drivenBy": "guest" if line.direction == DIR_OUT else "host",
                 "fixedDirection": fixed, "irq": IRQ_NAMES.get(line.irq, str(line.irq)),
                 "source": line.config.host or "simulated"}

@@ -109,11 +109,14 @@ def test_qemu_engine_serves_it_from_the_embedded_device_model(tmp_path, plain_bo
 
 
 def test_qemu_engine_takes_acrn_dm_args_too(tmp_path, plain_box):
-    body = BASIC + "  devices:\n    - {type: virtio-gpio, args: '@gpiochip0{17=reset}'}\n"
+    body = BASIC + "  devices:\n    - {type: virtio-gpio, args: '@gpiochip0{17=reset:4}'}\n"
+    from acrnmgr.devmodel.gpio import parse_line_arg
     from acrnmgr.lifecycle.qemu_argv import compile_qemu
 
     (helper,) = compile_qemu(make_spec(tmp_path, body), plain_box, tmp_path).helpers
-    assert helper.argv[helper.argv.index("--line") + 1] == "reset@gpiochip0:17"
+    lines = [helper.argv[i + 1] for i, a in enumerate(helper.argv) if a == "--line"]
+    assert lines == ["reset@gpiochip0:17", "@gpiochip0:4"]  # unnamed: the guest sees the host line's name
+    assert [parse_line_arg(a).host for a in lines] == ["gpiochip0:17", "gpiochip0:4"]  # the device model's parse
 
 
 @pytest.mark.parametrize("extra, words", [

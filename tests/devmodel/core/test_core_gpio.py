@@ -251,6 +251,7 @@ def test_control_socket_drops_a_flood(dev, tmp_path, ram):
     ("button:in", LineConfig("button", "in")),
     ("x=1@gpiochip0:17", LineConfig("x", None, 1, "gpiochip0:17")),
     ("x@gpiochip3:RESET_N", LineConfig("x", None, 0, "gpiochip3:RESET_N")),
+    ("@gpiochip0:4", LineConfig("", None, 0, "gpiochip0:4")),  # the guest sees the host line's own name
 ])
 def test_line_arg(text, want):
     assert parse_line_arg(text) == want
@@ -268,3 +269,45 @@ def test_line_names_unique():
         GpioDevice([LineConfig("a"), LineConfig("a")])
     with pytest.raises(ValueError):
         GpioDevice([])
+
+
+class StandInHostLine:
+    """What GpioCore asks of a host line, recorded: this machine has no GPIO chip (no gpio-sim, no modules), so
+    the kernel's side is played here; the ioctl layouts themselves are checked in test_gpio_uapi.py."""
+
+    def __init__(self, name, level=0):
+        self.name, self.level, self.calls = name, level, []
+
+    def configure(self, direction, value, edges):
+        self.calls.append((direction, value, edges))
+        if direction == G.DIR_OUT:
+            self.level = value
+
+    def get(self):
+        return self.level
+
+    def set(self, value):
+        self.calls.append(("set", value))
+        self.level = value
+
+
+def test_host_lines_in_the_core():
+    reset, dup = StandInHostLine("RESET_N", level=1), StandInHostLine("led")
+    core = G.GpioCore([G.Line(LineConfig("", host="gpiochip0:3"), reset), G.Line(LineConfig("led"), None),
+                       G.Line(LineConfig("", host="gpiochip0:4"), dup)])
+    assert core.names == b"RESET_N\0led\0\0"  # the host's own name; one that collides is left out
+    core.irq_enabled = True
+    assert core.request(G.MSG_GET_VALUE, 0, 0) == (G.STATUS_OK, b"\x01")  # read from the kernel
+    assert core.request(G.MSG_SET_DIRECTION, 0, G.DIR_IN) == (G.STATUS_OK, b"\0")
+    assert core.request(G.MSG_SET_IRQ_TYPE, 0, G.IRQ_EDGE_FALLING) == (G.STATUS_OK, b"\0")
+    assert reset.calls[-1] == (G.DIR_IN, 0, True)  # edge detection on in the kernel
+    line = core.lines[0]
+    assert core.event_buffer(0, head=5) is None
+    core.input_changed(line, 0)  # the falling edge the kernel reported
+    assert core.due == [(5, G.IRQ_STATUS_VALID)]
+    assert core.request(G.MSG_SET_VALUE, 0, 1)[0] == G.STATUS_OK and ("set", 1) not in reset.calls  # staged
+    assert core.request(G.MSG_SET_DIRECTION, 0, G.DIR_OUT)[0] == G.STATUS_OK
+    assert reset.calls[-1] == (G.DIR_OUT, 1, False) and reset.level == 1
+    with pytest.raises(G.LineError, match="the host's gpiochip0:3"):
+        core.host_set("RESET_N", 0)
+    assert core.describe(line)["source"] == "gpiochip0:3"
