@@ -21,3 +21,19 @@ def test_unknown_vm(tmp_path):
 def test_values_are_0_or_1(tmp_path):
     proc = run(tmp_path, "set", "vm", "led", "2")
     assert proc.returncode == 2 and "it must be at most 1" in proc.stderr, proc.stderr
+
+
+def test_serve_gpio_usage(tmp_path):
+    def serve(*args):
+        return subprocess.run([ACRNMGR, "devmodel", "serve", "--socket", str(tmp_path / "v.sock"), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    proc = serve("--device", "gpio")
+    assert proc.returncode == 2 and "--device gpio needs at least one --line" in proc.stderr
+    proc = serve("--device", "rng", "--line", "led")
+    assert proc.returncode == 2 and "apply to --device gpio only" in proc.stderr
+    proc = serve("--device", "gpio", "--line", "led:sideways")
+    assert proc.returncode == 1 and "--line 'led:sideways'" in proc.stderr and "is not in or out" in proc.stderr
+    proc = serve("--device", "gpio", "--line", "led", "--line", "led")
+    assert proc.returncode == 1 and "unique" in proc.stderr
+    assert not (tmp_path / "v.sock").exists()
