@@ -29,9 +29,13 @@ def _control_socket(name: str) -> str:
         fail(str(exc))
     if status.get("state") not in _RUNNING:
         fail(f"{name} is not running ({status.get('state', 'unknown')}); start it with `acrnmgr up`")
-    if status.get("engine") != "qemu":
-        fail(f"{name} runs on the {status.get('engine')} engine, where virtio-gpio is acrn-dm's and its lines are "
-             "host GPIO lines: read and drive them on the host (gpioget/gpioset)")
+    engine = status.get("engine")
+    if engine == "acrn":
+        fail(f"{name} runs on the acrn engine, where virtio-gpio is acrn-dm's and its lines are host GPIO lines: "
+             "read and drive them on the host (gpioget/gpioset)")
+    if engine != "qemu":
+        fail(f"{name} runs on the {engine} engine, which has no virtio-gpio (libvirt has no GPIO device); "
+             "acrnmgr gpio serves the qemu engine's")
     from pathlib import Path
 
     sockets = sorted(Path(status["state_dir"]).glob("*.gpio.sock")) if status.get("state_dir") else []
