@@ -10,6 +10,7 @@ import typer
 from acrnmgr import __version__
 from acrnmgr.cli import devmodel as devmodel_cli
 from acrnmgr.cli import gitops as gitops_cli
+from acrnmgr.cli import gpio as gpio_cli
 from acrnmgr.cli import helpfmt
 from acrnmgr.cli import host as host_cli
 from acrnmgr.cli import images as images_cli
@@ -49,6 +50,7 @@ gitops_cli.register(app)
 host_cli.register(app)
 app.add_typer(images_cli.app, name="image", help="Build bootable guest images from Debian's packages.")
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")
+app.add_typer(gpio_cli.app, name="gpio", help="Read and drive a VM's simulated GPIO lines (qemu engine).")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ class DeviceKind(str, enum.Enum):
     net = "net"
     console = "console"
     rng = "rng"
+    gpio = "gpio"
 
 
 class LogLevel(str, enum.Enum):
@@ -57,6 +58,12 @@ def serve(
     pty: Annotated[bool, typer.Option("--pty", help="console: back the console with a new pty (default).")] = False,
     console_socket: Annotated[Path | None, typer.Option("--console-socket", help="console: Unix socket to serve the "
                                                         "console on instead of a pty.")] = None,
+    line: Annotated[list[str] | None, typer.Option("--line", help="gpio: a line, in order: NAME[:in|out][=0|1]"
+                                                   "[@gpiochipN:OFFSET|NAME]; in: the host drives it, out: the "
+                                                   "guest does; @: a host GPIO line instead of a simulated one. "
+                                                   "Repeat for each line.")] = None,
+    control_socket: Annotated[Path | None, typer.Option("--control-socket", help="gpio: Unix socket (0600) where "
+                                                        "the host reads and drives the lines (acrnmgr gpio).")] = None,
     log_level: Annotated[LogLevel, typer.Option("--log-level", help="Logging verbosity (stderr).")] = LogLevel.info,
     stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=0.01, max=3600,
                                                  help="Seconds a front-end may take to finish sending a message "
@@ -76,6 +83,10 @@ def serve(
         raise _usage("--tap and --mac apply to --device net only")
     if kind != "console" and (pty or console_socket is not None):
         raise _usage("--pty and --console-socket apply to --device console only")
+    if kind != "gpio" and (line or control_socket is not None):
+        raise _usage("--line and --control-socket apply to --device gpio only")
+    if kind == "gpio" and not line:
+        raise _usage("--device gpio needs at least one --line")
     if pty and console_socket is not None:
         raise _usage("--pty and --console-socket are mutually exclusive")
     if kind == "blk" and image is None:
@@ -92,7 +103,7 @@ def serve(
 
     try:
         dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
-                           console_socket=console_socket)
+                           console_socket=console_socket, lines=line or [], control_socket=control_socket)
     except (OSError, ValueError) as exc:
         raise _fail(f"cannot open the {kind} device: {exc}") from None
     try:
@@ -115,7 +126,7 @@ def serve(
 
 
 def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int, tap: str | None, mac: str | None,
-                 console_socket: Path | None) -> VirtioDevice:
+                 console_socket: Path | None, lines: list[str], control_socket: Path | None) -> VirtioDevice:
     if kind == "blk":
         from acrnmgr.devmodel.blk import BlkDevice
 
@@ -132,6 +143,23 @@ def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int,
         if console_socket is not None:
             return ConsoleDevice(pty=False, socket_path=str(console_socket))
         return ConsoleDevice(pty=True)
+    if kind == "gpio":
+        from acrnmgr.devmodel.gpio import GpioDevice, parse_line_arg
+
+        configs = []
+        for text in lines:
+            try:
+                configs.append(parse_line_arg(text))
+            except ValueError as exc:
+                raise ValueError(f"--line {text!r}: {exc}") from None
+        if control_socket is not None:
+            from acrnmgr.devmodel.server import ServerError, prepare_socket_path
+
+            try:
+                prepare_socket_path(control_socket)
+            except ServerError as exc:
+                raise ValueError(str(exc)) from None
+        return GpioDevice(configs, control_path=str(control_socket) if control_socket is not None else None)
     from acrnmgr.devmodel.rng import RngDevice
 
     return RngDevice()

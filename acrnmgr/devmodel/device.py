@@ -14,6 +14,9 @@ Contract with the transport (vhost_user.py / server.py):
   ``process_queue`` and every callback and (un)register the difference.  ``callback(rings)`` gets a
   :class:`RingAccess` (``rings.ring(qidx)`` is the queue and memory table while that ring may be processed, else
   None) and returns the queue indexes whose call eventfd must be signalled.
+* ``host_sources() -> list[(fd, callback)]``: fds polled for reading for the server's whole lifetime, with or
+  without a front-end (a control socket the host talks to); fixed when the server starts.  Without a front-end
+  the callback gets :data:`NO_RINGS` and what it returns is ignored.
 * ``read_config(offset, size)`` / ``write_config(offset, data)`` for GET_CONFIG / SET_CONFIG.
 * ``reset()`` on RESET_OWNER / RESET_DEVICE / status 0; ``close()`` on shutdown.
 """
@@ -41,6 +44,15 @@ class RingAccess(Protocol):
         """Queue ``qidx`` and the guest memory table, if the ring is running (started, enabled, not broken)."""
         ...
 
+
+class _NoRings:
+    """The RingAccess of a server without a front-end: no ring may be touched."""
+
+    def ring(self, qidx: int) -> tuple[VirtQueue, GuestMemory] | None:
+        return None
+
+
+NO_RINGS = _NoRings()
 
 IoCallback = Callable[[RingAccess], list[int]]
 ChainHandler = Callable[[VirtQueue, DescriptorChain], "int | None"]
@@ -179,6 +191,10 @@ class VirtioDevice:
 
     def io_sources(self) -> list[tuple[int, IoCallback]]:
         """[(fd, callback)] to poll for readability; see the module docstring."""
+        return []
+
+    def host_sources(self) -> list[tuple[int, IoCallback]]:
+        """[(fd, callback)] polled for the server's lifetime, front-end or not; see the module docstring."""
         return []
 
     def reset(self) -> None:

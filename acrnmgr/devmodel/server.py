@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from acrnmgr.devmodel.device import IoCallback, VirtioDevice
+from acrnmgr.devmodel.device import NO_RINGS, IoCallback, VirtioDevice
 from acrnmgr.devmodel.vhost_user import (
     MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
 )
@@ -126,6 +126,8 @@ class VhostUserServer:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._sel.register(self._listener, selectors.EVENT_READ, self._on_accept)
+        for fd, callback in device.host_sources():
+            self._sel.register(fd, selectors.EVENT_READ, lambda _f, cb=callback: self._on_host_io(cb))
         self._stopping = False
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
@@ -372,3 +374,10 @@ class VhostUserServer:
             return
         self._execute(self.backend.device_io(callback))
         self._sync_device_sources()
+
+    def _on_host_io(self, callback: IoCallback) -> None:
+        """A host source (served with or without a front-end) is readable."""
+        if self.backend is None:
+            callback(NO_RINGS)
+            return
+        self._on_device_io(callback)

@@ -375,6 +375,21 @@ class VirtQueue:
             self.mark_broken(f"internal error: {e!r}")
         return None
 
+    def chain(self, mem: GuestMemory, head: int) -> DescriptorChain | None:
+        """Walk the chain at ``head`` again, fully validated: one the device popped and still holds (an event
+        buffer it completes later), whose views may predate a change of the memory table.  None if the queue is
+        (now) broken; the driver must not change a chain it made available, so a bad walk breaks the queue."""
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        table = self._desc
+        if table is None:
+            return None
+        try:
+            return self._walk(mem, table, head)
+        except QueueBroken as e:
+            self.mark_broken(str(e))
+        return None
+
     def unpop(self) -> None:
         """Give back the last popped chain (e.g. RX with no packet to deliver). Not for resubmitted chains."""
         self._last_avail = (self._last_avail - 1) & 0xFFFF

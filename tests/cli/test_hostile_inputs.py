@@ -124,6 +124,8 @@ NAME_COMMANDS = {
     "down": ["down", "{n}"],
     "down --force": ["down", "{n}", "--force", "--timeout", "1"],
     "console": ["console", "{n}"],
+    "gpio get": ["gpio", "get", "{n}"],
+    "gpio set": ["gpio", "set", "{n}", "led", "1"],
 }
 
 

@@ -16,7 +16,7 @@ from tests.specs import BASIC, compile_body, make_spec
 
 # The fields each kind requires, so that a test can name only what it is about.
 _REQUIRED = {"virtio-blk": {"path": "/img"}, "virtio-console": {"ports": []}, "virtio-input": {"device": "/dev/x"},
-             "virtio-i2c": {"args": "x"}, "virtio-gpio": {"args": "x"}, "vhost-vsock": {"cid": 3},
+             "virtio-i2c": {"args": "x"}, "virtio-gpio": {"args": "@gpiochip0{1}"}, "vhost-vsock": {"cid": 3},
              "passthru": {"bdf": "00:1f.3"}, "ivshmem": {"region": "dm:/x", "size": "2M"}}
 
 

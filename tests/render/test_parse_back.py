@@ -81,8 +81,10 @@ def expected_params(spec, device: dict, backend: str, family: str) -> dict:
         return {k: [_abs(spec, device[k])] if device.get(k) else [] for k in ("hd", "cd")}
     if kind == "uart":
         return {"vuartIdx": device.get("vuartIdx", 0)}
-    if kind in ("virtio-i2c", "virtio-gpio"):
+    if kind == "virtio-i2c":
         return {"args": device.get("args", "")}
+    if kind == "virtio-gpio":  # in the guest's order, as acrn-dm numbers them
+        return {"lines": [(ln.get("name"), None, 0, ln["host"]) for ln in device["lines"]], "ignored": []}
     return {}
 
 
@@ -153,6 +155,7 @@ KITCHEN_SINK = """\
     - {type: virtio-input, device: /dev/input/event0, serial: kbd0}
     - {type: virtio-gpu, displays: [{geometry: "1920x1080+0+0"}, {fullscreen: true, monitor: 1}]}
     - {type: vhost-vsock, cid: 42}
+    - {type: virtio-gpio, lines: [{name: reset, host: "gpiochip0:17"}, {host: "gpiochip1:LED"}, {host: "gpiochip0:2"}]}
     - {type: passthru, bdf: "00:1f.3", options: {keepGsi: true, noReset: true, d3hotReset: true,
        vmsixOnMsi: 2, enablePtm: true, irq: 5, dsdt: disk.img}}
     - {type: passthru, bdf: "00/02/0", gpu: true, options: {romfile: disk.img}}

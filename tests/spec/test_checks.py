@@ -419,16 +419,6 @@ def test_modern_only_devices(dtype, extra):
     assert d.suggestion == "use `mode: modern` or remove `mode`"
 
 
-def test_gpio_modern_impossible():
-    text = devices_text("""
-        - type: virtio-gpio
-          args: "@gpiochip0{1:2:3}"
-          mode: modern
-    """)
-    d = only(errors(text), "spec.devices[0].mode")
-    assert "legacy-only and no other backend serves it" in d.message
-
-
 @pytest.mark.parametrize("dtype,extra,backend,words", [
     ("virtio-blk", "path: a.img", "vhost", "there is no kernel vhost backend for virtio-blk"),
     ("virtio-gpu", "", "embedded", "the embedded device model does not serve virtio-gpu"),

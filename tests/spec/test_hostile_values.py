@@ -63,6 +63,8 @@ SAMPLES = {
     "#/$defs/lpcPort/properties/tcpHost": "127.0.0.1",
     "#/$defs/dev-virtio-i2c/properties/args": "0:0x50",
     "#/$defs/dev-virtio-gpio/properties/args": "@gpiochip0{1:2}",
+    "#/$defs/gpioLine/properties/name": "reset-button",
+    "#/$defs/gpioLine/properties/host": "gpiochip0:17",
     "#/$defs/dev-acrn-emulation/properties/args": "00:15.0,d3",
 }
 
@@ -101,10 +103,12 @@ FIELDS = {
     "kernel path": lambda v: HEAD.replace("path: bzImage", f"path: {json.dumps(v)}"),
     "port name": lambda v: devices_text(
         f"- {{type: virtio-console, ports: [{{kind: pty, name: {json.dumps(v)}}}]}}"),
+    "gpio line": lambda v: devices_text(f"- {{type: virtio-gpio, lines: [{{name: {json.dumps(v)}}}]}}"),
+    "gpio host line": lambda v: devices_text(f"- {{type: virtio-gpio, lines: [{{host: {json.dumps(v)}}}]}}"),
 }
 GOOD = {"metadata.name": "vm1", "tap": "tap0", "bridge": "br0", "mac": "00:16:3e:00:00:01",
         "macSeed": "seed", "device name": "rng", "disk path": "disk.img", "kernel path": "bzImage",
-        "port name": "hvc0"}
+        "port name": "hvc0", "gpio line": "led", "gpio host line": "gpiochip0:RESET_N"}
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
@@ -114,7 +118,7 @@ def test_whole_spec_refuses_a_trailing_newline(field):
     assert errors, field
 
 
-@pytest.mark.parametrize("field", ["metadata.name", "tap", "bridge", "device name", "port name"])
+@pytest.mark.parametrize("field", ["metadata.name", "tap", "bridge", "device name", "port name", "gpio line"])
 def test_whole_spec_refuses_a_leading_dash(field):
     errors = [d for d in diagnostics(FIELDS[field]("--lapic_pt"[: 15])) if d.is_error]
     assert errors, field

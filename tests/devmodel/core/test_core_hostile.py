@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import BlkDevice
 from acrnmgr.devmodel.console import ConsoleDevice
+from acrnmgr.devmodel.gpio import GpioDevice, LineConfig
 from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
@@ -229,6 +230,30 @@ def test_hostile_console(console, case, qidx):
             cb(rings)
 
     run_case(case, dev, qidx, traffic)
+
+
+@pytest.fixture(scope="module")
+def gpio(tmp_path_factory):
+    dev = GpioDevice([LineConfig("button", "in"), LineConfig("led", "out"), LineConfig("free")],
+                     control_path=str(tmp_path_factory.mktemp("gpio") / "gpio.sock"), max_queue_size=QSIZE)
+    yield dev
+    dev.close()
+
+
+@SETTINGS
+@given(case=cases, qidx=st.sampled_from([0, 1]), edges=st.lists(st.integers(0, 1), max_size=4))
+def test_hostile_gpio(gpio, case, qidx, edges):
+    """Hostile requests and eventq buffers; after the first round, interrupts are on for every line, so the
+    second round holds eventq buffers and host edges complete them."""
+    def host_edges(rings):
+        for line in gpio.core.lines:
+            line.irq = line.irq or 3  # edge-both
+        for level in edges:
+            gpio.core.control({"op": "set", "line": "button", "value": level})
+        for _fd, cb in gpio.host_sources():
+            cb(rings)
+
+    run_case(case, gpio, qidx, host_edges)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,11 @@ exception that may escape is Disconnect (the shell then drops the connection).""
 import os
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from acrnmgr.devmodel.gpio import GpioDevice, LineConfig
 from acrnmgr.devmodel.rng import RngDevice
 from acrnmgr.devmodel.vhost_user import (
     FLAG_NEED_REPLY, MAX_PAYLOAD, VERSION, Close, Disconnect, Message, MessageReader, Notify, Process, Reply, Request,
@@ -24,6 +26,9 @@ payloads = st.one_of(
               *[st.sampled_from([0, 0x7F00_1000_0000, 0x7F00_2000_0100, 1 << 63, 0xFFFF_FFFF_FFFF_FFF0])] * 4),
 )
 message = st.tuples(requests, st.booleans(), payloads, st.integers(0, 3))
+
+# rng: no config space, one ring; gpio: a config space (GET_CONFIG), and ring 0 is its request queue.
+DEVICES = {"rng": RngDevice, "gpio": lambda: GpioDevice([LineConfig("button", "in"), LineConfig("led")])}
 
 
 def _open(fd: int) -> bool:
@@ -63,10 +68,11 @@ def _apply(backend, ram, handed: list, request: int, flags: int, payload: bytes,
     return True
 
 
+@pytest.mark.parametrize("kind", sorted(DEVICES))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(message, max_size=25))
-def test_random_message_streams(stream):
-    dev = RngDevice()
+def test_random_message_streams(kind, stream):
+    dev = DEVICES[kind]()
     backend = VhostUserBackend(dev)
     ram = GuestRam()
     handed = []
@@ -121,10 +127,11 @@ mutation = st.tuples(st.integers(0, 14), st.sampled_from(["byte", "truncate", "f
                      st.integers(0, 300), st.integers(0, 255))
 
 
+@pytest.mark.parametrize("kind", sorted(DEVICES))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutation, max_size=6), st.binary(min_size=16, max_size=0x3100))
-def test_mutated_setup_with_hostile_ring_contents(mutations, ring_bytes):
-    dev = RngDevice()
+def test_mutated_setup_with_hostile_ring_contents(kind, mutations, ring_bytes):
+    dev = DEVICES[kind]()
     backend = VhostUserBackend(dev)
     ram = GuestRam()
     ram.write(0x1_0000_0000, ring_bytes)  # whatever the "driver" left in the ring pages
