@@ -14,6 +14,8 @@ Contract with the transport (vhost_user.py / server.py):
   ``process_queue`` and every callback and (un)register the difference.  ``callback(rings)`` gets a
   :class:`RingAccess` (``rings.ring(qidx)`` is the queue and memory table while that ring may be processed, else
   None) and returns the queue indexes whose call eventfd must be signalled.
+* ``control_sources() -> list[(fd, callback)]``: fds the device wants polled for reading for as long as the server
+  runs, with or without a front-end (a host-side control socket); ``callback()`` takes nothing and touches no ring.
 * ``read_config(offset, size)`` / ``write_config(offset, data)`` for GET_CONFIG / SET_CONFIG.
 * ``reset()`` on RESET_OWNER / RESET_DEVICE / status 0; ``close()`` on shutdown.
 """
@@ -179,6 +181,10 @@ class VirtioDevice:
 
     def io_sources(self) -> list[tuple[int, IoCallback]]:
         """[(fd, callback)] to poll for readability; see the module docstring."""
+        return []
+
+    def control_sources(self) -> list[tuple[int, Callable[[], None]]]:
+        """[(fd, callback)] to poll for readability while the server runs (no ring access); fixed at start."""
         return []
 
     def reset(self) -> None:

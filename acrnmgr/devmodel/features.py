@@ -75,11 +75,15 @@ CONSOLE_F_SIZE = 0
 CONSOLE_F_MULTIPORT = 1
 CONSOLE_F_EMERG_WRITE = 2
 
+# -- virtio-i2c ----------------------------------------------------------------------------------------------
+I2C_F_ZERO_LENGTH_REQUEST = 0
+
 # -- virtio device IDs ---------------------------------------------------------------------------------------
 ID_NET = 1
 ID_BLOCK = 2
 ID_CONSOLE = 3
 ID_RNG = 4
+ID_I2C_ADAPTER = 34
 
 # Common ring features every device type of ours supports.
 COMMON_FEATURES = mask(F_RING_INDIRECT_DESC, F_RING_EVENT_IDX, F_VERSION_1)

@@ -126,6 +126,8 @@ class VhostUserServer:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._sel.register(self._listener, selectors.EVENT_READ, self._on_accept)
+        for fd, control in device.control_sources():  # served with or without a front-end
+            self._sel.register(fd, selectors.EVENT_READ, lambda _f, cb=control: cb())
         self._stopping = False
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
