@@ -21,6 +21,7 @@ class DeviceKind(str, enum.Enum):
     net = "net"
     console = "console"
     rng = "rng"
+    i2c = "i2c"
 
 
 class LogLevel(str, enum.Enum):
@@ -57,6 +58,15 @@ def serve(
     pty: Annotated[bool, typer.Option("--pty", help="console: back the console with a new pty (default).")] = False,
     console_socket: Annotated[Path | None, typer.Option("--console-socket", help="console: Unix socket to serve the "
                                                         "console on instead of a pty.")] = None,
+    eeprom: Annotated[list[str] | None, typer.Option("--eeprom", metavar="ADDR=FILE", help="i2c: a 24c02 EEPROM at "
+                                                     "ADDR backed by FILE (at most 256 bytes; written on every guest "
+                                                     "write). Repeatable.")] = None,
+    lm75: Annotated[list[str] | None, typer.Option("--lm75", metavar="ADDR[=CELSIUS]", help="i2c: an LM75 sensor at "
+                                                   "ADDR (default 25 °C). Repeatable.")] = None,
+    host_client: Annotated[list[str] | None, typer.Option("--host-client", metavar="BUS:ADDR", help="i2c: pass "
+                                                          "client ADDR of /dev/i2c-BUS through. Repeatable.")] = None,
+    control_socket: Annotated[Path | None, typer.Option("--control-socket", help="i2c: Unix socket for `acrnmgr i2c "
+                                                        "get/set` (created 0600).")] = None,
     log_level: Annotated[LogLevel, typer.Option("--log-level", help="Logging verbosity (stderr).")] = LogLevel.info,
     stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=0.01, max=3600,
                                                  help="Seconds a front-end may take to finish sending a message "
@@ -78,6 +88,8 @@ def serve(
         raise _usage("--pty and --console-socket apply to --device console only")
     if pty and console_socket is not None:
         raise _usage("--pty and --console-socket are mutually exclusive")
+    if kind != "i2c" and (eeprom or lm75 or host_client or control_socket is not None):
+        raise _usage("--eeprom, --lm75, --host-client and --control-socket apply to --device i2c only")
     if kind == "blk" and image is None:
         raise _usage("--device blk needs --image")
     if kind == "net" and tap is None:
@@ -91,8 +103,11 @@ def serve(
     from acrnmgr.devmodel.server import ServerError, VhostUserServer
 
     try:
-        dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
-                           console_socket=console_socket)
+        if kind == "i2c":
+            dev = _make_i2c(eeprom or [], lm75 or [], host_client or [], control_socket)
+        else:
+            dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
+                               console_socket=console_socket)
     except (OSError, ValueError) as exc:
         raise _fail(f"cannot open the {kind} device: {exc}") from None
     try:
@@ -112,6 +127,62 @@ def serve(
         server.serve_forever()
     finally:
         dev.close()
+
+
+def _address(text: str, option: str) -> int:
+    try:
+        addr = int(text, 0)
+    except ValueError:
+        raise _usage(f"{option}: {text!r} is not an I2C address (0x08..0x77, e.g. 0x50)") from None
+    if not 0 <= addr <= 0x7F:
+        raise _usage(f"{option}: {text!r} is not a 7-bit I2C address")
+    return addr
+
+
+def _make_i2c(eeproms: list[str], lm75s: list[str], clients: list[str], control: Path | None) -> VirtioDevice:
+    from acrnmgr.devmodel.i2c import Eeprom24c02, HostAdapter, I2cDevice, I2cTarget, Lm75
+
+    targets: dict[int, I2cTarget] = {}
+    taken: dict[int, str] = {}
+
+    def claim(addr: int, option: str) -> None:
+        if addr in taken:
+            raise _usage(f"{option}: address {addr:#04x} is already given by {taken[addr]}")
+        taken[addr] = option
+
+    try:
+        for item in eeproms:
+            addr_text, sep, file = item.partition("=")
+            if not sep or not file:
+                raise _usage(f"--eeprom {item!r}: use ADDR=FILE, e.g. 0x50=eeprom.bin")
+            addr = _address(addr_text, "--eeprom")
+            claim(addr, f"--eeprom {item}")
+            targets[addr] = Eeprom24c02(file)
+        for item in lm75s:
+            addr_text, sep, temp = item.partition("=")
+            addr = _address(addr_text, "--lm75")
+            claim(addr, f"--lm75 {item}")
+            try:
+                celsius = float(temp) if sep else 25.0
+            except ValueError:
+                raise _usage(f"--lm75 {item!r}: {temp!r} is not a temperature in °C") from None
+            targets[addr] = Lm75(celsius)
+        buses: dict[int, list[int]] = {}
+        for item in clients:
+            bus_text, sep, addr_text = item.partition(":")
+            if not sep or not bus_text.isdigit():
+                raise _usage(f"--host-client {item!r}: use BUS:ADDR, e.g. 2:0x1c for client 0x1c of /dev/i2c-2")
+            addr = _address(addr_text, "--host-client")
+            claim(addr, f"--host-client {item}")
+            buses.setdefault(int(bus_text), []).append(addr)
+        for bus, addrs in buses.items():
+            adapter = HostAdapter(bus, addrs)
+            targets.update(dict.fromkeys(addrs, adapter))
+        return I2cDevice(targets, control_path=str(control) if control is not None else None)
+    except BaseException:
+        for target in {id(t): t for t in targets.values()}.values():
+            target.close()
+        raise
 
 
 def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int, tap: str | None, mac: str | None,

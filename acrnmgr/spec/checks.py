@@ -287,6 +287,10 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
         for f in _IMAGE_FIELDS.get(dev.get("type", ""), ()):
             if isinstance(dev.get(f), str):
                 wanted.append((path + (f,), dev[f]))
+        if dev.get("type") == "virtio-i2c" and isinstance(dev.get("devices"), list):
+            for k, client in enumerate(dev["devices"]):
+                if isinstance(client, dict) and isinstance(client.get("file"), str):
+                    wanted.append((path + ("devices", k, "file"), client["file"]))
         if dev.get("type") == "passthru":
             opts = dev.get("options") or {}
             for f in ("romfile", "dsdt"):
