@@ -19,6 +19,9 @@ if ! $python_only; then
     apt_packages+=(
         qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
         busybox-static cpio kmod                      # the test guest's initramfs
+        make gcc-12 xz-utils libelf1 libssl3          # the guest's gpio-i2c layer: virtio-gpio/i2c modules built
+                                                      # out of tree against Debian's kernel headers (gcc-12 is what
+                                                      # they name; linux-kbuild's tools link libelf and libssl)
         gcc libc6-dev                                 # small C helpers built by tests (concurrent ring reader)
         fio                                           # guest-side I/O verification and bench
         ovmf                                          # UEFI firmware for the qemu engine's OVMF boot

@@ -45,6 +45,21 @@ def test_image_build_writes_a_kernel_an_initramfs_and_a_data_disk(tmp_path):
     assert (out / "data.img").read_bytes()[4096:4100] == b"kept"
 
 
+def test_gpio_i2c_adds_the_virtio_gpio_and_i2c_drivers(tmp_path):
+    out = tmp_path / "img"
+    proc = _build("--dir", str(out), "--data-size", "1M", "--gpio-i2c")
+    assert proc.returncode == 0, proc.stderr
+    initrd = (out / "initrd.img").read_bytes()
+    for name in ("gpio_virtio", "i2c_virtio", "i2c_dev", "at24", "lm75"):
+        assert f"lib/modules/gpio-i2c/{name}.ko".encode() in initrd
+    assert initrd.index(b"etc/acrnmgr/modules.d/gpio-i2c.load") < initrd.index(GUEST_SCRIPT.encode())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"gpio_virtio", "i2c_virtio", "ext4"} <= set(manifest["modules"])
+    # The default image stays without them.
+    assert _build("--dir", str(out)).returncode == 0
+    assert b"gpio_virtio" not in (out / "initrd.img").read_bytes()
+
+
 def test_bad_sizes_are_usage_errors(tmp_path):
     proc = _build("--dir", str(tmp_path), "--data-size", "lots")
     assert proc.returncode == 2 and "give a size such as 64M" in proc.stderr and "Traceback" not in proc.stderr

@@ -75,8 +75,9 @@ class GuestImage:
     modules: tuple[str, ...]
     cmdline: str = DEFAULT_CMDLINE
 
-    def initrd_with_script(self, script: str, directory: Path | None = None, fio: bool | None = None) -> Path:
-        return initrd_with_script(script, directory, image=self, fio=fio)
+    def initrd_with_script(self, script: str, directory: Path | None = None, fio: bool | None = None,
+                           gpio_i2c: bool = False) -> Path:
+        return initrd_with_script(script, directory, image=self, fio=fio, gpio_i2c=gpio_i2c)
 
 
 def cache_root() -> Path:
@@ -306,7 +307,7 @@ def _build_initramfs(directory: Path, moddir: Path, busybox: Path, fio: Path | N
 # ---------------------------------------------------------------------------------------------- build + cache
 
 
-def _download_kernel(pkg: str, version: str, root: Path | None = None, progress: Progress = _progress) -> Path:
+def _download_deb(pkg: str, version: str, root: Path | None = None, progress: Progress = _progress) -> Path:
     debs = (root or cache_root()) / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     for existing in [*debs.glob(f"{pkg}_*.deb"), *(cache_root() / "debs").glob(f"{pkg}_*.deb")]:
@@ -348,7 +349,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
 
 def _build(dest: Path, pkg: str, version: str, busybox: Path, fio: Path | None,
            wanted: tuple[str, ...] = WANTED_MODULES, progress: Progress = _progress) -> None:
-    deb = _download_kernel(pkg, version, dest.parent, progress)
+    deb = _download_deb(pkg, version, dest.parent, progress)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
         work = Path(tmp)
         progress(f"extracting {deb.name} (dpkg-deb -x)")
@@ -402,7 +403,7 @@ def build_guest_image(*, root: Path | None = None, fio: bool = True, extra_modul
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "manifest.json").exists():
             try:
-                _download_kernel(pkg, version, root, progress)
+                _download_deb(pkg, version, root, progress)
             except GuestBuildError as first:
                 # Stale apt lists name a version the mirror no longer has (security updates replace them).
                 progress(f"{first}; running apt-get update and retrying")
@@ -432,17 +433,23 @@ def wants_fio(script: str) -> bool:
 
 
 def initrd_with_script(script: str, directory: Path | None = None, image: GuestImage | None = None,
-                       fio: bool | None = None) -> Path:
-    """An initramfs that is the base guest (plus fio if `fio`, by default if the script mentions fio) with
-    `script` appended as /test.sh, which /init runs.
+                       fio: bool | None = None, gpio_i2c: bool = False) -> Path:
+    """An initramfs that is the base guest (plus fio if `fio`, by default if the script mentions fio; plus the
+    gpio-i2c layer if `gpio_i2c`: see gpio_i2c.py) with `script` appended as /test.sh, which /init runs.
 
     Written into `directory` (e.g. a pytest tmp_path) when given, else into the guest cache, named by the
     content's hash. The file is written atomically, so concurrent callers are safe.
     """
     image = image or build_guest_image()
     fio = wants_fio(script) if fio is None else fio
-    parts = [image.initrd_base] + ([image.fio_layer] if fio else [])
-    digest = hashlib.sha256(script.encode() + b"\0fio" * fio).hexdigest()[:16]
+    layers = [image.fio_layer] if fio else []
+    if gpio_i2c:
+        from .gpio_i2c import gpio_i2c_layer  # it builds on this module
+
+        layers.append(gpio_i2c_layer(image))
+    parts = [image.initrd_base] + layers
+    # A layer's path names its cache key (kernel, inputs hash), so a rebuilt layer makes a new initrd.
+    digest = hashlib.sha256(script.encode() + b"".join(b"\0" + str(p).encode() for p in layers)).hexdigest()[:16]
     directory = Path(directory) if directory is not None else image.directory / "scripts"
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / f"initrd-{digest}.cpio"

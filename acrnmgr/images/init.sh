@@ -10,9 +10,14 @@ mkdir -p /dev/pts /dev/shm /run /tmp /mnt
 mount -t devpts devpts /dev/pts
 exec </dev/console >/dev/console 2>&1
 
-while read -r mod; do
-    insmod "/lib/modules/$mod" || echo "ACRNMGR-GUEST-WARN: insmod $mod failed"
-done </etc/acrnmgr/modules.load
+# The base's modules, then those of optional initrd layers (e.g. gpio-i2c: acrnmgr/images/gpio_i2c.py), each list
+# in dependency order.
+for list in /etc/acrnmgr/modules.load /etc/acrnmgr/modules.d/*.load; do
+    [ -f "$list" ] || continue
+    while read -r mod; do
+        insmod "/lib/modules/$mod" || echo "ACRNMGR-GUEST-WARN: insmod $mod failed"
+    done <"$list"
+done
 
 . /lib/acrnmgr/functions.sh
 settle_devices

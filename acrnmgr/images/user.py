@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .build import GuestBuildError, Progress, _host_tool, build_guest_image
 from .cpio import CpioWriter
+from .gpio_i2c import gpio_i2c_layer, layer_modules
 
 READY_TEXT = "acrnmgr-guest: ready"
 EXTRA_MODULES = ("ext4", "crc32c_generic")
@@ -134,22 +135,25 @@ def make_data_disk(path: Path, size: int, progress: Progress) -> None:
 
 
 def build_user_image(directory: Path | None = None, *, data_size: int = DEFAULT_DATA_SIZE, new_disk: bool = False,
-                     progress: Progress) -> UserImage:
+                     gpio_i2c: bool = False, progress: Progress) -> UserImage:
     """Build (or refresh) the image in `directory`; the kernel and base initramfs come from a cache shared by
-    every image folder. The data disk is made only when missing (or when new_disk)."""
+    every image folder. The data disk is made only when missing (or when new_disk). `gpio_i2c` adds the
+    gpio-i2c layer (gpio_i2c.py: the virtio-gpio/i2c drivers, i2c-dev, at24, lm75), which /init loads."""
     directory = Path(directory) if directory is not None else default_image_dir()
     if data_size < 1 << 20:
         raise GuestBuildError("the data disk needs at least 1 MiB")
     progress("resolving the kernel package linux-image-amd64 depends on (apt-cache)")
     base = build_guest_image(root=images_root() / "build", fio=False, extra_modules=EXTRA_MODULES,
                              progress=progress)
+    layers = [gpio_i2c_layer(base, progress)] if gpio_i2c else []
     directory.mkdir(parents=True, exist_ok=True)
     progress(f"kernel {base.kernel_version}; writing the image into {directory}")
     _place(base.kernel, directory / "vmlinux")
     _place(base.bzimage, directory / "bzImage")
     tmp = directory / ".initrd.img.new"
     with open(tmp, "wb") as out:
-        out.write(base.initrd_base.read_bytes())
+        for part in [base.initrd_base, *layers]:
+            out.write(part.read_bytes())
         out.write(_overlay())
     os.replace(tmp, directory / "initrd.img")
     data = directory / "data.img"
@@ -158,8 +162,9 @@ def build_user_image(directory: Path | None = None, *, data_size: int = DEFAULT_
         make_data_disk(data, data_size, progress)
     else:
         progress(f"keeping the existing data disk {data} (--new-disk makes a fresh one)")
-    manifest = {"kernel_version": base.kernel_version, "modules": list(base.modules), "ready": READY_TEXT,
-                "built_from": str(base.directory)}
+    modules = list(base.modules) + [m for layer in layers for m in layer_modules(layer)]
+    manifest = {"kernel_version": base.kernel_version, "modules": modules, "ready": READY_TEXT,
+                "built_from": str(base.directory), "layers": [str(layer) for layer in layers]}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return UserImage(directory, directory / "vmlinux", directory / "bzImage", directory / "initrd.img", data,
                      base.kernel_version, created)

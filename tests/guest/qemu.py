@@ -214,14 +214,14 @@ class Guest:
 
     def __init__(self, script: str, extra_args: list[str] = (), memory_mb: int = 512, smp: int = 1,
                  image: GuestImage | None = None, qmp: bool = True, cmdline_extra: str = "",
-                 fio: bool | None = None) -> None:
+                 fio: bool | None = None, gpio_i2c: bool = False) -> None:
         self.image = image or build_guest_image()
         self._tmp = tempfile.TemporaryDirectory(prefix="acrnmgr-guest-")
         tmp = Path(self._tmp.name)
         self.console_path = tmp / "console.log"
         self.stderr_path = tmp / "qemu.stderr"
         self.qmp_path = tmp / "qmp.sock"
-        initrd = initrd_with_script(script, tmp, image=self.image, fio=fio)
+        initrd = initrd_with_script(script, tmp, image=self.image, fio=fio, gpio_i2c=gpio_i2c)
         argv = qemu_base_argv(self.image.kernel, initrd, memory_mb, cmdline_extra, pick_accel(self.image), smp)
         argv += ["-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console"]
         if qmp:
@@ -315,12 +315,13 @@ class Guest:
 
 def run_guest(script: str, extra_args: list[str] = (), timeout: float = 120, memory_mb: int = 512,
               smp: int = 1, image: GuestImage | None = None, cmdline_extra: str = "",
-              fio: bool | None = None) -> GuestResult:
+              fio: bool | None = None, gpio_i2c: bool = False) -> GuestResult:
     """Boot the guest, run `script` (busybox sh) in it, and return its exit status and console once it powers
-    off. fio is in the guest when `fio` is true, by default when the script mentions it. Raises GuestError
+    off. fio is in the guest when `fio` is true, by default when the script mentions it; the gpio-i2c layer
+    (virtio-gpio/i2c drivers, i2c-dev, at24, lm75: acrnmgr/images/gpio_i2c.py) when `gpio_i2c`. Raises GuestError
     (with QEMU's stderr and the console tail) if QEMU fails or the timeout passes; QEMU is always reaped."""
     with Guest(script, extra_args, memory_mb, smp, image, qmp=False, cmdline_extra=cmdline_extra,
-               fio=fio) as guest:
+               fio=fio, gpio_i2c=gpio_i2c) as guest:
         result = guest.wait(timeout)
         if result.rc is None:
             what = "the guest powered off" if result.qemu_rc == 0 else f"QEMU exited with status {result.qemu_rc}"
