@@ -106,7 +106,7 @@ class VirtioI2c(VirtioDevice):
             for k, client in enumerate(dev.get("devices", [])):
                 where: JsonPath = (*path, "devices", k)
                 addr = client["address"]
-                if addr < 0x08 or addr > 0x77:
+                if addr < 0x08 or 0x77 < addr <= 0x7F:  # (above 0x7f: the schema says so)
                     ctx.error((*where, "address"), f"address {addr:#04x} is reserved by the I2C specification "
                               "(0x00-0x07: general call, CBUS, other buses, high speed; 0x78-0x7f: 10-bit "
                               "addressing and future use)", "use an address in 0x08..0x77 (e.g. 0x50 for an "
