@@ -140,41 +140,45 @@ def _address(text: str, option: str) -> int:
 
 
 def _make_i2c(eeproms: list[str], lm75s: list[str], clients: list[str], control: Path | None) -> VirtioDevice:
+    """The adapter the options describe: every option is checked (usage errors) before any file is opened."""
     from acrnmgr.devmodel.i2c import Eeprom24c02, HostAdapter, I2cDevice, I2cTarget, Lm75
 
-    targets: dict[int, I2cTarget] = {}
     taken: dict[int, str] = {}
 
-    def claim(addr: int, option: str) -> None:
+    def claim(text: str, option: str) -> int:
+        addr = _address(text, option.split()[0])
         if addr in taken:
             raise _usage(f"{option}: address {addr:#04x} is already given by {taken[addr]}")
         taken[addr] = option
+        return addr
 
+    files: dict[int, str] = {}
+    for item in eeproms:
+        addr_text, sep, file = item.partition("=")
+        if not sep or not file:
+            raise _usage(f"--eeprom {item!r}: use ADDR=FILE, e.g. 0x50=eeprom.bin")
+        files[claim(addr_text, f"--eeprom {item}")] = file
+    temperatures: dict[int, float] = {}
+    for item in lm75s:
+        addr_text, sep, temp = item.partition("=")
+        addr = claim(addr_text, f"--lm75 {item}")
+        try:
+            temperatures[addr] = float(temp) if sep else 25.0
+        except ValueError:
+            raise _usage(f"--lm75 {item!r}: {temp!r} is not a temperature in °C") from None
+    buses: dict[int, list[int]] = {}
+    for item in clients:
+        bus_text, sep, addr_text = item.partition(":")
+        if not sep or not bus_text.isdigit():
+            raise _usage(f"--host-client {item!r}: use BUS:ADDR, e.g. 2:0x1c for client 0x1c of /dev/i2c-2")
+        buses.setdefault(int(bus_text), []).append(claim(addr_text, f"--host-client {item}"))
+
+    targets: dict[int, I2cTarget] = {}
     try:
-        for item in eeproms:
-            addr_text, sep, file = item.partition("=")
-            if not sep or not file:
-                raise _usage(f"--eeprom {item!r}: use ADDR=FILE, e.g. 0x50=eeprom.bin")
-            addr = _address(addr_text, "--eeprom")
-            claim(addr, f"--eeprom {item}")
+        for addr, file in files.items():
             targets[addr] = Eeprom24c02(file)
-        for item in lm75s:
-            addr_text, sep, temp = item.partition("=")
-            addr = _address(addr_text, "--lm75")
-            claim(addr, f"--lm75 {item}")
-            try:
-                celsius = float(temp) if sep else 25.0
-            except ValueError:
-                raise _usage(f"--lm75 {item!r}: {temp!r} is not a temperature in °C") from None
+        for addr, celsius in temperatures.items():
             targets[addr] = Lm75(celsius)
-        buses: dict[int, list[int]] = {}
-        for item in clients:
-            bus_text, sep, addr_text = item.partition(":")
-            if not sep or not bus_text.isdigit():
-                raise _usage(f"--host-client {item!r}: use BUS:ADDR, e.g. 2:0x1c for client 0x1c of /dev/i2c-2")
-            addr = _address(addr_text, "--host-client")
-            claim(addr, f"--host-client {item}")
-            buses.setdefault(int(bus_text), []).append(addr)
         for bus, addrs in buses.items():
             adapter = HostAdapter(bus, addrs)
             targets.update(dict.fromkeys(addrs, adapter))

@@ -116,7 +116,8 @@ def get(vm: Annotated[str, typer.Argument(help="The VM's name.")],
     _show(_ask(_socket(vm, adapter), request), output)
 
 
-@app.command("set")
+# A negative value (-3.5) is a value, not an option.
+@app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(vm: Annotated[str, typer.Argument(help="The VM's name.")],
          target: Annotated[str, typer.Argument(help="TYPE@ADDRESS (lm75@0x48) or an address (0x48).")],
          prop: Annotated[str, typer.Argument(metavar="PROPERTY", help="e.g. temperature.")],

@@ -399,7 +399,7 @@ class VirtioDevice(DeviceKind):
                           + ", or `auto`")
             elif backend == "embedded" and not cls.EMBEDDED:
                 ctx.error((*path, "backend"), f"the embedded device model does not serve {cls.KIND} "
-                          "(it serves virtio-blk, virtio-net, virtio-console and virtio-rnd)",
+                          "(it serves virtio-blk, virtio-net, virtio-console, virtio-rnd and virtio-i2c)",
                           "use `backend: vhost`" if cls.VHOST else "use `backend: vbs-u` or `auto`")
             elif backend == "embedded" and rtvm:
                 ctx.error((*path, "backend"), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "

@@ -16,7 +16,8 @@ from acrnmgr.host import HostProfile
 ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["validate", "plan", "render", "schema", "up", "down", "status", "list", "logs", "console", "forget",
-            "systemd", "apply", "diff", "import", "export", "host", "image build", "devmodel serve"]
+            "systemd", "apply", "diff", "import", "export", "host", "image build", "devmodel serve", "i2c list",
+            "i2c get", "i2c set"]
 
 
 def run(*args: str, env: dict | None = None, columns: int = 100) -> subprocess.CompletedProcess:
