@@ -84,6 +84,13 @@ def test_missing_eeprom_file_is_reported_with_its_path():
     assert "`nope.bin` does not exist (looked for " in d.message and "--no-check-paths" in d.suggestion
 
 
+def test_eeprom_file_larger_than_the_chip(tmp_path):
+    (tmp_path / "big.bin").write_bytes(bytes(300))
+    text = devices_text("- type: virtio-i2c\n  devices: [{type: eeprom-24c02, address: 0x50, file: big.bin}]")
+    d = only(diagnostics(text, check_paths=True, base_dir=tmp_path), "spec.devices[0].devices[0].file")
+    assert d.message == "`big.bin` is 300 bytes; a 24c02 EEPROM holds 256 bytes"
+
+
 # -- plans ----------------------------------------------------------------------------------------------------
 def test_qemu_engine_serves_everything_from_the_embedded_model(tmp_path, plain_box):
     (tmp_path / "eeprom.bin").write_bytes(bytes(256))
