@@ -23,6 +23,7 @@ GUEST = r"""
 adapter=$(ls -d /sys/bus/virtio/drivers/i2c_virtio/virtio*/i2c-* | head -n1)
 n=${adapter##*/i2c-}
 echo "ADAPTER=i2c-$n"
+echo "DETECT=$(i2cdetect -y -r $n | tail -n +2 | cut -c5- | tr ' ' '\n' | grep -v -e '^--$' -e '^$' | tr '\n' ' ')"
 echo 24c02 0x50 > /sys/bus/i2c/devices/i2c-$n/new_device
 echo lm75 0x48 > /sys/bus/i2c/devices/i2c-$n/new_device
 echo 24c02 0x51 > /sys/bus/i2c/devices/i2c-$n/new_device   # nobody answers there: at24's probe read fails
@@ -60,6 +61,7 @@ def test_guest_uses_eeprom_and_lm75(backend, guest_image, tmp_path):
     out = result.output
     assert result.rc == 0, out
     assert re.search(r"^ADAPTER=i2c-\d+$", out, re.MULTILINE), out
+    assert "DETECT=48 50 \n" in out, out  # a read at every address: only the two devices ACK
     assert "EEPROM-HEAD=0001020304050607" in out, out
     assert "EEPROM-BACK=written-by-guest" in out, out
     assert "ABSENT-EEPROM=unbound" in out, out
