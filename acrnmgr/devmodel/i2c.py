@@ -154,7 +154,9 @@ class Eeprom24c02:
                 os.fchmod(fd, stat.S_IMODE(os.stat(self.path).st_mode))
             except FileNotFoundError:
                 pass
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -402,7 +404,9 @@ class I2cDevice(VirtioDevice):
         keep = chain.readable_len if chain.readable_len <= OUT_HDR.size + MAX_MSG_LEN else OUT_HDR.size
         readable = _gather(chain.readable, keep)
         raw_addr, _pad, flags = OUT_HDR.unpack_from(readable)
-        writable = chain.writable
+        writable = list(chain.writable)
+        while not len(writable[-1]):  # zero-length descriptors carry nothing; the status is the last byte
+            writable.pop()
         last = writable[-1]
         status = last[len(last) - 1:]
         read_into = writable[:-1] + ([last[:len(last) - 1]] if len(last) > 1 else [])

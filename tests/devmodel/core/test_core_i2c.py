@@ -156,6 +156,14 @@ def test_request_without_header_or_status_breaks_the_queue(ram, shape):
     assert q.vq.broken and dev.needs_reset
 
 
+def test_zero_length_descriptors_are_skipped(ram):
+    dev, q = _device({0x48: Lm75()}, ram)
+    buf, status = q.buf(2, True), q.buf(1, True)
+    q.add([q.buf(_hdr(0x48, FLAG_M_RD)), q.buf(0), (buf[0], 0, True), buf, status, (status[0] + 1, 0, True)])
+    dev.process_queue(0, q.vq, q.mem)
+    assert ram.read(buf[0], 2) == b"\x19\x00" and _status(q, status[0]) == MSG_OK and not dev.needs_reset
+
+
 def test_header_split_across_descriptors(ram):
     dev, q = _device({0x48: Lm75(temperature=-10.5)}, ram)
     hdr = _hdr(0x48, FLAG_FAIL_NEXT)
