@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 from core_guest import GuestQueue, GuestRam
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.i2c import (
@@ -329,3 +331,55 @@ def test_host_adapter_errors_are_clear(tmp_path):
     (tmp_path / "i2c-3").write_bytes(b"")
     with pytest.raises(ValueError, match="not a character device"):
         HostAdapter(3, [0x1C], dev_dir=str(tmp_path))
+
+
+# -- hostile, i2c-shaped --------------------------------------------------------------------------------------
+i2c_requests = st.lists(st.tuples(
+    st.sampled_from([0x50 << 1, 0x48 << 1, 0x49 << 1, 0x50 << 1 | 1, 0x1FE]) | st.integers(0, 0xFFFF),  # addr field
+    st.sampled_from([0, FLAG_FAIL_NEXT, FLAG_M_RD, FLAG_FAIL_NEXT | FLAG_M_RD]) | st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 9, 300]),  # buffer length
+    st.sampled_from(["readable", "writable", "split", "no status", "short header"]),
+    st.binary(min_size=0, max_size=9),  # payload start (word address, data)
+), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reqs=i2c_requests, cut=st.integers(0, 12))
+def test_hostile_i2c_requests(eeprom_file, reqs, cut):
+    """Requests with any address, flags, length and layout, kicked in two batches: the device never raises, every
+    completed request has status OK or ERR, a bad chain breaks the queue (NEEDS_RESET), the file stays 256 bytes."""
+    ram = GuestRam(1 << 20)
+    dev, q = _device({0x50: Eeprom24c02(str(eeprom_file)), 0x48: Lm75()}, ram)
+    try:
+        statuses = {}
+        for i, (addr, flags, n, shape, payload) in enumerate(reqs):
+            hdr = struct.pack("<HHI", addr, 0, flags)
+            if shape == "split":
+                bufs = [q.buf(hdr[:3]), q.buf(hdr[3:])]
+            else:
+                bufs = [q.buf(hdr[:5] if shape == "short header" else hdr)]
+            if n:
+                data = (payload + bytes(n))[:n]
+                bufs.append(q.buf(n, True) if shape == "writable" else q.buf(data))
+            if shape != "no status":
+                status = q.buf(1, True)
+                ram.write(status[0], b"\xee")
+                bufs.append(status)
+            if len(q.free) < len(bufs):
+                break
+            head = q.add(bufs, publish=False)
+            statuses[head] = bufs[-1][0] if shape != "no status" else None
+            q.publish(head)
+            if i == cut:
+                dev.process_queue(0, q.vq, q.mem)
+        dev.process_queue(0, q.vq, q.mem)
+        if q.vq.broken:
+            assert dev.needs_reset
+        for head, _n in q.get_used():
+            if statuses[head] is not None:
+                assert ram.read(statuses[head], 1)[0] in (MSG_OK, MSG_ERR)
+        assert len(eeprom_file.read_bytes()) == 256
+        assert ram.guards_intact()
+    finally:
+        dev.close()
+        ram.close()
