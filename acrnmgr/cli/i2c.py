@@ -16,7 +16,6 @@ from acrnmgr.cli.common import OutputFormat, fail
 
 app = typer.Typer(no_args_is_help=True)
 
-CONTROL_SUFFIX = ".i2c.sock"
 MAX_REPLY = 1 << 20
 
 AdapterOption = Annotated[Optional[str], typer.Option("--adapter", help="The virtio-i2c device's name, when the VM "
@@ -25,6 +24,7 @@ OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text or js
 
 
 def _socket(vm: str, adapter: str | None) -> Path:
+    from acrnmgr.devices.virtio_i2c import CONTROL_SUFFIX
     from acrnmgr.lifecycle.errors import StateError
     from acrnmgr.lifecycle.state import check_name
     from acrnmgr.paths import vm_state_dir
