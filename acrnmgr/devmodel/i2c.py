@@ -5,7 +5,8 @@ message buffer (readable for a write, writable for a read; absent for a zero-len
 {u8 status} writable.  ``VIRTIO_I2C_FLAGS_FAIL_NEXT`` groups requests into one I2C transfer (Linux's i2c-virtio
 sets it on every message of a transfer but the last): requests are held until their group is complete, then run
 in order, and once one fails the rest of the group fails without being attempted.  An address with no target
-answers VIRTIO_I2C_MSG_ERR, as a NAK on a real bus does.
+answers VIRTIO_I2C_MSG_ERR, as a NAK on a real bus does.  VIRTIO_I2C_F_ZERO_LENGTH_REQUEST is offered: Linux's
+driver refuses an adapter without it, and QEMU 7.2's vhost-user-i2c frontend passes it through from the back-end.
 
 Targets:
 
