@@ -169,11 +169,14 @@ class Eeprom24c02:
         except BaseException:
             os.unlink(tmp)
             raise
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        try:  # the rename is done: from here on a failure costs durability, not the write
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            log.warning("virtio-i2c: EEPROM %s: cannot sync its folder: %s", self.path, exc.strerror)
 
     def properties(self) -> dict[str, Any]:
         return {"file": self.path, "size": self.SIZE, "pageSize": self.PAGE}
