@@ -205,13 +205,17 @@ class VirtioI2c(VirtioDevice):
         nid, addr = f"dev{slot}", f"addr={slot:#x}"
         control = self.control_socket(ctx.state_dir)
         extra = ["--control-socket", str(control)]
-        for c in self.clients:
+        for k, c in enumerate(self.clients):
             if c.kind == "eeprom-24c02":
                 extra += ["--eeprom", f"{c.address:#04x}={c.file}"]
             elif c.kind == "lm75":
                 extra += ["--lm75", f"{c.address:#04x}={c.temperature:g}"]
             else:
                 extra += ["--host-client", f"{c.bus}:{c.address:#04x}"]
+                if c.acpi_node not in (None, "default"):
+                    ctx.diags.warn((*self.where, "devices", k, "acpiNode"), f"acpiNode {c.acpi_node}: the qemu "
+                                   "engine adds no ACPI node for an I2C client (acrn-dm writes it into its DSDT)",
+                                   "instantiate the client in the guest (new_device, or a driver that probes it)")
         sock = ctx.helper(self, "i2c", extra)
         ctx.sockets.append(str(control))
         ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",

@@ -111,6 +111,15 @@ def test_qemu_engine_serves_everything_from_the_embedded_model(tmp_path, plain_b
     assert launch.argv[i + 1] == "vhost-user-i2c-pci,chardev=cdev3,addr=0x3"
 
 
+def test_acpi_nodes_are_acrn_dm_only(tmp_path, plain_box):
+    body = BASIC + ("  devices:\n    - type: virtio-i2c\n"
+                    "      devices: [{type: host, bus: 2, address: 0x1c, acpiNode: cam1}]\n")
+    compiled = compile_body(tmp_path, body, plain_box, engine="qemu")
+    assert compiled.ok, compiled.errors
+    warning, = [w for w in compiled.warnings if w.json_path == "spec.devices[0].devices[0].acpiNode"]
+    assert "adds no ACPI node" in warning.message
+
+
 def test_acrn_engine_refuses_simulated_devices_and_says_why(tmp_path, service_vm):
     (tmp_path / "eeprom.bin").write_bytes(bytes(256))
     compiled = compile_body(tmp_path, BASIC + SIMULATED, service_vm)
