@@ -13,6 +13,7 @@ from acrnmgr.cli import gitops as gitops_cli
 from acrnmgr.cli import gpio as gpio_cli
 from acrnmgr.cli import helpfmt
 from acrnmgr.cli import host as host_cli
+from acrnmgr.cli import i2c as i2c_cli
 from acrnmgr.cli import images as images_cli
 from acrnmgr.cli import lifecycle as lifecycle_cli
 from acrnmgr.cli import render as render_cli
@@ -51,6 +52,7 @@ host_cli.register(app)
 app.add_typer(images_cli.app, name="image", help="Build bootable guest images from Debian's packages.")
 app.add_typer(devmodel_cli.app, name="devmodel", help="Run the embedded Python virtio device model.")
 app.add_typer(gpio_cli.app, name="gpio", help="Read and drive a VM's simulated GPIO lines (qemu engine).")
+app.add_typer(i2c_cli.app, name="i2c", help="Read and set the simulated I2C devices of a running VM.")
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ class DeviceKind(str, enum.Enum):
     console = "console"
     rng = "rng"
     gpio = "gpio"
+    i2c = "i2c"
 
 
 class LogLevel(str, enum.Enum):
@@ -62,8 +63,16 @@ def serve(
                                                    "[@gpiochipN:OFFSET|NAME]; in: the host drives it, out: the "
                                                    "guest does; @: a host GPIO line instead of a simulated one. "
                                                    "Repeat for each line.")] = None,
-    control_socket: Annotated[Path | None, typer.Option("--control-socket", help="gpio: Unix socket (0600) where "
-                                                        "the host reads and drives the lines (acrnmgr gpio).")] = None,
+    eeprom: Annotated[list[str] | None, typer.Option("--eeprom", metavar="ADDR=FILE", help="i2c: a 24c02 EEPROM at "
+                                                     "ADDR backed by FILE (at most 256 bytes; written on every guest "
+                                                     "write). Repeatable.")] = None,
+    lm75: Annotated[list[str] | None, typer.Option("--lm75", metavar="ADDR[=CELSIUS]", help="i2c: an LM75 sensor at "
+                                                   "ADDR (default 25 °C). Repeatable.")] = None,
+    host_client: Annotated[list[str] | None, typer.Option("--host-client", metavar="BUS:ADDR", help="i2c: pass "
+                                                          "client ADDR of /dev/i2c-BUS through. Repeatable.")] = None,
+    control_socket: Annotated[Path | None, typer.Option("--control-socket", help="gpio, i2c: Unix socket (created "
+                                                        "0600) where the host reads and drives the device "
+                                                        "(`acrnmgr gpio`, `acrnmgr i2c`).")] = None,
     log_level: Annotated[LogLevel, typer.Option("--log-level", help="Logging verbosity (stderr).")] = LogLevel.info,
     stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=0.01, max=3600,
                                                  help="Seconds a front-end may take to finish sending a message "
@@ -83,12 +92,16 @@ def serve(
         raise _usage("--tap and --mac apply to --device net only")
     if kind != "console" and (pty or console_socket is not None):
         raise _usage("--pty and --console-socket apply to --device console only")
-    if kind != "gpio" and (line or control_socket is not None):
-        raise _usage("--line and --control-socket apply to --device gpio only")
+    if kind not in ("gpio", "i2c") and control_socket is not None:
+        raise _usage("--control-socket applies to --device gpio and i2c only")
+    if kind != "gpio" and line:
+        raise _usage("--line applies to --device gpio only")
     if kind == "gpio" and not line:
         raise _usage("--device gpio needs at least one --line")
     if pty and console_socket is not None:
         raise _usage("--pty and --console-socket are mutually exclusive")
+    if kind != "i2c" and (eeprom or lm75 or host_client):
+        raise _usage("--eeprom, --lm75 and --host-client apply to --device i2c only")
     if kind == "blk" and image is None:
         raise _usage("--device blk needs --image")
     if kind == "net" and tap is None:
@@ -102,8 +115,11 @@ def serve(
     from acrnmgr.devmodel.server import ServerError, VhostUserServer
 
     try:
-        dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
-                           console_socket=console_socket, lines=line or [], control_socket=control_socket)
+        if kind == "i2c":
+            dev = _make_i2c(eeprom or [], lm75 or [], host_client or [], control_socket)
+        else:
+            dev = _make_device(kind, image=image, read_only=read_only, queues=queues, tap=tap, mac=mac,
+                               console_socket=console_socket, lines=line or [], control_socket=control_socket)
     except (OSError, ValueError) as exc:
         raise _fail(f"cannot open the {kind} device: {exc}") from None
     try:
@@ -123,6 +139,66 @@ def serve(
         server.serve_forever()
     finally:
         dev.close()
+
+
+def _address(text: str, option: str) -> int:
+    try:
+        addr = int(text, 0)
+    except ValueError:
+        raise _usage(f"{option}: {text!r} is not an I2C address (0x08..0x77, e.g. 0x50)") from None
+    if not 0 <= addr <= 0x7F:
+        raise _usage(f"{option}: {text!r} is not a 7-bit I2C address")
+    return addr
+
+
+def _make_i2c(eeproms: list[str], lm75s: list[str], clients: list[str], control: Path | None) -> VirtioDevice:
+    """The adapter the options describe: every option is checked (usage errors) before any file is opened."""
+    from acrnmgr.devmodel.i2c import Eeprom24c02, HostAdapter, I2cDevice, I2cTarget, Lm75
+
+    taken: dict[int, str] = {}
+
+    def claim(text: str, option: str) -> int:
+        addr = _address(text, option.split()[0])
+        if addr in taken:
+            raise _usage(f"{option}: address {addr:#04x} is already given by {taken[addr]}")
+        taken[addr] = option
+        return addr
+
+    files: dict[int, str] = {}
+    for item in eeproms:
+        addr_text, sep, file = item.partition("=")
+        if not sep or not file:
+            raise _usage(f"--eeprom {item!r}: use ADDR=FILE, e.g. 0x50=eeprom.bin")
+        files[claim(addr_text, f"--eeprom {item}")] = file
+    temperatures: dict[int, float] = {}
+    for item in lm75s:
+        addr_text, sep, temp = item.partition("=")
+        addr = claim(addr_text, f"--lm75 {item}")
+        try:
+            temperatures[addr] = float(temp) if sep else 25.0
+        except ValueError:
+            raise _usage(f"--lm75 {item!r}: {temp!r} is not a temperature in °C") from None
+    buses: dict[int, list[int]] = {}
+    for item in clients:
+        bus_text, sep, addr_text = item.partition(":")
+        if not sep or not bus_text.isdigit():
+            raise _usage(f"--host-client {item!r}: use BUS:ADDR, e.g. 2:0x1c for client 0x1c of /dev/i2c-2")
+        buses.setdefault(int(bus_text), []).append(claim(addr_text, f"--host-client {item}"))
+
+    targets: dict[int, I2cTarget] = {}
+    try:
+        for addr, file in files.items():
+            targets[addr] = Eeprom24c02(file)
+        for addr, celsius in temperatures.items():
+            targets[addr] = Lm75(celsius)
+        for bus, addrs in buses.items():
+            adapter = HostAdapter(bus, addrs)
+            targets.update(dict.fromkeys(addrs, adapter))
+        return I2cDevice(targets, control_path=str(control) if control is not None else None)
+    except BaseException:
+        for target in {id(t): t for t in targets.values()}.values():
+            target.close()
+        raise
 
 
 def _make_device(kind: str, *, image: Path | None, read_only: bool, queues: int, tap: str | None, mac: str | None,

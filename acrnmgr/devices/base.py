@@ -383,6 +383,14 @@ class DeviceKind(Device):
         return False
 
 
+def _embedded_kinds() -> str:
+    """The kinds the embedded device model serves, for messages (every kind module has loaded by then)."""
+    from acrnmgr.devices import KINDS
+
+    names = [kind for kind, cls in KINDS.items() if getattr(cls, "EMBEDDED", False)]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 class VirtioDevice(DeviceKind):
     """A virtio device kind.  Class attributes say what serves it:
 
@@ -412,7 +420,7 @@ class VirtioDevice(DeviceKind):
                           + ", or `auto`")
             elif backend == "embedded" and not cls.EMBEDDED:
                 ctx.error((*path, "backend"), f"the embedded device model does not serve {cls.KIND} "
-                          "(it serves virtio-blk, virtio-net, virtio-console, virtio-rnd and virtio-gpio)",
+                          f"(it serves {_embedded_kinds()})",
                           "use `backend: vhost`" if cls.VHOST else "use `backend: vbs-u` or `auto`")
             elif backend == "embedded" and rtvm:
                 ctx.error((*path, "backend"), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "

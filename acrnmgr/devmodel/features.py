@@ -78,11 +78,15 @@ CONSOLE_F_EMERG_WRITE = 2
 # -- virtio-gpio ---------------------------------------------------------------------------------------------
 GPIO_F_IRQ = 0
 
+# -- virtio-i2c ----------------------------------------------------------------------------------------------
+I2C_F_ZERO_LENGTH_REQUEST = 0
+
 # -- virtio device IDs ---------------------------------------------------------------------------------------
 ID_NET = 1
 ID_BLOCK = 2
 ID_CONSOLE = 3
 ID_RNG = 4
+ID_I2C_ADAPTER = 34
 ID_GPIO = 41
 
 # Common ring features every device type of ours supports.

@@ -296,6 +296,7 @@ _IMAGE_FIELDS = {
 
 def _check_paths(ctx: _Ctx, spec: dict) -> None:
     wanted: list[tuple[tuple, str]] = []
+    size_caps: dict[tuple, tuple[int, str]] = {}  # files that must not be larger than a device holds
     boot = spec.get("boot") or {}
     for section, fields in (("ovmf", ("code", "vars", "image")), ("kernel", ("path", "initrd")), ("elf", ("path",))):
         part = boot.get(section)
@@ -307,6 +308,11 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
         for f in _IMAGE_FIELDS.get(dev.get("type", ""), ()):
             if isinstance(dev.get(f), str):
                 wanted.append((path + (f,), dev[f]))
+        if dev.get("type") == "virtio-i2c" and isinstance(dev.get("devices"), list):
+            for k, client in enumerate(dev["devices"]):
+                if isinstance(client, dict) and isinstance(client.get("file"), str):
+                    wanted.append((path + ("devices", k, "file"), client["file"]))
+                    size_caps[path + ("devices", k, "file")] = (256, "a 24c02 EEPROM holds 256 bytes")
         if dev.get("type") == "passthru":
             opts = dev.get("options") or {}
             for f in ("romfile", "dsdt"):
@@ -325,6 +331,9 @@ def _check_paths(ctx: _Ctx, spec: dict) -> None:
                 ctx.error(path, f"`{value}` does not exist{where}",
                           "fix the path (relative paths start at the spec's folder), or use --no-check-paths "
                           "when planning for another host")
+            elif path in size_caps and full.stat().st_size > size_caps[path][0]:
+                ctx.error(path, f"`{value}` is {full.stat().st_size} bytes; {size_caps[path][1]}",
+                          f"use a file of at most {size_caps[path][0]} bytes")
         except (OSError, ValueError):  # e.g. a name too long for the file system, or a NUL
             ctx.error(path, f"`{value}` is not a usable path")
 

@@ -17,7 +17,7 @@ ACRNMGR = str(Path(sys.executable).with_name("acrnmgr"))
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["validate", "plan", "render", "schema", "up", "down", "status", "list", "logs", "console", "forget",
             "systemd", "apply", "diff", "import", "export", "host", "image build", "devmodel serve", "gpio get",
-            "gpio set"]
+            "gpio set", "i2c list", "i2c get", "i2c set"]
 
 
 def run(*args: str, env: dict | None = None, columns: int = 100) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ def test_serve_gpio_usage(tmp_path):
     proc = serve("--device", "gpio")
     assert proc.returncode == 2 and "--device gpio needs at least one --line" in proc.stderr
     proc = serve("--device", "rng", "--line", "led")
-    assert proc.returncode == 2 and "apply to --device gpio only" in proc.stderr
+    assert proc.returncode == 2 and "applies to --device gpio only" in proc.stderr
     proc = serve("--device", "gpio", "--line", "led:sideways")
     assert proc.returncode == 1 and "--line 'led:sideways'" in proc.stderr and "is not in or out" in proc.stderr
     proc = serve("--device", "gpio", "--line", "led", "--line", "led")

@@ -81,6 +81,14 @@ def expected_params(spec, device: dict, backend: str, family: str) -> dict:
         return {k: [_abs(spec, device[k])] if device.get(k) else [] for k in ("hd", "cd")}
     if kind == "uart":
         return {"vuartIdx": device.get("vuartIdx", 0)}
+    if kind == "virtio-i2c" and "args" not in device:
+        buses: dict[int, list[dict]] = {}
+        for c in device.get("devices", []):
+            node = {"acpiNode": c["acpiNode"]} if "acpiNode" in c else {}
+            buses.setdefault(c["bus"], []).append({"address": c["address"], **node})
+        args = ",".join(":".join([str(b), *(f"{c['address']:X}" + (f"@{c['acpiNode']}" if "acpiNode" in c else "")
+                                          for c in cs)]) for b, cs in buses.items())
+        return {"args": args, "adapters": [{"bus": b, "clients": cs} for b, cs in buses.items()], "skipped": []}
     if kind == "virtio-i2c":
         return {"args": device.get("args", "")}
     if kind == "virtio-gpio":  # in the guest's order, as acrn-dm numbers them
