@@ -149,15 +149,15 @@ def run_fio(image: Path, name: str, rw: str, bs: int, qd: int, args: argparse.Na
     """Host fio on an image file: what the page cache gives one CPU (invalidate=0 keeps the file cached)."""
     engine = ["--ioengine=io_uring", f"--iodepth={qd}"] if qd > 8 else ["--ioengine=psync"]
     argv = ["fio", f"--name={name}", f"--filename={image}", f"--rw={rw}", f"--bs={bs}", *engine,
-            f"--runtime={max(1, round(args.seconds))}", "--time_based", "--invalidate=0", "--norandommap", "--randrepeat=0",
-            "--output-format=json"]
+            f"--runtime={max(1, round(args.seconds))}", "--time_based", "--invalidate=0", "--norandommap",
+            "--randrepeat=0", "--output-format=json"]
     out = subprocess.run(pinned(argv, args.backend_cpu), capture_output=True, text=True,
                          timeout=60 + args.seconds * 2)
     if out.returncode != 0:
         raise SystemExit(f"fio {name} failed:\n{out.stderr}")
     side = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]["write" if rw == "write" else "read"]
     return {"iops": side["iops"], "bw_bytes": side["bw_bytes"], "lat_us": side["lat_ns"]["mean"] / 1e3,
-            "cpu_us_per_io": None}
+            "cpu_us_per_io": None, "sectors_verified": None}
 
 
 def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,6 +165,8 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("iops", "bw_bytes", "lat_us", "cpu_us_per_io", "frontend_cpu"):
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
+    verified = [r["sectors_verified"] for r in runs if r.get("sectors_verified") is not None]
+    out["sectors_verified"] = min(verified) if verified else None
     out["runs"] = len(runs)
     return out
 
