@@ -187,28 +187,30 @@ class BlkDevice(VirtioDevice):
         in_len = wlen - 1
 
         written = 0
-        if rtype == T_IN:
-            # inline _rw: this is the path that needs speed
-            if in_len % SECTOR == 0 and sector <= self.capacity and in_len // SECTOR <= self.capacity - sector:
+        if rtype == T_IN or rtype == T_OUT:  # the hot path: no helper calls in it
+            if rtype == T_IN:
+                op, bufs, nbytes = os.preadv, data_in, in_len
+            else:
+                op, bufs, nbytes = os.pwritev, data_out, rlen - 16
+            if rtype == T_OUT and self.read_only:
+                status = S_IOERR
+            elif nbytes % SECTOR == 0 and sector <= self.capacity and nbytes // SECTOR <= self.capacity - sector:
+                # (that is _range_ok, inline)
                 try:
-                    done = os.preadv(self.fd, data_in, sector * SECTOR) if in_len else 0
-                    if done != in_len:
-                        _iov_io(os.preadv, self.fd, _advance(data_in, done), sector * SECTOR + done, in_len - done)
+                    done = op(self.fd, bufs, sector * SECTOR) if nbytes and len(bufs) <= IOV_MAX else 0
+                    if done != nbytes:  # a short transfer, or more than IOV_MAX buffers: finish it
+                        _iov_io(op, self.fd, _advance(bufs, done), sector * SECTOR + done, nbytes - done)
                     status = S_OK
-                    written = in_len
+                    if rtype == T_IN:
+                        written = in_len
+                    elif not self.writeback:
+                        status = self._flush()
                 except OSError as e:
-                    log.warning("virtio-blk: preadv at sector %d: %s", sector, e)
+                    log.warning("virtio-blk: %s at sector %d: %s", op.__name__, sector, e)
                     status = S_IOERR
             else:
-                log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, in_len)
+                log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
                 status = S_IOERR
-        elif rtype == T_OUT:
-            if self.read_only:
-                status = S_IOERR
-            else:
-                status = self._rw(os.pwritev, sector, data_out, rlen - 16)
-                if status == S_OK and not self.writeback:
-                    status = self._flush()
         elif rtype == T_FLUSH:
             status = self._flush()
         elif rtype == T_GET_ID:
@@ -241,19 +243,6 @@ class BlkDevice(VirtioDevice):
             return False
         n = nbytes // SECTOR
         return sector <= self.capacity and n <= self.capacity - sector
-
-    def _rw(self, op: IovOp, sector: int, bufs: list[memoryview], nbytes: int) -> int:
-        if not self._range_ok(sector, nbytes):
-            log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
-            return S_IOERR
-        if nbytes == 0:
-            return S_OK
-        try:
-            _iov_io(op, self.fd, bufs, sector * SECTOR, nbytes)
-        except OSError as e:
-            log.warning("virtio-blk: %s at sector %d: %s", op.__name__, sector, e)
-            return S_IOERR
-        return S_OK
 
     def _flush(self) -> int:
         try:
