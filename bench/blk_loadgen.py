@@ -75,8 +75,11 @@ def build_loadgen() -> Path:
     return binary
 
 
-def pinned(argv: list[str], cpu: int | None) -> list[str]:
-    return argv if cpu is None else ["taskset", "-c", str(cpu)] + argv
+def pinned(argv: list[str], cpu: int | None, nice: int) -> list[str]:
+    """argv on CPU `cpu` (None: anywhere), at nice value `nice`."""
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu)] + argv
+    return argv if nice == 0 else ["nice", "-n", str(nice)] + argv
 
 
 def backend_argv(kind: str, image: Path, sock: Path) -> list[str]:
@@ -100,7 +103,7 @@ class Backend:
         self.sock = sock_dir / "blk.sock"
         self.log = work / f"{kind}.log"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(pinned(backend_argv(kind, self.image, self.sock), args.backend_cpu),
+            self.proc = subprocess.Popen(pinned(backend_argv(kind, self.image, self.sock), args.backend_cpu, args.nice),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while not self.sock.exists():
@@ -121,7 +124,7 @@ class Backend:
                 "--job", spec]
         if args.seg:
             argv += ["--seg", str(args.seg)]
-        out = subprocess.run(pinned(argv, args.frontend_cpu), capture_output=True, text=True,
+        out = subprocess.run(pinned(argv, args.frontend_cpu, args.nice), capture_output=True, text=True,
                              timeout=60 + args.seconds * 3)
         if out.returncode != 0:
             raise SystemExit(f"[{self.kind}] load generator failed on {spec} (rc {out.returncode}):\n{out.stderr}")
@@ -151,7 +154,7 @@ def run_fio(image: Path, name: str, rw: str, bs: int, qd: int, args: argparse.Na
     argv = ["fio", f"--name={name}", f"--filename={image}", f"--rw={rw}", f"--bs={bs}", *engine,
             f"--runtime={max(1, round(args.seconds))}", "--time_based", "--invalidate=0", "--norandommap",
             "--randrepeat=0", "--output-format=json"]
-    out = subprocess.run(pinned(argv, args.backend_cpu), capture_output=True, text=True,
+    out = subprocess.run(pinned(argv, args.backend_cpu, args.nice), capture_output=True, text=True,
                          timeout=60 + args.seconds * 2)
     if out.returncode != 0:
         raise SystemExit(f"fio {name} failed:\n{out.stderr}")
@@ -220,7 +223,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row["meets_target"] = (None if io_uring is None or target is None or mode != "indirect"
                                    else io_uring >= target and (default is None or default >= 1.0))
             rows.append(row)
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(), "nice": args.nice,
+            "load_average": os.getloadavg()[0],
             "frontend_cpu": args.frontend_cpu, "backend_cpu": args.backend_cpu, "seconds": args.seconds,
             "repeat": args.repeat, "size_mb": args.size_mb, "rows": rows}
 
@@ -237,6 +241,7 @@ def print_table(report: dict[str, Any], backends: list[str]) -> None:
     print("virtio-blk over vhost-user, no guest: C front-end (bench/vhu_blk_loadgen.c) -> back-end")
     pin = ("unpinned" if report["frontend_cpu"] is None
            else f"front-end on CPU {report['frontend_cpu']}, back-end on CPU {report['backend_cpu']}")
+    pin += f", nice {report.get('nice', 0)}, load average {report.get('load_average', 0):.1f} at the end"
     print(f"{report['date']}; {report['cpus']} CPUs, {pin}; {report['size_mb']} MiB raw image in the page cache; "
           f"{report['seconds']} s per job, median of {report['repeat']}; IOPS or bytes/s, [us latency, "
           f"back-end CPU us/IO]")
@@ -269,6 +274,9 @@ def main() -> int:
     ap.add_argument("--no-fio", dest="fio", action="store_false", help="skip host fio")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin front-end and back-end apart")
     ap.add_argument("--dir", default="/var/tmp", help="where the image lives (default /var/tmp: a disk file)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run front-end, back-ends and fio at this nice value (e.g. -10 on a machine shared with "
+                         "other loads, so that the scheduler's share does not decide; root only for < 0)")
     ap.add_argument("--output", choices=("table", "json"), default="table")
     args = ap.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
