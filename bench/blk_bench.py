@@ -9,7 +9,8 @@ same fio jobs, run once against each back-end:
     seqread-128k       128 KiB sequential reads, iodepth 8  (bandwidth)
     seqwrite-128k      128 KiB sequential writes, iodepth 8 (bandwidth)
 
-Prints IOPS, bandwidth and the ratio ours/peer, with the targets (>= 50 % of the peer's IOPS at QD32,
+Prints IOPS, bandwidth, the back-end's CPU time per I/O (utime+stime of all its threads while a job runs) and
+the ratio ours/peer, with the targets (>= 50 % of the peer's IOPS at QD32,
 >= 80 % of its bandwidth for 128k sequential). Not a test: numbers depend on the machine.
 
     .venv/bin/python bench/blk_bench.py [--runtime 10] [--size-mb 512] [--smp N] [--repeat N] [--json]
@@ -36,7 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.guest import build_guest_image, pick_accel, run_guest  # noqa: E402
+from tests.guest import Guest, build_guest_image, pick_accel  # noqa: E402
+
+RAMP_S = 1  # fio --ramp_time: I/O the back-end serves but fio does not count
 
 JOBS = [
     # name, fio rw, block size, iodepth, metric
@@ -51,10 +54,13 @@ TARGETS = {"randread-4k-qd32": 0.50, "seqread-128k": 0.80, "seqwrite-128k": 0.80
 def guest_script(runtime: int) -> str:
     lines = []
     for name, rw, bs, qd, _ in JOBS:
+        # The host samples the back-end's CPU time when it sees START-/STOP- on the console.
+        lines.append(f"echo START-{name}")
         lines.append(
             f"fio --name={name} --filename=/dev/vda --ioengine=libaio --direct=1 --rw={rw} --bs={bs} "
-            f"--iodepth={qd} --runtime={runtime} --time_based --ramp_time=1 --norandommap --randrepeat=0 "
+            f"--iodepth={qd} --runtime={runtime} --time_based --ramp_time={RAMP_S} --norandommap --randrepeat=0 "
             f"--output-format=json >/tmp/{name}.json 2>/tmp/{name}.err || {{ cat /tmp/{name}.err; exit 3; }}")
+        lines.append(f"echo STOP-{name}")
         lines.append(f"echo BEGIN-{name}; cat /tmp/{name}.json; echo END-{name}")
     return "\n".join(lines) + "\n"
 
@@ -70,6 +76,13 @@ def parse(output: str) -> dict[str, dict[str, float]]:
         results[name] = {"iops": side["iops"], "bw_mib_s": side["bw_bytes"] / (1 << 20),
                          "lat_us": side["lat_ns"]["mean"] / 1000}
     return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` and all its threads (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen, what: str) -> None:
@@ -99,11 +112,20 @@ def run_backend(kind: str, image: Path, work: Path, args) -> dict[str, dict[str,
         qemu_args = ["-chardev", f"socket,id=vu0,path={sock}",
                      "-device", "vhost-user-blk-pci,chardev=vu0,num-queues=1,disable-legacy=on"]
         print(f"[{kind}] running {len(JOBS)} fio jobs x {args.runtime}s ...", file=sys.stderr, flush=True)
-        result = run_guest(guest_script(args.runtime), qemu_args, timeout=120 + len(JOBS) * (args.runtime + 15),
-                           smp=args.smp, memory_mb=1024)
+        cpu: dict[str, float] = {}
+        with Guest(guest_script(args.runtime), qemu_args, memory_mb=1024, smp=args.smp, qmp=False, fio=True) as guest:
+            for name, *_ in JOBS:
+                guest.wait_for(f"START-{name}", timeout=300)
+                before = cpu_seconds(proc.pid)
+                guest.wait_for(f"STOP-{name}", timeout=args.runtime + RAMP_S + 60)
+                cpu[name] = cpu_seconds(proc.pid) - before
+            result = guest.wait(60)
         if result.rc != 0:
             raise SystemExit(f"[{kind}] guest failed (rc {result.rc}):\n{result.output[-3000:]}")
-        return parse(result.output)
+        results = parse(result.output)
+        for name, r in results.items():
+            r["cpu_us_per_io"] = cpu[name] * 1e6 / (r["iops"] * (args.runtime + RAMP_S)) if r["iops"] else 0.0
+        return results
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -160,12 +182,13 @@ def main() -> int:
     print("virtio-blk over vhost-user: acrnmgr devmodel (ours) vs qemu-storage-daemon (peer)")
     print(f"guest: {args.smp} vCPU, accel {accel}; image {args.size_mb} MiB raw; fio libaio direct=1, "
           f"{args.runtime}s/job, best of {max(1, args.repeat)}")
-    print(f"{'job':<18}{'ours IOPS':>11}{'ours MiB/s':>12}{'peer IOPS':>11}{'peer MiB/s':>12}{'ours/peer':>11}  target")
+    print(f"{'job':<18}{'ours IOPS':>11}{'ours MiB/s':>12}{'us CPU/IO':>10}{'peer IOPS':>11}{'peer MiB/s':>12}"
+          f"{'us CPU/IO':>10}{'ours/peer':>11}  target")
     for r in rows:
         o, p = r["ours"], r["peer"]
         tgt = "" if r["target"] is None else f">= {r['target']:.0%} {'ok' if r['meets_target'] else 'MISSED'}"
-        print(f"{r['job']:<18}{o['iops']:>11.0f}{o['bw_mib_s']:>12.1f}{p['iops']:>11.0f}{p['bw_mib_s']:>12.1f}"
-              f"{r['ratio']:>10.0%}   {tgt}")
+        print(f"{r['job']:<18}{o['iops']:>11.0f}{o['bw_mib_s']:>12.1f}{o['cpu_us_per_io']:>10.1f}{p['iops']:>11.0f}"
+              f"{p['bw_mib_s']:>12.1f}{p['cpu_us_per_io']:>10.1f}{r['ratio']:>10.0%}   {tgt}")
     return 0
 
 

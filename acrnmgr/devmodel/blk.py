@@ -169,76 +169,80 @@ class BlkDevice(VirtioDevice):
 
     # -- requests -------------------------------------------------------------------------------------------
     def _handle(self, vq: VirtQueue, chain: DescriptorChain) -> int:
-        w = chain.writable
-        if not w or chain.readable_len < 16:
+        _head, r, w, rlen, wlen = chain
+        if not w or rlen < 16:
             vq.mark_broken(f"virtio-blk request without header or status byte (head {chain.head})")
             return 0
-        r = chain.readable
         first = r[0]
-        if len(first) == 16:
+        if len(first) == 16:  # the usual layout: the header alone in the first descriptor
             rtype, _, sector = self._hdr.unpack_from(first)
             data_out = r[1:]
         else:
-            hdr = bytearray(16)
-            got = 0
-            for i, b in enumerate(r):
-                take = min(16 - got, len(b))
-                hdr[got:got + take] = b[:take]
-                got += take
-                if got == 16:
-                    data_out = ([b[take:]] if take < len(b) else []) + r[i + 1:]
-                    break
-            rtype, _, sector = self._hdr.unpack_from(hdr)
+            rtype, sector, data_out = self._split_header(r)
         last = w[-1]
         ln = len(last)
-        if ln == 1:
-            data_in = w[:-1]
-        else:
-            data_in = w[:-1]
+        data_in = w[:-1]
+        if ln != 1:
             data_in.append(last[:ln - 1])
-        in_len = chain.writable_len - 1
+        in_len = wlen - 1
 
         written = 0
-        if rtype == T_IN:
-            status = self._rw(os.preadv, sector, data_in, in_len)
-            written = in_len if status == S_OK else 0
-        elif rtype == T_OUT:
-            if self.read_only:
-                status = S_IOERR
+        if rtype == T_IN or rtype == T_OUT:  # the hot path: no helper calls in it
+            if rtype == T_IN:
+                op, bufs, nbytes = os.preadv, data_in, in_len
             else:
-                status = self._rw(os.pwritev, sector, data_out, chain.readable_len - 16)
-                if status == S_OK and not self.writeback:
-                    status = self._flush()
+                op, bufs, nbytes = os.pwritev, data_out, rlen - 16
+            if rtype == T_OUT and self.read_only:
+                status = S_IOERR
+            elif nbytes % SECTOR == 0 and sector <= self.capacity and nbytes // SECTOR <= self.capacity - sector:
+                # (that is _range_ok, inline)
+                try:
+                    done = op(self.fd, bufs, sector * SECTOR) if nbytes and len(bufs) <= IOV_MAX else 0
+                    if done != nbytes:  # a short transfer, or more than IOV_MAX buffers: finish it
+                        _iov_io(op, self.fd, _advance(bufs, done), sector * SECTOR + done, nbytes - done)
+                    status = S_OK
+                    if rtype == T_IN:
+                        written = in_len
+                    elif not self.writeback:
+                        status = self._flush()
+                except OSError as e:
+                    log.warning("virtio-blk: %s at sector %d: %s", op.__name__, sector, e)
+                    status = S_IOERR
+            else:
+                log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
+                status = S_IOERR
         elif rtype == T_FLUSH:
             status = self._flush()
         elif rtype == T_GET_ID:
             written = copy_into(data_in, self.serial)
             status = S_OK
         elif rtype == T_DISCARD or rtype == T_WRITE_ZEROES:
-            status = self._discard_zeroes(rtype, data_out, chain.readable_len - 16)
+            status = self._discard_zeroes(rtype, data_out, rlen - 16)
         else:
             status = S_UNSUPP
         last[ln - 1] = status
         return written + 1
+
+    def _split_header(self, r: list[memoryview]) -> tuple[int, int, list[memoryview]]:
+        """(type, sector, data buffers) when the 16-byte header spans or shares descriptors (ANY_LAYOUT)."""
+        hdr = bytearray(16)
+        got = 0
+        data_out: list[memoryview] = []
+        for i, b in enumerate(r):
+            take = min(16 - got, len(b))
+            hdr[got:got + take] = b[:take]
+            got += take
+            if got == 16:
+                data_out = ([b[take:]] if take < len(b) else []) + r[i + 1:]
+                break
+        rtype, _, sector = self._hdr.unpack_from(hdr)
+        return rtype, sector, data_out
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
         if nbytes % SECTOR:
             return False
         n = nbytes // SECTOR
         return sector <= self.capacity and n <= self.capacity - sector
-
-    def _rw(self, op: IovOp, sector: int, bufs: list[memoryview], nbytes: int) -> int:
-        if not self._range_ok(sector, nbytes):
-            log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
-            return S_IOERR
-        if nbytes == 0:
-            return S_OK
-        try:
-            _iov_io(op, self.fd, bufs, sector * SECTOR, nbytes)
-        except OSError as e:
-            log.warning("virtio-blk: %s at sector %d: %s", op.__name__, sector, e)
-            return S_IOERR
-        return S_OK
 
     def _flush(self) -> int:
         try:

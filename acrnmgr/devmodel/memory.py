@@ -103,6 +103,9 @@ class MemoryRegion:
             self._mm = None
 
 
+_NO_REGION = MemoryRegion(0, 0, 0, 0, memoryview(bytearray(0)), None)  # holds no non-empty range
+
+
 def _check_u64(name: str, value: int) -> None:
     if not 0 <= value < 1 << 64:
         raise GuestMemoryError(f"{name} {value:#x} is not a u64")
@@ -183,6 +186,16 @@ class GuestMemory:
             r.close()
 
     # -- translation ----------------------------------------------------------------------------------------
+    @property
+    def last_region(self) -> MemoryRegion:
+        """The region the last lookup found (an empty one before any): a hint for callers that check ranges
+        against it inline and call :meth:`region` when the range is not inside it."""
+        return self._last or _NO_REGION
+
+    def region(self, gpa: int, length: int) -> MemoryRegion:
+        """The ONE region holding all of [gpa, gpa+length); GuestMemoryError if there is none."""
+        return self._find(gpa, length)
+
     def _find(self, gpa: int, length: int) -> MemoryRegion:
         r = self._last
         if r is not None and r.gpa <= gpa and 0 <= length <= r.size and gpa - r.gpa <= r.size - length:

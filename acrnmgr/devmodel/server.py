@@ -134,6 +134,7 @@ class VhostUserServer:
         self.backend: VhostUserBackend | None = None
         self._kicks: set[int] = set()  # registered kick fds
         self._io: dict[int, IoCallback] = {}  # registered device fd -> its callback
+        self._signal_failures: dict[int, str] = {}  # call fd -> error of a mid-processing signal
         self.connections = 0  # sessions accepted so far (tests and logs use it)
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,6 +250,7 @@ class VhostUserServer:
         self._partial_since = None
         self._reader = MessageReader()
         self.backend = VhostUserBackend(self.device)
+        self.backend.signal = self._signal
         self.connections += 1
         self._sel.register(conn, selectors.EVENT_READ, self._on_message)
         log.info("front-end connected (session %d)", self.connections)
@@ -366,7 +368,23 @@ class VhostUserServer:
         if self.backend is None:
             return
         self._execute(self.backend.process(qidx))
+        self._report_signal_failures()
         self._sync_device_sources()
+
+    def _signal(self, fd: int) -> None:
+        """The backend's mid-processing Notify: errors wait until processing is over (the fd must stay open
+        until then), and are reported once."""
+        try:
+            os.eventfd_write(fd, 1)
+        except BlockingIOError:
+            pass  # the counter is saturated: the peer has a wake-up pending anyway
+        except OSError as exc:
+            self._signal_failures.setdefault(fd, f"failed: {exc}")
+
+    def _report_signal_failures(self) -> None:
+        while self._signal_failures and self.backend is not None:
+            fd, reason = self._signal_failures.popitem()
+            self._execute(self.backend.notify_failed(fd, reason))
 
     def _on_device_io(self, callback: IoCallback) -> None:
         """A device fd (tap, pty...) is readable: the device moves the data and names the rings to signal."""

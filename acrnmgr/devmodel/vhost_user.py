@@ -19,6 +19,7 @@ a registered fd silently removes it from epoll, and a re-used fd number would th
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -376,6 +377,10 @@ class VhostUserBackend:
         self.memory: GuestMemory | None = None
         self.inflight: InflightArea | None = None
         self.queues = [QueueState(i) for i in range(device.num_queues)]
+        # The shell's "interrupt the driver now" (write 1 to this call fd), used while a ring is processed so
+        # the driver sees completions before the whole batch is done.  Errors are the shell's to report later
+        # through notify_failed(); None: only the Notify effect after process().
+        self.signal: Callable[[int], None] | None = None
         self._handlers: dict[int, Handler] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
@@ -814,8 +819,13 @@ class VhostUserBackend:
         vq, mem = q.vq, self.memory
         assert vq is not None and mem is not None  # ready() checked both
         fx: list[Effect] = []
-        if self.device.process_queue(qidx, vq, mem) and q.call_fd is not None:
-            fx.append(Notify(q.call_fd))
+        call_fd, signal = q.call_fd, self.signal
+        vq.notifier = None if signal is None or call_fd is None else functools.partial(signal, call_fd)
+        try:
+            if self.device.process_queue(qidx, vq, mem) and call_fd is not None:
+                fx.append(Notify(call_fd))
+        finally:
+            vq.notifier = None
         return fx + self._check_broken(q)
 
     def kick_failed(self, qidx: int, fd: int, reason: str) -> list[Effect]:

@@ -35,6 +35,8 @@ returns those chains again before looking at the avail ring, without calling ``o
 from __future__ import annotations
 
 import collections
+import functools
+import operator
 import platform
 import struct
 import sys
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from . import features as F
-from .memory import GuestMemory, GuestMemoryError
+from .memory import GuestMemory, GuestMemoryError, MemoryRegion
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -61,6 +63,22 @@ DESC_SIZE = 16
 # nothing writes one while we read it.  Ring *fields* are different (see _resolve).
 _DESC_STRUCTS = {order: struct.Struct(order + "QIHH") for order in ("<", ">")}
 _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
+
+
+_FLAT_TABLE_MAX = 256  # indirect tables up to this many descriptors are unpacked in one call (bounded struct cache)
+
+
+@functools.lru_cache(maxsize=32)
+def _in_order_nexts(n: int) -> tuple[int, ...]:
+    """The next fields of descriptors 0..n-2 of a table laid out in order: 1, 2, ..., n-1."""
+    return tuple(range(1, n))
+
+
+@functools.lru_cache(maxsize=32)
+def _table_struct(order: str, n: int) -> struct.Struct:
+    """A whole indirect table of ``n`` descriptors in one unpack (drivers use a handful of sizes)."""
+    return struct.Struct(order + "QIHH" * n)
+
 # x86 (TSO) keeps stores in program order; elsewhere publishing needs an explicit barrier between element and index.
 _STORES_ORDERED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _UNRESOLVED = -1  # _gen value that matches no memory table: resolve on the next access
@@ -105,22 +123,30 @@ class InflightTracker(Protocol):
     def end_put(self, heads: Sequence[int], used_idx: int) -> None: ...
 
 
-class DescriptorChain:
-    """One popped request: driver-readable buffers first, then device-writable buffers (zero-copy views)."""
+class DescriptorChain(tuple[int, list[memoryview], list[memoryview], int, int]):
+    """One popped request: driver-readable buffers first, then device-writable buffers (zero-copy views).
 
-    __slots__ = ("head", "readable", "readable_len", "writable", "writable_len")
+    ``DescriptorChain(head, readable, writable, readable_len, writable_len)``.  A tuple underneath: the queue
+    builds one per request, and a tuple costs no Python-level __init__."""
 
-    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview], readable_len: int,
-                 writable_len: int) -> None:
-        self.head = head
-        self.readable = readable
-        self.writable = writable
-        self.readable_len = readable_len
-        self.writable_len = writable_len
+    __slots__ = ()
+
+    def __new__(cls, head: int, readable: list[memoryview], writable: list[memoryview], readable_len: int,
+                writable_len: int) -> DescriptorChain:
+        return _new_chain(cls, (head, readable, writable, readable_len, writable_len))
+
+    head = property(operator.itemgetter(0), doc="index of the chain's first descriptor (the used element's id)")
+    readable = property(operator.itemgetter(1), doc="driver-written buffers, in order")
+    writable = property(operator.itemgetter(2), doc="device-writable buffers, in order")
+    readable_len = property(operator.itemgetter(3), doc="total bytes of the readable buffers")
+    writable_len = property(operator.itemgetter(4), doc="total bytes of the writable buffers")
 
     def __repr__(self) -> str:
         return (f"DescriptorChain(head={self.head}, readable={len(self.readable)}/{self.readable_len}B, "
                 f"writable={len(self.writable)}/{self.writable_len}B)")
+
+
+_new_chain = tuple.__new__
 
 
 class VirtQueue:
@@ -137,8 +163,8 @@ class VirtQueue:
         "_avail16", "_desc", "_desc_s", "_event_idx", "_flushed_heads", "_gen", "_indirect", "_inflight", "_last_avail",
         "_notify_on_empty", "_pending_notify", "_published_used", "_resubmit", "_shadow_avail", "_signalled_used",
         "_signalled_valid", "_swap", "_used16", "_used32", "_used_synced", "avail_gpa", "broken_reason", "byteorder",
-        "desc_gpa", "features", "index", "legacy_big_endian", "on_broken", "on_flush", "on_pop", "on_push", "size",
-        "used_gpa", "used_idx",
+        "desc_gpa", "features", "index", "legacy_big_endian", "notifier", "on_broken", "on_flush", "on_pop", "on_push",
+        "size", "used_gpa", "used_idx",
     )
 
     def __init__(self, size: int, index: int = 0) -> None:
@@ -156,6 +182,9 @@ class VirtQueue:
         self.on_push: Callable[[int], None] | None = None
         self.on_flush: Callable[[Sequence[int], int], None] | None = None
         self.on_broken: Callable[[VirtQueue], None] | None = None  # set by the device to raise NEEDS_RESET
+        # Set by the transport: interrupts the driver now (writes the call eventfd).  With it, a device publishes
+        # completions while it is still draining, so the driver refills the ring meanwhile (see VirtioDevice).
+        self.notifier: Callable[[], None] | None = None
         self._inflight: InflightTracker | None = None
         self._resubmit: collections.deque[int] = collections.deque()
         self._flushed_heads: list[int] = []
@@ -331,6 +360,26 @@ class VirtQueue:
         avail16 = self._avail16
         return None if avail16 is None else self._load16(avail16, 1)
 
+    @property
+    def known_pending(self) -> int:
+        """Chains the driver has made available that pop() has not taken yet, as of the last avail idx read
+        (no memory access: a cheap lower bound of the work left)."""
+        return (self._shadow_avail - self._last_avail) & 0xFFFF
+
+    def refresh_pending(self, mem: GuestMemory) -> int:
+        """Re-read the driver's avail idx (one load) and return :attr:`known_pending`; never raises (a bad index
+        is left for pop() to report)."""
+        if mem.generation != self._gen:
+            self._resolve(mem)
+        avail16 = self._avail16
+        if avail16 is not None and self.broken_reason is None:
+            idx = avail16[1]
+            if self._swap:
+                idx = _bswap16(idx)
+            if (idx - self._last_avail) & 0xFFFF <= self.size:
+                self._shadow_avail = idx
+        return (self._shadow_avail - self._last_avail) & 0xFFFF
+
     def has_pending(self, mem: GuestMemory) -> bool:
         """Whether pop() would find work (never raises; False when not ready)."""
         if not self.ready(mem):
@@ -356,13 +405,17 @@ class VirtQueue:
             assert avail16 is not None  # resolved together with _desc
             last = self._last_avail
             if self._shadow_avail == last:
-                shadow = self._load16(avail16, 1)
+                shadow = avail16[1]
+                if self._swap:
+                    shadow = _bswap16(shadow)
                 if shadow == last:
                     return None
                 if (shadow - last) & 0xFFFF > self.size:
                     raise QueueBroken(f"avail idx {shadow} jumped more than queue size {self.size} past {last}")
                 self._shadow_avail = shadow
-            head = self._load16(avail16, 2 + last % self.size)
+            head = avail16[2 + last % self.size]
+            if self._swap:
+                head = _bswap16(head)
             self._last_avail = (last + 1) & 0xFFFF
             chain = self._walk(mem, table, head)
             if self.on_pop is not None:
@@ -395,63 +448,136 @@ class VirtQueue:
         self._last_avail = (self._last_avail - 1) & 0xFFFF
 
     def _walk(self, mem: GuestMemory, table: memoryview, head: int) -> DescriptorChain:
+        """Follow the chain from ``head``: every descriptor checked, each buffer a view of ONE memory region.
+
+        The hot path of every device, so it avoids per-descriptor calls: the memory region of the previous
+        buffer is tried first inline (a chain's buffers nearly always share one), and an indirect table is
+        unpacked with one struct call into a flat tuple (addr, len, flags, next) * n."""
         size = self.size
         if head >= size:
             raise QueueBroken(f"head index {head} >= queue size {size}")
+        addr, length, flags, nxt = self._desc_s.unpack_from(table, head * DESC_SIZE)
+        if flags & VRING_DESC_F_INDIRECT:
+            if not self._indirect:
+                raise QueueBroken("INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC")
+            if flags & VRING_DESC_F_NEXT:
+                raise QueueBroken(f"descriptor {head} has both INDIRECT and NEXT")
+            if length == 0 or length % DESC_SIZE or length > size * DESC_SIZE:
+                raise QueueBroken(f"indirect table length {length} invalid for queue size {size}")
+            region = mem.last_region
+            off = addr - region.gpa
+            if off < 0 or off > region.size - length:
+                try:
+                    region = mem.region(addr, length)
+                except GuestMemoryError as e:
+                    raise QueueBroken(f"indirect table: {e}") from None
+                off = addr - region.gpa
+            limit = length // DESC_SIZE
+            flat = limit <= _FLAT_TABLE_MAX
+            if flat:
+                descs = _table_struct(self.byteorder, limit).unpack_from(region.ro, off)
+                if descs[3:4 * limit - 4:4] == _in_order_nexts(limit):  # how Linux fills a table
+                    return self._walk_in_order(mem, head, descs, limit)
+            else:
+                descs = ()
+                table = region.ro[off:off + length]
+            i = 0
+            indirect = True
+        else:
+            limit = size
+            flat = False
+            descs = ()
+            i = head
+            indirect = False
         unpack = self._desc_s.unpack_from
-        view = mem.view
-        limit = size          # descriptors allowed in the current table (loop / length guard)
-        count = 0
-        indirect = False
+        region = mem.last_region
+        rgpa, rsize = region.gpa, region.size
         readable: list[memoryview] = []
         writable: list[memoryview] = []
         rlen = wlen = 0
-        i = head
+        count = 0
         while True:
             count += 1
             if count > limit:
                 raise QueueBroken(f"descriptor chain from head {head} longer than {limit} (loop?)")
-            addr, length, flags, nxt = unpack(table, i * DESC_SIZE)
-            if flags & VRING_DESC_F_INDIRECT:
+            if flat:
+                k = 4 * i
+                addr, length, flags, nxt = descs[k], descs[k + 1], descs[k + 2], descs[k + 3]
+            elif indirect or count > 1:
+                addr, length, flags, nxt = unpack(table, i * DESC_SIZE)
+            if flags & VRING_DESC_F_INDIRECT and (indirect or count > 1):
                 if indirect:
                     raise QueueBroken(f"indirect descriptor inside an indirect table (head {head})")
-                if not self._indirect:
-                    raise QueueBroken("INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC")
-                if flags & VRING_DESC_F_NEXT:
-                    raise QueueBroken(f"descriptor {i} has both INDIRECT and NEXT")
-                if count != 1:
-                    raise QueueBroken(f"indirect descriptor {i} is not the head of its chain")
-                if length == 0 or length % DESC_SIZE or length > size * DESC_SIZE:
-                    raise QueueBroken(f"indirect table length {length} invalid for queue size {size}")
-                try:
-                    table = view(addr, length)
-                except GuestMemoryError as e:
-                    raise QueueBroken(f"indirect table: {e}") from None
-                limit = length // DESC_SIZE
-                indirect = True
-                count = 0
-                i = 0
-                continue
-            if length:
-                try:
-                    buf = view(addr, length, bool(flags & VRING_DESC_F_WRITE))
-                except GuestMemoryError as e:
-                    raise QueueBroken(f"descriptor {i} of head {head}: {e}") from None
-                if flags & VRING_DESC_F_WRITE:
-                    writable.append(buf)
+                raise QueueBroken(f"indirect descriptor {i} is not the head of its chain")
+            if flags & VRING_DESC_F_WRITE:
+                if length:
+                    off = addr - rgpa
+                    if off < 0 or off > rsize - length:
+                        region = self._region(mem, addr, length, i, head)
+                        rgpa, rsize = region.gpa, region.size
+                        off = addr - rgpa
+                    writable.append(region.rw[off:off + length])
                     wlen += length
-                else:
-                    if writable:
-                        raise QueueBroken(f"readable descriptor {i} after a writable one (head {head})")
-                    readable.append(buf)
-                    rlen += length
-            elif not flags & VRING_DESC_F_WRITE and writable:
+            elif writable:
                 raise QueueBroken(f"readable descriptor {i} after a writable one (head {head})")
+            elif length:
+                off = addr - rgpa
+                if off < 0 or off > rsize - length:
+                    region = self._region(mem, addr, length, i, head)
+                    rgpa, rsize = region.gpa, region.size
+                    off = addr - rgpa
+                readable.append(region.ro[off:off + length])
+                rlen += length
             if not flags & VRING_DESC_F_NEXT:
-                return DescriptorChain(head, readable, writable, rlen, wlen)
+                return _new_chain(DescriptorChain, (head, readable, writable, rlen, wlen))
             if nxt >= limit:
                 raise QueueBroken(f"next index {nxt} >= table size {limit} (head {head})")
             i = nxt
+
+    def _walk_in_order(self, mem: GuestMemory, head: int, descs: tuple[int, ...], n: int) -> DescriptorChain:
+        """_walk over an unpacked indirect table whose descriptor i links to i + 1: the chain is the table in
+        order, so no index needs following or bounding (the same checks, fewer steps)."""
+        region = mem.last_region
+        rgpa, rsize = region.gpa, region.size
+        readable: list[memoryview] = []
+        writable: list[memoryview] = []
+        rlen = wlen = 0
+        for k in range(0, 4 * n, 4):
+            addr, length, flags = descs[k], descs[k + 1], descs[k + 2]
+            if flags & VRING_DESC_F_INDIRECT:
+                raise QueueBroken(f"indirect descriptor inside an indirect table (head {head})")
+            if flags & VRING_DESC_F_WRITE:
+                if length:
+                    off = addr - rgpa
+                    if off < 0 or off > rsize - length:
+                        region = self._region(mem, addr, length, k // 4, head)
+                        rgpa, rsize = region.gpa, region.size
+                        off = addr - rgpa
+                    writable.append(region.rw[off:off + length])
+                    wlen += length
+            elif writable:
+                raise QueueBroken(f"readable descriptor {k // 4} after a writable one (head {head})")
+            elif length:
+                off = addr - rgpa
+                if off < 0 or off > rsize - length:
+                    region = self._region(mem, addr, length, k // 4, head)
+                    rgpa, rsize = region.gpa, region.size
+                    off = addr - rgpa
+                readable.append(region.ro[off:off + length])
+                rlen += length
+            if not flags & VRING_DESC_F_NEXT:
+                return _new_chain(DescriptorChain, (head, readable, writable, rlen, wlen))
+        nxt = descs[4 * n - 1]  # the last descriptor says NEXT: following it would revisit or leave the table
+        if nxt >= n:
+            raise QueueBroken(f"next index {nxt} >= table size {n} (head {head})")
+        raise QueueBroken(f"descriptor chain from head {head} longer than {n} (loop?)")
+
+    @staticmethod
+    def _region(mem: GuestMemory, addr: int, length: int, i: int, head: int) -> MemoryRegion:
+        try:
+            return mem.region(addr, length)
+        except GuestMemoryError as e:
+            raise QueueBroken(f"descriptor {i} of head {head}: {e}") from None
 
     # -- used side ------------------------------------------------------------------------------------------
     def push(self, mem: GuestMemory, head: int, written_len: int) -> None:

@@ -166,8 +166,28 @@ def check(ram, q, dev):
     event(f"broken={q.vq.broken} completed={min(len(used), 2)}")
 
 
+def whole_buffers(dev):
+    """Every chain a device handles must have buffers exactly as long as its descriptors say: a view that came
+    out shorter (a slice clamped at the end of a region) would mean a buffer check let a bad range through.
+    Returns the list of violations (_drain turns exceptions into a broken queue, so they are collected)."""
+    real_drain = type(dev)._drain
+    short: list[str] = []
+
+    def drain(vq, mem, handle):
+        def checked(vq, chain):
+            if (sum(map(len, chain.readable)) != chain.readable_len
+                    or sum(map(len, chain.writable)) != chain.writable_len):
+                short.append(repr(chain))
+            return handle(vq, chain)
+        return real_drain(dev, vq, mem, checked)
+
+    dev._drain = drain
+    return short
+
+
 def run_case(case, dev, qidx, extra=None):
     dev.reset()
+    short = whole_buffers(dev)
     ram, q = build(case, dev, qidx)
     try:
         for _ in range(2):
@@ -175,6 +195,7 @@ def run_case(case, dev, qidx, extra=None):
             if extra is not None:
                 extra(Rings(q.mem, dev.queues))
         check(ram, q, dev)
+        assert not short, short
     finally:
         ram.close()
 

@@ -219,6 +219,52 @@ def test_buffer_outside_memory(ram, addr, length):
     _broken_after(q)
 
 
+@pytest.mark.parametrize("addr,length", [(RAM_GPA + (1 << 20) - 4, 8), (0, 4), (2**64 - 2, 4), (RAM_GPA - 1, 2)])
+@pytest.mark.parametrize("position", [0, 1])
+def test_buffer_outside_memory_in_an_indirect_table(ram, addr, length, position):
+    """The in-order indirect walk checks each buffer against the region inline, like the general walk."""
+    q = GuestQueue(ram)
+    good = q.buf(b"header")
+    bad = (addr, length, True)
+    q.add([good, bad] if position else [bad, q.buf(1, True)], indirect=True)
+    assert "descriptor" in _broken_after(q)
+
+
+@pytest.mark.parametrize("nxt,reason", [(0, "longer than"), (1, "longer than"), (2, ">= table size"),
+                                        (0xFFFF, ">= table size")])
+def test_indirect_table_whose_last_descriptor_says_next(ram, nxt, reason):
+    q = GuestQueue(ram)
+    table = ram.alloc(32, 16)
+    q.write_desc(0, q.buf(b"h")[0], 1, VRING_DESC_F_NEXT, 1, table=table)
+    q.write_desc(1, q.buf(1, True)[0], 1, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, nxt, table=table)
+    q.write_desc(0, table, 32, VRING_DESC_F_INDIRECT, 0)
+    q.publish(0)
+    assert reason in _broken_after(q)
+
+
+def test_indirect_chain_in_table_order_and_not(ram):
+    """A table laid out in order (as Linux does) and one whose links jump around give the same chain."""
+    q = GuestQueue(ram)
+    bufs = [q.buf(b"head"), q.buf(b"data"), q.buf(8, True), q.buf(1, True)]
+    in_order = ram.alloc(64, 16)
+    shuffled = ram.alloc(64, 16)
+    slots = [0, 3, 1, 2]  # chain element k lives in table slot slots[k] (an indirect chain starts at slot 0)
+    for k, (gpa, n, w) in enumerate(bufs):
+        flags = (VRING_DESC_F_WRITE if w else 0) | (VRING_DESC_F_NEXT if k < 3 else 0)
+        q.write_desc(k, gpa, n, flags, k + 1 if k < 3 else 0, table=in_order)
+        q.write_desc(slots[k], gpa, n, flags, slots[k + 1] if k < 3 else 0, table=shuffled)
+    chains = []
+    for table in (in_order, shuffled):
+        q.write_desc(0, table, 64, VRING_DESC_F_INDIRECT, 0)
+        q.publish(0)
+        chain = q.vq.pop(q.mem)
+        assert chain is not None
+        chains.append(([bytes(b) for b in chain.readable], [len(b) for b in chain.writable], chain.readable_len,
+                       chain.writable_len))
+        q.vq.push(q.mem, 0, 0)
+    assert chains[0] == chains[1] == ([b"head", b"data"], [8, 1], 8, 9)
+
+
 def test_ring_outside_memory_is_refused(ram):
     vq = VirtQueue(16)
     with pytest.raises(GuestMemoryError):

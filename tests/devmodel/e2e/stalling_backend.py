@@ -9,30 +9,35 @@ can only reach the image if the next back-end resubmits it from QEMU's inflight 
 
 from __future__ import annotations
 
-import os
+import struct
 import sys
 import time
 from pathlib import Path
 
 from acrnmgr.cli import app
-from acrnmgr.devmodel.blk import SECTOR, BlkDevice
+from acrnmgr.devmodel.blk import SECTOR, T_OUT, BlkDevice
 
 
 def main() -> None:
     marker, stall_sector, serve_args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-    serve_rw = BlkDevice._rw
+    serve_handle = BlkDevice._handle
     stalled = False
 
-    def rw(self, op, sector, bufs, nbytes):
-        # _rw runs from the request handler, i.e. after pop() marked the head in flight.
+    def handle(self, vq, chain):
+        # The request handler runs after pop() marked the head in flight.  Linux puts the 16-byte header alone
+        # in the first descriptor.
         nonlocal stalled
-        if op is os.pwritev and not stalled and sector <= stall_sector < sector + nbytes // SECTOR:
-            stalled = True
-            marker.write_text(f"sector {sector} bytes {nbytes}\n")
-            time.sleep(3600)  # until the test's SIGKILL
-        return serve_rw(self, op, sector, bufs, nbytes)
+        first = chain.readable[0] if chain.readable else b""
+        if not stalled and len(first) >= 16:
+            rtype, _, sector = struct.unpack_from("<IIQ", first)
+            nbytes = chain.readable_len - 16
+            if rtype == T_OUT and sector <= stall_sector < sector + nbytes // SECTOR:
+                stalled = True
+                marker.write_text(f"sector {sector} bytes {nbytes}\n")
+                time.sleep(3600)  # until the test's SIGKILL
+        return serve_handle(self, vq, chain)
 
-    BlkDevice._rw = rw
+    BlkDevice._handle = handle
     app(["devmodel", "serve", *serve_args], prog_name="acrnmgr")
 
 
