@@ -23,6 +23,7 @@ from typing import Any
 
 from acrnmgr.devices import KINDS
 from acrnmgr.devices.base import LibvirtIn, xml_int, xml_memory_bytes
+from acrnmgr.devices.virtio_blk import unreachable_disk
 from acrnmgr.importers.common import ImportedSpec, ImportError_, ImportResult, xml_root
 from acrnmgr.plan.slots import assign_slots, requests_of
 from acrnmgr.render.libvirt import ACRN_NS, ACRNMGR_NS
@@ -450,7 +451,12 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             target, src = el.find("target"), el.find("source")
             bus = target.get("bus") if target is not None else None
             path = (src.get("file") or src.get("dev")) if src is not None else None
-            warnings.append(f"<disk bus='{bus}'> {path}: only virtio and sata disks map to acrn-dm; skipped")
+            dtype = el.get("type") or "file"
+            if dtype not in ("file", "block") or not path:
+                warnings.append(unreachable_disk(el, dtype, target.get("dev") if target is not None else None))
+            else:
+                warnings.append(f"<disk type='{dtype}'> {path} on bus='{bus}': only virtio and sata disks map to "
+                                "acrn-dm; skipped (attach it as bus='virtio')")
         elif tag == "controller":
             if el.get("type") not in ("pci", "usb", "ide", "sata", "virtio-serial"):
                 warnings.append(f"<controller type='{el.get('type')}'>: not mapped")

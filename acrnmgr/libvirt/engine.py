@@ -226,8 +226,10 @@ class LibvirtEngine:
     def _start_devmodels(self, vm: VmSpec, xml: str, host: HostProfile, progress: Progress) -> bool:
         """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
         (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
+        others = {getattr(d, "socket", None) for d in vm.devices if d.backend == "vhost-user"}  # not ours to serve
         sockets = frozenset(path for el in ET.fromstring(xml).iter("source")
-                            if el.get("type") == "unix" and (path := el.get("path")) is not None)
+                            if el.get("type") == "unix" and (path := el.get("path")) is not None
+                            and path not in others)
         if not sockets:
             return False
         self._stop_devmodels(vm.name, progress, force=True)  # leftovers of an earlier run of this domain

@@ -68,6 +68,9 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
     state_dir = plan.qemu.state_dir if plan.qemu else state_root() / vm.name
     if any(p.slot is None for p in plan.devices):
         raise ExportError("; ".join(e.message for e in plan.errors if e.json_path.endswith((".slot", ".gpu"))))
+    if flavor == "acrn" and any(p.backend == "vhost-user" for p in plan.devices):
+        # the ACRN driver runs acrn-dm, which has no vhost-user frontend: the domain would lose the device
+        raise ExportError("; ".join(f"{e.json_path}: {e.message}" for e in plan.errors if "vhost-user" in e.message))
 
     root = ET.Element("domain", {"type": "acrn" if flavor == "acrn" else ("kvm" if host.kvm else "qemu")})
     _sub(root, "name", vm.name)

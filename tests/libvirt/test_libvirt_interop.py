@@ -4,8 +4,8 @@ written for these tests) import, export and re-import, and what the VM touches s
 The key facts of each input domain (memory, vCPUs and pinning, each disk's source/format/cache/persistence, each NIC's
 type/source/MAC, the firmware and what of it is writable, host devices, serial endpoints) are compared with the
 export's. The stated normalizations, each reported by the import: a disk without a cache mode gets acrn-dm's default
-(writethrough); a pty serial becomes stdio (acrn-dm has no pty; `acrnmgr console` attaches to stdio); devices acrn-dm
-cannot run (vhost-user backends of other processes) are skipped and named in the warnings."""
+(writethrough); a pty serial becomes stdio (acrn-dm has no pty; `acrnmgr console` attaches to stdio). vhost-user disks
+and NICs of other processes (SPDK, OVS-DPDK) stay on their sockets (backend: vhost-user)."""
 
 from __future__ import annotations
 
@@ -69,15 +69,14 @@ def facts(xml: str) -> dict:
                     "template": nvram.get("template") if nvram is not None else None}
     disks, nics, hostdevs, serials = [], [], [], []
     for d in root.iter("disk"):
-        if d.get("type") == "vhostuser":
-            continue  # skipped on import (reported); the export's own vhost-user disks are not in the corpus
         drv, src = d.find("driver"), d.find("source")
+        if d.get("type") == "vhostuser":  # the serving process's disk: only its socket is the domain's
+            disks.append({"socket": src.get("path"), "readonly": d.find("readonly") is not None})
+            continue
         disks.append({"source": src.get("file") or src.get("dev"), "format": drv.get("type") or "raw",
                       "cache": drv.get("cache") or "writethrough", "readonly": d.find("readonly") is not None,
                       "transient": d.find("transient") is not None, "encrypted": d.find(".//encryption") is not None})
     for i in root.iter("interface"):
-        if i.get("type") == "vhostuser":
-            continue
         src = i.find("source")
         nics.append({"type": i.get("type"), "source": dict(src.attrib) if src is not None else {},
                      "mac": i.find("mac").get("address")})
@@ -120,9 +119,10 @@ def test_what_the_vm_touches_survives_the_export(name):
         assert got["firmware"] == {"loader": "/usr/share/acrn/bios/OVMF.fd", "loader_writable": False,
                                    "secure": False, "nvram": None, "template": None}
         want["firmware"] = got["firmware"]
-    if name == "vhost-user.xml":  # the vhost-user devices of other processes are skipped, and said so
-        text_w = "\n".join(first.warnings)
-        assert "/run/spdk/vhost-blk.0" in text_w and "/run/openvswitch/vhu0" in text_w
+    if name == "vhost-user.xml":  # the vhost-user devices of other processes stay on their sockets
+        assert {"socket": "/run/spdk/vhost-blk.0", "readonly": False} in got["disks"]
+        assert {"type": "vhostuser", "mac": "52:54:00:5e:00:01",
+                "source": {"type": "unix", "path": "/run/openvswitch/vhu0", "mode": "server"}} in got["nics"]
     assert got == want
 
 
