@@ -244,6 +244,7 @@ class LibvirtIn:
     keep_addresses: bool = False
     taps: set[str] = field(default_factory=set)  # interface names given so far
     boot_disk: bool = False  # a disk with <boot order='1'> was seen
+    serials: int = 0  # the domain's <serial> elements (a serial-target <console> is the first one's view)
 
     def slot_of(self, el: ET.Element) -> int | None:
         addr = el.find("address")

@@ -268,7 +268,13 @@ class VirtioNet(VirtioDevice):
         elif drv is not None and drv.get("name") == "qemu":
             d["backend"] = "vbs-u"
         if t not in ("bridge", "network", "ethernet", "vhostuser"):
-            imp.warnings.append(f"{label}: no acrn-dm equivalent (a tap on a bridge); skipped")
+            why = {"user": "QEMU's user-mode network (slirp)", "direct": "a macvtap on a host NIC",
+                   "hostdev": "an SR-IOV VF passed through as a NIC"}.get(t or "", f"type {t!r}")
+            how = {"direct": " (create the macvtap on the host and give it as <interface type='ethernet'> with "
+                             "<target dev='macvtapN'>)",
+                   "hostdev": " (give the VF as a <hostdev>)"}.get(t or "", "")
+            imp.warnings.append(f"{label}: {why} has no acrn-dm form; acrn-dm attaches a NIC to a tap or an existing "
+                                f"macvtap{how}; skipped")
             return True
         model = el.find("model")
         mtype = model.get("type") if model is not None else None

@@ -426,7 +426,8 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         found.append((slot, order, device))
         order += 1
 
-    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not ours, keep_addresses=keep_addresses)
+    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not ours, keep_addresses=keep_addresses,
+                    serials=len(devs.findall("serial")) if devs is not None else 0)
     for el in list(devs) if devs is not None else []:
         tag = el.tag
         if not isinstance(tag, str) or tag == "emulator":
@@ -568,6 +569,10 @@ def _serial(el: ET.Element, lpc: list[dict], warnings: list[str], foreign: bool 
         warnings.append(f"<serial type='{t}'> port {port}: acrn-dm has com1-com4, each once; skipped")
         return
     source = el.find("source")
+    if t not in ("stdio", "dev", "tcp", "pty"):
+        warnings.append(f"<serial type='{t}'> {com}: acrn-dm's LPC ports take stdio, a host tty (dev) or a tcp port; "
+                        "skipped")
+        return
     _unmapped(el, MAPPED["serial"], f"<serial type='{t}'> {com}", warnings)
     if t == "stdio":
         lpc.append({"port": com, "backend": "stdio"})
