@@ -194,6 +194,11 @@ class LibvirtOut:
     disks: int = 0
     bridge_given: bool = False  # the spec names network.bridge: NICs are <interface type='bridge'> on it
     boot_order: int = 0  # the last <boot order> given
+    iothreads: int = 0  # the domain's <iothreads>: one per disk that has an iothread
+
+    def new_iothread(self) -> int:
+        self.iothreads += 1
+        return self.iothreads
 
     def socket(self, device: Device) -> str:
         return str(vhost_socket_path(self.state_dir, device.display_name))

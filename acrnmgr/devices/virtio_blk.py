@@ -239,6 +239,12 @@ class VirtioBlk(VirtioDevice):
             queues = xml_int(drv.get("queues"))
             if queues and 1 <= queues <= 64:
                 d["mq"] = queues
+            if drv.get("iothread") is not None:
+                d["iothread"] = True  # (acrnmgr's own export: the metadata has the exact value)
+                if imp.foreign:
+                    imp.warnings.append(f"{label}: <driver iothread='{drv.get('iothread')}'>: the disk gets an "
+                                        "iothread of its own (acrn-dm's iothread); the domain's shared pool and "
+                                        "its pinning are not kept")
         sl = src.find("slices/slice") if src is not None else None
         if sl is not None:
             offset, size = xml_int(sl.get("offset")), xml_int(sl.get("size"))
@@ -322,7 +328,8 @@ class VirtioBlk(VirtioDevice):
         else:
             disk = xml_sub(out.devices, "disk", type="file", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw", cache=_LIBVIRT_CACHE[self.cache],
-                    discard="unmap" if self.discard else None, io=self.aio, queues=self.mq)
+                    discard="unmap" if self.discard else None, io=self.aio, queues=self.mq,
+                    iothread=out.new_iothread() if self.iothread else None)
             src = xml_sub(disk, "source", file=self.path)
             if self.range:  # the guest sees this slice of the image only, under libvirt too
                 slices = xml_sub(src, "slices")

@@ -65,7 +65,8 @@ def blk_server(kind: str, image: Path, sock: Path, log: Path) -> Server:
 
 
 class Vm:
-    def __init__(self, root: Path, guest, script: str, devices: str) -> None:
+    def __init__(self, root: Path, guest, script: str, devices: str, extra: str = "") -> None:
+        """``extra``: more spec-level lines (2-space indented)."""
         from tests.guest.build import initrd_with_script
 
         image, accel = guest
@@ -86,7 +87,7 @@ class Vm:
               console:
                 lpc: [{{port: com1, backend: stdio}}]
               devices:
-            """) + textwrap.indent(devices, "    "))
+            """).replace("  memory: 512M\n", f"  memory: 512M\n{extra}") + textwrap.indent(devices, "    "))
         self.state = root / "state"
         self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}
 

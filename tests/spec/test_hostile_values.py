@@ -62,6 +62,7 @@ SAMPLES = {
     "#/$defs/dev-virtio-net/properties/libvirtNetwork": "default",
     "#/$defs/dev-virtio-net/properties/socket": "/run/openvswitch/vhu0",
     "#/$defs/dev-virtio-blk/properties/socket": "/var/run/spdk/vhost-blk.0",
+    "#/$defs/vmSpec/properties/uuid": "c7a5fdbd-edaf-9455-926a-d65c16db1809",
     "#/$defs/lpcPort/properties/tcpHost": "127.0.0.1",
     "#/$defs/dev-virtio-i2c/properties/args": "0:0x50",
     "#/$defs/dev-virtio-gpio/properties/args": "@gpiochip0{1:2}",
