@@ -437,11 +437,11 @@ def unreachable_disk(el: ET.Element, dtype: str, dev: str | None) -> str:
     element = f"<disk type='{dtype}'> {dev or '?'}" + (f" <source {where.strip()}>" if where.strip() else "")
     why = {
         "network": "a network disk: acrn-dm opens local files and block devices only, and the spec has no network "
-                   "disk for QEMU either; attach it on the host (nbd-client, iscsiadm, rbd map) and import the "
-                   "block device as <disk type='block'>",
-        "nvme": "a host NVMe namespace QEMU drives from user space (vfio): acrn-dm cannot; pass the NVMe "
-                "controller through (<hostdev>) or give its namespace block device (/dev/nvmeXnY) as "
-                "<disk type='block'>",
+                   "disk for the qemu and libvirt engines either; attach it on the host (nbd-client, iscsiadm, rbd "
+                   "map) and import the block device as <disk type='block'>",
+        "nvme": "a host NVMe namespace QEMU drives from user space (vfio): acrn-dm cannot, and the spec has no "
+                "such disk for the qemu and libvirt engines either; pass the NVMe controller through (<hostdev>) or "
+                "give its namespace block device (/dev/nvmeXnY) as <disk type='block'>",
         "volume": "a libvirt storage-pool volume: give the volume's path as <disk type='file'> or 'block'",
         "dir": "a host folder shown as a FAT disk (QEMU's vvfat): no acrn-dm form; make an image of it",
     }.get(dtype, "no <source> (an empty drive): nothing to attach" if dtype in ("file", "block")

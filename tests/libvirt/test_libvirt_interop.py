@@ -505,3 +505,26 @@ def test_a_read_only_sata_disk_never_becomes_writable():
         spec_from_domain(_domain(disk))
     cd = disk.replace("device='disk'", "device='cdrom'")
     assert spec_from_domain(_domain(cd)).data["spec"]["devices"] == [{"type": "ahci", "cd": "/srv/w.img"}]
+
+
+@pytest.mark.parametrize("disk, expected", [
+    ("<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='bar'>"
+     "<host name='example.org' port='6000'/></source><target dev='vdb' bus='virtio'/></disk>",
+     "<disk type='network'> vdb <source name='bar' protocol='nbd' host=example.org:6000>: a network disk"),
+    ("<disk type='network' device='disk'><source protocol='iscsi' name='iqn.1992-01.com.example/1'><host "
+     "name='example.org' port='6000'/></source><target dev='sda' bus='scsi'/></disk>",
+     "<disk type='network'> sda <source name='iqn.1992-01.com.example/1' protocol='iscsi' host=example.org:6000>"),
+    ("<disk type='network' device='disk'><source protocol='rbd' name='pool/image'/><target dev='vdc' "
+     "bus='virtio'/></disk>", "rbd map"),
+    ("<disk type='nvme' device='disk'><source type='pci' managed='yes' namespace='1'><address domain='0x0000' "
+     "bus='0x01' slot='0x00' function='0x0'/></source><target dev='vdd' bus='virtio'/></disk>",
+     "<disk type='nvme'> vdd <source managed='yes' namespace='1' type='pci' pci=0x0000:0x01:0x00:0x0>: a host NVMe"),
+    ("<disk type='volume' device='disk'><source pool='default' volume='a.img'/><target dev='vde' bus='virtio'/>"
+     "</disk>", "storage-pool volume"),
+])
+def test_disks_acrn_dm_cannot_open_are_each_named_with_their_reason(disk, expected):
+    got = spec_from_domain(_domain(_disk() + disk))
+    assert [d["path"] for d in got.data["spec"]["devices"]] == ["/srv/a.img"]  # the rest imports
+    skipped = [w for w in got.warnings if w.startswith("<disk type=")]
+    assert len(skipped) == 1 and expected in skipped[0] and skipped[0].endswith("; skipped"), skipped
+    assert "vhost-user" not in skipped[0]
