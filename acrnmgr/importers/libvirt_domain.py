@@ -399,6 +399,12 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             affinity = vset
             if pins:
                 warnings.append("<vcpupin> is not one CPU per vCPU; cpu.affinity taken from <vcpu cpuset>")
+        elif vset is not None and len(vset) > count:
+            # the VM may run on these CPUs only: acrn-dm pins each vCPU to one of them, never to another CPU
+            affinity = vset[:count]
+            cpuset = vcpu.get("cpuset") if vcpu is not None else ""
+            warnings.append(f"<vcpu cpuset='{cpuset}'> allows {len(vset)} CPUs for {count} vCPU(s); acrn-dm gives "
+                            f"each vCPU one CPU: cpu.affinity set to the first {count}, {affinity}")
         else:
             affinity = list(range(count))
             warnings.append(f"no one-to-one vCPU pinning in the domain; cpu.affinity set to {affinity} "

@@ -528,3 +528,9 @@ def test_disks_acrn_dm_cannot_open_are_each_named_with_their_reason(disk, expect
     skipped = [w for w in got.warnings if w.startswith("<disk type=")]
     assert len(skipped) == 1 and expected in skipped[0] and skipped[0].endswith("; skipped"), skipped
     assert "vhost-user" not in skipped[0]
+
+
+def test_a_cpuset_wider_than_the_vcpus_pins_inside_it_never_outside():
+    got = spec_from_domain(_domain(vcpu="<vcpu placement='static' cpuset='4-8,^5'>2</vcpu>"))
+    assert got.data["spec"]["cpu"]["affinity"] == [4, 6]  # allowed CPUs only, the ^ exclusion honoured
+    assert any("cpuset='4-8,^5'" in w and "[4, 6]" in w for w in got.warnings)
