@@ -76,7 +76,7 @@ def _cpuset(text: str, what: str) -> list[int]:
 # is reported as not mapped.
 _ANY = None
 _ADDRESS = {"@type": _ANY, "@domain": _ANY, "@bus": _ANY, "@slot": _ANY, "@function": _ANY, "@multifunction": _ANY,
-            "@controller": _ANY, "@port": _ANY}
+            "@controller": _ANY, "@port": _ANY, "@target": _ANY, "@unit": _ANY}  # (a drive address: libvirt's own)
 _DEV = {"alias": {"@name": _ANY}, "address": _ADDRESS}
 MAPPED: dict[str, dict[str, Any]] = {
     "disk": {**_DEV, "@type": ("file", "block", "vhostuser"), "@device": ("disk", "cdrom"), "@model": _ANY,
