@@ -300,7 +300,8 @@ def test_cli_import_options(tmp_path):
 
 
 # -- no traceback for any XML ----------------------------------------------------------------------------------
-_SEEDS = [(CORPUS / n).read_text() for n in sorted(IMPORTS)]
+_SEEDS = [(CORPUS / n).read_text() for n in sorted(IMPORTS)] + [  # and libvirt's own test domains
+    p.read_text() for p in sorted((ROOT / "tests/fixtures/libvirt-qemuxmlconfdata").glob("*.xml"))]
 
 
 def _elements(root):
