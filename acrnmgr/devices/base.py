@@ -325,6 +325,19 @@ def vhost_user_missing(socket: str | None, server: bool = False) -> str | None:
     return None if stat.S_ISSOCK(mode) else f"{socket} is not a unix socket (a vhost-user backend listens on one)"
 
 
+def vhost_user_reconnect(el: ET.Element | None, label: str, imp: LibvirtIn) -> int | None:
+    """<source><reconnect enabled='yes' timeout='N'/> of another process's vhost-user socket: N seconds."""
+    rec = el.find("reconnect") if el is not None else None
+    if rec is None or rec.get("enabled") != "yes":
+        return None
+    timeout = xml_int(rec.get("timeout"))
+    if timeout is None or not 1 <= timeout <= 3600:
+        imp.warnings.append(f"{label}: <reconnect timeout='{rec.get('timeout')}'> is not 1-3600 seconds; QEMU will "
+                            "not reconnect when the serving process restarts")
+        return None
+    return timeout
+
+
 def esc(value: object) -> str:
     """QEMU's key=value option syntax: a comma inside a value is written twice."""
     return str(value).replace(",", ",,")

@@ -23,6 +23,7 @@ from acrnmgr.devices.base import (
     esc,
     qemu_mode,
     vhost_user_missing,
+    vhost_user_reconnect,
     xml_alias,
     xml_int,
     xml_pci,
@@ -46,6 +47,7 @@ class VirtioBlk(VirtioDevice):
 
     path: str = ""
     socket: str | None = None  # backend: vhost-user: another process's vhost-user-blk socket
+    reconnect: int | None = None  # seconds between QEMU's attempts to reconnect to `socket`
     boot: bool = False
     cache: str = DEFAULT_CACHE
     read_only: bool = False
@@ -68,7 +70,8 @@ class VirtioBlk(VirtioDevice):
         ss = raw.get("sectorSize")
         rng = raw.get("range")
         path = resolve(base_dir, raw["path"]) if "path" in raw else ""
-        return cls(**common_fields(index, raw), path=path, socket=raw.get("socket"), boot=bool(raw.get("boot")),
+        return cls(**common_fields(index, raw), path=path, socket=raw.get("socket"),
+                   reconnect=raw.get("reconnect"), boot=bool(raw.get("boot")),
                    cache=raw.get("cache", DEFAULT_CACHE), read_only=bool(raw.get("readOnly")), discard=discard,
                    sector_size=(ss["logical"], ss.get("physical")) if ss else None,
                    range=(rng["startLba"], rng["size"]) if rng else None, iothread=iothread, mq=raw.get("mq"),
@@ -85,6 +88,9 @@ class VirtioBlk(VirtioDevice):
             elif "socket" in dev and not external:
                 ctx.error((*path, "socket"), "`socket` is the vhost-user socket of a disk another process serves; "
                           "it needs backend: vhost-user", "add `backend: vhost-user`, or give the image as `path`")
+            if "reconnect" in dev and "socket" not in dev:
+                ctx.error((*path, "reconnect"), "`reconnect` applies to `socket` (backend: vhost-user)",
+                          "remove `reconnect`")
             if external:
                 for key in cls.SERVED_ELSEWHERE:
                     if key in dev:
@@ -154,7 +160,8 @@ class VirtioBlk(VirtioDevice):
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         nid, addr, mode = f"dev{slot}", f"addr={slot:#x}", qemu_mode(self)
         if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}",
+            reconnect = f",reconnect={self.reconnect}" if self.reconnect else ""
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{reconnect}",
                          "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={self.mq or 1},{addr}{mode}"
                          + (",bootindex=1" if self.boot else "")]
             return
@@ -282,6 +289,9 @@ class VirtioBlk(VirtioDevice):
                                 "socket to attach to; skipped")
             return True
         d.update(backend="vhost-user", socket=sock)
+        reconnect = vhost_user_reconnect(src, label, imp)
+        if reconnect:
+            d["reconnect"] = reconnect
         if el.find("readonly") is not None:
             imp.errors.append(f"{label} {sock}: <readonly/> on a vhost-user disk: the serving process decides "
                               "whether the guest may write, and QEMU cannot enforce it; make the export read-only "
@@ -313,7 +323,10 @@ class VirtioBlk(VirtioDevice):
             out.needs_shared_memory = True
             disk = xml_sub(out.devices, "disk", type="vhostuser", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw", queues=self.mq)
-            xml_sub(disk, "source", type="unix", path=self.socket)
+            src = xml_sub(disk, "source", type="unix", path=self.socket)
+            if self.reconnect:
+                xml_sub(src, "reconnect", enabled="yes", timeout=self.reconnect)
+                extra["reconnect"] = self.reconnect
             extra["socket"] = self.socket  # whose socket it is: not acrnmgr's device model's
         elif backend == "embedded" and out.flavor == "qemu":
             out.needs_shared_memory = True

@@ -24,6 +24,7 @@ from acrnmgr.devices.base import (
     esc,
     qemu_mode,
     vhost_user_missing,
+    vhost_user_reconnect,
     xml_alias,
     xml_pci,
     xml_sub,
@@ -66,6 +67,7 @@ class VirtioNet(VirtioDevice):
     libvirt_network: str | None = None  # a libvirt network the libvirt export attaches it to
     socket: str | None = None  # backend: vhost-user: another process's vhost-user-net socket
     socket_server: bool = False  # socketMode: server: the VMM creates the socket, the other process connects
+    reconnect: int | None = None  # seconds between QEMU's attempts to reconnect to `socket` (as its client)
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioNet:
@@ -73,7 +75,7 @@ class VirtioNet(VirtioDevice):
         return cls(**common_fields(index, raw), tap=raw.get("tap"), macvtap=raw.get("macvtap"),
                    mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"),
                    libvirt_network=raw.get("libvirtNetwork"), socket=raw.get("socket"),
-                   socket_server=raw.get("socketMode") == "server")
+                   socket_server=raw.get("socketMode") == "server", reconnect=raw.get("reconnect"))
 
     @classmethod
     def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
@@ -92,6 +94,9 @@ class VirtioNet(VirtioDevice):
             if "socketMode" in dev and "socket" not in dev:
                 ctx.error((*path, "socketMode"), "`socketMode` applies to `socket` (backend: vhost-user)",
                           "remove `socketMode`")
+            if "reconnect" in dev and ("socket" not in dev or dev.get("socketMode") == "server"):
+                ctx.error((*path, "reconnect"), "`reconnect` applies to a `socket` QEMU connects to (socketMode: "
+                          "client)", "remove `reconnect`")
             if "mac" in dev and "macSeed" in dev:
                 ctx.warn((*path, "macSeed"), "`mac` is given, so acrn-dm does not use `macSeed`",
                          "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
@@ -228,7 +233,8 @@ class VirtioNet(VirtioDevice):
         tap = self.tap or ""
         mac = self.qemu_mac(ctx.vm_name, slot)
         if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
-            server = ",server=on,wait=off" if self.socket_server else ""
+            server = (",server=on,wait=off" if self.socket_server
+                      else f",reconnect={self.reconnect}" if self.reconnect else "")
             ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{server}",
                          "-netdev", f"vhost-user,id={nid},chardev=c{nid}",
                          "-device", f"virtio-net-pci,netdev={nid},mac={mac},vectors=0,{addr}{mode}"]
@@ -314,6 +320,9 @@ class VirtioNet(VirtioDevice):
                                 "skipped")
             return True
         d.update(backend="vhost-user", socket=sock)
+        reconnect = vhost_user_reconnect(source, label, imp)
+        if reconnect:
+            d["reconnect"] = reconnect
         mode = source.get("mode") or "client"
         if mode == "server":
             d["socketMode"] = "server"
@@ -332,7 +341,11 @@ class VirtioNet(VirtioDevice):
         if backend == "vhost-user":
             out.needs_shared_memory = True
             iface = xml_sub(out.devices, "interface", type="vhostuser")
-            xml_sub(iface, "source", type="unix", path=self.socket, mode="server" if self.socket_server else "client")
+            src = xml_sub(iface, "source", type="unix", path=self.socket,
+                          mode="server" if self.socket_server else "client")
+            if self.reconnect:
+                xml_sub(src, "reconnect", enabled="yes", timeout=self.reconnect)
+                extra["reconnect"] = self.reconnect
             extra["socket"] = self.socket  # whose socket it is: not acrnmgr's device model's
             if self.socket_server:
                 extra["socketMode"] = "server"

@@ -89,7 +89,7 @@ MAPPED: dict[str, dict[str, Any]] = {
     "interface": {**_DEV, "@type": ("bridge", "network", "ethernet", "vhostuser"),
                   "mac": {"@address": _ANY}, "model": {"@type": _ANY},
                   "source": {"@bridge": _ANY, "@network": _ANY, "@type": ("unix",), "@path": _ANY,
-                             "@mode": _ANY},
+                             "@mode": _ANY, "reconnect": {"@enabled": _ANY, "@timeout": _ANY}},
                   "target": {"@dev": _ANY, "@managed": ("no",)}, "driver": {"@name": ("vhost", "qemu")}},
     "hostdev": {**_DEV, "@mode": ("subsystem",), "@type": ("pci",), "@managed": ("yes",),
                 "source": {"address": {"@domain": _ANY, "@bus": _ANY, "@slot": _ANY, "@function": _ANY}},

@@ -139,10 +139,11 @@ def test_guest_reads_and_writes_a_disk_another_process_serves(tmp_path, guest, c
     sock.parent.mkdir()
     cleanup.append(blk_server(server, image, sock, tmp_path / "server.log"))
     vm = Vm(tmp_path, guest, READ_WRITE,
-            f"- {{type: virtio-blk, name: data, backend: vhost-user, socket: {sock}}}\n")
+            f"- {{type: virtio-blk, name: data, backend: vhost-user, socket: {sock}, reconnect: 1}}\n")
     cleanup.append(vm)
     plan = vm.run("render", str(vm.spec), "--engine", "qemu", "--host", str(vm.host)).stdout
-    assert f"socket,id=cdev3,path={sock} -device vhost-user-blk-pci,chardev=cdev3,num-queues=1,addr=0x3" in plan
+    assert (f"socket,id=cdev3,path={sock},reconnect=1 -device vhost-user-blk-pci,chardev=cdev3,num-queues=1,addr=0x3"
+            in plan)
     vm.run("up", "--engine", "qemu", "--host", str(vm.host), str(vm.spec))
     processes = json.loads(vm.run("status", vm.name, "--output", "json").stdout)["processes"]
     assert not [p for p in processes if p.startswith("devmodel")], processes  # nothing of ours serves the disk

@@ -47,6 +47,9 @@ def _errors(*devices: str) -> list[str]:
     ("{type: virtio-net, backend: vhost-user, socket: /run/x.sock, tap: tap0}", "", "exactly one of `tap`"),
     ("{type: virtio-net, tap: tap0, socketMode: server}", "socketMode", "applies to `socket`"),
     ("{type: virtio-rnd, backend: vhost-user}", "backend", "virtio-blk and virtio-net"),
+    ("{type: virtio-blk, path: /srv/a.img, reconnect: 5}", "reconnect", "applies to `socket`"),
+    ("{type: virtio-net, backend: vhost-user, socket: /run/x, socketMode: server, reconnect: 5}", "reconnect",
+     "socketMode: client"),
 ])
 def test_spec_rules(device, where, expected):
     errors = _errors(device)
@@ -80,6 +83,17 @@ def test_qemu_engine_attaches_to_the_socket_and_never_owns_it(tmp_path):
                                  "virtio-net-pci,netdev=dev4,mac=52:54:00:00:00:01,vectors=0,addr=0x4"]
     assert not plan.qemu.helpers  # nothing of ours serves it
     assert not [s for s in plan.qemu.sockets if "vhost-blk" in s or "vhu0" in s]  # never removed by us
+
+
+def test_qemu_reconnects_to_a_restarted_server_when_asked(tmp_path):
+    spec = _spec(BLK.replace("mq: 2", "mq: 2, reconnect: 3"), NET.replace("mac:", "reconnect: 7, mac:"))
+    argv = make_plan(vm_from_spec(spec), HOST, "qemu", state_dir=tmp_path).qemu.argv
+    assert "socket,id=cdev3,path=/run/spdk/vhost-blk.0,reconnect=3" in argv
+    assert "socket,id=cdev4,path=/run/ovs/vhu0,reconnect=7" in argv
+    xml, _ = export_domain(spec, HOST, "qemu")
+    assert [r.attrib for r in ET.fromstring(xml).iter("reconnect")] == [{"enabled": "yes", "timeout": "3"},
+                                                                         {"enabled": "yes", "timeout": "7"}]
+    assert spec_from_domain(xml).data["spec"]["devices"] == spec.data["spec"]["devices"]
 
 
 def test_plan_on_this_machine_wants_the_socket_served(tmp_path):
@@ -125,8 +139,8 @@ FOREIGN = """<domain type='kvm'><name>vnf</name><memory unit='GiB'>1</memory><vc
 def test_foreign_vhost_user_devices_import_on_their_sockets(mode):
     got = spec_from_domain(FOREIGN.format(ro="", mode=mode))
     blk, net = got.data["spec"]["devices"]
-    assert blk == {"type": "virtio-blk", "backend": "vhost-user", "socket": "/run/spdk/vhost-blk.0", "mq": 4,
-                   "boot": True}
+    assert blk == {"type": "virtio-blk", "backend": "vhost-user", "socket": "/run/spdk/vhost-blk.0", "reconnect": 10,
+                   "mq": 4, "boot": True}
     assert net == {"type": "virtio-net", "mac": "52:54:00:5e:00:01", "backend": "vhost-user",
                    "socket": "/run/openvswitch/vhu0", **({"socketMode": "server"} if mode == "server" else {})}
     assert not [w for w in got.warnings if "vhost" in w], got.warnings
