@@ -17,7 +17,7 @@ apt_packages=(
 )
 if ! $python_only; then
     apt_packages+=(
-        qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
+        qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer; the other process of the vhost-user tests)
         busybox-static cpio kmod                      # the test guest's initramfs
         gcc libc6-dev                                 # small C helpers built by tests (concurrent ring reader)
         fio                                           # guest-side I/O verification and bench
