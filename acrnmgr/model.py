@@ -168,6 +168,8 @@ class VmSpec:
     locator: Locator | None = field(default=None, repr=False, compare=False)
     own_pcpu: bool = False  # the VM owns its pCPUs (ACRN's own_pcpu / SCHED_NOOP): they are offlined
     ready: ReadyCheck | None = None  # spec.console.ready: what `up --wait-ready` waits for
+    uuid: str | None = None  # spec.uuid (lower case): QEMU's -uuid, libvirt's <uuid>
+    machine: str = "pc"  # spec.machine: the chipset QEMU emulates (pc or q35)
 
     @property
     def rtvm(self) -> bool:

@@ -17,7 +17,7 @@ apt_packages=(
 )
 if ! $python_only; then
     apt_packages+=(
-        qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer)
+        qemu-system-x86 qemu-utils qemu-system-gui   # the qemu engine, qemu-storage-daemon (bench peer; the other process of the vhost-user tests)
         busybox-static cpio kmod                      # the test guest's initramfs
         make gcc-12 xz-utils libelf1 libssl3          # the guest's gpio-i2c layer: virtio-gpio/i2c modules built
                                                       # out of tree against Debian's kernel headers (gcc-12 is what

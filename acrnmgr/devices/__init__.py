@@ -88,4 +88,6 @@ def vm_from_spec(spec: Spec) -> VmSpec:
         data=spec.data,
         locator=spec.locate,
         ready=build_ready(s.get("console")),
+        uuid=s["uuid"].lower() if s.get("uuid") else None,
+        machine=s.get("machine", "pc"),
     )

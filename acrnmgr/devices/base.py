@@ -1,7 +1,8 @@
 """What every device-kind module builds on: the backend choice, and the contexts the renderers hand a device.
 
 Backends: ``vbs-u`` (the VMM's own user-space virtio device: acrn-dm's VBS-U, or QEMU's built-in device on the
-qemu engine), ``vhost`` (kernel vhost), ``embedded`` (our Python device model over vhost-user), ``passthru`` (a host
+qemu engine), ``vhost`` (kernel vhost), ``embedded`` (our Python device model over vhost-user), ``vhost-user`` (a
+vhost-user socket another process serves: SPDK, qemu-storage-daemon, OVS-DPDK), ``passthru`` (a host
 PCI function), ``acrn-dm`` (a non-virtio device acrn-dm emulates itself) and ``hypervisor`` (an hv:/ ivshmem
 region).  acrn-dm has no vhost-user frontend, so an ``embedded`` device cannot attach to an acrn-dm VM.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -205,6 +207,11 @@ class LibvirtOut:
     disks: int = 0
     bridge_given: bool = False  # the spec names network.bridge: NICs are <interface type='bridge'> on it
     boot_order: int = 0  # the last <boot order> given
+    iothreads: int = 0  # the domain's <iothreads>: one per disk that has an iothread
+
+    def new_iothread(self) -> int:
+        self.iothreads += 1
+        return self.iothreads
 
     def socket(self, device: Device) -> str:
         return str(vhost_socket_path(self.state_dir, device.display_name))
@@ -255,6 +262,7 @@ class LibvirtIn:
     keep_addresses: bool = False
     taps: set[str] = field(default_factory=set)  # interface names given so far
     boot_disk: bool = False  # a disk with <boot order='1'> was seen
+    serials: int = 0  # the domain's <serial> elements (a serial-target <console> is the first one's view)
 
     def slot_of(self, el: ET.Element) -> int | None:
         addr = el.find("address")
@@ -311,6 +319,36 @@ class LibvirtIn:
     @staticmethod
     def mode_of(el: ET.Element | None, attr: str = "model") -> str | None:
         return MODE_OF_LIBVIRT_MODEL.get(el.get(attr) or "") if el is not None else None
+
+
+def vhost_user_missing(socket: str | None, server: bool = False) -> str | None:
+    """Why QEMU could not attach to another process's vhost-user ``socket`` on this machine, or None. As a
+    server the VMM creates the socket itself: its folder must exist."""
+    if not socket:
+        return "backend: vhost-user without a socket"
+    path = Path(socket)
+    if server:
+        return None if path.parent.is_dir() else (f"the folder of the vhost-user socket {socket} does not exist "
+                                                  "(QEMU creates the socket there)")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return (f"the vhost-user socket {socket} does not exist: start the process that serves it first (acrnmgr "
+                "neither starts it nor owns it)")
+    return None if stat.S_ISSOCK(mode) else f"{socket} is not a unix socket (a vhost-user backend listens on one)"
+
+
+def vhost_user_reconnect(el: ET.Element | None, label: str, imp: LibvirtIn) -> int | None:
+    """<source><reconnect enabled='yes' timeout='N'/> of another process's vhost-user socket: N seconds."""
+    rec = el.find("reconnect") if el is not None else None
+    if rec is None or rec.get("enabled") != "yes":
+        return None
+    timeout = xml_int(rec.get("timeout"))
+    if timeout is None or not 1 <= timeout <= 3600:
+        imp.warnings.append(f"{label}: <reconnect timeout='{rec.get('timeout')}'> is not 1-3600 seconds; QEMU will "
+                            "not reconnect when the serving process restarts")
+        return None
+    return timeout
 
 
 def esc(value: object) -> str:
@@ -404,6 +442,8 @@ class VirtioDevice(DeviceKind):
     EMBEDDED: ClassVar[bool] = False
     QEMU_VHOST_USER: ClassVar[bool] = False
     VHOST: ClassVar[bool] = False  # the kernel has a vhost backend for it
+    # backend: vhost-user: another process serves it on a vhost-user socket (`socket`), which QEMU attaches to
+    VHOST_USER_SOCKET: ClassVar[bool] = False
 
     @classmethod
     def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
@@ -422,6 +462,14 @@ class VirtioDevice(DeviceKind):
                 ctx.error((*path, "backend"), f"the embedded device model does not serve {cls.KIND} "
                           f"(it serves {_embedded_kinds()})",
                           "use `backend: vhost`" if cls.VHOST else "use `backend: vbs-u` or `auto`")
+            elif backend == "vhost-user" and not cls.VHOST_USER_SOCKET:
+                ctx.error((*path, "backend"), f"backend: vhost-user (a socket another process serves) is for "
+                          f"virtio-blk and virtio-net; QEMU has no vhost-user frontend for {cls.KIND} to attach to one",
+                          "use `backend: auto`" + (" or `embedded`" if cls.EMBEDDED else ""))
+            elif backend == "vhost-user" and rtvm:
+                ctx.error((*path, "backend"), f"an RTVM runs on acrn-dm, which has no vhost-user frontend, so the "
+                          f"vhost-user socket of another process cannot serve its {cls.KIND}",
+                          "give acrn-dm the image or tap itself")
             elif backend == "embedded" and rtvm:
                 ctx.error((*path, "backend"), "an RTVM runs on acrn-dm, which has no vhost-user frontend, so an "
                           "embedded backend cannot serve it", "use `backend: vbs-u` or `auto`")
@@ -436,9 +484,23 @@ class VirtioDevice(DeviceKind):
                           "use `mode: modern` or remove `mode`")
 
     def choose(self, host: HostProfile, engine: str, family: str) -> Choice:
+        if self.backend == "vhost-user":
+            return self.vhost_user_choice(engine)
         if engine == "acrn":
             return self.choose_acrn(host, family)
         return self.choose_qemu(host)
+
+    def vhost_user_choice(self, engine: str) -> Choice:
+        """backend: vhost-user: the device is another process's, on its socket; only a VMM with a vhost-user
+        frontend (QEMU, also under libvirt) can attach to it."""
+        socket = getattr(self, "socket", None)
+        if engine == "acrn":
+            return Choice("vhost-user", "", f"backend: vhost-user asks acrn-dm to attach to the vhost-user socket "
+                          f"{socket} that another process serves; acrn-dm has no vhost-user frontend",
+                          "run the VM with the qemu or libvirt engine, or let acrn-dm serve the device itself "
+                          "(virtio-blk: `path` of the image; virtio-net: a `tap`)")
+        return Choice("vhost-user", f"served by another process on the vhost-user socket {socket} (backend: "
+                      "vhost-user)")
 
     # -- acrn-dm ---------------------------------------------------------------------------------------------
     def acrn_mode_choice(self) -> Choice | None:

@@ -1,4 +1,5 @@
-"""virtio-blk: acrn-dm's VBS-U block device (legacy), QEMU's virtio-blk-pci, or the embedded device model."""
+"""virtio-blk: acrn-dm's VBS-U block device (legacy), QEMU's virtio-blk-pci, the embedded device model, or a
+vhost-user socket another process serves (backend: vhost-user: SPDK, qemu-storage-daemon, OVS)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 
 from acrnmgr.devices.base import (
     AcrnArgs,
+    CheckContext,
     GrammarError,
     LibvirtIn,
     LibvirtOut,
@@ -20,12 +22,14 @@ from acrnmgr.devices.base import (
     blockdev,
     esc,
     qemu_mode,
+    vhost_user_missing,
+    vhost_user_reconnect,
     xml_alias,
     xml_int,
     xml_pci,
     xml_sub,
 )
-from acrnmgr.model import common_fields, resolve
+from acrnmgr.model import JsonPath, common_fields, resolve
 
 DEFAULT_CACHE = "writethru"
 _LIBVIRT_CACHE = {"writethru": "writethrough", "writeback": "writeback", "nocache": "none"}
@@ -36,8 +40,14 @@ class VirtioBlk(VirtioDevice):
     KIND: ClassVar[str] = "virtio-blk"
     EMBEDDED: ClassVar[bool] = True
     QEMU_VHOST_USER: ClassVar[bool] = True
+    VHOST_USER_SOCKET: ClassVar[bool] = True
+    # What the serving process decides, not the VMM, under backend: vhost-user.
+    SERVED_ELSEWHERE: ClassVar[tuple[str, ...]] = ("cache", "readOnly", "discard", "sectorSize", "range", "iothread",
+                                                   "aio", "noBstBlock")
 
     path: str = ""
+    socket: str | None = None  # backend: vhost-user: another process's vhost-user-blk socket
+    reconnect: int | None = None  # seconds between QEMU's attempts to reconnect to `socket`
     boot: bool = False
     cache: str = DEFAULT_CACHE
     read_only: bool = False
@@ -59,11 +69,37 @@ class VirtioBlk(VirtioDevice):
             iothread = (iothread["count"], tuple(tuple(group) for group in iothread.get("cpus", [])))
         ss = raw.get("sectorSize")
         rng = raw.get("range")
-        return cls(**common_fields(index, raw), path=resolve(base_dir, raw["path"]), boot=bool(raw.get("boot")),
+        path = resolve(base_dir, raw["path"]) if "path" in raw else ""
+        return cls(**common_fields(index, raw), path=path, socket=raw.get("socket"),
+                   reconnect=raw.get("reconnect"), boot=bool(raw.get("boot")),
                    cache=raw.get("cache", DEFAULT_CACHE), read_only=bool(raw.get("readOnly")), discard=discard,
                    sector_size=(ss["logical"], ss.get("physical")) if ss else None,
                    range=(rng["startLba"], rng["size"]) if rng else None, iothread=iothread, mq=raw.get("mq"),
                    aio=raw.get("aio"), no_bst_block=bool(raw.get("noBstBlock")))
+
+    @classmethod
+    def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
+        super().check_spec(ctx, spec, items)
+        for path, dev in items:
+            external = dev.get("backend") == "vhost-user"
+            if external and "socket" not in dev:
+                ctx.error((*path, "backend"), "backend: vhost-user needs `socket`, the vhost-user socket the other "
+                          "process serves the disk on", "add `socket: /run/.../vhost-blk.sock` (and no `path`)")
+            elif "socket" in dev and not external:
+                ctx.error((*path, "socket"), "`socket` is the vhost-user socket of a disk another process serves; "
+                          "it needs backend: vhost-user", "add `backend: vhost-user`, or give the image as `path`")
+            if "reconnect" in dev and "socket" not in dev:
+                ctx.error((*path, "reconnect"), "`reconnect` applies to `socket` (backend: vhost-user)",
+                          "remove `reconnect`")
+            if external:
+                for key in cls.SERVED_ELSEWHERE:
+                    if key in dev:
+                        ctx.error((*path, key), f"`{key}` is the serving process's to decide under backend: "
+                                  "vhost-user (QEMU's vhost-user-blk sees only the virtqueues)",
+                                  f"remove `{key}` and set it where the disk is served")
+
+    def missing_on_host(self) -> str | None:
+        return vhost_user_missing(self.socket) if self.backend == "vhost-user" else None
 
     @classmethod
     def spec_from_acrn(cls, dev: SlotDevice, warnings: list[str]) -> dict[str, Any] | None:
@@ -88,6 +124,8 @@ class VirtioBlk(VirtioDevice):
         return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        if backend == "vhost-user":
+            return ""  # acrn-dm cannot attach to it: the plan says so
         out = ["b"] if self.boot else []
         if self.iothread is True:
             out.append("iothread")
@@ -121,6 +159,12 @@ class VirtioBlk(VirtioDevice):
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
+        if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
+            reconnect = f",reconnect={self.reconnect}" if self.reconnect else ""
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{reconnect}",
+                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={self.mq or 1},{addr}{mode}"
+                         + (",bootindex=1" if self.boot else "")]
+            return
         if backend == "embedded":
             queues = self.mq or 1
             sock = ctx.helper(self, "blk", ["--image", self.path, "--queues", str(queues)]
@@ -170,25 +214,14 @@ class VirtioBlk(VirtioDevice):
             return True
         if dtype == "vhostuser":
             if imp.foreign:
-                sock = src.get("path") if src is not None else None
-                imp.warnings.append(f"{label}: a vhost-user disk served by another process ({sock}); acrn-dm has no "
-                                    "vhost-user frontend and acrnmgr serves images itself: skipped (give the image "
-                                    "path as a virtio-blk instead)")
-                return True
-            d["backend"] = "embedded"
+                return cls._vhost_user_from_libvirt(el, imp, label, d)
+            d["backend"] = "embedded"  # acrnmgr's own export: the metadata says whose socket it is
         elif dtype in ("file", "block") and path:
             d["path"] = path
             if imp.foreign and not imp.mode_of(el):
                 d["backend"] = "vbs-u"  # QEMU's own virtio-blk on the image, as the domain had it
         else:
-            where = ""
-            if src is not None:
-                where = " ".join(f"{k}={v}" for k, v in sorted(src.attrib.items()))
-                hosts = [h.get("name") or "" for h in src.findall("host") if h.get("name")]
-                if hosts:
-                    where += f" host={','.join(hosts)}"
-            imp.warnings.append(f"<disk type='{dtype}'> {target.get('dev')} ({where or 'no source'}): acrn-dm reads "
-                                "local files and block devices only; skipped (attach it on the host and give its path)")
+            imp.warnings.append(unreachable_disk(el, dtype, target.get("dev")))
             return True
         imp.check_disk(el, label, path)
         drv = el.find("driver")
@@ -213,6 +246,12 @@ class VirtioBlk(VirtioDevice):
             queues = xml_int(drv.get("queues"))
             if queues and 1 <= queues <= 64:
                 d["mq"] = queues
+            if drv.get("iothread") is not None:
+                d["iothread"] = True  # (acrnmgr's own export: the metadata has the exact value)
+                if imp.foreign:
+                    imp.warnings.append(f"{label}: <driver iothread='{drv.get('iothread')}'>: the disk gets an "
+                                        "iothread of its own (acrn-dm's iothread); the domain's shared pool and "
+                                        "its pinning are not kept")
         sl = src.find("slices/slice") if src is not None else None
         if sl is not None:
             offset, size = xml_int(sl.get("offset")), xml_int(sl.get("size"))
@@ -236,14 +275,60 @@ class VirtioBlk(VirtioDevice):
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
         imp.add(imp.slot_of(el), d, el)
-        if "path" not in d and imp.foreign:
-            imp.warnings.append(f"{label}: vhost-user disk without acrnmgr metadata: the image behind the socket "
-                                "is unknown")
+        return True
+
+    @classmethod
+    def _vhost_user_from_libvirt(cls, el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any]) -> bool:
+        """<disk type='vhostuser'> of another process (SPDK, qemu-storage-daemon): backend: vhost-user on its
+        socket. What only the serving process decides is reported, and a read-only disk is refused (QEMU's
+        vhost-user-blk cannot make a disk read-only)."""
+        src = el.find("source")
+        sock = src.get("path") if src is not None else None
+        if not sock or not sock.startswith("/") or src is None or src.get("type", "unix") != "unix":
+            imp.warnings.append(f"{label}: <disk type='vhostuser'> without <source type='unix' path='/...'>: no "
+                                "socket to attach to; skipped")
+            return True
+        d.update(backend="vhost-user", socket=sock)
+        reconnect = vhost_user_reconnect(src, label, imp)
+        if reconnect:
+            d["reconnect"] = reconnect
+        if el.find("readonly") is not None:
+            imp.errors.append(f"{label} {sock}: <readonly/> on a vhost-user disk: the serving process decides "
+                              "whether the guest may write, and QEMU cannot enforce it; make the export read-only "
+                              "where it is served and remove <readonly/>")
+        drv = el.find("driver")
+        if drv is not None:
+            queues = xml_int(drv.get("queues"))
+            if queues and 1 <= queues <= 64:
+                d["mq"] = queues
+            for attr in ("cache", "io", "discard"):
+                if drv.get(attr):
+                    imp.warnings.append(f"{label}: {attr}='{drv.get(attr)}' on a vhost-user disk is the serving "
+                                        "process's to decide; not mapped")
+        boot = el.find("boot")
+        if boot is not None:
+            if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
+                d["boot"] = True
+                imp.boot_disk = True
+            else:
+                imp.warnings.append(f"{label}: boot order {boot.get('order')}: one boot disk is kept (order 1)")
+        if imp.mode_of(el):
+            d["mode"] = imp.mode_of(el)
+        imp.add(imp.slot_of(el), d, el)
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, model = self.libvirt_extra()
-        if backend == "embedded" and out.flavor == "qemu":
+        if backend == "vhost-user":
+            out.needs_shared_memory = True
+            disk = xml_sub(out.devices, "disk", type="vhostuser", device="disk")
+            xml_sub(disk, "driver", name="qemu", type="raw", queues=self.mq)
+            src = xml_sub(disk, "source", type="unix", path=self.socket)
+            if self.reconnect:
+                xml_sub(src, "reconnect", enabled="yes", timeout=self.reconnect)
+                extra["reconnect"] = self.reconnect
+            extra["socket"] = self.socket  # whose socket it is: not acrnmgr's device model's
+        elif backend == "embedded" and out.flavor == "qemu":
             out.needs_shared_memory = True
             disk = xml_sub(out.devices, "disk", type="vhostuser", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw")
@@ -256,7 +341,8 @@ class VirtioBlk(VirtioDevice):
         else:
             disk = xml_sub(out.devices, "disk", type="file", device="disk")
             xml_sub(disk, "driver", name="qemu", type="raw", cache=_LIBVIRT_CACHE[self.cache],
-                    discard="unmap" if self.discard else None, io=self.aio, queues=self.mq)
+                    discard="unmap" if self.discard else None, io=self.aio, queues=self.mq,
+                    iothread=out.new_iothread() if self.iothread else None)
             src = xml_sub(disk, "source", file=self.path)
             if self.range:  # the guest sees this slice of the image only, under libvirt too
                 slices = xml_sub(src, "slices")
@@ -344,3 +430,34 @@ def parse_acrn(emul: str, body: str, family: str) -> dict[str, Any]:
         else:
             raise GrammarError(f"virtio-blk: invalid device option {tok!r}")
     return params
+
+
+def unreachable_disk(el: ET.Element, dtype: str, dev: str | None) -> str:
+    """Why a <disk> that is neither a local file, a block device nor a vhost-user socket is not imported, with
+    what the engines could do about it: network disks (nbd, iscsi, rbd, gluster, http...) and NVMe
+    controllers are opened by QEMU's own block layer, which acrnmgr's spec does not model."""
+    src = el.find("source")
+    attrs = {k: v for k, v in (src.attrib.items() if src is not None else ()) if k in
+             ("protocol", "name", "file", "dev", "pool", "volume", "dir", "type", "managed", "namespace")}
+    where = " ".join(f"{k}='{v}'" for k, v in sorted(attrs.items()))
+    hosts = [f"{h.get('name') or h.get('socket') or ''}" + (f":{h.get('port')}" if h.get("port") else "")
+             for h in (src.findall("host") if src is not None else ())]
+    if hosts:
+        where += f" host={','.join(hosts)}"
+    nvme = src.find("address") if src is not None and dtype == "nvme" else None
+    if nvme is not None:
+        where += " pci=" + ":".join(str(nvme.get(k)) for k in ("domain", "bus", "slot", "function"))
+    element = f"<disk type='{dtype}'> {dev or '?'}" + (f" <source {where.strip()}>" if where.strip() else "")
+    why = {
+        "network": "a network disk: acrn-dm opens local files and block devices only, and the spec has no network "
+                   "disk for the qemu and libvirt engines either; attach it on the host (nbd-client, iscsiadm, rbd "
+                   "map) and import the block device as <disk type='block'>",
+        "nvme": "a host NVMe namespace QEMU drives from user space (vfio): acrn-dm cannot, and the spec has no "
+                "such disk for the qemu and libvirt engines either; pass the NVMe controller through (<hostdev>) or "
+                "give its namespace block device (/dev/nvmeXnY) as <disk type='block'>",
+        "volume": "a libvirt storage-pool volume: give the volume's path as <disk type='file'> or 'block'",
+        "dir": "a host folder shown as a FAT disk (QEMU's vvfat): no acrn-dm form; make an image of it",
+    }.get(dtype, "no <source> (an empty drive): nothing to attach" if dtype in ("file", "block")
+          else "not a local file or block device; acrn-dm opens those only")
+    return f"{element}: {why}; skipped"
+

@@ -150,10 +150,16 @@ class VirtioConsole(VirtioDevice):
         tag = el.tag
         target = el.find("target")
         if target is None or target.get("type") != "virtio":
-            if tag == "console" and target is not None and target.get("type") == "serial":
-                return True  # the console view of <serial>, already imported
-            imp.warnings.append(f"<{tag}> with target {target.get('type') if target is not None else None}: "
-                                "not mapped")
+            ttype = target.get("type") if target is not None else None
+            if tag == "console" and ttype in (None, "serial"):
+                # on x86 a console without a virtio target is libvirt's view of the first <serial>
+                if imp.serials:
+                    return True  # imported with that <serial>
+                imp.warnings.append(f"<console type='{el.get('type')}'> on a serial target, with no <serial> in "
+                                    "the domain: add it as <serial> to import it; skipped")
+                return True
+            imp.warnings.append(f"<{tag} type='{el.get('type')}'> with target type {ttype!r}: only virtio consoles "
+                                "and channels (virtio-console) map; skipped")
             return True
         addr = el.find("address")
         ctrl = xml_int(addr.get("controller"), 0) if addr is not None else 0

@@ -210,7 +210,7 @@ class VirtioGpio(VirtioDevice):
                       "device model over vhost-user-gpio-pci (the standard virtio 1.2 GPIO device)")
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = f"dev{slot}", f"addr={slot:#x}"
+        nid, addr = ctx.node(slot), ctx.addr(slot)
         control = control_socket_path(ctx.state_dir, self.display_name)
         ctx.sockets.append(str(control))
         extra = ["--control-socket", str(control)]

@@ -202,7 +202,7 @@ class VirtioI2c(VirtioDevice):
         return state_dir / f"{self.display_name}{CONTROL_SUFFIX}"
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = f"dev{slot}", f"addr={slot:#x}"
+        nid, addr = ctx.node(slot), ctx.addr(slot)
         control = self.control_socket(ctx.state_dir)
         extra = ["--control-socket", str(control)]
         for k, c in enumerate(self.clients):

@@ -85,7 +85,9 @@ class VirtioInput(VirtioDevice):
             imp.add(None, {"type": cls.KIND, "device": source.get("dev")}, el)
         elif el.get("type") not in ("mouse", "keyboard") or el.get("bus") not in (None, "ps2"):
             # (the PS/2 mouse and keyboard every x86 domain has: acrn-dm's LPC emulates them)
-            imp.warnings.append(f"<input type='{el.get('type')}' bus='{el.get('bus')}'>: not mapped")
+            imp.warnings.append(f"<input type='{el.get('type')}' bus='{el.get('bus')}'>: an emulated input device "
+                                "has no acrn-dm form (acrn-dm's virtio-input passes a host evdev device through: "
+                                "<input type='evdev'>); skipped")
         return True
 
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""virtio-net: kernel vhost-net, acrn-dm's VBS-U (legacy), QEMU's virtio-net-pci, or the embedded device model."""
+"""virtio-net: kernel vhost-net, acrn-dm's VBS-U (legacy), QEMU's virtio-net-pci, the embedded device model, or a
+vhost-user socket another process serves (backend: vhost-user: OVS-DPDK, VPP, snabb)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from acrnmgr.devices.base import (
     VirtioDevice,
     esc,
     qemu_mode,
+    vhost_user_missing,
+    vhost_user_reconnect,
     xml_alias,
     xml_pci,
     xml_sub,
@@ -55,19 +58,24 @@ class VirtioNet(VirtioDevice):
     EMBEDDED: ClassVar[bool] = True
     QEMU_VHOST_USER: ClassVar[bool] = True
     VHOST: ClassVar[bool] = True
+    VHOST_USER_SOCKET: ClassVar[bool] = True
 
     tap: str | None = None
     macvtap: str | None = None
     mac: str | None = None  # lower case
     mac_seed: str | None = None
     libvirt_network: str | None = None  # a libvirt network the libvirt export attaches it to
+    socket: str | None = None  # backend: vhost-user: another process's vhost-user-net socket
+    socket_server: bool = False  # socketMode: server: the VMM creates the socket, the other process connects
+    reconnect: int | None = None  # seconds between QEMU's attempts to reconnect to `socket` (as its client)
 
     @classmethod
     def from_spec(cls, index: int, raw: Mapping[str, Any], base_dir: Path) -> VirtioNet:
         mac = raw.get("mac")
         return cls(**common_fields(index, raw), tap=raw.get("tap"), macvtap=raw.get("macvtap"),
                    mac=mac.lower() if mac else None, mac_seed=raw.get("macSeed"),
-                   libvirt_network=raw.get("libvirtNetwork"))
+                   libvirt_network=raw.get("libvirtNetwork"), socket=raw.get("socket"),
+                   socket_server=raw.get("socketMode") == "server", reconnect=raw.get("reconnect"))
 
     @classmethod
     def check_spec(cls, ctx: CheckContext, spec: Mapping[str, Any], items: list[tuple[JsonPath, Any]]) -> None:
@@ -75,6 +83,20 @@ class VirtioNet(VirtioDevice):
         macs: dict[str, JsonPath] = {}
         taps: dict[str, tuple[JsonPath, str]] = {}
         for path, dev in items:
+            external = dev.get("backend") == "vhost-user"
+            if external and "socket" not in dev:
+                ctx.error((*path, "backend"), "backend: vhost-user needs `socket`, the vhost-user socket of the "
+                          "process that switches the NIC's packets (OVS-DPDK, VPP...)",
+                          "replace `tap`/`macvtap` with `socket: /run/.../vhu0.sock`")
+            elif "socket" in dev and not external:
+                ctx.error((*path, "socket"), "`socket` is the vhost-user socket of a NIC another process serves; it "
+                          "needs backend: vhost-user", "add `backend: vhost-user`, or give a `tap` instead")
+            if "socketMode" in dev and "socket" not in dev:
+                ctx.error((*path, "socketMode"), "`socketMode` applies to `socket` (backend: vhost-user)",
+                          "remove `socketMode`")
+            if "reconnect" in dev and ("socket" not in dev or dev.get("socketMode") == "server"):
+                ctx.error((*path, "reconnect"), "`reconnect` applies to a `socket` QEMU connects to (socketMode: "
+                          "client)", "remove `reconnect`")
             if "mac" in dev and "macSeed" in dev:
                 ctx.warn((*path, "macSeed"), "`mac` is given, so acrn-dm does not use `macSeed`",
                          "acrn-dm derives the MAC from the seed only when no MAC is given; remove one")
@@ -104,6 +126,9 @@ class VirtioNet(VirtioDevice):
     @property
     def ifname(self) -> str | None:
         return self.tap or self.macvtap
+
+    def missing_on_host(self) -> str | None:
+        return vhost_user_missing(self.socket, self.socket_server) if self.backend == "vhost-user" else None
 
     def choose_acrn(self, host: HostProfile, family: str) -> Choice:
         early = self.acrn_mode_choice()
@@ -156,6 +181,8 @@ class VirtioNet(VirtioDevice):
         return d
 
     def acrn_args(self, ctx: AcrnArgs, backend: str | None) -> str:
+        if backend == "vhost-user":
+            return ""  # acrn-dm cannot attach to it: the plan says so
         name = self.ifname
         if not name:
             ctx.diags.error(self.where, "virtio-net needs `tap` or `macvtap`")
@@ -205,6 +232,13 @@ class VirtioNet(VirtioDevice):
         nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
         tap = self.tap or ""
         mac = self.qemu_mac(ctx.vm_name, slot)
+        if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
+            server = (",server=on,wait=off" if self.socket_server
+                      else f",reconnect={self.reconnect}" if self.reconnect else "")
+            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{server}",
+                         "-netdev", f"vhost-user,id={nid},chardev=c{nid}",
+                         "-device", f"virtio-net-pci,netdev={nid},mac={mac},vectors=0,{addr}{mode}"]
+            return
         if backend == "embedded":
             sock = ctx.helper(self, "net", ["--tap", tap, "--mac", mac])
             ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
@@ -233,17 +267,20 @@ class VirtioNet(VirtioDevice):
         drv = el.find("driver")
         if t == "vhostuser":
             if imp.foreign:
-                path = source.get("path") if source is not None else None
-                imp.warnings.append(f"{label}: its vhost-user backend ({path}) belongs to another process; acrn-dm has "
-                                    "no vhost-user frontend and acrnmgr's embedded model serves a tap: skipped")
-                return True
-            d["backend"] = "embedded"
+                return cls._vhost_user_from_libvirt(el, imp, label, d)
+            d["backend"] = "embedded"  # acrnmgr's own export: the metadata says whose socket it is
         elif drv is not None and drv.get("name") == "vhost":
             d["backend"] = "vhost"
         elif drv is not None and drv.get("name") == "qemu":
             d["backend"] = "vbs-u"
         if t not in ("bridge", "network", "ethernet", "vhostuser"):
-            imp.warnings.append(f"{label}: no acrn-dm equivalent (a tap on a bridge); skipped")
+            why = {"user": "QEMU's user-mode network (slirp)", "direct": "a macvtap on a host NIC",
+                   "hostdev": "an SR-IOV VF passed through as a NIC"}.get(t or "", f"type {t!r}")
+            how = {"direct": " (create the macvtap on the host and give it as <interface type='ethernet'> with "
+                             "<target dev='macvtapN'>)",
+                   "hostdev": " (give the VF as a <hostdev>)"}.get(t or "", "")
+            imp.warnings.append(f"{label}: {why} has no acrn-dm form; acrn-dm attaches a NIC to a tap or an existing "
+                                f"macvtap{how}; skipped")
             return True
         model = el.find("model")
         mtype = model.get("type") if model is not None else None
@@ -273,9 +310,46 @@ class VirtioNet(VirtioDevice):
             d["macvtap"] = d.pop("tap")
         return True
 
+    @classmethod
+    def _vhost_user_from_libvirt(cls, el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any]) -> bool:
+        """<interface type='vhostuser'> of another process (OVS-DPDK, VPP): backend: vhost-user on its socket."""
+        source = el.find("source")
+        sock = source.get("path") if source is not None else None
+        if source is None or not sock or not sock.startswith("/") or source.get("type", "unix") != "unix":
+            imp.warnings.append(f"{label}: no <source type='unix' path='/...'>: no vhost-user socket to attach to; "
+                                "skipped")
+            return True
+        d.update(backend="vhost-user", socket=sock)
+        reconnect = vhost_user_reconnect(source, label, imp)
+        if reconnect:
+            d["reconnect"] = reconnect
+        mode = source.get("mode") or "client"
+        if mode == "server":
+            d["socketMode"] = "server"
+        elif mode != "client":
+            imp.warnings.append(f"{label}: <source mode='{mode}'> is not client or server; taken as client")
+        model = el.find("model")
+        if model is not None and model.get("type") not in ("virtio", None) and imp.mode_of(model, "type") is None:
+            imp.warnings.append(f"{label}: model {model.get('type')!r} imported as virtio-net (vhost-user is virtio)")
+        elif imp.mode_of(model, "type"):
+            d["mode"] = imp.mode_of(model, "type")
+        imp.add(imp.slot_of(el), d, el)
+        return True
+
     def libvirt(self, out: LibvirtOut, slot: int | None, backend: str | None) -> dict[str, Any] | None:
         extra, model = self.libvirt_extra()
-        if backend == "embedded" and out.flavor == "qemu":
+        if backend == "vhost-user":
+            out.needs_shared_memory = True
+            iface = xml_sub(out.devices, "interface", type="vhostuser")
+            src = xml_sub(iface, "source", type="unix", path=self.socket,
+                          mode="server" if self.socket_server else "client")
+            if self.reconnect:
+                xml_sub(src, "reconnect", enabled="yes", timeout=self.reconnect)
+                extra["reconnect"] = self.reconnect
+            extra["socket"] = self.socket  # whose socket it is: not acrnmgr's device model's
+            if self.socket_server:
+                extra["socketMode"] = "server"
+        elif backend == "embedded" and out.flavor == "qemu":
             out.needs_shared_memory = True
             iface = xml_sub(out.devices, "interface", type="vhostuser")
             xml_sub(iface, "source", type="unix", path=out.socket(self), mode="client")

@@ -70,6 +70,14 @@ class VirtioRnd(VirtioDevice):
         d: dict[str, Any] = {"type": cls.KIND}
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
+        backend = el.find("backend")
+        model = backend.get("model") if backend is not None else None
+        if model not in (None, "random"):
+            src = backend.find("source") if backend is not None else None
+            where = f" at {src.get('host')}:{src.get('service')}" if src is not None and src.get("host") else ""
+            imp.warnings.append(f"<rng model='{el.get('model')}'> backend model='{model}'{where}: imported as a "
+                                "virtio-rnd that reads the host's /dev/urandom (the only entropy source acrn-dm's "
+                                "and acrnmgr's virtio-rnd have)")
         imp.add(imp.slot_of(el), d, el)
         return True
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from acrnmgr.devices import KINDS
 from acrnmgr.devices.base import LibvirtIn, xml_int, xml_memory_bytes
+from acrnmgr.devices.virtio_blk import unreachable_disk
 from acrnmgr.importers.common import ImportedSpec, ImportError_, ImportResult, xml_root
 from acrnmgr.plan.slots import assign_slots, requests_of
 from acrnmgr.render.libvirt import ACRN_NS, ACRNMGR_NS
@@ -37,6 +38,9 @@ for _kind in KINDS.values():
 ACRN_OVMF = "/usr/share/acrn/bios/OVMF.fd"
 LIBVIRT_NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_Q35 = re.compile(r"(pc-)?q35(-[\w.]+)?")
+_I440FX = re.compile(r"pc(-i440fx-[\w.]+)?")
 
 
 def _alias_name(el) -> str | None:
@@ -72,12 +76,12 @@ def _cpuset(text: str, what: str) -> list[int]:
 # is reported as not mapped.
 _ANY = None
 _ADDRESS = {"@type": _ANY, "@domain": _ANY, "@bus": _ANY, "@slot": _ANY, "@function": _ANY, "@multifunction": _ANY,
-            "@controller": _ANY, "@port": _ANY}
+            "@controller": _ANY, "@port": _ANY, "@target": _ANY, "@unit": _ANY}  # (a drive address: libvirt's own)
 _DEV = {"alias": {"@name": _ANY}, "address": _ADDRESS}
 MAPPED: dict[str, dict[str, Any]] = {
     "disk": {**_DEV, "@type": ("file", "block", "vhostuser"), "@device": ("disk", "cdrom"), "@model": _ANY,
              "driver": {"@name": ("qemu",), "@type": ("raw",), "@cache": _ANY, "@discard": ("unmap",),
-                        "@io": _ANY, "@queues": _ANY},  # (io and cache: reported by the disk itself)
+                        "@io": _ANY, "@queues": _ANY, "@iothread": _ANY},  # (io and cache: reported by the disk itself)
              "source": {"@file": _ANY, "@dev": _ANY, "@type": ("unix",), "@path": _ANY,
                         "reconnect": {"@enabled": _ANY, "@timeout": _ANY},
                         "slices": {"slice": {"@type": ("storage",), "@offset": _ANY, "@size": _ANY}}},
@@ -85,7 +89,7 @@ MAPPED: dict[str, dict[str, Any]] = {
     "interface": {**_DEV, "@type": ("bridge", "network", "ethernet", "vhostuser"),
                   "mac": {"@address": _ANY}, "model": {"@type": _ANY},
                   "source": {"@bridge": _ANY, "@network": _ANY, "@type": ("unix",), "@path": _ANY,
-                             "@mode": _ANY},
+                             "@mode": _ANY, "reconnect": {"@enabled": _ANY, "@timeout": _ANY}},
                   "target": {"@dev": _ANY, "@managed": ("no",)}, "driver": {"@name": ("vhost", "qemu")}},
     "hostdev": {**_DEV, "@mode": ("subsystem",), "@type": ("pci",), "@managed": ("yes",),
                 "source": {"address": {"@domain": _ANY, "@bus": _ANY, "@slot": _ANY, "@function": _ANY}},
@@ -151,7 +155,7 @@ _FEATURES_OK = {"acpi", "apic", "pae", "vmport", "smm"}
 _ON_OK = {"on_poweroff": ("destroy",), "on_reboot": ("restart",), "on_crash": ("destroy",)}
 
 
-def _top_level(root: ET.Element, warnings: list[str]) -> None:
+def _top_level(root: ET.Element, warnings: list[str], spec: dict[str, Any], ours: bool) -> None:
     for child in root:
         tag = child.tag
         if not isinstance(tag, str) or tag in ("name", "metadata", "memory", "vcpu", "os", "devices",
@@ -185,9 +189,29 @@ def _top_level(root: ET.Element, warnings: list[str]) -> None:
         elif tag == "currentMemory":
             warnings.append("<currentMemory>: acrn-dm has no balloon target; the VM gets all of <memory>")
         elif tag == "uuid":
-            warnings.append(f"<uuid>{(child.text or '').strip()}</uuid>: not mapped (acrn-dm derives the VM's UUID)")
-        else:
+            text = (child.text or "").strip()
+            if ours:
+                continue  # spec.uuid, when the spec has one, is in the metadata; libvirt invents the others
+            if _UUID_RE.fullmatch(text):
+                spec["uuid"] = text.lower()  # the acrn engine's plan warns that acrn-dm cannot give it
+            else:
+                warnings.append(f"<uuid>{text}</uuid>: not a UUID; not mapped")
+        elif tag in _TOP_REASONS and not (ours and tag == "iothreads"):
+            warnings.append(f"{_describe(child)}: {_TOP_REASONS[tag]}")
+        elif tag != "iothreads":  # (acrnmgr's export: the count of the disks' own iothreads)
             warnings.append(f"{_describe(child)}: not mapped")
+
+
+_TOP_REASONS = {
+    "genid": "a VM generation ID (QEMU's vmgenid device) has no acrn-dm form and the spec has none; not mapped",
+    "sysinfo": "SMBIOS tables: the spec has none (acrn-dm passes none of yours to the guest); not mapped, the guest "
+               "sees the engine's own (spec.uuid carries the system UUID)",
+    "iothreads": "a pool of iothreads: the spec gives each virtio-blk disk an iothread of its own (`iothread`), "
+                 "taken from <driver iothread>; the pool is not kept",
+    "iothreadids": "the ids of the iothread pool: not kept (each disk gets an iothread of its own)",
+    "numatune": "NUMA placement of guest memory: acrn-dm has none; not mapped",
+    "cpu": "the guest CPU model, topology and NUMA cells: acrn-dm gives the guest the host's CPU; not mapped",
+}
 
 
 def _os(root: ET.Element, name: str, meta: dict, ours: bool, warnings: list[str], bios_as_ovmf: bool) -> dict:
@@ -200,8 +224,6 @@ def _os(root: ET.Element, name: str, meta: dict, ours: bool, warnings: list[str]
         raise ImportError_(f"<os><type arch='{arch}'>: ACRN runs x86 guests only (x86_64)")
     if type_el is not None and (type_el.text or "hvm").strip() != "hvm":
         raise ImportError_(f"<os><type>{(type_el.text or '').strip()}</type>: acrn-dm runs full (hvm) guests only")
-    if type_el is not None and type_el.get("machine") and not ours:
-        warnings.append(f"<os><type machine='{type_el.get('machine')}'>: acrn-dm has one machine type; not mapped")
     for c in os_el:
         if isinstance(c.tag, str) and c.tag not in ("type", "kernel", "initrd", "cmdline", "loader", "nvram"):
             warnings.append(f"<os>{_describe(c)}: not mapped")
@@ -356,7 +378,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         warnings.append(f"<name>{name}</name>: an acrnmgr VM name is 1-15 of [A-Za-z0-9_-] (acrn-dm's limit); "
                         f"set to {spec_name}")
     spec: dict = {}
-    for key in ("vmType", "osType", "loadOrder"):
+    for key in ("vmType", "osType", "loadOrder", "uuid", "machine"):
         if meta.get(key):
             spec[key] = meta[key]
     acrn_cfg = root.find(f"{{{ACRN_NS}}}config")
@@ -386,6 +408,12 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             affinity = vset
             if pins:
                 warnings.append("<vcpupin> is not one CPU per vCPU; cpu.affinity taken from <vcpu cpuset>")
+        elif vset is not None and len(vset) > count:
+            # the VM may run on these CPUs only: acrn-dm pins each vCPU to one of them, never to another CPU
+            affinity = vset[:count]
+            cpuset = vcpu.get("cpuset") if vcpu is not None else ""
+            warnings.append(f"<vcpu cpuset='{cpuset}'> allows {len(vset)} CPUs for {count} vCPU(s); acrn-dm gives "
+                            f"each vCPU one CPU: cpu.affinity set to the first {count}, {affinity}")
         else:
             affinity = list(range(count))
             warnings.append(f"no one-to-one vCPU pinning in the domain; cpu.affinity set to {affinity} "
@@ -404,6 +432,13 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         raise ImportError_(f"<memory>: {mem} bytes is not a VM's memory size")
     spec["memory"] = format_size(mem & ~0x3FF)  # whole KiB, the finest unit of a spec
     spec["boot"] = _os(root, name, meta, ours, warnings, bios_as_ovmf)
+    machine = (root.find("os/type").get("machine") or "") if root.find("os/type") is not None else ""
+    if machine and not ours:
+        if _Q35.fullmatch(machine):
+            spec["machine"] = "q35"
+        elif not _I440FX.fullmatch(machine):
+            warnings.append(f"<os><type machine='{machine}'>: the qemu and libvirt engines run pc (i440fx) or q35; "
+                            "not mapped (pc is used)")
 
     devs = root.find("devices")
     found: list[tuple[int | None, int, dict]] = []  # (slot, document order, device)
@@ -437,7 +472,8 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
         found.append((slot, order, device))
         order += 1
 
-    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not ours, keep_addresses=keep_addresses)
+    imp = LibvirtIn(spec_name, spec, add, warnings, foreign=not ours, keep_addresses=keep_addresses,
+                    serials=len(devs.findall("serial")) if devs is not None else 0)
     for el in list(devs) if devs is not None else []:
         tag = el.tag
         if not isinstance(tag, str) or tag == "emulator":
@@ -462,7 +498,12 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             target, src = el.find("target"), el.find("source")
             bus = target.get("bus") if target is not None else None
             path = (src.get("file") or src.get("dev")) if src is not None else None
-            warnings.append(f"<disk bus='{bus}'> {path}: only virtio and sata disks map to acrn-dm; skipped")
+            dtype = el.get("type") or "file"
+            if dtype not in ("file", "block") or not path:
+                warnings.append(unreachable_disk(el, dtype, target.get("dev") if target is not None else None))
+            else:
+                warnings.append(f"<disk type='{dtype}'> {path} on bus='{bus}': only virtio and sata disks map to "
+                                "acrn-dm; skipped (attach it as bus='virtio')")
         elif tag == "controller":
             if el.get("type") not in ("pci", "usb", "ide", "sata", "virtio-serial"):
                 warnings.append(f"<controller type='{el.get('type')}'>: not mapped")
@@ -476,7 +517,7 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
     for el in imported:
         if el.tag in MAPPED:
             _unmapped(el, MAPPED[el.tag], _describe(el), warnings)
-    _top_level(root, warnings)
+    _top_level(root, warnings, spec, ours)
 
     for ctrl, d in list(imp.consoles.items()):
         d["ports"].sort(key=lambda p: p["_pos"])
@@ -575,6 +616,10 @@ def _serial(el: ET.Element, lpc: list[dict], warnings: list[str], foreign: bool 
         warnings.append(f"<serial type='{t}'> port {port}: acrn-dm has com1-com4, each once; skipped")
         return
     source = el.find("source")
+    if t not in ("stdio", "dev", "tcp", "pty"):
+        warnings.append(f"<serial type='{t}'> {com}: acrn-dm's LPC ports take stdio, a host tty (dev) or a tcp port; "
+                        "skipped")
+        return
     _unmapped(el, MAPPED["serial"], f"<serial type='{t}'> {com}", warnings)
     if t == "stdio":
         lpc.append({"port": com, "backend": "stdio"})

@@ -195,6 +195,11 @@ class LibvirtEngine:
             raise LifecycleError(f"{vm.name} is running with a different spec; run `acrnmgr down {vm.name} "
                                  f"--connect {self.uri}` first")
         if dom is not None:  # redefining a defined domain must keep its UUID, else libvirt refuses it
+            if vm.uuid and vm.uuid != dom.UUIDString().lower():
+                raise LifecycleError(f"{vm.name}: the domain defined on {self.uri} has UUID {dom.UUIDString()}, "
+                                     f"spec.uuid is {vm.uuid}, and libvirt cannot change a domain's UUID; "
+                                     f"`virsh -c {self.uri} undefine {vm.name}` (its disks stay) and up again, or "
+                                     "set spec.uuid to the domain's")
             xml = _with_uuid(xml, dom.UUIDString())
         # The test driver runs nothing (and its domains live in this process only): no device models for it.
         devmodels = not self.uri.startswith("test:") and self._start_devmodels(vm, xml, host, progress)
@@ -226,8 +231,10 @@ class LibvirtEngine:
     def _start_devmodels(self, vm: VmSpec, xml: str, host: HostProfile, progress: Progress) -> bool:
         """Start the device models behind the domain's vhost-user sockets under the lifecycle supervisor
         (state folder <state>/<vm>, as for the qemu engine). False when the domain has none."""
+        others = {getattr(d, "socket", None) for d in vm.devices if d.backend == "vhost-user"}  # not ours to serve
         sockets = frozenset(path for el in ET.fromstring(xml).iter("source")
-                            if el.get("type") == "unix" and (path := el.get("path")) is not None)
+                            if el.get("type") == "unix" and (path := el.get("path")) is not None
+                            and path not in others)
         if not sockets:
             return False
         self._stop_devmodels(vm.name, progress, force=True)  # leftovers of an earlier run of this domain

@@ -61,6 +61,12 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], args: list[str
         argv += ["--virtio_poll", str(poll)]
 
     argv += _boot(ctx, vm)
+    if vm.uuid:
+        diags.warn(("spec", "uuid"), "acrn-dm has had no --uuid since v2.7 (it names VMs only), so under the acrn "
+                   "engine the guest does not see this UUID; the qemu and libvirt engines give it")
+    if vm.machine != "pc":
+        diags.warn(("spec", "machine"), f"acrn-dm emulates one chipset of its own; machine {vm.machine} applies to "
+                   "the qemu and libvirt engines")
     where = ("spec", "settings")
     if s.iasl:
         _needs_v3(diags, family, (*where, "iasl"), "--iasl", "3.2")

@@ -1,6 +1,8 @@
 """The qemu engine's launch: the same VM under QEMU, with the PCI layout the acrn engine gives it.
 
-- KVM when the host profile says KVM works, TCG otherwise; i440fx machine ("pc") so slot N is addr=N on pci.0.
+- KVM when the host profile says KVM works, TCG otherwise; spec.machine (i440fx "pc" by default, or "q35"): slot N
+  is addr=N on the root bus (pci.0, or q35's pcie.0, whose built-in ICH9 functions sit on slot 31, which the
+  planner never gives a device: ACRN keeps it for igd-lpc).
 - Guest RAM is a shared memfd (memory-backend-memfd,share=on + -numa node,memdev=mem) so vhost-user device
   models can map it.
 - backend vbs-u -> QEMU's own device; vhost -> vhost=on; embedded -> a vhost-user device whose backend is an
@@ -48,7 +50,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
     ctx.argv += [
         qemu,
         "-name", f"guest={vm.name},debug-threads=on",
-        "-machine", "pc,accel=kvm" if host.kvm else "pc,accel=tcg",
+        "-machine", f"{vm.machine},accel={'kvm' if host.kvm else 'tcg'}",
         "-cpu", "host" if host.kvm else "max",
         "-smp", str(max(1, len(vm.affinity))),
         "-m", f"{mib}M",
@@ -59,6 +61,8 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
         "-mon", "chardev=qmp,mode=control",
     ]
     ctx.sockets.append(str(qmp))
+    if vm.uuid:
+        ctx.argv += ["-uuid", vm.uuid]
     _boot(vm, ctx)
     _lpc(vm, ctx)
     ctx.multifunction = multifunction_slots([p.slot for p in plans], [p.device.function for p in plans])

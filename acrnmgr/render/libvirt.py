@@ -69,15 +69,21 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
     state_dir = plan.qemu.state_dir if plan.qemu else state_root() / vm.name
     if any(p.slot is None for p in plan.devices):
         raise ExportError("; ".join(e.message for e in plan.errors if e.json_path.endswith((".slot", ".gpu"))))
+    if flavor == "acrn" and any(p.backend == "vhost-user" for p in plan.devices):
+        # the ACRN driver runs acrn-dm, which has no vhost-user frontend: the domain would lose the device
+        raise ExportError("; ".join(f"{e.json_path}: {e.message}" for e in plan.errors if "vhost-user" in e.message))
 
     root = ET.Element("domain", {"type": "acrn" if flavor == "acrn" else ("kvm" if host.kvm else "qemu")})
     _sub(root, "name", vm.name)
+    if vm.uuid:
+        _sub(root, "uuid", vm.uuid)
     meta_dev: dict[str, dict] = {}
     unmapped: list[dict] = []
     meta = {k: v for k, v in (("labels", vm.data["metadata"].get("labels")), ("osType", s.get("osType")),
                               ("vmType", s.get("vmType")), ("loadOrder", s.get("loadOrder")),
                               ("settings", s.get("settings")), ("extraArgs", s.get("extraArgs")),
-                              ("network", s.get("network"))) if v}
+                              ("network", s.get("network")), ("uuid", s.get("uuid")),
+                              ("machine", s.get("machine"))) if v}
     metadata = _sub(root, "metadata")
     _sub(root, "memory", str(vm.memory >> 10), unit="KiB")
     _sub(root, "vcpu", str(len(vm.affinity)), placement="static", cpuset=",".join(map(str, vm.affinity)))
@@ -95,7 +101,7 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
     devs = _sub(root, "devices")
     out = LibvirtOut(flavor, devs, vm.bridge, state_dir, bridge_given=bool((s.get("network") or {}).get("bridge")))
     type_el = _sub(os_el, "type", "hvm", arch="x86_64")
-    machine = "pc"
+    machine = vm.machine
     boot = vm.boot
     if isinstance(boot, KernelBoot):
         _sub(os_el, "kernel", boot.path)
@@ -175,6 +181,10 @@ def render_domain(plan: Plan, host: HostProfile) -> tuple[str, list[str]]:
         if extra:
             meta_dev[name or f"#{i}"] = extra
 
+    if out.iothreads:
+        iothreads = ET.Element("iothreads")
+        iothreads.text = str(out.iothreads)
+        root.insert([child.tag for child in root].index("vcpu") + 1, iothreads)
     warnings = out.warnings
     for u in unmapped:
         if flavor == "qemu":

@@ -131,3 +131,21 @@ def test_list_apply_and_diff_work_with_the_libvirt_engine(conn, tmp_path, monkey
 def test_connect_is_an_option_of_the_libvirt_engine_only(tmp_path):
     res = runner.invoke(app, ["up", str(ROOT / "examples/linux-vm.yaml"), "--engine", "qemu", "--connect", URI])
     assert res.exit_code == 1 and "the qemu engine does not take uri" in res.stderr
+
+
+def test_spec_uuid_is_the_domains_and_a_different_one_is_refused_not_ignored(conn, tmp_path):
+    from acrnmgr.lifecycle.errors import LifecycleError
+
+    text = (ROOT / "examples/linux-vm.yaml").read_text()
+    (tmp_path / "images").symlink_to(ROOT / "examples" / "images")
+    first = tmp_path / "a.yaml"
+    first.write_text(text.replace("spec:\n", "spec:\n  uuid: 3e3fce45-4f53-4fa7-bb32-11f34168b82b\n", 1))
+    up(first)
+    dom = conn.lookupByName("linux-demo")
+    assert dom.UUIDString() == "3e3fce45-4f53-4fa7-bb32-11f34168b82b"
+    dom.destroy()
+    other = tmp_path / "b.yaml"
+    other.write_text(text.replace("spec:\n", "spec:\n  uuid: 11111111-2222-3333-4444-555555555555\n", 1))
+    with pytest.raises(LifecycleError, match="libvirt cannot change a domain's UUID"):
+        up(other)
+    assert conn.lookupByName("linux-demo").UUIDString() == "3e3fce45-4f53-4fa7-bb32-11f34168b82b"

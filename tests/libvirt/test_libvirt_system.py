@@ -1,7 +1,9 @@
 """The libvirt engine on qemu:///system with the real test guest (tests/guest), through the real CLI:
 up defines and starts the domain, status says running, the guest writes a marker to its virtio-blk
 disk (QEMU's own with backend vbs-u; with backend embedded a <disk type='vhostuser'> served by an
-`acrnmgr devmodel serve` process that up starts under the lifecycle supervisor) and reports READY on its
+`acrnmgr devmodel serve` process that up starts under the lifecycle supervisor; with backend vhost-user a
+<disk type='vhostuser'> on the socket of a qemu-storage-daemon the test starts, which acrnmgr leaves alone) and
+reports READY on its
 serial console (stdio, which libvirt's virtlogd writes to /var/log/libvirt/qemu/<name>.log), down presses
 the ACPI power button and the guest powers itself off. Afterwards the marker is in the image, the domain
 is defined but shut off (the engine's down keeps the definition) and no QEMU or device model of it is left."""
@@ -39,7 +41,7 @@ def _qemu_pids(name: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("backend", ["vbs-u", "embedded"])
+@pytest.mark.parametrize("backend", ["vbs-u", "embedded", "vhost-user"])
 def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path, backend):
     import libvirt
 
@@ -69,6 +71,20 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
           devices:
             - {{type: virtio-blk, name: root, path: disk.img, backend: {backend}}}
         """))
+    served = tmp_path / "served" / "vhost-blk.0"
+    storage_daemon = None
+    if backend == "vhost-user":  # the other process: acrnmgr attaches the domain to its socket, nothing more
+        served.parent.mkdir()
+        storage_daemon = subprocess.Popen(
+            ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=disk,filename={disk}", "--export",
+             f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={served},writable=on"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not served.exists():
+            assert storage_daemon.poll() is None and time.monotonic() < deadline, "qemu-storage-daemon did not start"
+            time.sleep(0.05)
+        spec.write_text(spec.read_text().replace(f"path: disk.img, backend: {backend}",
+                                                 f"backend: vhost-user, socket: {served}"))
 
     env = {**os.environ, "ACRNMGR_STATE_DIR": str(tmp_path / "state")}  # the device models' state folder
     socket = tmp_path / "state" / name / "root.vhost.sock"
@@ -89,6 +105,10 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
         st = json.loads(run("status", name, "--connect", uri, "--output", "json").stdout)
         assert st["state"] == "running" and st["engine"] == "libvirt"
         assert len(_qemu_pids(name)) == 1
+        if backend == "vhost-user":
+            disk_el = ET.fromstring(conn.lookupByName(name).XMLDesc()).find("devices/disk")
+            assert disk_el.get("type") == "vhostuser" and disk_el.find("source").get("path") == str(served)
+            assert not (tmp_path / "state" / name / "run.json").exists()  # no device model of ours to supervise
         if backend == "embedded":
             disk_el = ET.fromstring(conn.lookupByName(name).XMLDesc()).find("devices/disk")
             assert disk_el.get("type") == "vhostuser" and disk_el.find("source").get("path") == str(socket)
@@ -113,7 +133,12 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
         if backend == "embedded":
             assert not Path(f"/proc/{devmodel_pid}").exists() and not socket.exists()
             assert json.loads(run("status", name, "--output", "json").stdout)["state"] == "stopped"
+        if backend == "vhost-user":
+            assert storage_daemon.poll() is None and served.is_socket()  # not ours: left running
     finally:
+        if storage_daemon is not None:
+            storage_daemon.terminate()
+            storage_daemon.wait(10)
         subprocess.run([ACRNMGR, "down", "--all", "--force", "--timeout", "1"], env=env, capture_output=True)
         try:
             dom = conn.lookupByName(name)

@@ -60,6 +60,9 @@ SAMPLES = {
     "#/$defs/dev-virtio-input/properties/deviceName": "AT Translated Set 2 keyboard",
     "#/$defs/dev-virtio-input/properties/devicePhys": "isa0060/serio0/input0",
     "#/$defs/dev-virtio-net/properties/libvirtNetwork": "default",
+    "#/$defs/dev-virtio-net/properties/socket": "/run/openvswitch/vhu0",
+    "#/$defs/dev-virtio-blk/properties/socket": "/var/run/spdk/vhost-blk.0",
+    "#/$defs/vmSpec/properties/uuid": "c7a5fdbd-edaf-9455-926a-d65c16db1809",
     "#/$defs/lpcPort/properties/tcpHost": "127.0.0.1",
     "#/$defs/dev-virtio-i2c/properties/args": "0:0x50",
     "#/$defs/dev-virtio-gpio/properties/args": "@gpiochip0{1:2}",
@@ -100,6 +103,8 @@ FIELDS = {
     "macSeed": lambda v: devices_text(f"- {{type: virtio-net, tap: tap0, macSeed: {json.dumps(v)}}}"),
     "device name": lambda v: devices_text(f"- {{type: virtio-rnd, name: {json.dumps(v)}}}"),
     "disk path": lambda v: devices_text(f"- {{type: virtio-blk, path: {json.dumps(v)}}}"),
+    "vhost-user socket": lambda v: devices_text(
+        f"- {{type: virtio-blk, backend: vhost-user, socket: {json.dumps(v)}}}"),
     "kernel path": lambda v: HEAD.replace("path: bzImage", f"path: {json.dumps(v)}"),
     "port name": lambda v: devices_text(
         f"- {{type: virtio-console, ports: [{{kind: pty, name: {json.dumps(v)}}}]}}"),
@@ -107,8 +112,8 @@ FIELDS = {
     "gpio host line": lambda v: devices_text(f"- {{type: virtio-gpio, lines: [{{host: {json.dumps(v)}}}]}}"),
 }
 GOOD = {"metadata.name": "vm1", "tap": "tap0", "bridge": "br0", "mac": "00:16:3e:00:00:01",
-        "macSeed": "seed", "device name": "rng", "disk path": "disk.img", "kernel path": "bzImage",
-        "port name": "hvc0", "gpio line": "led", "gpio host line": "gpiochip0:RESET_N"}
+        "macSeed": "seed", "device name": "rng", "disk path": "disk.img", "vhost-user socket": "/run/vhost-blk.0",
+        "kernel path": "bzImage", "port name": "hvc0", "gpio line": "led", "gpio host line": "gpiochip0:RESET_N"}
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))

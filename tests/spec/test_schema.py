@@ -65,7 +65,8 @@ def test_wrong_type_with_yaml_quote_hint():
 def test_missing_required_keys_point_at_the_parent():
     text = devices_text("- type: virtio-blk\n  cache: writeback")
     d = only(diagnostics(text), "spec.devices[0]")
-    assert d.message == "missing required key `path`"
+    assert d.message == ("virtio-blk takes exactly one of `path` (an image) or `socket` (a vhost-user socket another "
+                         "process serves, with backend: vhost-user)")
     assert (d.line, d.col) == pos(text, "- type", "type")
     d = only(diagnostics(devices_text("- name: x")), "spec.devices[0]")
     assert d.message == "missing required key `type`" and "`virtio-blk`" in d.suggestion
@@ -131,7 +132,8 @@ def test_every_problem_is_reported_in_order():
     diags = diagnostics(text)
     assert [d.json_path for d in diags] == [
         "spec.devices[0].type", "spec.devices[1]", "spec.devices[2].region", "spec.settings.virtioPoll"]
-    assert diags[1].message == "virtio-net takes exactly one of `tap` or `macvtap`"
+    assert diags[1].message == ("virtio-net takes exactly one of `tap`, `macvtap` or `socket` (a vhost-user socket "
+                                "another process serves, with backend: vhost-user)")
     assert diags[3].message == "`0` is below the minimum 1"
     assert [d.line for d in diags] == sorted(d.line for d in diags)
 
