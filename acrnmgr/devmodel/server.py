@@ -194,8 +194,9 @@ class VhostUserServer:
 
     def _execute(self, effects: list[Effect]) -> None:
         """Carry out the backend's effects in order.  OSError from sending a reply propagates (the caller
-        drops the connection); every other failure is logged and the loop goes on."""
-        for effect in effects:
+        drops the connection) once the fds the later effects give back are closed; every other failure is
+        logged and the loop goes on."""
+        for i, effect in enumerate(effects):
             match effect:
                 case Reply(data, fds):
                     assert self._conn is not None
@@ -204,6 +205,11 @@ class VhostUserServer:
                             socket.send_fds(self._conn, [data], list(fds))
                         else:
                             self._conn.sendall(data)
+                    except OSError:
+                        # A message's unused fds are given back after its reply: a front-end that hung up
+                        # before the reply must not leave them with us for good.
+                        self._release(effects[i + 1:])
+                        raise
                     finally:
                         close_fds(fds)
                 case Watch(fd, queue):
@@ -229,6 +235,10 @@ class VhostUserServer:
                             self._execute(self.backend.notify_failed(fd, f"failed: {exc}"))
                 case Process(queue):
                     self._process(queue)
+
+    def _release(self, effects: list[Effect]) -> None:
+        """Of `effects`, carry out only those that give fds back (Unwatch, Close): the connection is going."""
+        self._execute([e for e in effects if isinstance(e, (Unwatch, Close))])
 
     # ------------------------------------------------------------------ connection
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -14,9 +15,11 @@ import pytest
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.inflight import queue_region_size
-from acrnmgr.devmodel.vhost_user import HEADER, INFLIGHT, U64, VERSION, VRING_STATE, Request
+from acrnmgr.devmodel.vhost_user import (
+    FLAG_NEED_REPLY, HEADER, INFLIGHT, MEM_HEADER, MEM_REGION, U64, VERSION, VRING_STATE, Request,
+)
 
-from .frontend import Frontend, FrontendError
+from .frontend import REGIONS, Frontend, FrontendError, GuestRam
 from .served import ACRNMGR, MODERN, Served, rng_roundtrip
 
 
@@ -236,6 +239,38 @@ def test_fds_trickled_with_one_message_are_bounded_and_closed(served):
     assert most <= baseline + 2 * 8 + 1, f"the server held {most - baseline} fds for one message"
     assert served.settle_fds(baseline) == baseline
     assert len(rng_roundtrip(served.path)) == 3
+
+
+@pytest.mark.parametrize("case", ["refused-memory-table", "accepted-memory-table", "fd-the-request-does-not-take"])
+def test_fds_of_a_message_whose_reply_cannot_be_sent_are_closed(served, case):
+    """A front-end that hangs up before the server answers a message with fds: the send fails (EPIPE) and
+    the connection is dropped.  The fds the message brought used to be kept for good: the server closed them
+    only after the reply.  The fuzz test hit it when a loaded machine let the server fall behind (10 fds
+    held instead of 8: the eventfd and the RAM memfd of a refused SET_MEM_TABLE).  SIGSTOP makes the
+    server fall behind on purpose: everything is sent and closed before it reads a byte."""
+    rng_roundtrip(served.path, 1)
+    baseline = served.quiet_fds()
+    ram = GuestRam()
+    ev = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    table = MEM_HEADER.pack(2, 0) + b"".join(MEM_REGION.pack(*r) for r in REGIONS)
+    request, payload, fds = {
+        "refused-memory-table": (Request.SET_MEM_TABLE, table, [ev, ram.fd]),
+        "accepted-memory-table": (Request.SET_MEM_TABLE, table, [ram.fd, ram.fd]),
+        "fd-the-request-does-not-take": (Request.GET_QUEUE_NUM, b"", [ev]),
+    }[case]
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    os.kill(served.proc.pid, signal.SIGSTOP)
+    try:
+        peer.connect(str(served.path))  # the listen backlog takes it while the server is stopped
+        socket.send_fds(peer, [HEADER.pack(request, VERSION | FLAG_NEED_REPLY, len(payload)) + payload], fds)
+    finally:
+        peer.close()
+        os.close(ev)
+        ram.close()
+        os.kill(served.proc.pid, signal.SIGCONT)
+    assert len(rng_roundtrip(served.path)) == 3  # served after the closed session (connections queue in order)
+    assert "write error: [Errno 32] Broken pipe" in served.log()  # the reply to the closed session failed
+    assert served.settle_fds(baseline) == baseline, f"the server kept fds of a closed session: {served.log()[-1000:]}"
 
 
 # ---------------------------------------------------------------------------------- one socket, one front-end
