@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 _VERSION_RE = re.compile(r"DM version is:\s*v?(\d+\.\d+(?:\.\d+)?)")
+_QEMU_VERSION_RE = re.compile(r"QEMU emulator version (\d+\.\d+(?:\.\d+)?)")
 
 
 class HostProfileError(ValueError):
@@ -35,6 +36,7 @@ class HostProfile:
     hugepages_free: int = 0
     kvm: bool = False
     qemu: str | None = None
+    qemu_version: str | None = None  # "7.2.22" (`qemu --version`); what a device's QEMU front-end can do
     iasl: str | None = None
 
     @property
@@ -49,6 +51,7 @@ class HostProfile:
         acrn_dm = shutil.which("acrn-dm")
         lapic_ids = _lapic_ids()
         hp_total, hp_free = _hugepages()
+        qemu = shutil.which("qemu-system-x86_64")
         return cls(
             is_service_vm=hsm is not None,
             hsm_device=hsm,
@@ -62,7 +65,8 @@ class HostProfile:
             hugepages_total=hp_total,
             hugepages_free=hp_free,
             kvm=os.access("/dev/kvm", os.R_OK | os.W_OK),
-            qemu=shutil.which("qemu-system-x86_64"),
+            qemu=qemu,
+            qemu_version=probe_qemu_version(qemu) if qemu else None,
             iasl=shutil.which("iasl"),
         )
 
@@ -171,6 +175,22 @@ def _acrn_dm_version(acrn_dm: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return parse_dm_version(proc.stdout + proc.stderr)
+
+
+def probe_qemu_version(qemu: str) -> str | None:
+    """The version `qemu --version` prints ("QEMU emulator version 7.2.22 (Debian ...)"), None if it cannot run."""
+    try:
+        proc = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _QEMU_VERSION_RE.search(proc.stdout)
+    return match.group(1) if proc.returncode == 0 and match else None
+
+
+def qemu_version_tuple(version: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a QEMU version string ("10.0.2" -> (10, 0)), None if it is not one."""
+    match = re.match(r"(\d{1,4})\.(\d{1,4})(?!\d)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def parse_dm_version(text: str) -> str | None:

@@ -23,6 +23,8 @@ if ! $python_only; then
                                                       # out of tree against Debian's kernel headers (gcc-12 is what
                                                       # they name; linux-kbuild's tools link libelf and libssl)
         gcc libc6-dev                                 # small C helpers built by tests (concurrent ring reader)
+        gpgv debian-archive-keyring                   # tests/guest/qemu_backports.py: checks bookworm-backports'
+                                                      # signed InRelease before it takes a QEMU 10 .deb from it
         fio                                           # guest-side I/O verification and bench
         ovmf                                          # UEFI firmware for the qemu engine's OVMF boot
         iproute2                                      # tap devices

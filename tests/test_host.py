@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from acrnmgr.host import HostProfile, HostProfileError, parse_dm_version
+from acrnmgr.host import HostProfile, HostProfileError, parse_dm_version, probe_qemu_version, qemu_version_tuple
 
 from tests.specs import HOSTS
 
@@ -19,6 +19,8 @@ def test_detect_reads_this_machine():
     assert host.kvm == os.access("/dev/kvm", os.R_OK | os.W_OK)
     assert host.is_service_vm == (host.hsm_device is not None)
     assert HostProfile.from_dict(host.to_dict()) == host  # round trip
+    if host.qemu:  # Debian 12's QEMU, as scripts/setup.sh installs it
+        assert qemu_version_tuple(host.qemu_version) == (7, 2)
 
 
 def test_example_profiles_load():
@@ -60,3 +62,15 @@ def test_acrn_dm_version_parsing():
     assert parse_dm_version("DM version is: 3.2-unstable-a1b2c3 (daily tag:acrn-2023w01), build by me@2023") == "3.2"
     assert parse_dm_version("DM version is: 2.7 (daily tag: x)") == "2.7"
     assert parse_dm_version("garbage") is None
+
+
+def test_qemu_version_probe(tmp_path):
+    fake = tmp_path / "qemu"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)'\n")
+    fake.chmod(0o755)
+    assert probe_qemu_version(str(fake)) == "10.0.2"
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 10.0.2'; exit 1\n")
+    assert probe_qemu_version(str(fake)) is None  # a QEMU that fails is no version
+    assert probe_qemu_version(str(tmp_path / "missing")) is None
+    assert qemu_version_tuple("10.0.2") == (10, 0) and qemu_version_tuple("9.0") == (9, 0)
+    assert qemu_version_tuple("7") is None and qemu_version_tuple("x7.2") is None and qemu_version_tuple(None) is None

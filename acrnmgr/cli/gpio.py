@@ -76,7 +76,7 @@ def _show(result: dict[str, Any], output: OutputFormat, value_only: bool) -> Non
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if not result["interrupts"]:
         typer.echo("note: the guest has no GPIO interrupts: its front-end did not negotiate VIRTIO_GPIO_F_IRQ "
-                   "(QEMU's vhost-user-gpio-pci does not offer it)", err=True)
+                   "(QEMU's vhost-user-gpio-pci before 9.0 does not offer it)", err=True)
 
 
 @app.command("get")

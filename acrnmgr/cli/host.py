@@ -33,6 +33,8 @@ def _notes(p) -> dict[str, str]:
         "kvm": ("/dev/kvm opens: the qemu engine tries KVM (and falls back to TCG if QEMU cannot run a vCPU)"
                 if p.kvm else "no usable /dev/kvm: the qemu engine runs guests under TCG (slower)"),
         "qemu": "the qemu engine runs this QEMU" if p.qemu else "no qemu-system-x86_64: the qemu engine cannot run",
+        "qemu_version": ("from QEMU 9.0 on, vhost-user-gpio-pci gives the guest GPIO interrupts" if p.qemu_version
+                         else "unknown QEMU version"),
         "iasl": ("acrn-dm builds ACPI tables with iasl" if p.iasl else
                  "no iasl: acrn-dm cannot build the guest's ACPI tables"),
     }

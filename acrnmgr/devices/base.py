@@ -141,6 +141,7 @@ class QemuArgs:
     copies: list[tuple[str, str]] = field(default_factory=list)  # (source, per-run copy) made before start
     function: int = 0  # the PCI function of the device being written (set by the planner for each device)
     multifunction: set[int] = field(default_factory=set)  # slots with more than one function in use
+    qemu_version: tuple[int, int] | None = None  # (major, minor) of the QEMU the argv is for, when known
 
     def addr(self, slot: int) -> str:
         """QEMU's PCI address property of the device being written: function 0 of a slot with more

@@ -38,6 +38,7 @@ from acrnmgr.spec.diagnostics import format_path
 ACRN_MAX_LINES = 64  # acrn-dm's VIRTIO_GPIO_MAX_VLINES
 ACRN_MAX_CHIPS = 8  # VIRTIO_GPIO_MAX_CHIPS
 ACRN_NAME_MAX = 31  # vname[32]
+IRQ_QEMU = (9, 0)  # the first QEMU whose vhost-user-gpio-pci passes VIRTIO_GPIO_F_IRQ on (vhost-user-base)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,30}\Z")
 _HOST = re.compile(r"(gpiochip[0-9]{1,4}):([0-9]{1,5}|[A-Za-z][A-Za-z0-9_.+-]{0,30})\Z")
 
@@ -217,11 +218,27 @@ class VirtioGpio(VirtioDevice):
         for ln in self.lines:
             extra += ["--line", ln.serve_arg()]
         sock = ctx.helper(self, "gpio", extra)
-        ctx.diags.warn(self.where, "QEMU's vhost-user-gpio-pci (7.2, and 8.1 too) does not offer the guest "
-                       "VIRTIO_GPIO_F_IRQ: the lines work, GPIO interrupts do not reach the guest",
-                       "poll input lines in the guest, or run the VM on acrn-dm, whose virtio-gpio has interrupts")
+        self._warn_no_irq(ctx)
         ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
                      "-device", f"vhost-user-gpio-pci,chardev=c{nid},{addr}"]
+
+    def _warn_no_irq(self, ctx: QemuArgs) -> None:
+        """QEMU's vhost-user-gpio-pci before 9.0 offers the guest only QEMU's own feature bits, never the
+        back-end's VIRTIO_GPIO_F_IRQ (rust-vmm/vhost-device#613); from 9.0 on it is built on vhost-user-base,
+        which offers what the back-end offers."""
+        if ctx.qemu_version is not None and ctx.qemu_version >= IRQ_QEMU:
+            return
+        fix = ("run QEMU 9.0 or later (the host profile's `qemu`), poll input lines in the guest, or run the VM on "
+               "acrn-dm, whose virtio-gpio has interrupts")
+        if ctx.qemu_version is None:
+            ctx.diags.warn(self.where, "QEMU's vhost-user-gpio-pci before 9.0 does not offer the guest "
+                           "VIRTIO_GPIO_F_IRQ, and the host profile does not say which QEMU this is (`qemu_version`): "
+                           "GPIO interrupts may not reach the guest", fix)
+            return
+        major, minor = ctx.qemu_version
+        ctx.diags.warn(self.where, f"QEMU {major}.{minor}'s vhost-user-gpio-pci does not offer the guest "
+                       "VIRTIO_GPIO_F_IRQ (QEMU before 9.0 never does): the lines work, GPIO interrupts do not "
+                       "reach the guest", fix)
 
 
 def control_socket_path(state_dir: Path, name: str) -> Path:

@@ -3,10 +3,11 @@ vhost-user helpers; controlled over QMP."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 
-from acrnmgr.host import HostProfile
+from acrnmgr.host import HostProfile, probe_qemu_version
 from acrnmgr.lifecycle.accel import with_usable_kvm
 from acrnmgr.lifecycle.acrn import prepare_taps
 from acrnmgr.lifecycle.engine import LaunchPlan, Running, send_signal
@@ -19,11 +20,20 @@ from acrnmgr.model import VmSpec
 from acrnmgr.plan import make_plan
 
 
+def with_qemu_version(host: HostProfile) -> HostProfile:
+    """``host`` with the version of the QEMU the engine runs, probed here when a profile file does not say it
+    (what a device's QEMU front-end offers the guest depends on it)."""
+    qemu = host.qemu or shutil.which("qemu-system-x86_64")
+    if host.qemu_version is not None or qemu is None:
+        return host
+    return dataclasses.replace(host, qemu_version=probe_qemu_version(qemu))
+
+
 class QemuEngine(SupervisedEngine):
     name = "qemu"
 
     def plan(self, vm: VmSpec, host: HostProfile, state: VmState) -> LaunchPlan:
-        host, fallback = with_usable_kvm(host, state.dir.parent)
+        host, fallback = with_usable_kvm(with_qemu_version(host), state.dir.parent)
         q = qemu_launch(make_plan(vm, host, "qemu", state_dir=state.dir, live_host=True))
         if fallback:
             q.warnings.insert(0, fallback)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acrnmgr.devices.base import MAX_SOCKET_PATH, Diagnostics, Helper, QemuArgs, esc
-from acrnmgr.host import HostProfile
+from acrnmgr.host import HostProfile, qemu_version_tuple
 from acrnmgr.model import ElfBoot, KernelBoot, OvmfBoot, VmSpec
 from acrnmgr.plan.slots import multifunction_slots
 
@@ -46,7 +46,7 @@ def build(vm: VmSpec, host: HostProfile, plans: list[DevicePlan], diags: Diagnos
         qemu = "qemu-system-x86_64"
     mib = -(-vm.memory // (1 << 20))
     qmp = state_dir / "qmp.sock"
-    ctx = QemuArgs(vm.name, state_dir, diags)
+    ctx = QemuArgs(vm.name, state_dir, diags, qemu_version=qemu_version_tuple(host.qemu_version))
     ctx.argv += [
         qemu,
         "-name", f"guest={vm.name},debug-threads=on",

@@ -3,6 +3,8 @@ both ways (against acrn-dm's native_gpio_init) and the QEMU argv with its embedd
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from acrnmgr.devices.virtio_gpio import parse_config
@@ -106,6 +108,25 @@ def test_qemu_engine_serves_it_from_the_embedded_device_model(tmp_path, plain_bo
     control = argv[argv.index("--control-socket") + 1]
     assert control.endswith("virtio-gpio0.gpio.sock") and control in launch.sockets
     assert any(a.startswith("vhost-user-gpio-pci,chardev=cdev3,addr=0x3") for a in launch.argv)
+
+
+@pytest.mark.parametrize(("version", "warning"), [
+    (None, "QEMU's vhost-user-gpio-pci before 9.0 does not offer the guest VIRTIO_GPIO_F_IRQ, and the host profile "
+           "does not say which QEMU this is (`qemu_version`): GPIO interrupts may not reach the guest"),
+    ("7.2.22", "QEMU 7.2's vhost-user-gpio-pci does not offer the guest VIRTIO_GPIO_F_IRQ (QEMU before 9.0 never "
+               "does): the lines work, GPIO interrupts do not reach the guest"),
+    ("8.2", "QEMU 8.2's vhost-user-gpio-pci does not offer the guest VIRTIO_GPIO_F_IRQ (QEMU before 9.0 never does): "
+            "the lines work, GPIO interrupts do not reach the guest"),
+    ("9.0.0", None),
+    ("10.0.2", None),
+])
+def test_qemu_version_decides_the_no_interrupts_warning(tmp_path, plain_box, version, warning):
+    host = dataclasses.replace(plain_box, qemu_version=version)
+    compiled = compile_body(tmp_path, BASIC + LINES, host, engine="qemu")
+    assert compiled.ok, compiled.errors
+    assert [w.message for w in compiled.warnings] == ([warning] if warning else [])
+    if warning:
+        assert "QEMU 9.0 or later" in compiled.warnings[0].suggestion
 
 
 def test_qemu_engine_takes_acrn_dm_args_too(tmp_path, plain_box):
