@@ -44,6 +44,7 @@ from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
 from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
+VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 
 # ACRN's XSD defaults for what the launch script generator reads, filled in as default_populator.py does
 # (misc/config_tools/scenario_config/default_populator.py over scenario_transformer.py): a missing element
@@ -146,11 +147,21 @@ class Board:
         from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input
 
         try:
-            return cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
+            board = cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
         except InputError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
         except ET.ParseError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
+        if board.root.tag != "acrn-config" or not board.cpu_ids():
+            raise ImportError_(f"{path}: not a board XML of ACRN's board inspector (no <processors> with "
+                               "<thread><cpu_id>; a scenario XML is the FILE argument, not --board)")
+        return board
+
+    def cpu_ids(self) -> list[str]:
+        return [cpu for cpu in (_text(t, "cpu_id") for t in self.root.iter("thread")) if cpu is not None]
+
+    def cpu_ids_text(self) -> str:
+        return ", ".join(self.cpu_ids())
 
     def lapic_id(self, cpu: str) -> int | None:
         for thread in self.root.iter("thread"):
@@ -223,6 +234,9 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if _text(vm, "os_type") == "Windows OS":
         params.append("--windows")
 
+    bad = [c for c in pcpu_ids(vm) if not re.fullmatch(r"[0-9]{1,4}", c)]
+    if bad:
+        raise ImportError_(f"VM {name}: pcpu_id {bad[0]!r} is not a CPU number (VMtypes.xsd: an integer)")
     cpus = sorted(set(pcpu_ids(vm)), key=int)
     if board is not None:
         lapic = []
@@ -240,6 +254,10 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if not cpus:
         raise ImportError_(f"VM {name}: no <cpu_affinity><pcpu><pcpu_id>: a post-launched VM needs its pCPUs "
                            "(ACRN's generator would write an empty add_cpus)")
+    if not lapic:
+        # the generator drops each unknown CPU and then writes no --cpu_affinity at all
+        raise ImportError_(f"VM {name}: none of its pcpu_id ({', '.join(cpus)}) is a CPU of the board XML, whose "
+                           f"CPUs are {board.cpu_ids_text() if board else '-'}: is it this scenario's board?")
     if lapic:
         params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
     size = _text(vm, "memory/size")
@@ -267,10 +285,19 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         for region_id, region in enumerate(regions):
             if _text(region, "PROVIDED_BY") != provider:
                 continue
-            for member in region.iter("IVSHMEM_VM"):
-                if _text(member, "VM_NAME") == name:
-                    virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')},"
-                                       f"{region_id}", _vbdf_slot(_text(member, "VBDF")))
+            members = [m for m in region.iter("IVSHMEM_VM") if _text(m, "VM_NAME") == name]
+            if not members:
+                continue
+            # launch_cfg_gen.py takes the region's first VBDF (`.//VBDF` of the IVSHMEM_REGION), whichever VM
+            # it belongs to
+            vbdf = _text(region, ".//VBDF")
+            own = _text(members[0], "VBDF")
+            if own != vbdf:
+                warnings.append(f"ivshmem {_text(region, 'NAME')}: the scenario gives this VM the vBDF {own}, but "
+                                f"ACRN's generator puts every VM of the region at the region's first vBDF ({vbdf}); "
+                                "imported as the generator writes it")
+            virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')},{region_id}",
+                    _vbdf_slot(vbdf))
     if _text(vm, "console_vuart") == "PCI":
         virtual("uart", "vuart_idx:0")
     if hv is not None:
@@ -424,6 +451,9 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     if not post:
         old = [vm for vm in vms if (_text(vm, "vm_type") or "").startswith("POST_")]
         hint = (" (this looks like a v2.x scenario: run ACRN's scenario_config/upgrader.py first)" if old else "")
+        if root.find("uos") is not None or root.find("user_vm") is not None:
+            hint = (" (this is a v2.x launch XML: v3 describes post-launched VMs in the scenario XML; run ACRN's "
+                    "scenario_config/upgrader.py on the scenario and this launch XML, then import the scenario)")
         raise ImportError_(f"{source}: no <vm> with <load_order>POST_LAUNCHED_VM</load_order>{hint}")
     for vm in vms:
         if vm not in post:
@@ -438,6 +468,15 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     for vm in post:
         name = _text(vm, "name") or f"vm{vm.get('id')}"
         label = f"vm {vm.get('id')} ({name})"
+        if _text(vm, "name") is None:
+            # launch_cfg_gen.py names it `ACRN Post-Launched VM`, unquoted: three words, which acrn-dm refuses
+            result.errors.append(f"vm {vm.get('id')}: not imported: no <name> (config.xsd requires one)")
+            continue
+        if not VM_NAME.fullmatch(name):
+            # the generator writes the name unquoted: a space splits it, a leading `-` is an option to acrn-dm
+            result.errors.append(f"{label}: not imported: the name is not 1-15 of [A-Za-z0-9_-] starting with "
+                                 "a letter, digit or `_` (ACRN's VM name type; acrn-dm takes it as one word)")
+            continue
         if name in seen:
             result.errors.append(f"{label}: not imported: the name {name} is already used by vm {seen[name]} "
                                  f"({name}); VM names must be unique (acrn-dm's VM name, the spec file's name)")
