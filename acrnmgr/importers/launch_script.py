@@ -136,14 +136,18 @@ def _split_entries(body: str) -> list[tuple[str, str]]:
     return out
 
 
+# launch_cfg_gen.py's `dir_<dev>=`mount_partition <partition>`` for a `<block>partition:image</block>`
+_MOUNT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(?:`|\$\()mount_partition\s+(\S+?)(?:`|\))\s*$", re.M)
 _HOST_MAC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=\$\(cat /sys/class/net/e\*/address\)\s*$", re.M)
 
 
 class _Expander:
-    def __init__(self, variables: dict[str, str], warnings: list[str], host_mac_var: str | None = None):
+    def __init__(self, variables: dict[str, str], warnings: list[str], host_mac_var: str | None = None,
+                 mounts: dict[str, str] | None = None):
         self.variables = variables
         self.warnings = warnings
         self.host_mac_var = host_mac_var  # the variable the script reads the host NIC's MAC into
+        self.mounts = mounts or {}  # variable -> the partition the script mounts into it (mount_partition)
 
     def expand(self, word: str) -> str | None:
         """Substitute known variables; None when the word depends on something only the host
@@ -158,6 +162,13 @@ class _Expander:
             return m.group(0)
 
         out = _VAR_RE.sub(sub, word)
+        mounted = [m for m in _VAR_RE.finditer(word) if (m.group(1) or m.group(3)) in self.mounts]
+        if mounted:
+            partition = self.mounts[mounted[0].group(1) or mounted[0].group(3)]
+            self.warnings.append(f"{word!r}: the launch script mounts {partition} when it runs (mount_partition) and "
+                                 f"uses {word[mounted[0].end():].lstrip('/')} inside it; not imported (give the "
+                                 "image's path on the Service VM)")
+            return None
         if unknown:
             self.warnings.append(f"{word!r} depends on {', '.join(unknown)}, known only when the script runs; dropped")
             return None
@@ -177,7 +188,10 @@ class _Expander:
         raw = self.words(command, expand=False)
         if len(raw) >= 4 and raw[0] == "add_virtual_device" and raw[2] == "virtio-net":
             raw[3] = self._net_options(raw[3])
-        args = [w for w in (self.expand(w) for w in raw) if w]
+        expanded = [self.expand(w) for w in raw]
+        if None in expanded and raw[0] in ("add_virtual_device", "add_passthrough_device"):
+            return []  # a device whose options are known only at run time is left out whole, not in part
+        args = [w for w in expanded if w]
         if not args:
             return []
         fn, args = args[0], args[1:]
@@ -250,7 +264,8 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
     body, _line = find_dm_params(text)
     variables = top_level_variables(text)
     host_mac = _HOST_MAC_RE.search(text)
-    expander = _Expander(variables, warnings, host_mac.group(1) if host_mac else None)
+    mounts = {m.group(1): m.group(2) for m in _MOUNT_RE.finditer(text)}
+    expander = _Expander(variables, warnings, host_mac.group(1) if host_mac else None, mounts)
     # Any other `$(cat ...)`-style variable assigned at top level is unknown: leave it out.
     argv = ["acrn-dm"]
     for kind, chunk in _split_entries(body):

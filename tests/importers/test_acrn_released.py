@@ -174,3 +174,20 @@ def test_bad_vms_are_errors_naming_them_while_their_siblings_import(tmp_path):
     assert space.startswith("vm 4 (two words): not imported:") and "[A-Za-z0-9_-]" in space
     assert dash.startswith("vm 5 (-dash): not imported:")
     assert unnamed == "vm 6: not imported: no <name> (config.xsd requires one)"
+
+
+def test_a_launch_script_disk_inside_a_mounted_partition_is_left_out_with_a_warning_not_an_error(tmp_path):
+    # launch_cfg_gen.py, for <block>/dev/sda3:rt.img</block>: an init command mounts the partition into
+    # dir_sda3, and the disk is ${dir_sda3}/rt.img (unknown until the script runs)
+    text = (CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id2.sh").read_text()
+    text = text.replace("probe_modules\n", "probe_modules\ndir_sda3=`mount_partition /dev/sda3`\n", 1)
+    start = text.index("dm_params=(")
+    logger = text.index("`add_logger_settings", start)
+    text = (text[:logger] + "`add_virtual_device                       7 virtio-blk ${dir_sda3}/rt.img`\n    "
+            + text[logger:])
+    path = tmp_path / "launch_user_vm_id2.sh"
+    path.write_text(text)
+    (vm,) = import_file(path).specs
+    assert any("mounts /dev/sda3" in w and "rt.img" in w for w in vm.warnings)
+    assert not any("rt.img" in str(d) for d in vm.data["spec"].get("devices", []))
+    assert "7,virtio-blk" not in " ".join(vm.source_argv)
