@@ -37,7 +37,7 @@ from acrnmgr.devices.passthru import GPU_SLOT
 from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.host import HostProfile
-from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
+from acrnmgr.importers.common import ImportError_, ImportResult, parse_xml, xml_root
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
@@ -147,11 +147,9 @@ class Board:
         from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input
 
         try:
-            board = cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
+            board = cls(parse_xml(read_input(path, limit=MAX_XML_BYTES), f"{path}: cannot read board XML"))
         except InputError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
-        except ET.ParseError as exc:
-            raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
         if board.root.tag != "acrn-config" or not board.cpu_ids():
             raise ImportError_(f"{path}: not a board XML of ACRN's board inspector (no <processors> with "
                                "<thread><cpu_id>; a scenario XML is the FILE argument, not --board)")

@@ -141,6 +141,9 @@ def _cli_error(tmp_path: Path, text: str | bytes, *args: str) -> str:
     ('<?xml version="1.0" encoding="ISO-8859-1"?><acrn-config><vm><name>caf\xe9</name></vm></acrn-config>'
      .encode("latin-1"), "not UTF-8 text"),
     (V2_LAUNCH, "this is a v2.x launch XML"),
+    # a million levels deep: copying the <vm> used to overflow the C stack (a segfault, not even a traceback)
+    ("<acrn-config><vm id='1'><load_order>POST_LAUNCHED_VM</load_order><virtio_devices>" + "<a>" * 1_000_000
+     + "</a>" * 1_000_000 + "</virtio_devices></vm></acrn-config>", "elements nested more than 64 deep"),
     ('<acrn-config><vm id="1"><vm_type>POST_STD_VM</vm_type></vm></acrn-config>', "looks like a v2.x scenario"),
 ])
 def test_unusable_files_are_one_clear_line(tmp_path, text, says):
@@ -152,6 +155,10 @@ def test_a_board_xml_that_is_not_one_is_said_so(tmp_path):
     err = _cli_error(tmp_path, _scenario(_vm(1, "<name>VM1</name>")), "--board",
                      str(CORPUS / "scenarios" / "generic_board__shared.xml"))
     assert "not a board XML of ACRN's board inspector" in err and len(err.strip().splitlines()) == 1
+    deep = tmp_path / "deep_board.xml"
+    deep.write_text("<acrn-config>" + "<a>" * 100 + "</a>" * 100 + "</acrn-config>")
+    err = _cli_error(tmp_path, _scenario(_vm(1, "<name>VM1</name>")), "--board", str(deep))
+    assert "cannot read board XML: elements nested more than 64 deep" in err
 
 
 def test_bad_vms_are_errors_naming_them_while_their_siblings_import(tmp_path):
