@@ -449,6 +449,10 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     if not post:
         old = [vm for vm in vms if (_text(vm, "vm_type") or "").startswith("POST_")]
         hint = (" (this looks like a v2.x scenario: run ACRN's scenario_config/upgrader.py first)" if old else "")
+        if vms and not old:
+            orders = sorted({_text(vm, "load_order") or "no load_order" for vm in vms})
+            hint = (f" (its VMs are {', '.join(orders)}: the hypervisor starts pre-launched VMs itself, and only "
+                    "post-launched VMs run under acrn-dm)")
         if root.find("uos") is not None or root.find("user_vm") is not None:
             hint = (" (this is a v2.x launch XML: v3 describes post-launched VMs in the scenario XML; run ACRN's "
                     "scenario_config/upgrader.py on the scenario and this launch XML, then import the scenario)")

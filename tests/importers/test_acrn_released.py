@@ -151,6 +151,11 @@ def test_unusable_files_are_one_clear_line(tmp_path, text, says):
     assert says in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_partitioned_scenario_says_why_nothing_is_imported(tmp_path):
+    err = _cli_error(tmp_path, (CORPUS / "scenarios" / "generic_board__partitioned.xml").read_text())
+    assert "its VMs are PRE_LAUNCHED_VM" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_board_xml_that_is_not_one_is_said_so(tmp_path):
     err = _cli_error(tmp_path, _scenario(_vm(1, "<name>VM1</name>")), "--board",
                      str(CORPUS / "scenarios" / "generic_board__shared.xml"))
