@@ -277,10 +277,13 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         params += ["-l", "com1,stdio"]
     devices.append(["-s", "0:0,hostbridge"])
 
-    # The region id is the region's index in the scenario (ACRN's generator appends it since v3.1).
+    # The hypervisor numbers its own (hv:/) regions in scenario order (ivshmem_cfg.h.xsl: position() among
+    # PROVIDED_BY = 'Hypervisor'), and the generator passes that number after an hv:/ region (v3.1+); a dm:/
+    # region is acrn-dm's own shared memory and gets none.
     regions = list(root.iter("IVSHMEM_REGION"))
+    hv_ids = {id(r): n for n, r in enumerate(r for r in regions if _text(r, "PROVIDED_BY") == "Hypervisor")}
     for provider, prefix in (("Device Model", "dm"), ("Hypervisor", "hv")):
-        for region_id, region in enumerate(regions):
+        for region in regions:
             if _text(region, "PROVIDED_BY") != provider:
                 continue
             members = [m for m in region.iter("IVSHMEM_VM") if _text(m, "VM_NAME") == name]
@@ -294,8 +297,10 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                 warnings.append(f"ivshmem {_text(region, 'NAME')}: the scenario gives this VM the vBDF {own}, but "
                                 f"ACRN's generator puts every VM of the region at the region's first vBDF ({vbdf}); "
                                 "imported as the generator writes it")
-            virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')},{region_id}",
-                    _vbdf_slot(vbdf))
+            options = f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')}"
+            if prefix == "hv":
+                options += f",{hv_ids[id(region)]}"
+            virtual("ivshmem", options, _vbdf_slot(vbdf))
     if _text(vm, "console_vuart") == "PCI":
         virtual("uart", "vuart_idx:0")
     if hv is not None:

@@ -87,7 +87,7 @@ def test_scenario_imports_every_post_launched_vm_and_renders_back():
     assert {d["type"]: d.get("slot") for d in rt["devices"]} == {"virtio-console": None, "ivshmem": None,
                                                                  "virtio-blk": 6}
     rt_warn = next(s for s in result.specs if s.name == "POST_RT_VM1").warnings
-    assert "3,ivshmem,dm:/shm_region_0,2,0" in next(s for s in result.specs if s.name == "POST_RT_VM1").source_argv
+    assert "3,ivshmem,dm:/shm_region_0,2" in next(s for s in result.specs if s.name == "POST_RT_VM1").source_argv
     assert any("00:05.0" in w and "first vBDF (00:03.0)" in w for w in rt_warn)
     assert any("/dev/sda3" in w and "mounts" in w for w in rt_warn)
     win = specs["WIN_VM"]
