@@ -44,6 +44,7 @@ from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
 from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
+MAX_SCENARIO_ELEMENTS = 1024  # of each of <vm>, <vuart_connection>, <IVSHMEM_REGION>, <IVSHMEM_VM>
 VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 
 # ACRN's XSD defaults for what the launch script generator reads, filled in as default_populator.py does
@@ -106,18 +107,21 @@ def populate_hv(root) -> None:
     _fill([root], HV_DEFAULTS)
     for path, owner_tag, tag, defaults in UNIQUE_DEFAULTS:
         elements = root.findall(path)
+        used: dict[str | None, set[str | None]] = {}  # per owner: the values taken so far (one pass, not n^2)
+        for el in elements:
+            used.setdefault(_text(el, owner_tag), set()).add(_text(el, tag))
         for el in elements:
             child = el.find(tag)
             if child is not None and child.text and child.text.strip():
                 continue
-            owner = _text(el, owner_tag)
-            used = {_text(other, tag) for other in elements if _text(other, owner_tag) == owner}
-            free = sorted(set(defaults) - used)
-            if not free:
+            taken = used[_text(el, owner_tag)]
+            free = min((d for d in defaults if d not in taken), default=None)
+            if free is None:
                 continue  # the populator leaves it empty; validation would refuse the scenario
             if child is None:
                 child = ET.SubElement(el, tag)
-            child.text = free[0]
+            child.text = free
+            taken.add(free)
 
 
 def pcpu_ids(vm) -> list[str]:
@@ -201,6 +205,10 @@ class _Slots:
 
     def take(self, slot: int | None = None) -> int:
         if slot is None:
+            if not self.free:
+                # launch_cfg_gen.py fails here too (pop from an empty list)
+                raise ImportError_(f"more devices than the free PCI slots {FIRST_FREE}-{LAST_FREE} of ACRN's "
+                                   "generator")
             return self.free.pop(0)
         if slot in self.free:
             self.free.remove(slot)
@@ -446,6 +454,12 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
 def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
     root = xml_root(text, source, "acrn-config")
+    for tag in ("vm", "vuart_connection", "IVSHMEM_REGION", "IVSHMEM_VM"):
+        count = sum(1 for _ in root.iter(tag))
+        if count > MAX_SCENARIO_ELEMENTS:
+            # ACRN's hypervisor runs at most MAX_VM_NUM VMs (16 in ACRN's own scenarios)
+            raise ImportError_(f"{source}: {count} <{tag}> elements; a scenario ACRN can run has far fewer, and "
+                               f"acrnmgr reads at most {MAX_SCENARIO_ELEMENTS}")
     populate_hv(root)
     board_xml = Board.load(board) if board else None
     result = ImportResult(source, "scenario", [])

@@ -151,6 +151,29 @@ def test_unusable_files_are_one_clear_line(tmp_path, text, says):
     assert says in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_scenario_with_thousands_of_members_is_refused_at_once(tmp_path):
+    # 2000 IVSHMEM_VMs without a VBDF: filling the XSD defaults compared each with all the others (n^2;
+    # 30000 of them, 1.4 MB, ran for minutes)
+    members = "".join(f"<IVSHMEM_VM><VM_NAME>v{i % 50}</VM_NAME></IVSHMEM_VM>" for i in range(2000))
+    text = _scenario(_vm(1, "<name>v1</name><cpu_affinity><pcpu><pcpu_id>1</pcpu_id></pcpu></cpu_affinity>"))
+    text = text.replace("<acrn-config>", "<acrn-config><hv><FEATURES><IVSHMEM><IVSHMEM_REGION><NAME>a</NAME>"
+                        f"<IVSHMEM_VMS>{members}</IVSHMEM_VMS></IVSHMEM_REGION></IVSHMEM></FEATURES></hv>")
+    err = _cli_error(tmp_path, text)
+    assert "2000 <IVSHMEM_VM> elements" in err and "at most 1024" in err
+
+
+def test_more_devices_than_free_slots_is_an_error_naming_the_vm(tmp_path):
+    cpu = "<cpu_affinity><pcpu><pcpu_id>1</pcpu_id></pcpu></cpu_affinity>"
+    disks = "".join(f"<block>/x{i}.img</block>" for i in range(28))  # slots 3..29 hold 27
+    path = tmp_path / "scenario.xml"
+    path.write_text(_scenario(_vm(1, f"<name>FULL</name>{cpu}<virtio_devices>{disks}</virtio_devices>"),
+                              _vm(2, f"<name>OK</name>{cpu}")))
+    result = import_file(path)
+    assert [s.name for s in result.specs] == ["OK"]
+    (err,) = result.errors
+    assert err.startswith("vm 1 (FULL): not imported:") and "free PCI slots 3-29" in err
+
+
 def test_a_partitioned_scenario_says_why_nothing_is_imported(tmp_path):
     err = _cli_error(tmp_path, (CORPUS / "scenarios" / "generic_board__partitioned.xml").read_text())
     assert "its VMs are PRE_LAUNCHED_VM" in err and len(err.strip().splitlines()) == 1
