@@ -226,3 +226,32 @@ def test_a_launch_script_disk_inside_a_mounted_partition_is_left_out_with_a_warn
     assert any("mounts /dev/sda3" in w and "rt.img" in w for w in vm.warnings)
     assert not any("rt.img" in str(d) for d in vm.data["spec"].get("devices", []))
     assert "7,virtio-blk" not in " ".join(vm.source_argv)
+
+
+@pytest.mark.parametrize("flavor", ["qemu", "acrn"])
+def test_a_virtio_input_named_by_device_name_survives_a_libvirt_round_trip(tmp_path, flavor):
+    """spec -> export -> import -> render: the same argv. The qemu flavor's <input type='evdev'> wrote
+    `<source dev=''/>` for an evdev named by `Device name: ..., Device physical path: ...`, and the import
+    of that failed (`device: ''`); the name now travels in acrnmgr's metadata."""
+    from typer.testing import CliRunner
+
+    from acrnmgr.cli import app
+
+    runner = CliRunner()
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump(HostProfile(
+        is_service_vm=True, hsm_device="/dev/acrn_hsm", acrn_dm="/usr/bin/acrn-dm", acrn_dm_version="3.x",
+        vhost_net=True, vhost_vsock=True, net_tun=True, cpu_count=16, lapic_ids=list(range(16))).to_dict()))
+    out = tmp_path / "specs"
+    runner.invoke(app, ["import", str(RELEASED / "adl-asrock__shared.xml"), "-o", str(out)])
+    spec = out / "POST_STD_VM1.yaml"
+    assert "deviceName: Raritan D2CIM-DVUSB" in spec.read_text()
+    exported = runner.invoke(app, ["export", str(spec), "--flavor", flavor, "--host", str(host), "--no-check-paths"])
+    assert exported.exit_code == 0, exported.output
+    (tmp_path / "domain.xml").write_text(exported.stdout)
+    back = tmp_path / "back"
+    res = runner.invoke(app, ["import", str(tmp_path / "domain.xml"), "-o", str(back)])
+    assert res.exit_code == 0, res.output
+    argv = [runner.invoke(app, ["render", str(path), "--no-check-paths", "--host", str(host)]).stdout
+            for path in (spec, back / "POST_STD_VM1.yaml")]
+    assert argv[0] == argv[1] and "inputByName:Raritan" in argv[0]
