@@ -255,3 +255,13 @@ def test_a_virtio_input_named_by_device_name_survives_a_libvirt_round_trip(tmp_p
     argv = [runner.invoke(app, ["render", str(path), "--no-check-paths", "--host", str(host)]).stdout
             for path in (spec, back / "POST_STD_VM1.yaml")]
     assert argv[0] == argv[1] and "inputByName:Raritan" in argv[0]
+
+
+def test_a_warning_quotes_at_most_a_line_of_the_script(tmp_path):
+    text = (CORPUS / "reference" / "generic_board__shared" / "launch_user_vm_id2.sh").read_text()
+    start = text.index("dm_params=(") + len("dm_params=(")
+    path = tmp_path / "launch.sh"
+    path.write_text(text[:start] + "\n    " + "$(" * 5000 + ")" * 5000 + "\n" + text[start:])
+    (vm,) = import_file(path).specs
+    (helper,) = [w for w in vm.warnings if "unknown helper" in w]
+    assert len(helper) < 400 and "..." in helper
