@@ -6,6 +6,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 
+def shown(text: object, limit: int = 120) -> str:
+    """A value from an imported file, as a message quotes it: whitespace folded, cut to `limit` characters
+    (a warning stays one readable line, whatever the file holds)."""
+    folded = " ".join(str(text).split())
+    return folded if len(folded) <= limit else folded[:limit - 3] + "..."
+
+
 class ImportError_(ValueError):
     """The input cannot be imported at all (not a format we know, malformed, no VM in it)."""
 

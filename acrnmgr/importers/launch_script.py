@@ -23,15 +23,9 @@ import shlex
 
 from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
-from acrnmgr.importers.common import ImportError_, ImportResult
+from acrnmgr.importers.common import ImportError_, ImportResult, shown
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.render.grammar import GrammarError
-
-def _shown(text: str, limit: int = 120) -> str:
-    """Script text quoted in a message, cut to `limit` characters (a warning stays one readable line)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 _ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -171,13 +165,13 @@ class _Expander:
         mounted = [m for m in _VAR_RE.finditer(word) if (m.group(1) or m.group(3)) in self.mounts]
         if mounted:
             partition = self.mounts[mounted[0].group(1) or mounted[0].group(3)]
-            self.warnings.append(f"{_shown(word)!r}: the launch script mounts {partition} when it runs "
+            self.warnings.append(f"{shown(word)!r}: the launch script mounts {partition} when it runs "
                                  "(mount_partition) and "
                                  f"uses {word[mounted[0].end():].lstrip('/')} inside it; not imported (give the "
                                  "image's path on the Service VM)")
             return None
         if unknown:
-            self.warnings.append(f"{_shown(word)!r} depends on {_shown(', '.join(unknown))}, known only when the "
+            self.warnings.append(f"{shown(word)!r} depends on {shown(', '.join(unknown))}, known only when the "
                                  "script runs; dropped")
             return None
         return out
@@ -207,7 +201,7 @@ class _Expander:
             return ["--cpu_affinity", ",".join(args)] if args else []
         if fn == "add_virtual_device":
             if len(args) < 2:
-                self.warnings.append(f"`{_shown(command)}`: add_virtual_device needs a slot and a kind; dropped")
+                self.warnings.append(f"`{shown(command)}`: add_virtual_device needs a slot and a kind; dropped")
                 return []
             slot, kind, options = args[0], args[1], " ".join(args[2:])
             if kind == "virtio-input":
@@ -215,11 +209,11 @@ class _Expander:
             return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
         if fn == "add_passthrough_device":
             if len(args) < 2:
-                self.warnings.append(f"`{_shown(command)}`: add_passthrough_device needs a slot and a BDF; dropped")
+                self.warnings.append(f"`{shown(command)}`: add_passthrough_device needs a slot and a BDF; dropped")
                 return []
             m = re.fullmatch(r"(?:[0-9a-fA-F]{4}:)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])", args[1])
             if not m:
-                self.warnings.append(f"`{_shown(command)}`: BDF {args[1]!r} is not [dddd:]bb:dd.f; dropped")
+                self.warnings.append(f"`{shown(command)}`: BDF {args[1]!r} is not [dddd:]bb:dd.f; dropped")
                 return []
             bus, dev, fn_ = (int(g, 16) for g in m.groups())
             options = " ".join(args[2:])
@@ -232,7 +226,7 @@ class _Expander:
         if fn == "add_rtvm_options":
             rtos = self.variables.get("rtos_type", "no")
             return {"Soft RT": ["--rtvm"], "Hard RT": ["--rtvm", "--lapic_pt"]}.get(rtos, [])
-        self.warnings.append(f"`{_shown(command)}`: unknown helper {_shown(fn)!r} (not one of ACRN's launch script "
+        self.warnings.append(f"`{shown(command)}`: unknown helper {shown(fn)!r} (not one of ACRN's launch script "
                              "template); its output is unknown, dropped")
         return []
 

@@ -37,7 +37,7 @@ from acrnmgr.devices.passthru import GPU_SLOT
 from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.host import HostProfile
-from acrnmgr.importers.common import ImportError_, ImportResult, parse_xml, xml_root
+from acrnmgr.importers.common import ImportError_, ImportResult, parse_xml, shown, xml_root
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
@@ -242,7 +242,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
     bad = [c for c in pcpu_ids(vm) if not re.fullmatch(r"[0-9]{1,4}", c)]
     if bad:
-        raise ImportError_(f"VM {name}: pcpu_id {bad[0]!r} is not a CPU number (VMtypes.xsd: an integer)")
+        raise ImportError_(f"VM {name}: pcpu_id {shown(bad[0])!r} is not a CPU number (VMtypes.xsd: an integer)")
     cpus = sorted(set(pcpu_ids(vm)), key=int)
     if board is not None:
         lapic = []
@@ -335,7 +335,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                 virtual("virtio-input", by_name_marker(named.group(2).strip(), named.group(4).strip())
                         + (f",{ident}" if ident else ""))
             elif dev and not dev.startswith("/"):
-                warnings.append(f"virtio-input {dev!r}: neither a path nor `Device name: ..., Device physical "
+                warnings.append(f"virtio-input {shown(dev)!r}: neither a path nor `Device name: ..., Device physical "
                                 "path: ...`; not imported")
                 slots.take()  # the generator still allocates its slot
             elif dev:
@@ -355,7 +355,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             elif backend in ("pty", "stdio"):
                 virtual("virtio-console", f"{mark}{backend}:{backend}_port")
             elif backend:
-                warnings.append(f"virtio console backend_type {backend!r} is unknown; skipped")
+                warnings.append(f"virtio console backend_type {shown(backend)!r} is unknown; skipped")
         for net in virtio.findall("network"):
             iface = _text(net, "interface_name")
             if not iface:
@@ -412,7 +412,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     for text in _texts(vm, "pci_devs/pci_dev"):
         m = bdf_re.match(text)
         if not m:
-            warnings.append(f"pci_dev {text!r}: no BDF at the start; skipped")
+            warnings.append(f"pci_dev {shown(text)!r}: no BDF at the start; skipped")
             continue
         bus, devno, fn = (int(g, 16) for g in m.groups())
         opts = []
@@ -445,7 +445,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         try:
             extra = shlex.split(custom)
         except ValueError as exc:
-            warnings.append(f"customized_parameters {custom!r}: {exc}; ignored")
+            warnings.append(f"customized_parameters {shown(custom)!r}: {exc}; ignored")
     argv = ["acrn-dm", *params]
     for entry in devices:
         argv += entry
@@ -469,8 +469,9 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         old = [vm for vm in vms if (_text(vm, "vm_type") or "").startswith("POST_")]
         hint = (" (this looks like a v2.x scenario: run ACRN's scenario_config/upgrader.py first)" if old else "")
         if vms and not old:
-            orders = sorted({_text(vm, "load_order") or "no load_order" for vm in vms})
-            hint = (f" (its VMs are {', '.join(orders)}: the hypervisor starts pre-launched VMs itself, and only "
+            orders = sorted({shown(_text(vm, "load_order") or "no load_order", 40) for vm in vms})
+            hint = (f" (its VMs are {shown(', '.join(orders))}: the hypervisor starts pre-launched VMs itself, "
+                    "and only "
                     "post-launched VMs run under acrn-dm)")
         if root.find("uos") is not None or root.find("user_vm") is not None:
             hint = (" (this is a v2.x launch XML: v3 describes post-launched VMs in the scenario XML; run ACRN's "
@@ -478,7 +479,8 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
         raise ImportError_(f"{source}: no <vm> with <load_order>POST_LAUNCHED_VM</load_order>{hint}")
     for vm in vms:
         if vm not in post:
-            result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
+            result.warnings.append(f"vm {shown(vm.get('id'), 20)} ({shown(_text(vm, 'name'), 40)}): "
+                                   f"{shown(_text(vm, 'load_order'), 40)} is not "
                                    "managed by acrn-dm; skipped")
     if board_xml is not None and board_xml.amd_cpu():
         # launch_cfg_gen.py writes `hostbridge` whatever the board; acrn-dm also has amd_hostbridge
@@ -488,10 +490,10 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     seen: dict[str, str | None] = {}
     for vm in post:
         name = _text(vm, "name") or f"vm{vm.get('id')}"
-        label = f"vm {vm.get('id')} ({name})"
+        label = f"vm {shown(vm.get('id'), 20)} ({shown(name, 40)})"
         if _text(vm, "name") is None:
             # launch_cfg_gen.py names it `ACRN Post-Launched VM`, unquoted: three words, which acrn-dm refuses
-            result.errors.append(f"vm {vm.get('id')}: not imported: no <name> (config.xsd requires one)")
+            result.errors.append(f"vm {shown(vm.get('id'), 20)}: not imported: no <name> (config.xsd requires one)")
             continue
         if not VM_NAME.fullmatch(name):
             # the generator writes the name unquoted: a space splits it, a leading `-` is an option to acrn-dm

@@ -265,3 +265,17 @@ def test_a_warning_quotes_at_most_a_line_of_the_script(tmp_path):
     (vm,) = import_file(path).specs
     (helper,) = [w for w in vm.warnings if "unknown helper" in w]
     assert len(helper) < 400 and "..." in helper
+
+
+def test_messages_quote_at_most_a_line_of_the_scenario(tmp_path):
+    cpu = "<cpu_affinity><pcpu><pcpu_id>1</pcpu_id></pcpu></cpu_affinity>"
+    long = "x" * 100_000
+    path = tmp_path / "scenario.xml"
+    path.write_text(_scenario(
+        _vm(1, f"<name>V1</name>{cpu}<pci_devs><pci_dev>{long}</pci_dev></pci_devs>"
+               f"<customized_parameters>'{long}</customized_parameters>"),
+        _vm(2, f"<name>{long}</name>{cpu}").replace('id="2"', f'id="{long}"'),
+    ))
+    result = import_file(path)
+    messages = result.errors + result.warnings + [w for s in result.specs for w in s.warnings]
+    assert len(messages) >= 3 and all(len(m) < 600 for m in messages), max(map(len, messages))
