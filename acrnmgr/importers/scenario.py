@@ -264,8 +264,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         # the generator drops each unknown CPU and then writes no --cpu_affinity at all
         raise ImportError_(f"VM {name}: none of its pcpu_id ({', '.join(cpus)}) is a CPU of the board XML, whose "
                            f"CPUs are {board.cpu_ids_text() if board else '-'}: is it this scenario's board?")
-    if lapic:
-        params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
+    params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
     size = _text(vm, "memory/size")
     if size is None:
         raise ImportError_(f"VM {name}: no <memory><size>: ACRN's generator renders `-m NoneM`, which acrn-dm "
