@@ -82,7 +82,10 @@ class VirtioInput(VirtioDevice):
     def from_libvirt(cls, el: ET.Element, imp: LibvirtIn) -> bool:
         source = el.find("source")
         if el.get("type") == "evdev" and source is not None:
-            imp.add(None, {"type": cls.KIND, "device": source.get("dev")}, el)
+            dev = source.get("dev")
+            # an empty dev: a by-name evdev this host did not have when acrnmgr exported it (the name is in
+            # acrnmgr's metadata, which completes the device)
+            imp.add(None, {"type": cls.KIND, **({"device": dev} if dev else {})}, el)
         elif el.get("type") not in ("mouse", "keyboard") or el.get("bus") not in (None, "ps2"):
             # (the PS/2 mouse and keyboard every x86 domain has: acrn-dm's LPC emulates them)
             imp.warnings.append(f"<input type='{el.get('type')}' bus='{el.get('bus')}'>: an emulated input device "
@@ -95,7 +98,17 @@ class VirtioInput(VirtioDevice):
             return None
         extra, _ = self.libvirt_extra()
         inp = xml_sub(out.devices, "input", type="evdev")
-        xml_sub(inp, "source", dev=self.device)
+        if self.device_name is not None:
+            # libvirt names the node; the spec names the evdev, which acrnmgr's metadata keeps (ACRN's template
+            # resolves it at every launch, libvirt only the node found now)
+            extra.update(deviceName=self.device_name, devicePhys=self.device_phys or "")
+            node = self.evdev() or ""
+            if not node:
+                out.warnings.append(f"{self.display_name}: no evdev named {self.device_name!r} at "
+                                    f"{self.device_phys!r} on this host: <source dev=''/>, which libvirt cannot start")
+            xml_sub(inp, "source", dev=node)
+        else:
+            xml_sub(inp, "source", dev=self.device)
         if self.serial:
             extra["serial"] = self.serial
         xml_alias(inp, self.name)

@@ -23,8 +23,14 @@ __all__ = ["ImportError_", "ImportResult", "ImportedSpec", "detect_format", "imp
 def detect_format(path: Path, text: str) -> str:
     """scenario | launch-script | libvirt, from the content (the file name only breaks ties)."""
     head = text.lstrip()[:4096]
+    if not head:
+        raise ImportError_(f"{path}: the file is empty")
     if head.startswith("<") or path.suffix.lower() == ".xml":
         body = re.sub(r"<\?.*?\?>|<!--.*?-->", "", head, flags=re.S).lstrip()
+        if body.startswith("<!DOCTYPE"):
+            # neither ACRN's XMLs nor libvirt's have one; entities are how XML bombs and file reads come in
+            raise ImportError_(f"{path}: has a <!DOCTYPE> (a DTD or entities); ACRN's scenario and board XMLs and "
+                               "libvirt's domain XML have none, so it is refused")
         if body.startswith("<acrn-config"):
             return "scenario"
         if body.startswith("<domain"):

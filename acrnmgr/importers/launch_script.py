@@ -23,7 +23,7 @@ import shlex
 
 from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
-from acrnmgr.importers.common import ImportError_, ImportResult
+from acrnmgr.importers.common import ImportError_, ImportResult, shown
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.render.grammar import GrammarError
 
@@ -136,14 +136,18 @@ def _split_entries(body: str) -> list[tuple[str, str]]:
     return out
 
 
+# launch_cfg_gen.py's `dir_<dev>=`mount_partition <partition>`` for a `<block>partition:image</block>`
+_MOUNT_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(?:`|\$\()mount_partition\s+(\S+?)(?:`|\))\s*$", re.M)
 _HOST_MAC_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=\$\(cat /sys/class/net/e\*/address\)\s*$", re.M)
 
 
 class _Expander:
-    def __init__(self, variables: dict[str, str], warnings: list[str], host_mac_var: str | None = None):
+    def __init__(self, variables: dict[str, str], warnings: list[str], host_mac_var: str | None = None,
+                 mounts: dict[str, str] | None = None):
         self.variables = variables
         self.warnings = warnings
         self.host_mac_var = host_mac_var  # the variable the script reads the host NIC's MAC into
+        self.mounts = mounts or {}  # variable -> the partition the script mounts into it (mount_partition)
 
     def expand(self, word: str) -> str | None:
         """Substitute known variables; None when the word depends on something only the host
@@ -158,8 +162,17 @@ class _Expander:
             return m.group(0)
 
         out = _VAR_RE.sub(sub, word)
+        mounted = [m for m in _VAR_RE.finditer(word) if (m.group(1) or m.group(3)) in self.mounts]
+        if mounted:
+            partition = self.mounts[mounted[0].group(1) or mounted[0].group(3)]
+            self.warnings.append(f"{shown(word)!r}: the launch script mounts {partition} when it runs "
+                                 "(mount_partition) and "
+                                 f"uses {word[mounted[0].end():].lstrip('/')} inside it; not imported (give the "
+                                 "image's path on the Service VM)")
+            return None
         if unknown:
-            self.warnings.append(f"{word!r} depends on {', '.join(unknown)}, known only when the script runs; dropped")
+            self.warnings.append(f"{shown(word)!r} depends on {shown(', '.join(unknown))}, known only when the "
+                                 "script runs; dropped")
             return None
         return out
 
@@ -177,7 +190,10 @@ class _Expander:
         raw = self.words(command, expand=False)
         if len(raw) >= 4 and raw[0] == "add_virtual_device" and raw[2] == "virtio-net":
             raw[3] = self._net_options(raw[3])
-        args = [w for w in (self.expand(w) for w in raw) if w]
+        expanded = [self.expand(w) for w in raw]
+        if None in expanded and raw[0] in ("add_virtual_device", "add_passthrough_device"):
+            return []  # a device whose options are known only at run time is left out whole, not in part
+        args = [w for w in expanded if w]
         if not args:
             return []
         fn, args = args[0], args[1:]
@@ -185,7 +201,7 @@ class _Expander:
             return ["--cpu_affinity", ",".join(args)] if args else []
         if fn == "add_virtual_device":
             if len(args) < 2:
-                self.warnings.append(f"`{command.strip()}`: add_virtual_device needs a slot and a kind; dropped")
+                self.warnings.append(f"`{shown(command)}`: add_virtual_device needs a slot and a kind; dropped")
                 return []
             slot, kind, options = args[0], args[1], " ".join(args[2:])
             if kind == "virtio-input":
@@ -193,11 +209,11 @@ class _Expander:
             return ("-s " + f"{slot},{kind}" + (f",{options}" if options else "")).split()
         if fn == "add_passthrough_device":
             if len(args) < 2:
-                self.warnings.append(f"`{command.strip()}`: add_passthrough_device needs a slot and a BDF; dropped")
+                self.warnings.append(f"`{shown(command)}`: add_passthrough_device needs a slot and a BDF; dropped")
                 return []
             m = re.fullmatch(r"(?:[0-9a-fA-F]{4}:)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])", args[1])
             if not m:
-                self.warnings.append(f"`{command.strip()}`: BDF {args[1]!r} is not [dddd:]bb:dd.f; dropped")
+                self.warnings.append(f"`{shown(command)}`: BDF {args[1]!r} is not [dddd:]bb:dd.f; dropped")
                 return []
             bus, dev, fn_ = (int(g, 16) for g in m.groups())
             options = " ".join(args[2:])
@@ -210,7 +226,7 @@ class _Expander:
         if fn == "add_rtvm_options":
             rtos = self.variables.get("rtos_type", "no")
             return {"Soft RT": ["--rtvm"], "Hard RT": ["--rtvm", "--lapic_pt"]}.get(rtos, [])
-        self.warnings.append(f"`{command.strip()}`: unknown helper {fn!r} (not one of ACRN's launch script "
+        self.warnings.append(f"`{shown(command)}`: unknown helper {shown(fn)!r} (not one of ACRN's launch script "
                              "template); its output is unknown, dropped")
         return []
 
@@ -250,7 +266,8 @@ def argv_from_launch_script(text: str) -> tuple[list[str], list[str]]:
     body, _line = find_dm_params(text)
     variables = top_level_variables(text)
     host_mac = _HOST_MAC_RE.search(text)
-    expander = _Expander(variables, warnings, host_mac.group(1) if host_mac else None)
+    mounts = {m.group(1): m.group(2) for m in _MOUNT_RE.finditer(text)}
+    expander = _Expander(variables, warnings, host_mac.group(1) if host_mac else None, mounts)
     # Any other `$(cat ...)`-style variable assigned at top level is unknown: leave it out.
     argv = ["acrn-dm"]
     for kind, chunk in _split_entries(body):

@@ -463,6 +463,8 @@ def _spec_from_domain(xml_text: str, source: str, bios_as_ovmf: bool, keep_addre
             device.pop("backend", None)
         if key and isinstance(extras.get(key), dict):
             device.update(extras[key])
+            if "deviceName" in extras[key]:
+                device.pop("device", None)  # a virtio-input by name: the node the export found is not the spec
         if el is not None:
             imported.append(el)
             device["_origin"] = _origin(el, devs)

@@ -37,13 +37,15 @@ from acrnmgr.devices.passthru import GPU_SLOT
 from acrnmgr.devices.virtio_input import by_name_marker
 from acrnmgr.devices.virtio_net import HOST_MAC
 from acrnmgr.host import HostProfile
-from acrnmgr.importers.common import ImportError_, ImportResult, xml_root
+from acrnmgr.importers.common import ImportError_, ImportResult, parse_xml, shown, xml_root
 from acrnmgr.importers.dm_argv import spec_from_argv
 from acrnmgr.plan.acrn import PASSTHRU_INTR_MONITOR, RTVM_VIRTIO_POLL
 from acrnmgr.plan.slots import FIRST_FREE, LAST_FREE
 from acrnmgr.render.grammar import GrammarError
 
 OVMF_DEFAULT = "/usr/share/acrn/bios/OVMF.fd"
+MAX_SCENARIO_ELEMENTS = 1024  # of each of <vm>, <vuart_connection>, <IVSHMEM_REGION>, <IVSHMEM_VM>
+VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 
 # ACRN's XSD defaults for what the launch script generator reads, filled in as default_populator.py does
 # (misc/config_tools/scenario_config/default_populator.py over scenario_transformer.py): a missing element
@@ -105,18 +107,21 @@ def populate_hv(root) -> None:
     _fill([root], HV_DEFAULTS)
     for path, owner_tag, tag, defaults in UNIQUE_DEFAULTS:
         elements = root.findall(path)
+        used: dict[str | None, set[str | None]] = {}  # per owner: the values taken so far (one pass, not n^2)
+        for el in elements:
+            used.setdefault(_text(el, owner_tag), set()).add(_text(el, tag))
         for el in elements:
             child = el.find(tag)
             if child is not None and child.text and child.text.strip():
                 continue
-            owner = _text(el, owner_tag)
-            used = {_text(other, tag) for other in elements if _text(other, owner_tag) == owner}
-            free = sorted(set(defaults) - used)
-            if not free:
+            taken = used[_text(el, owner_tag)]
+            free = min((d for d in defaults if d not in taken), default=None)
+            if free is None:
                 continue  # the populator leaves it empty; validation would refuse the scenario
             if child is None:
                 child = ET.SubElement(el, tag)
-            child.text = free[0]
+            child.text = free
+            taken.add(free)
 
 
 def pcpu_ids(vm) -> list[str]:
@@ -146,11 +151,19 @@ class Board:
         from acrnmgr.inputs import MAX_XML_BYTES, InputError, read_input
 
         try:
-            return cls(ET.fromstring(read_input(path, limit=MAX_XML_BYTES)))
+            board = cls(parse_xml(read_input(path, limit=MAX_XML_BYTES), f"{path}: cannot read board XML"))
         except InputError as exc:
             raise ImportError_(f"{path}: cannot read board XML: {exc.reason}") from None
-        except ET.ParseError as exc:
-            raise ImportError_(f"{path}: cannot read board XML: {exc}") from None
+        if board.root.tag != "acrn-config" or not board.cpu_ids():
+            raise ImportError_(f"{path}: not a board XML of ACRN's board inspector (no <processors> with "
+                               "<thread><cpu_id>; a scenario XML is the FILE argument, not --board)")
+        return board
+
+    def cpu_ids(self) -> list[str]:
+        return [cpu for cpu in (_text(t, "cpu_id") for t in self.root.iter("thread")) if cpu is not None]
+
+    def cpu_ids_text(self) -> str:
+        return ", ".join(self.cpu_ids())
 
     def lapic_id(self, cpu: str) -> int | None:
         for thread in self.root.iter("thread"):
@@ -192,6 +205,10 @@ class _Slots:
 
     def take(self, slot: int | None = None) -> int:
         if slot is None:
+            if not self.free:
+                # launch_cfg_gen.py fails here too (pop from an empty list)
+                raise ImportError_(f"more devices than the free PCI slots {FIRST_FREE}-{LAST_FREE} of ACRN's "
+                                   "generator")
             return self.free.pop(0)
         if slot in self.free:
             self.free.remove(slot)
@@ -223,6 +240,9 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if _text(vm, "os_type") == "Windows OS":
         params.append("--windows")
 
+    bad = [c for c in pcpu_ids(vm) if not re.fullmatch(r"[0-9]{1,4}", c)]
+    if bad:
+        raise ImportError_(f"VM {name}: pcpu_id {shown(bad[0])!r} is not a CPU number (VMtypes.xsd: an integer)")
     cpus = sorted(set(pcpu_ids(vm)), key=int)
     if board is not None:
         lapic = []
@@ -240,8 +260,11 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     if not cpus:
         raise ImportError_(f"VM {name}: no <cpu_affinity><pcpu><pcpu_id>: a post-launched VM needs its pCPUs "
                            "(ACRN's generator would write an empty add_cpus)")
-    if lapic:
-        params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
+    if not lapic:
+        # the generator drops each unknown CPU and then writes no --cpu_affinity at all
+        raise ImportError_(f"VM {name}: none of its pcpu_id ({', '.join(cpus)}) is a CPU of the board XML, whose "
+                           f"CPUs are {board.cpu_ids_text() if board else '-'}: is it this scenario's board?")
+    params += ["--cpu_affinity", ",".join(str(x) for x in sorted(lapic))]
     size = _text(vm, "memory/size")
     if size is None:
         raise ImportError_(f"VM {name}: no <memory><size>: ACRN's generator renders `-m NoneM`, which acrn-dm "
@@ -261,16 +284,30 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         params += ["-l", "com1,stdio"]
     devices.append(["-s", "0:0,hostbridge"])
 
-    # The region id is the region's index in the scenario (ACRN's generator appends it since v3.1).
+    # The hypervisor numbers its own (hv:/) regions in scenario order (ivshmem_cfg.h.xsl: position() among
+    # PROVIDED_BY = 'Hypervisor'), and the generator passes that number after an hv:/ region (v3.1+); a dm:/
+    # region is acrn-dm's own shared memory and gets none.
     regions = list(root.iter("IVSHMEM_REGION"))
+    hv_ids = {id(r): n for n, r in enumerate(r for r in regions if _text(r, "PROVIDED_BY") == "Hypervisor")}
     for provider, prefix in (("Device Model", "dm"), ("Hypervisor", "hv")):
-        for region_id, region in enumerate(regions):
+        for region in regions:
             if _text(region, "PROVIDED_BY") != provider:
                 continue
-            for member in region.iter("IVSHMEM_VM"):
-                if _text(member, "VM_NAME") == name:
-                    virtual("ivshmem", f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')},"
-                                       f"{region_id}", _vbdf_slot(_text(member, "VBDF")))
+            members = [m for m in region.iter("IVSHMEM_VM") if _text(m, "VM_NAME") == name]
+            if not members:
+                continue
+            # launch_cfg_gen.py takes the region's first VBDF (`.//VBDF` of the IVSHMEM_REGION), whichever VM
+            # it belongs to
+            vbdf = _text(region, ".//VBDF")
+            own = _text(members[0], "VBDF")
+            if own != vbdf:
+                warnings.append(f"ivshmem {_text(region, 'NAME')}: the scenario gives this VM the vBDF {own}, but "
+                                f"ACRN's generator puts every VM of the region at the region's first vBDF ({vbdf}); "
+                                "imported as the generator writes it")
+            options = f"{prefix}:/{_text(region, 'NAME')},{_text(region, 'IVSHMEM_SIZE')}"
+            if prefix == "hv":
+                options += f",{hv_ids[id(region)]}"
+            virtual("ivshmem", options, _vbdf_slot(vbdf))
     if _text(vm, "console_vuart") == "PCI":
         virtual("uart", "vuart_idx:0")
     if hv is not None:
@@ -297,7 +334,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
                 virtual("virtio-input", by_name_marker(named.group(2).strip(), named.group(4).strip())
                         + (f",{ident}" if ident else ""))
             elif dev and not dev.startswith("/"):
-                warnings.append(f"virtio-input {dev!r}: neither a path nor `Device name: ..., Device physical "
+                warnings.append(f"virtio-input {shown(dev)!r}: neither a path nor `Device name: ..., Device physical "
                                 "path: ...`; not imported")
                 slots.take()  # the generator still allocates its slot
             elif dev:
@@ -317,7 +354,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
             elif backend in ("pty", "stdio"):
                 virtual("virtio-console", f"{mark}{backend}:{backend}_port")
             elif backend:
-                warnings.append(f"virtio console backend_type {backend!r} is unknown; skipped")
+                warnings.append(f"virtio console backend_type {shown(backend)!r} is unknown; skipped")
         for net in virtio.findall("network"):
             iface = _text(net, "interface_name")
             if not iface:
@@ -374,7 +411,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
     for text in _texts(vm, "pci_devs/pci_dev"):
         m = bdf_re.match(text)
         if not m:
-            warnings.append(f"pci_dev {text!r}: no BDF at the start; skipped")
+            warnings.append(f"pci_dev {shown(text)!r}: no BDF at the start; skipped")
             continue
         bus, devno, fn = (int(g, 16) for g in m.groups())
         opts = []
@@ -407,7 +444,7 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
         try:
             extra = shlex.split(custom)
         except ValueError as exc:
-            warnings.append(f"customized_parameters {custom!r}: {exc}; ignored")
+            warnings.append(f"customized_parameters {shown(custom)!r}: {exc}; ignored")
     argv = ["acrn-dm", *params]
     for entry in devices:
         argv += entry
@@ -416,6 +453,12 @@ def scenario_argv(root, vm, board: Board | None, warnings: list[str]) -> list[st
 
 def import_scenario(text: str, source: str, board: str | Path | None = None) -> ImportResult:
     root = xml_root(text, source, "acrn-config")
+    for tag in ("vm", "vuart_connection", "IVSHMEM_REGION", "IVSHMEM_VM"):
+        count = sum(1 for _ in root.iter(tag))
+        if count > MAX_SCENARIO_ELEMENTS:
+            # ACRN's hypervisor runs at most MAX_VM_NUM VMs (16 in ACRN's own scenarios)
+            raise ImportError_(f"{source}: {count} <{tag}> elements; a scenario ACRN can run has far fewer, and "
+                               f"acrnmgr reads at most {MAX_SCENARIO_ELEMENTS}")
     populate_hv(root)
     board_xml = Board.load(board) if board else None
     result = ImportResult(source, "scenario", [])
@@ -424,10 +467,19 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     if not post:
         old = [vm for vm in vms if (_text(vm, "vm_type") or "").startswith("POST_")]
         hint = (" (this looks like a v2.x scenario: run ACRN's scenario_config/upgrader.py first)" if old else "")
+        if vms and not old:
+            orders = sorted({shown(_text(vm, "load_order") or "no load_order", 40) for vm in vms})
+            hint = (f" (its VMs are {shown(', '.join(orders))}: the hypervisor starts pre-launched VMs itself, "
+                    "and only "
+                    "post-launched VMs run under acrn-dm)")
+        if root.find("uos") is not None or root.find("user_vm") is not None:
+            hint = (" (this is a v2.x launch XML: v3 describes post-launched VMs in the scenario XML; run ACRN's "
+                    "scenario_config/upgrader.py on the scenario and this launch XML, then import the scenario)")
         raise ImportError_(f"{source}: no <vm> with <load_order>POST_LAUNCHED_VM</load_order>{hint}")
     for vm in vms:
         if vm not in post:
-            result.warnings.append(f"vm {vm.get('id')} ({_text(vm, 'name')}): {_text(vm, 'load_order')} is not "
+            result.warnings.append(f"vm {shown(vm.get('id'), 20)} ({shown(_text(vm, 'name'), 40)}): "
+                                   f"{shown(_text(vm, 'load_order'), 40)} is not "
                                    "managed by acrn-dm; skipped")
     if board_xml is not None and board_xml.amd_cpu():
         # launch_cfg_gen.py writes `hostbridge` whatever the board; acrn-dm also has amd_hostbridge
@@ -437,7 +489,16 @@ def import_scenario(text: str, source: str, board: str | Path | None = None) -> 
     seen: dict[str, str | None] = {}
     for vm in post:
         name = _text(vm, "name") or f"vm{vm.get('id')}"
-        label = f"vm {vm.get('id')} ({name})"
+        label = f"vm {shown(vm.get('id'), 20)} ({shown(name, 40)})"
+        if _text(vm, "name") is None:
+            # launch_cfg_gen.py names it `ACRN Post-Launched VM`, unquoted: three words, which acrn-dm refuses
+            result.errors.append(f"vm {shown(vm.get('id'), 20)}: not imported: no <name> (config.xsd requires one)")
+            continue
+        if not VM_NAME.fullmatch(name):
+            # the generator writes the name unquoted: a space splits it, a leading `-` is an option to acrn-dm
+            result.errors.append(f"{label}: not imported: the name is not 1-15 of [A-Za-z0-9_-] starting with "
+                                 "a letter, digit or `_` (ACRN's VM name type; acrn-dm takes it as one word)")
+            continue
         if name in seen:
             result.errors.append(f"{label}: not imported: the name {name} is already used by vm {seen[name]} "
                                  f"({name}); VM names must be unique (acrn-dm's VM name, the spec file's name)")

@@ -82,9 +82,13 @@ def test_scenario_imports_every_post_launched_vm_and_renders_back():
     rt = specs["POST_RT_VM1"]
     assert rt["vmType"] == "rtvm" and "settings" in rt and "virtioPoll" not in rt["settings"]
     assert rt["boot"] == {"kernel": {"path": "/home/acrn/bzImage", "cmdline": "root=/dev/vda rw rootwait console=hvc0"}}
-    # the ivshmem vBDF 00:05.0 from the scenario keeps its slot; the disk after it too
-    assert {d["type"]: d.get("slot") for d in rt["devices"]} == {"virtio-console": None, "ivshmem": 5, "virtio-blk": 6}
+    # launch_cfg_gen.py puts every VM of an ivshmem region at the region's first vBDF (00:03.0, POST_STD_VM1's),
+    # not at this VM's own 00:05.0, and says so; the disk after the mounted partition's slot keeps 6
+    assert {d["type"]: d.get("slot") for d in rt["devices"]} == {"virtio-console": None, "ivshmem": None,
+                                                                 "virtio-blk": 6}
     rt_warn = next(s for s in result.specs if s.name == "POST_RT_VM1").warnings
+    assert "3,ivshmem,dm:/shm_region_0,2" in next(s for s in result.specs if s.name == "POST_RT_VM1").source_argv
+    assert any("00:05.0" in w and "first vBDF (00:03.0)" in w for w in rt_warn)
     assert any("/dev/sda3" in w and "mounts" in w for w in rt_warn)
     win = specs["WIN_VM"]
     assert win["osType"] == "windows" and win["settings"]["windows"] is True

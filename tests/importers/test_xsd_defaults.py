@@ -102,8 +102,10 @@ def test_ivshmem_provider_size_and_vbdf_defaults(tmp_path):
         <IVSHMEM_VM><VM_NAME>vm1</VM_NAME><VBDF>00:08.0</VBDF></IVSHMEM_VM></IVSHMEM_VMS></IVSHMEM_REGION>
     </IVSHMEM>"""
     s = slots(argv_of(imported(tmp_path, MEM, hv)))
-    # shm_a and shm_b take 00:09.0 and 00:0a.0 (shm_c holds 00:08.0); the generator writes dm regions first
-    assert "10,ivshmem,dm:/shm_b,4,1" in s and "9,ivshmem,hv:/shm_a,2,0" in s and "8,ivshmem,hv:/shm_c,2,2" in s
+    # shm_a and shm_b take 00:09.0 and 00:0a.0 (shm_c holds 00:08.0); the generator writes dm regions first.
+    # The region id follows an hv:/ region only, numbered among the hypervisor's regions as ivshmem_cfg.h.xsl
+    # numbers them (shm_a 0, shm_c 1): the dm:/ region in between takes no number
+    assert "10,ivshmem,dm:/shm_b,4" in s and "9,ivshmem,hv:/shm_a,2,0" in s and "8,ivshmem,hv:/shm_c,2,1" in s
 
 
 def test_vuart_connection_type_and_vbdf_defaults(tmp_path):
