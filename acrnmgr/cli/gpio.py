@@ -45,7 +45,7 @@ def _control_socket(name: str) -> str:
 
 
 def _call(name: str, request: dict[str, Any]) -> dict[str, Any]:
-    from acrnmgr.devmodel.gpio import control_call
+    from acrnmgr.devmodel.control import control_call
 
     path = _control_socket(name)
     try:

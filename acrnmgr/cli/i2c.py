@@ -6,7 +6,6 @@ They talk to the adapter's control socket (`<adapter>.i2c.sock` in the VM's stat
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,8 +14,6 @@ import typer
 from acrnmgr.cli.common import OutputFormat, fail
 
 app = typer.Typer(no_args_is_help=True)
-
-MAX_REPLY = 1 << 20
 
 AdapterOption = Annotated[Optional[str], typer.Option("--adapter", help="The virtio-i2c device's name, when the VM "
                                                                         "has several.")]
@@ -49,26 +46,15 @@ def _socket(vm: str, adapter: str | None) -> Path:
 
 
 def _ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    from acrnmgr.devmodel.control import control_call
+
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(path))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\n") and len(reply) < MAX_REPLY:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+        answer = control_call(str(path), request)
     except OSError as exc:
         fail(f"cannot reach the virtio-i2c device model at {path}: {exc.strerror or exc}")
-    try:
-        answer = json.loads(reply)
     except ValueError:
         fail(f"the virtio-i2c device model at {path} gave no answer")
-    if not isinstance(answer, dict):
-        fail(f"the virtio-i2c device model at {path} gave an answer that is not an object")
-    if not answer.get("ok"):
+    if not answer["ok"]:
         fail(str(answer.get("error", "the request failed")))
     return answer
 
