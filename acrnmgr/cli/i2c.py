@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, fail
+from acrnmgr.cli.common import OutputFormat, device_control_socket, fail
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -22,27 +22,11 @@ OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text or js
 
 def _socket(vm: str, adapter: str | None) -> Path:
     from acrnmgr.devices.virtio_i2c import CONTROL_SUFFIX
-    from acrnmgr.lifecycle.errors import StateError
-    from acrnmgr.lifecycle.state import check_name
-    from acrnmgr.paths import vm_state_dir
 
-    try:
-        folder = vm_state_dir(check_name(vm))
-    except StateError as exc:
-        fail(str(exc), 2)
-    found = sorted(folder.glob("*" + CONTROL_SUFFIX)) if folder.is_dir() else []
-    names = [p.name[:-len(CONTROL_SUFFIX)] for p in found]
-    if adapter is not None:
-        if adapter not in names:
-            fail(f"VM {vm} has no running virtio-i2c adapter named {adapter!r}"
-                 + (f" (it has: {', '.join(names)})" if names else ""))
-        return folder / (adapter + CONTROL_SUFFIX)
-    if not found:
-        fail(f"VM {vm} has no running embedded virtio-i2c adapter (is it up, on the qemu engine, with a virtio-i2c "
-             "device?)")
-    if len(found) > 1:
-        fail(f"VM {vm} has several virtio-i2c adapters ({', '.join(names)}): choose one with --adapter", 2)
-    return found[0]
+    return device_control_socket(
+        vm, kind="virtio-i2c adapter", suffix=CONTROL_SUFFIX, device=adapter, option="--adapter",
+        missing=f"VM {vm} has no running embedded virtio-i2c adapter (is it up, on the qemu engine, with a virtio-i2c "
+                "device?)")
 
 
 def _ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from acrnmgr.spec.diagnostics import format_path
 ACRN_MAX_LINES = 64  # acrn-dm's VIRTIO_GPIO_MAX_VLINES
 ACRN_MAX_CHIPS = 8  # VIRTIO_GPIO_MAX_CHIPS
 ACRN_NAME_MAX = 31  # vname[32]
+CONTROL_SUFFIX = ".gpio.sock"  # acrnmgr/cli/gpio.py finds a VM's virtio-gpio by it
 IRQ_QEMU = (9, 0)  # the first QEMU whose vhost-user-gpio-pci passes VIRTIO_GPIO_F_IRQ on (vhost-user-base)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,30}\Z")
 _HOST = re.compile(r"(gpiochip[0-9]{1,4}):([0-9]{1,5}|[A-Za-z][A-Za-z0-9_.+-]{0,30})\Z")
@@ -243,7 +244,7 @@ class VirtioGpio(VirtioDevice):
 
 def control_socket_path(state_dir: Path, name: str) -> Path:
     """Where the embedded virtio-gpio of device ``name`` answers ``acrnmgr gpio`` (one per VM)."""
-    return state_dir / f"{name}.gpio.sock"
+    return state_dir / f"{name}{CONTROL_SUFFIX}"
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------
