@@ -20,7 +20,6 @@ from acrnmgr.devices.base import (
     VirtioDevice,
     acrn_int,
     blockdev,
-    esc,
     qemu_mode,
     vhost_user_missing,
     vhost_user_reconnect,
@@ -161,17 +160,15 @@ class VirtioBlk(VirtioDevice):
         nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
         if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
             reconnect = f",reconnect={self.reconnect}" if self.reconnect else ""
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{reconnect}",
-                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={self.mq or 1},{addr}{mode}"
-                         + (",bootindex=1" if self.boot else "")]
+            ctx.vhost_user(slot, str(self.socket), "vhost-user-blk-pci", before=f"num-queues={self.mq or 1},",
+                           after=mode + (",bootindex=1" if self.boot else ""), chardev=reconnect)
             return
         if backend == "embedded":
             queues = self.mq or 1
             sock = ctx.helper(self, "blk", ["--image", self.path, "--queues", str(queues)]
                               + (["--read-only"] if self.read_only else []))
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={queues},{addr}{mode}"
-                         + (",bootindex=1" if self.boot else "")]
+            ctx.vhost_user(slot, sock, "vhost-user-blk-pci", before=f"num-queues={queues},",
+                           after=mode + (",bootindex=1" if self.boot else ""))
             return
         node: dict[str, Any] = {
             "driver": "raw", "node-name": nid, "read-only": self.read_only,

@@ -29,7 +29,6 @@ from acrnmgr.devices.base import (
     QemuArgs,
     SlotDevice,
     VirtioDevice,
-    esc,
 )
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields
@@ -212,16 +211,10 @@ class VirtioGpio(VirtioDevice):
                       "device model over vhost-user-gpio-pci (the standard virtio 1.2 GPIO device)")
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = ctx.node(slot), ctx.addr(slot)
-        control = control_socket_path(ctx.state_dir, self.display_name)
-        ctx.sockets.append(str(control))
-        extra = ["--control-socket", str(control)]
-        for ln in self.lines:
-            extra += ["--line", ln.serve_arg()]
-        sock = ctx.helper(self, "gpio", extra)
+        extra = [arg for ln in self.lines for arg in ("--line", ln.serve_arg())]
+        sock = ctx.helper(self, "gpio", extra, control=control_socket_path(ctx.state_dir, self.display_name))
         self._warn_no_irq(ctx)
-        ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                     "-device", f"vhost-user-gpio-pci,chardev=c{nid},{addr}"]
+        ctx.vhost_user(slot, sock, "vhost-user-gpio-pci")
 
     def _warn_no_irq(self, ctx: QemuArgs) -> None:
         """QEMU's vhost-user-gpio-pci before 9.0 offers the guest only QEMU's own feature bits, never the
