@@ -364,6 +364,21 @@ def vhost_user_reconnect(el: ET.Element | None, label: str, imp: LibvirtIn) -> i
     return timeout
 
 
+def vhost_user_source(el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any], skipped: str) -> bool:
+    """A vhostuser disk's or interface's <source type='unix' path='/...'> (another process's socket) as backend:
+    vhost-user, with its reconnect, into ``d``; False, with the warning ``skipped``, when there is none."""
+    src = el.find("source")
+    sock = src.get("path") if src is not None else None
+    if src is None or not sock or not sock.startswith("/") or src.get("type", "unix") != "unix":
+        imp.warnings.append(f"{label}: {skipped}")
+        return False
+    d.update(backend="vhost-user", socket=sock)
+    reconnect = vhost_user_reconnect(src, label, imp)
+    if reconnect:
+        d["reconnect"] = reconnect
+    return True
+
+
 def esc(value: object) -> str:
     """QEMU's key=value option syntax: a comma inside a value is written twice."""
     return str(value).replace(",", ",,")

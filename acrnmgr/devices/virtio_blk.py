@@ -22,7 +22,7 @@ from acrnmgr.devices.base import (
     blockdev,
     qemu_mode,
     vhost_user_missing,
-    vhost_user_reconnect,
+    vhost_user_source,
     xml_alias,
     xml_int,
     xml_pci,
@@ -261,36 +261,18 @@ class VirtioBlk(VirtioDevice):
                 d["range"] = {"startLba": offset // 512, "size": size // 512}
         if el.find("readonly") is not None:
             d["readOnly"] = True
-        boot = el.find("boot")
-        if boot is not None:
-            if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
-                d["boot"] = True
-                imp.boot_disk = True
-            else:
-                imp.warnings.append(f"{label}: boot order {boot.get('order')}: acrn-dm marks one boot disk; "
-                                    "only order 1 is kept")
-        if imp.mode_of(el):
-            d["mode"] = imp.mode_of(el)
-        imp.add(imp.slot_of(el), d, el)
-        return True
+        return cls._add_from_libvirt(el, imp, label, d, "acrn-dm marks one boot disk; only order 1 is kept")
 
     @classmethod
     def _vhost_user_from_libvirt(cls, el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any]) -> bool:
         """<disk type='vhostuser'> of another process (SPDK, qemu-storage-daemon): backend: vhost-user on its
         socket. What only the serving process decides is reported, and a read-only disk is refused (QEMU's
         vhost-user-blk cannot make a disk read-only)."""
-        src = el.find("source")
-        sock = src.get("path") if src is not None else None
-        if not sock or not sock.startswith("/") or src is None or src.get("type", "unix") != "unix":
-            imp.warnings.append(f"{label}: <disk type='vhostuser'> without <source type='unix' path='/...'>: no "
-                                "socket to attach to; skipped")
+        if not vhost_user_source(el, imp, label, d, "<disk type='vhostuser'> without <source type='unix' "
+                                 "path='/...'>: no socket to attach to; skipped"):
             return True
-        d.update(backend="vhost-user", socket=sock)
-        reconnect = vhost_user_reconnect(src, label, imp)
-        if reconnect:
-            d["reconnect"] = reconnect
         if el.find("readonly") is not None:
-            imp.errors.append(f"{label} {sock}: <readonly/> on a vhost-user disk: the serving process decides "
+            imp.errors.append(f"{label} {d['socket']}: <readonly/> on a vhost-user disk: the serving process decides "
                               "whether the guest may write, and QEMU cannot enforce it; make the export read-only "
                               "where it is served and remove <readonly/>")
         drv = el.find("driver")
@@ -302,13 +284,18 @@ class VirtioBlk(VirtioDevice):
                 if drv.get(attr):
                     imp.warnings.append(f"{label}: {attr}='{drv.get(attr)}' on a vhost-user disk is the serving "
                                         "process's to decide; not mapped")
+        return cls._add_from_libvirt(el, imp, label, d, "one boot disk is kept (order 1)")
+
+    @staticmethod
+    def _add_from_libvirt(el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any], one_boot: str) -> bool:
+        """The disk's <boot order>, mode and slot, then add it; ``one_boot`` says why a second boot disk is not."""
         boot = el.find("boot")
         if boot is not None:
             if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
                 d["boot"] = True
                 imp.boot_disk = True
             else:
-                imp.warnings.append(f"{label}: boot order {boot.get('order')}: one boot disk is kept (order 1)")
+                imp.warnings.append(f"{label}: boot order {boot.get('order')}: {one_boot}")
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
         imp.add(imp.slot_of(el), d, el)
