@@ -595,9 +595,7 @@ class GpioDevice(VirtioDevice):
                 if not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
-            log.exception("%s: error processing the eventq", self.name)
-            vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used(mem)
+            self._device_bug(vq, mem, e)
         return self._flush_due(vq, mem) | vq.should_notify(mem)
 
     def _flush_due(self, vq: VirtQueue, mem: GuestMemory) -> bool:
