@@ -7,7 +7,7 @@ import socket
 import struct
 
 import pytest
-from core_guest import GuestQueue, GuestRam, Rings
+from core_guest import GuestQueue, Rings
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel import gpio as G
@@ -15,14 +15,6 @@ from acrnmgr.devmodel.control import MAX_LINE
 from acrnmgr.devmodel.gpio import GpioDevice, LineConfig, parse_line_arg
 
 LINES = [LineConfig("button", "in"), LineConfig("led", "out", 1), LineConfig("free")]
-
-
-@pytest.fixture
-def ram():
-    r = GuestRam(1 << 20)
-    yield r
-    assert r.guards_intact()
-    r.close()
 
 
 class Driver:
