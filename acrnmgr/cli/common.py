@@ -1,10 +1,12 @@
-"""What the command modules share: the `--output` choice, failing with a message, and the host profile.
+"""What the command modules share: the `--output` choice, failing with a message, the host profile, and finding
+a running VM's embedded device control socket.
 
 Only typer is imported at module load; acrnmgr.host loads when a command asks for a profile."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional, Union
 
@@ -68,3 +70,58 @@ def planning_host(profile: Optional["HostProfile"], engine: str) -> tuple["HostP
         if fallback:
             typer.echo(f"warning: {fallback}", err=True)
     return host, engine, live
+
+
+RUNNING_STATES = ("running", "degraded", "starting")
+
+
+def _running_state_dir(vm: str, wrong_engine: Callable[[str | None], str]) -> Path | None:
+    """VM `vm`'s state folder, after checking it exists, runs, and runs on the qemu engine (the one whose embedded
+    devices have control sockets); `wrong_engine(engine)` says why another engine has none."""
+    from acrnmgr.lifecycle.engine import engine_of
+    from acrnmgr.lifecycle.errors import LifecycleError
+    from acrnmgr.lifecycle.state import StateError, check_name
+
+    try:
+        check_name(vm)
+        status = engine_of(vm).status(vm)
+    except (LifecycleError, StateError) as exc:
+        fail(str(exc))
+    if status.get("state") not in RUNNING_STATES:
+        fail(f"{vm} is not running ({status.get('state', 'unknown')}); start it with `acrnmgr up`")
+    if status.get("engine") != "qemu":
+        fail(wrong_engine(status.get("engine")))
+    return Path(status["state_dir"]) if status.get("state_dir") else None
+
+
+def device_control_socket(vm: str, *, kind: str, suffix: str, missing: str, device: str | None = None,
+                          option: str = "--device",
+                          wrong_engine: Callable[[str | None], str] | None = None) -> Path:
+    """The control socket `<device><suffix>` in VM `vm`'s state folder of its embedded `kind` device (e.g.
+    "virtio-i2c adapter"); a clear failure when there is none to reach: `missing` when the VM has none, exit 2 when
+    it has several and `device` (given with `option`) does not choose one.  With `wrong_engine`, the VM is first
+    checked to exist and to run on the qemu engine (exit 1 otherwise); without, an invalid name exits 2."""
+    from acrnmgr.lifecycle.errors import StateError
+    from acrnmgr.lifecycle.state import check_name
+    from acrnmgr.paths import vm_state_dir
+
+    folder: Path | None
+    if wrong_engine is not None:
+        folder = _running_state_dir(vm, wrong_engine)
+    else:
+        try:
+            folder = vm_state_dir(check_name(vm))
+        except StateError as exc:
+            fail(str(exc), 2)
+    found = sorted(folder.glob("*" + suffix)) if folder is not None and folder.is_dir() else []
+    names = [p.name[:-len(suffix)] for p in found]
+    if device is not None:
+        if folder is None or device not in names:
+            known = f" (it has: {', '.join(names)})" if names else ""
+            fail(f"VM {vm} has no running {kind} named {device!r}{known}")
+        return folder / (device + suffix)
+    if not found:
+        fail(missing)
+    if len(found) > 1:
+        fail(f"VM {vm} has several {kind}s ({', '.join(names)}): choose one with {option}", 2)
+    return found[0]

@@ -3,49 +3,38 @@ socket in the VM's state folder)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, fail
+from acrnmgr.cli.common import OutputFormat, device_control_socket, fail
 from acrnmgr.cli.lifecycle import _complete_names
 
 app = typer.Typer(no_args_is_help=True)
 
-_RUNNING = ("running", "degraded", "starting")
+def _wrong_engine(name: str, engine: str | None) -> str:
+    if engine == "acrn":
+        return (f"{name} runs on the acrn engine, where virtio-gpio is acrn-dm's and its lines are host GPIO lines: "
+                "read and drive them on the host (gpioget/gpioset)")
+    return (f"{name} runs on the {engine} engine, which has no virtio-gpio (libvirt has no GPIO device); "
+            "acrnmgr gpio serves the qemu engine's")
 
 
 def _control_socket(name: str) -> str:
-    """The control socket of VM `name`'s embedded virtio-gpio; a clear failure when there is none to reach."""
-    from acrnmgr.lifecycle.engine import engine_of
-    from acrnmgr.lifecycle.errors import LifecycleError
-    from acrnmgr.lifecycle.state import StateError, check_name
+    """The control socket of VM `name`'s embedded virtio-gpio (a VM has one); a clear failure when there is none
+    to reach."""
+    from acrnmgr.devices.virtio_gpio import CONTROL_SUFFIX
 
-    try:
-        check_name(name)
-        status = engine_of(name).status(name)
-    except (LifecycleError, StateError) as exc:
-        fail(str(exc))
-    if status.get("state") not in _RUNNING:
-        fail(f"{name} is not running ({status.get('state', 'unknown')}); start it with `acrnmgr up`")
-    engine = status.get("engine")
-    if engine == "acrn":
-        fail(f"{name} runs on the acrn engine, where virtio-gpio is acrn-dm's and its lines are host GPIO lines: "
-             "read and drive them on the host (gpioget/gpioset)")
-    if engine != "qemu":
-        fail(f"{name} runs on the {engine} engine, which has no virtio-gpio (libvirt has no GPIO device); "
-             "acrnmgr gpio serves the qemu engine's")
-    from pathlib import Path
-
-    sockets = sorted(Path(status["state_dir"]).glob("*.gpio.sock")) if status.get("state_dir") else []
-    if not sockets:
-        fail(f"{name} has no virtio-gpio (add `- type: virtio-gpio` with `lines:` to its spec)")
-    return str(sockets[0])
+    return str(device_control_socket(
+        name, kind="virtio-gpio", suffix=CONTROL_SUFFIX,
+        missing=f"{name} has no virtio-gpio (add `- type: virtio-gpio` with `lines:` to its spec)",
+        wrong_engine=functools.partial(_wrong_engine, name)))
 
 
 def _call(name: str, request: dict[str, Any]) -> dict[str, Any]:
-    from acrnmgr.devmodel.gpio import control_call
+    from acrnmgr.devmodel.control import control_call
 
     path = _control_socket(name)
     try:

@@ -6,17 +6,14 @@ They talk to the adapter's control socket (`<adapter>.i2c.sock` in the VM's stat
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from acrnmgr.cli.common import OutputFormat, fail
+from acrnmgr.cli.common import OutputFormat, device_control_socket, fail
 
 app = typer.Typer(no_args_is_help=True)
-
-MAX_REPLY = 1 << 20
 
 AdapterOption = Annotated[Optional[str], typer.Option("--adapter", help="The virtio-i2c device's name, when the VM "
                                                                         "has several.")]
@@ -25,50 +22,23 @@ OutputOption = Annotated[OutputFormat, typer.Option("--output", help="text or js
 
 def _socket(vm: str, adapter: str | None) -> Path:
     from acrnmgr.devices.virtio_i2c import CONTROL_SUFFIX
-    from acrnmgr.lifecycle.errors import StateError
-    from acrnmgr.lifecycle.state import check_name
-    from acrnmgr.paths import vm_state_dir
 
-    try:
-        folder = vm_state_dir(check_name(vm))
-    except StateError as exc:
-        fail(str(exc), 2)
-    found = sorted(folder.glob("*" + CONTROL_SUFFIX)) if folder.is_dir() else []
-    names = [p.name[:-len(CONTROL_SUFFIX)] for p in found]
-    if adapter is not None:
-        if adapter not in names:
-            fail(f"VM {vm} has no running virtio-i2c adapter named {adapter!r}"
-                 + (f" (it has: {', '.join(names)})" if names else ""))
-        return folder / (adapter + CONTROL_SUFFIX)
-    if not found:
-        fail(f"VM {vm} has no running embedded virtio-i2c adapter (is it up, on the qemu engine, with a virtio-i2c "
-             "device?)")
-    if len(found) > 1:
-        fail(f"VM {vm} has several virtio-i2c adapters ({', '.join(names)}): choose one with --adapter", 2)
-    return found[0]
+    return device_control_socket(
+        vm, kind="virtio-i2c adapter", suffix=CONTROL_SUFFIX, device=adapter, option="--adapter",
+        missing=f"VM {vm} has no running embedded virtio-i2c adapter (is it up, on the qemu engine, with a virtio-i2c "
+                "device?)")
 
 
 def _ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    from acrnmgr.devmodel.control import control_call
+
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(path))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\n") and len(reply) < MAX_REPLY:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
+        answer = control_call(str(path), request)
     except OSError as exc:
         fail(f"cannot reach the virtio-i2c device model at {path}: {exc.strerror or exc}")
-    try:
-        answer = json.loads(reply)
     except ValueError:
         fail(f"the virtio-i2c device model at {path} gave no answer")
-    if not isinstance(answer, dict):
-        fail(f"the virtio-i2c device model at {path} gave an answer that is not an object")
-    if not answer.get("ok"):
+    if not answer["ok"]:
         fail(str(answer.get("error", "the request failed")))
     return answer
 

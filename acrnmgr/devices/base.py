@@ -162,14 +162,26 @@ class QemuArgs:
         log = self.state_dir / "console.log"
         return f"socket,id={chardev_id or name},path={esc(path)},server=on,wait=off,logfile={esc(log)},logappend=on"
 
-    def helper(self, device: Device, model: str, extra: list[str]) -> Path:
-        """Start ``acrnmgr devmodel serve --device MODEL`` for ``device``; returns its vhost-user socket."""
+    def helper(self, device: Device, model: str, extra: list[str], control: Path | None = None) -> Path:
+        """Start ``acrnmgr devmodel serve --device MODEL`` for ``device``, with its host control socket
+        ``control`` if it has one; returns its vhost-user socket."""
         name = device.display_name
         sock = vhost_socket_path(self.state_dir, name)
         self.sockets.append(str(sock))
+        if control is not None:
+            self.sockets.append(str(control))
+            extra = ["--control-socket", str(control), *extra]
         self.helpers.append(Helper(f"devmodel-{name}", [*devmodel_command(), "--device", model, "--socket",
                                                         str(sock), *extra], str(sock), name))
         return sock
+
+    def vhost_user(self, slot: int, sock: Path | str, frontend: str, *, before: str = "", after: str = "",
+                   chardev: str = "") -> None:
+        """QEMU's vhost-user front-end ``frontend`` on a chardev to ``sock``: ``-device
+        FRONTEND,chardev=..,BEFOREaddr=..AFTER``; ``chardev`` adds options to the chardev (",reconnect=1")."""
+        nid = self.node(slot)
+        self.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}{chardev}",
+                      "-device", f"{frontend},chardev=c{nid},{before}{self.addr(slot)}{after}"]
 
 
 # -- libvirt domain XML ---------------------------------------------------------------------------------------
@@ -350,6 +362,21 @@ def vhost_user_reconnect(el: ET.Element | None, label: str, imp: LibvirtIn) -> i
                             "not reconnect when the serving process restarts")
         return None
     return timeout
+
+
+def vhost_user_source(el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any], skipped: str) -> bool:
+    """A vhostuser disk's or interface's <source type='unix' path='/...'> (another process's socket) as backend:
+    vhost-user, with its reconnect, into ``d``; False, with the warning ``skipped``, when there is none."""
+    src = el.find("source")
+    sock = src.get("path") if src is not None else None
+    if src is None or not sock or not sock.startswith("/") or src.get("type", "unix") != "unix":
+        imp.warnings.append(f"{label}: {skipped}")
+        return False
+    d.update(backend="vhost-user", socket=sock)
+    reconnect = vhost_user_reconnect(src, label, imp)
+    if reconnect:
+        d["reconnect"] = reconnect
+    return True
 
 
 def esc(value: object) -> str:

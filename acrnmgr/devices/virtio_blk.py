@@ -20,10 +20,9 @@ from acrnmgr.devices.base import (
     VirtioDevice,
     acrn_int,
     blockdev,
-    esc,
     qemu_mode,
     vhost_user_missing,
-    vhost_user_reconnect,
+    vhost_user_source,
     xml_alias,
     xml_int,
     xml_pci,
@@ -161,17 +160,15 @@ class VirtioBlk(VirtioDevice):
         nid, addr, mode = ctx.node(slot), ctx.addr(slot), qemu_mode(self)
         if backend == "vhost-user":  # the other process's socket: neither started nor removed by us
             reconnect = f",reconnect={self.reconnect}" if self.reconnect else ""
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(self.socket)}{reconnect}",
-                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={self.mq or 1},{addr}{mode}"
-                         + (",bootindex=1" if self.boot else "")]
+            ctx.vhost_user(slot, str(self.socket), "vhost-user-blk-pci", before=f"num-queues={self.mq or 1},",
+                           after=mode + (",bootindex=1" if self.boot else ""), chardev=reconnect)
             return
         if backend == "embedded":
             queues = self.mq or 1
             sock = ctx.helper(self, "blk", ["--image", self.path, "--queues", str(queues)]
                               + (["--read-only"] if self.read_only else []))
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                         "-device", f"vhost-user-blk-pci,chardev=c{nid},num-queues={queues},{addr}{mode}"
-                         + (",bootindex=1" if self.boot else "")]
+            ctx.vhost_user(slot, sock, "vhost-user-blk-pci", before=f"num-queues={queues},",
+                           after=mode + (",bootindex=1" if self.boot else ""))
             return
         node: dict[str, Any] = {
             "driver": "raw", "node-name": nid, "read-only": self.read_only,
@@ -264,36 +261,18 @@ class VirtioBlk(VirtioDevice):
                 d["range"] = {"startLba": offset // 512, "size": size // 512}
         if el.find("readonly") is not None:
             d["readOnly"] = True
-        boot = el.find("boot")
-        if boot is not None:
-            if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
-                d["boot"] = True
-                imp.boot_disk = True
-            else:
-                imp.warnings.append(f"{label}: boot order {boot.get('order')}: acrn-dm marks one boot disk; "
-                                    "only order 1 is kept")
-        if imp.mode_of(el):
-            d["mode"] = imp.mode_of(el)
-        imp.add(imp.slot_of(el), d, el)
-        return True
+        return cls._add_from_libvirt(el, imp, label, d, "acrn-dm marks one boot disk; only order 1 is kept")
 
     @classmethod
     def _vhost_user_from_libvirt(cls, el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any]) -> bool:
         """<disk type='vhostuser'> of another process (SPDK, qemu-storage-daemon): backend: vhost-user on its
         socket. What only the serving process decides is reported, and a read-only disk is refused (QEMU's
         vhost-user-blk cannot make a disk read-only)."""
-        src = el.find("source")
-        sock = src.get("path") if src is not None else None
-        if not sock or not sock.startswith("/") or src is None or src.get("type", "unix") != "unix":
-            imp.warnings.append(f"{label}: <disk type='vhostuser'> without <source type='unix' path='/...'>: no "
-                                "socket to attach to; skipped")
+        if not vhost_user_source(el, imp, label, d, "<disk type='vhostuser'> without <source type='unix' "
+                                 "path='/...'>: no socket to attach to; skipped"):
             return True
-        d.update(backend="vhost-user", socket=sock)
-        reconnect = vhost_user_reconnect(src, label, imp)
-        if reconnect:
-            d["reconnect"] = reconnect
         if el.find("readonly") is not None:
-            imp.errors.append(f"{label} {sock}: <readonly/> on a vhost-user disk: the serving process decides "
+            imp.errors.append(f"{label} {d['socket']}: <readonly/> on a vhost-user disk: the serving process decides "
                               "whether the guest may write, and QEMU cannot enforce it; make the export read-only "
                               "where it is served and remove <readonly/>")
         drv = el.find("driver")
@@ -305,13 +284,18 @@ class VirtioBlk(VirtioDevice):
                 if drv.get(attr):
                     imp.warnings.append(f"{label}: {attr}='{drv.get(attr)}' on a vhost-user disk is the serving "
                                         "process's to decide; not mapped")
+        return cls._add_from_libvirt(el, imp, label, d, "one boot disk is kept (order 1)")
+
+    @staticmethod
+    def _add_from_libvirt(el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any], one_boot: str) -> bool:
+        """The disk's <boot order>, mode and slot, then add it; ``one_boot`` says why a second boot disk is not."""
         boot = el.find("boot")
         if boot is not None:
             if (boot.get("order") is None or xml_int(boot.get("order")) == 1) and not imp.boot_disk:
                 d["boot"] = True
                 imp.boot_disk = True
             else:
-                imp.warnings.append(f"{label}: boot order {boot.get('order')}: one boot disk is kept (order 1)")
+                imp.warnings.append(f"{label}: boot order {boot.get('order')}: {one_boot}")
         if imp.mode_of(el):
             d["mode"] = imp.mode_of(el)
         imp.add(imp.slot_of(el), d, el)

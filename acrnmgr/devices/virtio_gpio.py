@@ -29,7 +29,6 @@ from acrnmgr.devices.base import (
     QemuArgs,
     SlotDevice,
     VirtioDevice,
-    esc,
 )
 from acrnmgr.host import HostProfile
 from acrnmgr.model import JsonPath, common_fields
@@ -38,6 +37,7 @@ from acrnmgr.spec.diagnostics import format_path
 ACRN_MAX_LINES = 64  # acrn-dm's VIRTIO_GPIO_MAX_VLINES
 ACRN_MAX_CHIPS = 8  # VIRTIO_GPIO_MAX_CHIPS
 ACRN_NAME_MAX = 31  # vname[32]
+CONTROL_SUFFIX = ".gpio.sock"  # acrnmgr/cli/gpio.py finds a VM's virtio-gpio by it
 IRQ_QEMU = (9, 0)  # the first QEMU whose vhost-user-gpio-pci passes VIRTIO_GPIO_F_IRQ on (vhost-user-base)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,30}\Z")
 _HOST = re.compile(r"(gpiochip[0-9]{1,4}):([0-9]{1,5}|[A-Za-z][A-Za-z0-9_.+-]{0,30})\Z")
@@ -211,16 +211,10 @@ class VirtioGpio(VirtioDevice):
                       "device model over vhost-user-gpio-pci (the standard virtio 1.2 GPIO device)")
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = ctx.node(slot), ctx.addr(slot)
-        control = control_socket_path(ctx.state_dir, self.display_name)
-        ctx.sockets.append(str(control))
-        extra = ["--control-socket", str(control)]
-        for ln in self.lines:
-            extra += ["--line", ln.serve_arg()]
-        sock = ctx.helper(self, "gpio", extra)
+        extra = [arg for ln in self.lines for arg in ("--line", ln.serve_arg())]
+        sock = ctx.helper(self, "gpio", extra, control=control_socket_path(ctx.state_dir, self.display_name))
         self._warn_no_irq(ctx)
-        ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                     "-device", f"vhost-user-gpio-pci,chardev=c{nid},{addr}"]
+        ctx.vhost_user(slot, sock, "vhost-user-gpio-pci")
 
     def _warn_no_irq(self, ctx: QemuArgs) -> None:
         """QEMU's vhost-user-gpio-pci before 9.0 offers the guest only QEMU's own feature bits, never the
@@ -243,7 +237,7 @@ class VirtioGpio(VirtioDevice):
 
 def control_socket_path(state_dir: Path, name: str) -> Path:
     """Where the embedded virtio-gpio of device ``name`` answers ``acrnmgr gpio`` (one per VM)."""
-    return state_dir / f"{name}.gpio.sock"
+    return state_dir / f"{name}{CONTROL_SUFFIX}"
 
 
 # -- acrn-dm's config string, parsed back (the launch-script importer and the grammar) -----------------

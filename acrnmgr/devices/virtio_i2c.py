@@ -28,7 +28,6 @@ from acrnmgr.devices.base import (
     QemuArgs,
     SlotDevice,
     VirtioDevice,
-    esc,
     qemu_mode,
 )
 from acrnmgr.host import HostProfile
@@ -202,9 +201,7 @@ class VirtioI2c(VirtioDevice):
         return state_dir / f"{self.display_name}{CONTROL_SUFFIX}"
 
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
-        nid, addr = ctx.node(slot), ctx.addr(slot)
-        control = self.control_socket(ctx.state_dir)
-        extra = ["--control-socket", str(control)]
+        extra = []
         for k, c in enumerate(self.clients):
             if c.kind == "eeprom-24c02":
                 extra += ["--eeprom", f"{c.address:#04x}={c.file}"]
@@ -216,10 +213,8 @@ class VirtioI2c(VirtioDevice):
                     ctx.diags.warn((*self.where, "devices", k, "acpiNode"), f"acpiNode {c.acpi_node}: the qemu "
                                    "engine adds no ACPI node for an I2C client (acrn-dm writes it into its DSDT)",
                                    "instantiate the client in the guest (new_device, or a driver that probes it)")
-        sock = ctx.helper(self, "i2c", extra)
-        ctx.sockets.append(str(control))
-        ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                     "-device", f"vhost-user-i2c-pci,chardev=c{nid},{addr}{qemu_mode(self)}"]
+        sock = ctx.helper(self, "i2c", extra, control=self.control_socket(ctx.state_dir))
+        ctx.vhost_user(slot, sock, "vhost-user-i2c-pci", after=qemu_mode(self))
 
 
 def _clients_of(params: Mapping[str, Any]) -> list[I2cClient]:

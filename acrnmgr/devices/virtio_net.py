@@ -24,7 +24,7 @@ from acrnmgr.devices.base import (
     esc,
     qemu_mode,
     vhost_user_missing,
-    vhost_user_reconnect,
+    vhost_user_source,
     xml_alias,
     xml_pci,
     xml_sub,
@@ -313,17 +313,11 @@ class VirtioNet(VirtioDevice):
     @classmethod
     def _vhost_user_from_libvirt(cls, el: ET.Element, imp: LibvirtIn, label: str, d: dict[str, Any]) -> bool:
         """<interface type='vhostuser'> of another process (OVS-DPDK, VPP): backend: vhost-user on its socket."""
-        source = el.find("source")
-        sock = source.get("path") if source is not None else None
-        if source is None or not sock or not sock.startswith("/") or source.get("type", "unix") != "unix":
-            imp.warnings.append(f"{label}: no <source type='unix' path='/...'>: no vhost-user socket to attach to; "
-                                "skipped")
+        if not vhost_user_source(el, imp, label, d, "no <source type='unix' path='/...'>: no vhost-user socket to "
+                                 "attach to; skipped"):
             return True
-        d.update(backend="vhost-user", socket=sock)
-        reconnect = vhost_user_reconnect(source, label, imp)
-        if reconnect:
-            d["reconnect"] = reconnect
-        mode = source.get("mode") or "client"
+        source = el.find("source")
+        mode = (source.get("mode") if source is not None else None) or "client"
         if mode == "server":
             d["socketMode"] = "server"
         elif mode != "client":

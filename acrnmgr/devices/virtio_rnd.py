@@ -17,7 +17,6 @@ from acrnmgr.devices.base import (
     QemuArgs,
     SlotDevice,
     VirtioDevice,
-    esc,
     qemu_mode,
     xml_alias,
     xml_pci,
@@ -56,9 +55,7 @@ class VirtioRnd(VirtioDevice):
     def qemu(self, ctx: QemuArgs, slot: int, backend: str) -> None:
         nid, addr = ctx.node(slot), ctx.addr(slot)
         if backend == "embedded":
-            sock = ctx.helper(self, "rng", [])
-            ctx.argv += ["-chardev", f"socket,id=c{nid},path={esc(sock)}",
-                         "-device", f"vhost-user-rng-pci,chardev=c{nid},{addr}"]
+            ctx.vhost_user(slot, ctx.helper(self, "rng", []), "vhost-user-rng-pci")
         else:
             ctx.argv += ["-object", f"rng-random,id={nid},filename=/dev/urandom",
                          "-device", f"virtio-rng-pci,rng={nid},{addr}{qemu_mode(self)}"]

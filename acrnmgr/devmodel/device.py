@@ -199,10 +199,15 @@ class VirtioDevice:
                 if not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
-            log.exception("%s: error processing queue %d", self.name, vq.index)
-            vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used(mem)
+            self._device_bug(vq, mem, e)
         return vq.should_notify(mem)
+
+    def _device_bug(self, vq: VirtQueue, mem: GuestMemory, exc: Exception) -> None:
+        """Processing ``vq`` raised (a bug here, not the guest's): log it and put the queue into NEEDS_RESET; the
+        server runs on."""
+        log.exception("%s: error processing queue %d", self.name, vq.index)
+        vq.mark_broken(f"internal error: {exc!r}")
+        vq.flush_used(mem)
 
     def io_sources(self) -> list[tuple[int, IoCallback]]:
         """[(fd, callback)] to poll for readability; see the module docstring."""

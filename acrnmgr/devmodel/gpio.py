@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import select
-import socket
 import stat
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +35,8 @@ from . import features as F
 from .device import IoCallback, RingAccess, VirtioDevice
 from .logs import get_logger
 from .memory import GuestMemory
-from .stream import copy_into
+from .control import ControlSocket
+from .stream import copy_into, gather
 from .virtqueue import DescriptorChain, VirtQueue
 
 log = get_logger(__name__)
@@ -494,121 +493,6 @@ class GpioCore:
             return {"ok": False, "error": str(exc)}
 
 
-# -- the control socket -------------------------------------------------------------------------------------
-MAX_CLIENTS = 8
-MAX_REQUEST = 4096  # one request line
-
-
-class _Client:
-    __slots__ = ("buf", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-
-class ControlSocket:
-    """Newline-delimited JSON over a Unix socket (0600): ``{"op": "get"[, "line": NAME]}`` and
-    ``{"op": "set", "line": NAME, "value": 0|1}``; each answer one line.  Non-blocking throughout: a client
-    that sends more than MAX_REQUEST bytes without a newline, or does not read its answers, is dropped."""
-
-    def __init__(self, path: str, epoll: select.epoll, handle: Callable[[Any], dict[str, Any]]) -> None:
-        self.path = path
-        self._ep = epoll
-        self._handle = handle
-        self._clients: dict[int, _Client] = {}
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # stale, from a previous run
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        old = os.umask(0o177)
-        try:
-            s.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        s.listen(MAX_CLIENTS)
-        self._listener = s
-        epoll.register(s.fileno(), select.EPOLLIN)
-
-    def owns(self, fd: int) -> bool:
-        return fd == self._listener.fileno() or fd in self._clients
-
-    def ready(self, fd: int) -> bool:
-        """Serve ``fd``; True when a request changed something (the device may have eventq work)."""
-        if fd == self._listener.fileno():
-            self._accept()
-            return False
-        client = self._clients.get(fd)
-        if client is None:
-            return False
-        try:
-            data = client.sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(fd)
-            return False
-        client.buf += data
-        changed = False
-        while b"\n" in client.buf:
-            line, client.buf = client.buf.split(b"\n", 1)
-            try:
-                request = json.loads(line)
-            except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the parser's depth
-                answer: dict[str, Any] = {"ok": False, "error": "not a JSON request"}
-            else:
-                answer = self._handle(request)
-                changed = changed or bool(answer.get("ok") and request.get("op") == "set")
-            if not self._send(fd, client, answer):
-                return bool(changed)
-        if len(client.buf) > MAX_REQUEST:
-            self._drop(fd)
-        return bool(changed)
-
-    def _send(self, fd: int, client: _Client, answer: dict[str, Any]) -> bool:
-        data = json.dumps(answer).encode() + b"\n"
-        try:
-            sent = client.sock.send(data)
-        except OSError:
-            sent = -1
-        if sent != len(data):  # a client that does not read its answers
-            self._drop(fd)
-            return False
-        return True
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self._clients) >= MAX_CLIENTS:
-            conn.close()
-            return
-        conn.setblocking(False)
-        self._clients[conn.fileno()] = _Client(conn)
-        self._ep.register(conn.fileno(), select.EPOLLIN)
-
-    def _drop(self, fd: int) -> None:
-        client = self._clients.pop(fd, None)
-        if client is not None:
-            self._ep.unregister(fd)
-            client.sock.close()
-
-    def close(self) -> None:
-        for fd in list(self._clients):
-            self._drop(fd)
-        self._listener.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-
-
 # -- the device ---------------------------------------------------------------------------------------------
 class GpioDevice(VirtioDevice):
     device_id = F.ID_GPIO
@@ -632,7 +516,8 @@ class GpioDevice(VirtioDevice):
                 if line.host is not None and line.config.direction is not None:
                     self.core.apply_host(line)
             if control_path is not None:
-                self.control = ControlSocket(control_path, self._ep, self._control)
+                self.control = ControlSocket(control_path, self.core.control)
+                self._ep.register(self.control.fileno(), select.EPOLLIN)
         except BaseException:
             for line in built:
                 if line.host is not None:
@@ -678,7 +563,7 @@ class GpioDevice(VirtioDevice):
         if chain.readable_len < REQUEST.size or chain.writable_len < 1:
             vq.mark_broken(f"virtio-gpio request without request or response buffer (head {chain.head})")
             return 0
-        msg_type, gpio, value = REQUEST.unpack(_gather(chain.readable, REQUEST.size))
+        msg_type, gpio, value = REQUEST.unpack(gather(chain.readable, REQUEST.size))
         status, data = self.core.request(msg_type, gpio, value)
         if msg_type != MSG_GET_NAMES and chain.writable_len < 2:
             status, data = STATUS_ERR, b""
@@ -690,7 +575,7 @@ class GpioDevice(VirtioDevice):
         if chain.readable_len < IRQ_REQUEST.size or chain.writable_len < 1:
             vq.mark_broken(f"virtio-gpio eventq buffer without request or response (head {chain.head})")
             return 0
-        (gpio,) = IRQ_REQUEST.unpack(_gather(chain.readable, IRQ_REQUEST.size))
+        (gpio,) = IRQ_REQUEST.unpack(gather(chain.readable, IRQ_REQUEST.size))
         status = self.core.event_buffer(gpio, chain.head)
         if status is None:
             return None  # held until the interrupt fires or is disabled
@@ -710,9 +595,7 @@ class GpioDevice(VirtioDevice):
                 if not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
-            log.exception("%s: error processing the eventq", self.name)
-            vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used(mem)
+            self._device_bug(vq, mem, e)
         return self._flush_due(vq, mem) | vq.should_notify(mem)
 
     def _flush_due(self, vq: VirtQueue, mem: GuestMemory) -> bool:
@@ -737,9 +620,6 @@ class GpioDevice(VirtioDevice):
             os.eventfd_write(self._wake, 1)
 
     # -- host side ------------------------------------------------------------------------------------------
-    def _control(self, request: Any) -> dict[str, Any]:
-        return self.core.control(request)
-
     def host_sources(self) -> list[tuple[int, IoCallback]]:
         return [(self._ep.fileno(), self._on_io)]
 
@@ -750,8 +630,8 @@ class GpioDevice(VirtioDevice):
                     os.eventfd_read(self._wake)
                 except BlockingIOError:
                     pass
-            elif self.control is not None and self.control.owns(fd):
-                self.control.ready(fd)
+            elif self.control is not None and fd == self.control.fileno():
+                self.control.serve()
             elif (line := self._by_fd.get(fd)) is not None and line.host is not None:
                 for level in line.host.read_events():
                     self.core.input_changed(line, level)
@@ -778,40 +658,3 @@ class GpioDevice(VirtioDevice):
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
-
-
-
-def _gather(views: list[memoryview], n: int) -> bytes:
-    """The first ``n`` bytes of a chain's readable buffers (the caller checked there are that many)."""
-    out = bytearray()
-    for v in views:
-        out += v[:n - len(out)]
-        if len(out) >= n:
-            break
-    return bytes(out)
-
-
-MAX_ANSWER = 1 << 20
-
-
-def control_call(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request to a device's control socket and return its answer (what ``acrnmgr gpio`` does).
-    OSError when the socket cannot be reached or answers nothing within ``timeout``; ValueError when the
-    answer is not one."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while b"\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_ANSWER:
-                raise ValueError("the answer is too long")
-    line = data.split(b"\n", 1)[0]
-    answer = json.loads(line) if line else None
-    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
-        raise ValueError("no answer")
-    return answer

@@ -27,12 +27,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
+import functools
 import math
 import os
 import re
-import select
-import socket
 import stat
 import struct
 import tempfile
@@ -43,9 +41,11 @@ from typing import Any, Protocol
 from acrnmgr.inputs import InputError, read_input
 
 from . import features as F
+from .control import NOT_AN_OBJECT, ControlSocket, decode_request
 from .device import IoCallback, RingAccess, VirtioDevice
 from .logs import get_logger
 from .memory import GuestMemory
+from .stream import gather
 from .virtqueue import DescriptorChain, VirtQueue
 
 log = get_logger(__name__)
@@ -334,16 +334,6 @@ class HostAdapter:
             self.fd = -1
 
 
-def _gather(views: list[memoryview], n: int) -> bytes:
-    """The first ``n`` bytes of a scatter list."""
-    out = bytearray()
-    for v in views:
-        if len(out) >= n:
-            break
-        out += v[:n - len(out)]
-    return bytes(out)
-
-
 # -- the virtio device -----------------------------------------------------------------------------------------
 @dataclass
 class _Request:
@@ -370,7 +360,9 @@ class I2cDevice(VirtioDevice):
         self.targets = dict(targets)
         self._group: list[_Request] = []
         self._group_vq: VirtQueue | None = None
-        self.control = ControlSocket(control_path, self.targets) if control_path else None
+        self.control: ControlSocket | None = None
+        if control_path:
+            self.control = ControlSocket(control_path, functools.partial(control_answer, targets=self.targets))
 
     def _type_features(self) -> int:
         return F.mask(F.I2C_F_ZERO_LENGTH_REQUEST)
@@ -394,9 +386,7 @@ class I2cDevice(VirtioDevice):
                 if vq.broken or not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
-            log.exception("%s: error processing queue %d", self.name, vq.index)
-            vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used(mem)
+            self._device_bug(vq, mem, e)
         return vq.should_notify(mem)
 
     def _parse(self, vq: VirtQueue, chain: DescriptorChain) -> _Request | None:
@@ -406,7 +396,7 @@ class I2cDevice(VirtioDevice):
             return None
         # A message longer than any we take is refused below: only its header is copied.
         keep = chain.readable_len if chain.readable_len <= OUT_HDR.size + MAX_MSG_LEN else OUT_HDR.size
-        readable = _gather(chain.readable, keep)
+        readable = gather(chain.readable, keep)
         raw_addr, _pad, flags = OUT_HDR.unpack_from(readable)
         writable = list(chain.writable)
         while not len(writable[-1]):  # zero-length descriptors carry nothing; the status is the last byte
@@ -497,8 +487,6 @@ class I2cDevice(VirtioDevice):
 
 # -- the control socket ---------------------------------------------------------------------------------------
 _TARGET = re.compile(r"(?:([a-z0-9-]{1,32})@)?(0x[0-9a-fA-F]{1,2}|[0-9]{1,3})\Z")
-MAX_CONTROL_LINE = 4096
-MAX_CONTROL_CLIENTS = 8
 
 
 def target_label(addr: int, target: I2cTarget) -> str:
@@ -506,13 +494,13 @@ def target_label(addr: int, target: I2cTarget) -> str:
 
 
 def control_reply(line: bytes, targets: Mapping[int, I2cTarget]) -> dict[str, Any]:
-    """The answer to one control request (sans-IO): ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``."""
-    try:
-        req = json.loads(line)
-    except (ValueError, RecursionError):
-        return {"ok": False, "error": "not a JSON object"}
-    if not isinstance(req, dict):
-        return {"ok": False, "error": "not a JSON object"}
+    """The answer to one control request line (sans-IO): ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``."""
+    req = decode_request(line)
+    return NOT_AN_OBJECT if req is None else control_answer(req, targets)
+
+
+def control_answer(req: dict[str, Any], targets: Mapping[int, I2cTarget]) -> dict[str, Any]:
+    """The answer to one decoded control request."""
     if req.get("list"):
         return {"ok": True, "targets": [{"target": target_label(a, t), "address": a, "type": t.kind,
                                          "properties": t.properties()} for a, t in sorted(targets.items())]}
@@ -540,94 +528,3 @@ def control_reply(line: bytes, targets: Mapping[int, I2cTarget]) -> dict[str, An
     if not isinstance(prop, str) or prop not in props:
         return {"ok": False, "error": f"{label} has no property {prop!r}; it has: {', '.join(props)}"}
     return {"ok": True, "target": label, "property": prop, "value": props[prop]}
-
-
-class ControlSocket:
-    """The Unix socket (0600) serving control_reply: non-blocking, lines bounded, a few clients at a time; a
-    client that sends an over-long line or does not take its reply is dropped."""
-
-    def __init__(self, path: str, targets: Mapping[int, I2cTarget]) -> None:
-        self.path = path
-        self.targets = targets
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # stale, from a previous run
-        except FileNotFoundError:
-            pass
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-        old = os.umask(0o177)
-        try:
-            self._listener.bind(path)
-        except OSError as exc:
-            self._listener.close()
-            raise ValueError(f"control socket {path}: {exc.strerror}") from None
-        finally:
-            os.umask(old)
-        self._listener.listen(MAX_CONTROL_CLIENTS)
-        self._ep = select.epoll()
-        self._ep.register(self._listener.fileno(), select.EPOLLIN)
-        self._clients: dict[int, tuple[socket.socket, bytearray]] = {}
-
-    def fileno(self) -> int:
-        return self._ep.fileno()
-
-    def serve(self) -> None:
-        for fd, _ev in self._ep.poll(0):
-            if fd == self._listener.fileno():
-                self._accept()
-            elif fd in self._clients:
-                self._read(fd)
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self._clients) >= MAX_CONTROL_CLIENTS:
-            conn.close()
-            return
-        conn.setblocking(False)
-        self._clients[conn.fileno()] = (conn, bytearray())
-        self._ep.register(conn.fileno(), select.EPOLLIN)
-
-    def _drop(self, fd: int) -> None:
-        conn, _ = self._clients.pop(fd)
-        self._ep.unregister(fd)
-        conn.close()
-
-    def _read(self, fd: int) -> None:
-        conn, buf = self._clients[fd]
-        try:
-            data = conn.recv(MAX_CONTROL_LINE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(fd)
-            return
-        buf += data
-        while (nl := buf.find(b"\n")) >= 0:
-            line = bytes(buf[:nl])
-            del buf[:nl + 1]
-            answer = json.dumps(control_reply(line, self.targets)).encode() + b"\n"
-            try:
-                sent = conn.send(answer)
-            except OSError:
-                sent = -1
-            if sent != len(answer):
-                self._drop(fd)
-                return
-        if len(buf) >= MAX_CONTROL_LINE:  # a line and its newline must fit
-            self._drop(fd)
-
-    def close(self) -> None:
-        for fd in list(self._clients):
-            self._drop(fd)
-        self._ep.close()
-        self._listener.close()
-        try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
-        except OSError:
-            pass

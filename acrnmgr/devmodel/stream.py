@@ -37,6 +37,16 @@ def copy_into(views: list[memoryview], data: bytes | bytearray | memoryview, off
     return done
 
 
+def gather(views: list[memoryview], n: int) -> bytes:
+    """The first ``n`` bytes of a list of views (fewer when they hold fewer)."""
+    out = bytearray()
+    for v in views:
+        if len(out) >= n:
+            break
+        out += v[:n - len(out)]
+    return bytes(out)
+
+
 class RxPump:
     """Moves data from a non-blocking fd into the device-writable buffers of one receive queue.
 

@@ -509,25 +509,21 @@ class VirtQueue:
                 if indirect:
                     raise QueueBroken(f"indirect descriptor inside an indirect table (head {head})")
                 raise QueueBroken(f"indirect descriptor {i} is not the head of its chain")
-            if flags & VRING_DESC_F_WRITE:
-                if length:
-                    off = addr - rgpa
-                    if off < 0 or off > rsize - length:
-                        region = self._region(mem, addr, length, i, head)
-                        rgpa, rsize = region.gpa, region.size
-                        off = addr - rgpa
-                    writable.append(region.rw[off:off + length])
-                    wlen += length
-            elif writable:
+            write = flags & VRING_DESC_F_WRITE
+            if writable and not write:
                 raise QueueBroken(f"readable descriptor {i} after a writable one (head {head})")
-            elif length:
+            if length:
                 off = addr - rgpa
                 if off < 0 or off > rsize - length:
                     region = self._region(mem, addr, length, i, head)
                     rgpa, rsize = region.gpa, region.size
                     off = addr - rgpa
-                readable.append(region.ro[off:off + length])
-                rlen += length
+                if write:
+                    writable.append(region.rw[off:off + length])
+                    wlen += length
+                else:
+                    readable.append(region.ro[off:off + length])
+                    rlen += length
             if not flags & VRING_DESC_F_NEXT:
                 return _new_chain(DescriptorChain, (head, readable, writable, rlen, wlen))
             if nxt >= limit:
@@ -546,25 +542,21 @@ class VirtQueue:
             addr, length, flags = descs[k], descs[k + 1], descs[k + 2]
             if flags & VRING_DESC_F_INDIRECT:
                 raise QueueBroken(f"indirect descriptor inside an indirect table (head {head})")
-            if flags & VRING_DESC_F_WRITE:
-                if length:
-                    off = addr - rgpa
-                    if off < 0 or off > rsize - length:
-                        region = self._region(mem, addr, length, k // 4, head)
-                        rgpa, rsize = region.gpa, region.size
-                        off = addr - rgpa
-                    writable.append(region.rw[off:off + length])
-                    wlen += length
-            elif writable:
+            write = flags & VRING_DESC_F_WRITE
+            if writable and not write:
                 raise QueueBroken(f"readable descriptor {k // 4} after a writable one (head {head})")
-            elif length:
+            if length:
                 off = addr - rgpa
                 if off < 0 or off > rsize - length:
                     region = self._region(mem, addr, length, k // 4, head)
                     rgpa, rsize = region.gpa, region.size
                     off = addr - rgpa
-                readable.append(region.ro[off:off + length])
-                rlen += length
+                if write:
+                    writable.append(region.rw[off:off + length])
+                    wlen += length
+                else:
+                    readable.append(region.ro[off:off + length])
+                    rlen += length
             if not flags & VRING_DESC_F_NEXT:
                 return _new_chain(DescriptorChain, (head, readable, writable, rlen, wlen))
         nxt = descs[4 * n - 1]  # the last descriptor says NEXT: following it would revisit or leave the table

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -46,6 +45,7 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
     import libvirt
 
     from tests.guest import POWERDOWN_MARKER, READY_MARKER, initrd_with_script, pick_accel
+    from tests.guest.vmspec import write_guest_spec, write_host_profile
 
     uri = system_libvirt
     name = f"lvsys-{uuid.uuid4().hex[:8]}"  # acrn-dm VM names: at most 15 characters
@@ -54,23 +54,10 @@ def test_up_status_down_with_a_real_guest(system_libvirt, guest_image, tmp_path,
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(8 << 20))
     initrd = initrd_with_script(f"settle_devices\necho {marker} > /dev/vda\nwait_for_powerdown\n", tmp_path)
-    host = tmp_path / "host.yaml"
-    host.write_text(f"kvm: {str(pick_accel(guest_image) == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
-    spec = tmp_path / "vm.yaml"
-    spec.write_text(textwrap.dedent(f"""\
-        apiVersion: acrnmgr/v1
-        kind: VM
-        metadata: {{name: {name}}}
-        spec:
-          cpu: {{affinity: [0]}}
-          memory: 256M
-          boot:
-            kernel: {{path: {guest_image.kernel}, initrd: {initrd}, cmdline: "{guest_image.cmdline}"}}
-          console:
-            lpc: [{{port: com1, backend: stdio}}]
-          devices:
-            - {{type: virtio-blk, name: root, path: disk.img, backend: {backend}}}
-        """))
+    host = write_host_profile(tmp_path / "host.yaml", pick_accel(guest_image), net_tun=True)
+    spec = write_guest_spec(tmp_path / "vm.yaml", name, guest_image, initrd,
+                            f"- {{type: virtio-blk, name: root, path: disk.img, backend: {backend}}}",
+                            memory="256M", cmdline=guest_image.cmdline)
     served = tmp_path / "served" / "vhost-blk.0"
     storage_daemon = None
     if backend == "vhost-user":  # the other process: acrnmgr attaches the domain to its socket, nothing more

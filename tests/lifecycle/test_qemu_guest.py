@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -32,30 +31,17 @@ def guest():
 class QemuVm:
     def __init__(self, root: Path, image, accel: str, script: str, backend: str):
         from tests.guest.build import initrd_with_script
+        from tests.guest.vmspec import write_guest_spec, write_host_profile
 
         self.root = root
         self.name = "e2e" + backend.replace("-", "")[:6]
         self.disk = root / "disk.img"
         self.disk.write_bytes(bytes(16 << 20))
         initrd = initrd_with_script(script, root)
-        self.host = root / "host.yaml"
-        self.host.write_text(f"kvm: {str(accel == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
-        self.spec = root / f"{self.name}.yaml"
+        self.host = write_host_profile(root / "host.yaml", accel, net_tun=True)
         mode = "legacy" if backend == "vbs-u" else "modern"
-        self.spec.write_text(textwrap.dedent(f"""\
-            apiVersion: acrnmgr/v1
-            kind: VM
-            metadata: {{name: {self.name}}}
-            spec:
-              cpu: {{affinity: [0]}}
-              memory: 512M
-              boot:
-                kernel: {{path: {image.kernel}, initrd: {initrd}, cmdline: "console=ttyS0 panic=-1 quiet"}}
-              console:
-                lpc: [{{port: com1, backend: stdio}}]
-              devices:
-                - {{type: virtio-blk, name: root, path: disk.img, mode: {mode}, backend: {backend}}}
-            """))
+        disk = f"- {{type: virtio-blk, name: root, path: disk.img, mode: {mode}, backend: {backend}}}"
+        self.spec = write_guest_spec(root / f"{self.name}.yaml", self.name, image, initrd, disk)
         self.state = root / "state"
         self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}
 

@@ -32,32 +32,20 @@ while :; do sleep 1; done
 
 def test_up_serves_the_specs_i2c_devices(tmp_path, guest_image):
     from tests.guest import initrd_with_script
+    from tests.guest.vmspec import write_guest_spec, write_host_profile
     from tests.guest.qemu import pick_accel
 
     name = "i2cvm"
     initrd = initrd_with_script(SCRIPT, tmp_path, image=guest_image, gpio_i2c=True)
     eeprom = tmp_path / "eeprom.bin"
     eeprom.write_bytes(b"\xff" * 256)
-    host = tmp_path / "host.yaml"
-    host.write_text(f"kvm: {str(pick_accel(guest_image) == 'kvm').lower()}\nlapic_ids: [0, 1]\n")
-    spec = tmp_path / "vm.yaml"
-    spec.write_text(textwrap.dedent(f"""\
-        apiVersion: acrnmgr/v1
-        kind: VM
-        metadata: {{name: {name}}}
-        spec:
-          cpu: {{affinity: [0]}}
-          memory: 512M
-          boot:
-            kernel: {{path: {guest_image.kernel}, initrd: {initrd}, cmdline: "console=ttyS0 panic=-1 quiet"}}
-          console:
-            lpc: [{{port: com1, backend: stdio}}]
+    host = write_host_profile(tmp_path / "host.yaml", pick_accel(guest_image))
+    spec = write_guest_spec(tmp_path / "vm.yaml", name, guest_image, initrd, textwrap.dedent("""\
+        - type: virtio-i2c
+          name: sensors
           devices:
-            - type: virtio-i2c
-              name: sensors
-              devices:
-                - {{type: eeprom-24c02, address: 0x50, file: eeprom.bin}}
-                - {{type: lm75, address: 0x48, temperature: 21}}
+            - {type: eeprom-24c02, address: 0x50, file: eeprom.bin}
+            - {type: lm75, address: 0x48, temperature: 21}
         """))
     state = tmp_path / "state"
     env = {**os.environ, "ACRNMGR_STATE_DIR": str(state)}

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -68,26 +67,13 @@ class Vm:
     def __init__(self, root: Path, guest, script: str, devices: str, extra: str = "") -> None:
         """``extra``: more spec-level lines (2-space indented)."""
         from tests.guest.build import initrd_with_script
+        from tests.guest.vmspec import write_guest_spec, write_host_profile
 
         image, accel = guest
         self.name, self.root = "vu-e2e", root
         initrd = initrd_with_script(script, root)
-        self.host = root / "host.yaml"
-        self.host.write_text(f"kvm: {str(accel == 'kvm').lower()}\nnet_tun: true\nlapic_ids: [0, 1]\n")
-        self.spec = root / "vm.yaml"
-        self.spec.write_text(textwrap.dedent(f"""\
-            apiVersion: acrnmgr/v1
-            kind: VM
-            metadata: {{name: {self.name}}}
-            spec:
-              cpu: {{affinity: [0]}}
-              memory: 512M
-              boot:
-                kernel: {{path: {image.kernel}, initrd: {initrd}, cmdline: "console=ttyS0 panic=-1 quiet"}}
-              console:
-                lpc: [{{port: com1, backend: stdio}}]
-              devices:
-            """).replace("  memory: 512M\n", f"  memory: 512M\n{extra}") + textwrap.indent(devices, "    "))
+        self.host = write_host_profile(root / "host.yaml", accel, net_tun=True)
+        self.spec = write_guest_spec(root / "vm.yaml", self.name, image, initrd, devices, settings=extra)
         self.state = root / "state"
         self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}
 

@@ -1,7 +1,7 @@
 import struct
 
 import pytest
-from core_guest import GuestQueue, GuestRam
+from core_guest import GuestQueue
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.blk import (
@@ -24,12 +24,7 @@ def image(tmp_path):
     return p
 
 
-@pytest.fixture
-def ram():
-    r = GuestRam(4 << 20)
-    yield r
-    assert r.guards_intact()
-    r.close()
+RAM_SIZE = 4 << 20
 
 
 class Blk:

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from core_guest import GuestQueue, GuestRam, Rings
+from core_guest import GuestQueue, Rings
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.console import ConsoleDevice
@@ -13,12 +13,7 @@ from acrnmgr.devmodel.net import NetDevice
 from acrnmgr.devmodel.rng import RngDevice
 
 
-@pytest.fixture
-def ram():
-    r = GuestRam(2 << 20)
-    yield r
-    assert r.guards_intact()
-    r.close()
+RAM_SIZE = 2 << 20
 
 
 def _queues(ram, dev, n=2, size=32):

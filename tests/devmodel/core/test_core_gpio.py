@@ -7,21 +7,14 @@ import socket
 import struct
 
 import pytest
-from core_guest import GuestQueue, GuestRam, Rings
+from core_guest import GuestQueue, Rings
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel import gpio as G
+from acrnmgr.devmodel.control import MAX_LINE
 from acrnmgr.devmodel.gpio import GpioDevice, LineConfig, parse_line_arg
 
 LINES = [LineConfig("button", "in"), LineConfig("led", "out", 1), LineConfig("free")]
-
-
-@pytest.fixture
-def ram():
-    r = GuestRam(1 << 20)
-    yield r
-    assert r.guards_intact()
-    r.close()
 
 
 class Driver:
@@ -237,11 +230,14 @@ def test_control_socket_drops_a_flood(dev, tmp_path, ram):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(tmp_path / "gpio.sock"))
         drv.io()
-        s.sendall(b"x" * (G.MAX_REQUEST + 10))
+        s.sendall(b"x" * (MAX_LINE + 10))
         drv.io()
         drv.io()
         s.settimeout(5)
-        assert s.recv(10) == b""  # dropped, no answer
+        try:  # dropped, no answer (a reset when the flood's tail was still unread)
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
     assert dev.core.control({"op": "get"})["ok"]
 
 

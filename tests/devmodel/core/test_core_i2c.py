@@ -33,14 +33,6 @@ from acrnmgr.devmodel.i2c import (
 
 
 @pytest.fixture
-def ram():
-    r = GuestRam(1 << 20)
-    yield r
-    assert r.guards_intact()
-    r.close()
-
-
-@pytest.fixture
 def eeprom_file(tmp_path):
     p = tmp_path / "eeprom.bin"
     p.write_bytes(bytes(range(256)))

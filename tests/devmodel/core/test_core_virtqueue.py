@@ -1,7 +1,7 @@
 import os
 
 import pytest
-from core_guest import RAM_GPA, GuestQueue, GuestRam
+from core_guest import RAM_GPA, GuestQueue
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel.memory import GuestMemory, GuestMemoryError
@@ -9,14 +9,6 @@ from acrnmgr.devmodel.virtqueue import (
     VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
     VirtQueue, vring_need_event,
 )
-
-
-@pytest.fixture
-def ram():
-    r = GuestRam()
-    yield r
-    assert r.guards_intact()
-    r.close()
 
 
 # -- guest memory ------------------------------------------------------------------------------------------------

@@ -84,31 +84,18 @@ echo "GUEST-DONE"
 class GpioVm:
     def __init__(self, root: Path, image, accel: str, script: str = GUEST, qemu: Path | None = None) -> None:
         from tests.guest import initrd_with_script
+        from tests.guest.vmspec import write_guest_spec, write_host_profile
 
         self.root, self.name = root, "e2egpio"
         initrd = initrd_with_script(script, root, image=image, gpio_i2c=True)
-        self.host = root / "host.yaml"
-        self.host.write_text(f"kvm: {str(accel == 'kvm').lower()}\nlapic_ids: [0, 1]\n"
-                             + (f"qemu: {json.dumps(str(qemu))}\n" if qemu else ""))
-        self.spec = root / "gpio.yaml"
-        self.spec.write_text(textwrap.dedent(f"""\
-            apiVersion: acrnmgr/v1
-            kind: VM
-            metadata: {{name: {self.name}}}
-            spec:
-              cpu: {{affinity: [0]}}
-              memory: 512M
-              boot:
-                kernel: {{path: {image.kernel}, initrd: {initrd}, cmdline: "console=ttyS0 panic=-1 quiet"}}
-              console:
-                lpc: [{{port: com1, backend: stdio}}]
-              devices:
-                - type: virtio-gpio
-                  name: gpio
-                  lines:
-                    - {{name: button, direction: in}}
-                    - {{name: led, direction: out}}
-                    - {{name: spare}}
+        self.host = write_host_profile(root / "host.yaml", accel, qemu=qemu)
+        self.spec = write_guest_spec(root / "gpio.yaml", self.name, image, initrd, textwrap.dedent("""\
+            - type: virtio-gpio
+              name: gpio
+              lines:
+                - {name: button, direction: in}
+                - {name: led, direction: out}
+                - {name: spare}
             """))
         self.state = root / "state"
         self.env = {**os.environ, "ACRNMGR_STATE_DIR": str(self.state)}

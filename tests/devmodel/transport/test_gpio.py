@@ -16,7 +16,7 @@ import pytest
 
 from acrnmgr.devmodel import features as F
 from acrnmgr.devmodel import gpio as G
-from acrnmgr.devmodel.gpio import control_call
+from acrnmgr.devmodel.control import control_call
 from acrnmgr.devmodel.vhost_user import F_PROTOCOL_FEATURES
 from acrnmgr.lifecycle.state import wait_until
 
