@@ -68,9 +68,10 @@ def test_used_idx_never_goes_backwards_for_a_concurrent_reader(reader):
         ram.write(ctl, b"\x02\0\0\0")
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    reads, changes, backwards = map(int, out.split())
+    reads, changes, backwards, stalls = map(int, out.split())
     completed = (COMPLETIONS // QUEUE_SIZE + 1) * QUEUE_SIZE
     assert not vq.broken and q.used_idx() == completed & 0xFFFF
     assert changes > 10_000, f"the reader saw only {changes} index changes in {reads} reads: not concurrent"
-    assert backwards == 0, f"used->idx went backwards {backwards} times in {changes} changes seen by the reader"
+    assert backwards == 0, (f"used->idx went backwards {backwards} times in {changes} changes seen by the reader "
+                            f"({stalls} jumps after the reader itself stalled were not counted)")
     ram.close()
