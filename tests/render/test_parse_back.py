@@ -121,7 +121,8 @@ def assert_parses_back(spec, compiled, version):
         assert parsed.params == expected_params(spec, device, plan.backend, family), plan.name
 
 
-@pytest.mark.parametrize("example", [p for p in EXAMPLE_FILES if p.stem != "linux-qemu"], ids=lambda p: p.stem)
+# The *-qemu examples are meant for the qemu engine: acrn-dm refuses them (their plan tests say why).
+@pytest.mark.parametrize("example", [p for p in EXAMPLE_FILES if not p.stem.endswith("-qemu")], ids=lambda p: p.stem)
 @pytest.mark.parametrize("version", ["3.x", "2.7"])
 def test_examples_parse_back(example, version, service_vm):
     spec = load_spec(example)
