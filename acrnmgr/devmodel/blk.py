@@ -188,7 +188,7 @@ class BlkDevice(VirtioDevice):
                         push(mem, chain[0], handle(vq, chain))
                         unpublished += 1
                         left -= 1
-                        if (notifier is not None and unpublished >= left
+                        if (unpublished >= left and notifier is not None
                                 and unpublished >= left + vq.refresh_pending(mem)):
                             vq.flush_used(mem)
                             unpublished = 0

@@ -67,16 +67,8 @@ _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 _FLAT_TABLE_MAX = 256  # indirect tables up to this many descriptors are unpacked in one call (bounded struct cache)
 
 
-# Per byte order, per table size n <= _FLAT_TABLE_MAX (so bounded): the unpack of a whole indirect table of n
-# descriptors in one call, and the next fields of descriptors 0..n-2 of a table laid out in order (1, ..., n-1).
-# A plain dict a queue holds for its byte order: one lookup per request.
-_TableEntry = tuple[Callable[[memoryview, int], tuple[int, ...]], tuple[int, ...]]
-_TABLES: dict[str, dict[int, _TableEntry]] = {"<": {}, ">": {}}
-
-
-def _table_entry(order: str, n: int) -> _TableEntry:
-    entry = _TABLES[order][n] = (struct.Struct(order + "QIHH" * n).unpack_from, tuple(range(1, n)))
-    return entry
+# An indirect table of n <= _FLAT_TABLE_MAX descriptors is unpacked with one struct call into a flat tuple.
+_TableEntry = tuple[Callable[[memoryview, int], tuple[int, ...]], tuple[int, ...], int]
 
 # x86 (TSO) keeps stores in program order; elsewhere publishing needs an explicit barrier between element and index.
 _STORES_ORDERED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
@@ -209,7 +201,10 @@ class VirtQueue:
             order = ">" if self.legacy_big_endian else "<"
         self.byteorder = order
         self._desc_s = _DESC_STRUCTS[order]
-        self._tables = _TABLES[order]
+        # Per indirect table length (bytes) found valid for this queue, with n <= _FLAT_TABLE_MAX descriptors:
+        # (unpack of the whole table, the next fields 1..n-1 of a table laid out in order, n).  Bounded by
+        # _FLAT_TABLE_MAX entries; one dict lookup per request replaces the length checks and the struct lookup.
+        self._tables: dict[int, _TableEntry] = {}
         self._swap = order != _NATIVE_ORDER
         self._event_idx = F.has(self.features, F.F_RING_EVENT_IDX)
         self._indirect = F.has(self.features, F.F_RING_INDIRECT_DESC)
@@ -510,8 +505,11 @@ class VirtQueue:
                 raise QueueBroken("INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC")
             if flags & VRING_DESC_F_NEXT:
                 raise QueueBroken(f"descriptor {head} has both INDIRECT and NEXT")
-            if length == 0 or length % DESC_SIZE or length > size * DESC_SIZE:
-                raise QueueBroken(f"indirect table length {length} invalid for queue size {size}")
+            entry = self._tables.get(length)
+            if entry is None:
+                if length == 0 or length % DESC_SIZE or length > size * DESC_SIZE:
+                    raise QueueBroken(f"indirect table length {length} invalid for queue size {size}")
+                entry = self._table_entry(length)
             region = mem.last_region
             off = addr - region.gpa
             if off < 0 or off > region.size - length:
@@ -520,14 +518,14 @@ class VirtQueue:
                 except GuestMemoryError as e:
                     raise QueueBroken(f"indirect table: {e}") from None
                 off = addr - region.gpa
-            limit = length // DESC_SIZE
-            flat = limit <= _FLAT_TABLE_MAX
-            if flat:
-                unpack_table, in_order = self._tables.get(limit) or _table_entry(self.byteorder, limit)
+            flat = entry is not None
+            if entry is not None:
+                unpack_table, in_order, limit = entry
                 descs = unpack_table(region.ro, off)
                 if descs[3:4 * limit - 4:4] == in_order:  # how Linux fills a table
                     return self._walk_in_order(mem, head, descs, limit)
             else:
+                limit = length // DESC_SIZE
                 descs = ()
                 table = region.ro[off:off + length]
             i = 0
@@ -582,6 +580,14 @@ class VirtQueue:
             if nxt >= limit:
                 raise QueueBroken(f"next index {nxt} >= table size {limit} (head {head})")
             i = nxt
+
+    def _table_entry(self, length: int) -> _TableEntry | None:
+        """Cache and return the _tables entry of a valid indirect table length; None past _FLAT_TABLE_MAX."""
+        n = length // DESC_SIZE
+        if n > _FLAT_TABLE_MAX:
+            return None
+        entry = self._tables[length] = (struct.Struct(self.byteorder + "QIHH" * n).unpack_from, tuple(range(1, n)), n)
+        return entry
 
     def _walk_in_order(self, mem: GuestMemory, head: int, descs: tuple[int, ...], n: int) -> DescriptorChain:
         """_walk over an unpacked indirect table whose descriptor i links to i + 1: the chain is the table in
