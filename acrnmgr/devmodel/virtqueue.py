@@ -597,8 +597,8 @@ class VirtQueue:
         readable: list[memoryview] = []
         writable: list[memoryview] = []
         rlen = wlen = 0
-        k = 0  # 4 * the descriptor's index in the table
-        for addr, length, flags in zip(descs[0::4], descs[1::4], descs[2::4], strict=True):
+        for k in range(0, 4 * n, 4):
+            addr, length, flags = descs[k], descs[k + 1], descs[k + 2]
             if flags & VRING_DESC_F_INDIRECT:
                 raise QueueBroken(f"indirect descriptor inside an indirect table (head {head})")
             if flags & VRING_DESC_F_WRITE:
@@ -622,7 +622,6 @@ class VirtQueue:
                 rlen += length
             if not flags & VRING_DESC_F_NEXT:
                 return _new_chain(DescriptorChain, (head, readable, writable, rlen, wlen))
-            k += 4
         nxt = descs[4 * n - 1]  # the last descriptor says NEXT: following it would revisit or leave the table
         if nxt >= n:
             raise QueueBroken(f"next index {nxt} >= table size {n} (head {head})")
