@@ -186,6 +186,8 @@ class BlkDevice(VirtioDevice):
                     unpublished = 0
                     for chain in chains:
                         push(mem, chain[0], handle(vq, chain))
+                        if vq.broken_reason is not None:  # a bad request: serve nothing after it
+                            break
                         unpublished += 1
                         left -= 1
                         if (unpublished >= left and notifier is not None

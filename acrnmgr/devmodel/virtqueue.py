@@ -436,7 +436,6 @@ class VirtQueue:
         walk = self._walk
         on_pop = self.on_pop
         resubmit = self._resubmit
-        head = -1
         try:
             while resubmit and len(chains) < limit:
                 head = resubmit[0]
