@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from . import features as F
 from .device import VirtioDevice
 from .stream import copy_into
+from .memory import GuestMemory
 from .virtqueue import DescriptorChain, VirtQueue
 from .logs import get_logger
 
@@ -142,7 +143,7 @@ class BlkDevice(VirtioDevice):
         return f
 
     def _features_changed(self) -> None:
-        self._hdr = struct.Struct(self.byteorder + "IIQ")
+        self._hdr_unpack = struct.Struct(self.byteorder + "IIQ").unpack_from
         self._seg = struct.Struct(self.byteorder + "QII")
 
     def config_space(self) -> bytes:
@@ -168,6 +169,42 @@ class BlkDevice(VirtioDevice):
             self.writeback = 1 if data[32 - offset] else 0
 
     # -- requests -------------------------------------------------------------------------------------------
+    def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
+        """VirtioDevice._drain with the requests taken in batches (VirtQueue.pop_batch): the same early
+        publishing (once the completions held back are as many as the requests still waiting, counting those
+        of the batch not yet served) at less interpreter work per request. Never raises."""
+        if not self._attached(qidx, vq):
+            return False
+        notifier = vq.notifier
+        handle, push, pop_batch = self._handle, vq.push, vq.pop_batch
+        limit = vq.size
+        try:
+            while True:
+                vq.disable_notification(mem)
+                while chains := pop_batch(mem, limit):
+                    left = len(chains)
+                    unpublished = 0
+                    for chain in chains:
+                        push(mem, chain[0], handle(vq, chain))
+                        if vq.broken_reason is not None:  # a bad request: serve nothing after it
+                            break
+                        unpublished += 1
+                        left -= 1
+                        if (unpublished >= left and notifier is not None
+                                and unpublished >= left + vq.refresh_pending(mem)):
+                            vq.flush_used(mem)
+                            unpublished = 0
+                            if vq.should_notify(mem):
+                                notifier()
+                vq.flush_used(mem)
+                if not vq.enable_notification(mem):
+                    break
+        except Exception as e:  # a device bug must not take the server down
+            log.exception("%s: error processing queue %d", self.name, vq.index)
+            vq.mark_broken(f"internal error: {e!r}")
+            vq.flush_used(mem)
+        return vq.should_notify(mem)
+
     def _handle(self, vq: VirtQueue, chain: DescriptorChain) -> int:
         _head, r, w, rlen, wlen = chain
         if not w or rlen < 16:
@@ -175,35 +212,35 @@ class BlkDevice(VirtioDevice):
             return 0
         first = r[0]
         if len(first) == 16:  # the usual layout: the header alone in the first descriptor
-            rtype, _, sector = self._hdr.unpack_from(first)
-            data_out = r[1:]
+            rtype, _, sector = self._hdr_unpack(first)
+            data_out = None   # r[1:], built only if needed
         else:
             rtype, sector, data_out = self._split_header(r)
         last = w[-1]
-        ln = len(last)
-        data_in = w[:-1]
-        if ln != 1:
-            data_in.append(last[:ln - 1])
-        in_len = wlen - 1
+        ln = len(last) - 1  # data bytes before the status byte in the last writable buffer
 
-        written = 0
         if rtype == T_IN or rtype == T_OUT:  # the hot path: no helper calls in it
             if rtype == T_IN:
-                op, bufs, nbytes = os.preadv, data_in, in_len
+                op, nbytes = os.preadv, wlen - 1
+                bufs = w[:-1]
+                if ln:
+                    bufs.append(last[:ln])
             else:
-                op, bufs, nbytes = os.pwritev, data_out, rlen - 16
+                op, nbytes = os.pwritev, rlen - 16
+                bufs = r[1:] if data_out is None else data_out
             if rtype == T_OUT and self.read_only:
                 status = S_IOERR
-            elif nbytes % SECTOR == 0 and sector <= self.capacity and nbytes // SECTOR <= self.capacity - sector:
-                # (that is _range_ok, inline)
+            elif not nbytes % SECTOR and sector + nbytes // SECTOR <= self.capacity:  # _range_ok, inline
+                fd = self.fd
                 try:
-                    done = op(self.fd, bufs, sector * SECTOR) if nbytes and len(bufs) <= IOV_MAX else 0
+                    done = op(fd, bufs, sector * SECTOR) if nbytes and len(bufs) <= IOV_MAX else 0
                     if done != nbytes:  # a short transfer, or more than IOV_MAX buffers: finish it
-                        _iov_io(op, self.fd, _advance(bufs, done), sector * SECTOR + done, nbytes - done)
+                        _iov_io(op, fd, _advance(bufs, done), sector * SECTOR + done, nbytes - done)
                     status = S_OK
                     if rtype == T_IN:
-                        written = in_len
-                    elif not self.writeback:
+                        last[ln] = S_OK
+                        return nbytes + 1
+                    if not self.writeback:
                         status = self._flush()
                 except OSError as e:
                     log.warning("virtio-blk: %s at sector %d: %s", op.__name__, sector, e)
@@ -211,16 +248,22 @@ class BlkDevice(VirtioDevice):
             else:
                 log.debug("virtio-blk: out-of-range request sector=%d bytes=%d", sector, nbytes)
                 status = S_IOERR
-        elif rtype == T_FLUSH:
+            last[ln] = status
+            return 1
+        written = 0
+        if rtype == T_FLUSH:
             status = self._flush()
         elif rtype == T_GET_ID:
+            data_in = w[:-1]
+            if ln:
+                data_in.append(last[:ln])
             written = copy_into(data_in, self.serial)
             status = S_OK
         elif rtype == T_DISCARD or rtype == T_WRITE_ZEROES:
-            status = self._discard_zeroes(rtype, data_out, rlen - 16)
+            status = self._discard_zeroes(rtype, r[1:] if data_out is None else data_out, rlen - 16)
         else:
             status = S_UNSUPP
-        last[ln - 1] = status
+        last[ln] = status
         return written + 1
 
     def _split_header(self, r: list[memoryview]) -> tuple[int, int, list[memoryview]]:
@@ -235,7 +278,7 @@ class BlkDevice(VirtioDevice):
             if got == 16:
                 data_out = ([b[take:]] if take < len(b) else []) + r[i + 1:]
                 break
-        rtype, _, sector = self._hdr.unpack_from(hdr)
+        rtype, _, sector = self._hdr_unpack(hdr)
         return rtype, sector, data_out
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:

@@ -124,6 +124,10 @@ class GuestMemory:
     def __init__(self) -> None:
         self.regions: list[MemoryRegion] = []
         self._last: MemoryRegion | None = None
+        # The region the last lookup found (an empty one before any): a hint for callers that check ranges
+        # against it inline and call region() when the range is not inside it.  An attribute, not a property:
+        # the descriptor walk reads it per request.
+        self.last_region = _NO_REGION
         self.generation = next(_generations)
 
     # -- building -------------------------------------------------------------------------------------------
@@ -181,17 +185,12 @@ class GuestMemory:
     def close(self) -> None:
         """Unmap every region. Views handed out earlier must no longer be used."""
         regions, self.regions, self._last = self.regions, [], None
+        self.last_region = _NO_REGION
         self.generation = next(_generations)
         for r in regions:
             r.close()
 
     # -- translation ----------------------------------------------------------------------------------------
-    @property
-    def last_region(self) -> MemoryRegion:
-        """The region the last lookup found (an empty one before any): a hint for callers that check ranges
-        against it inline and call :meth:`region` when the range is not inside it."""
-        return self._last or _NO_REGION
-
     def region(self, gpa: int, length: int) -> MemoryRegion:
         """The ONE region holding all of [gpa, gpa+length); GuestMemoryError if there is none."""
         return self._find(gpa, length)
@@ -202,7 +201,7 @@ class GuestMemory:
             return r
         for r in self.regions:
             if r.gpa <= gpa and 0 <= length <= r.size and gpa - r.gpa <= r.size - length:
-                self._last = r
+                self._last = self.last_region = r
                 return r
         raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) is not inside one memory region")
 

@@ -205,6 +205,16 @@ def test_missing_status_breaks_queue(blk):
     assert q.get_used() == []
 
 
+def test_nothing_is_served_after_a_request_that_breaks_the_queue(blk, image):
+    q = blk.q
+    q.add([q.buf(blk.hdr.pack(T_IN, 0, 0))])  # no status byte: breaks the queue
+    blk.submit(T_OUT, 100, out=pattern(512, seed=5))  # taken in the same batch, must not be written
+    before = image.read_bytes()
+    blk.run()
+    assert q.vq.broken and blk.dev.needs_reset
+    assert image.read_bytes() == before and q.get_used() == []
+
+
 def test_batch_and_multiqueue(ram, image):
     dev = BlkDevice(str(image), num_queues=2)
     b0 = Blk(ram, dev, qidx=0)

@@ -459,3 +459,30 @@ def test_inflight_region_survives_a_backend_restart(ram):
     finally:
         area.close()
         os.close(fd)
+
+
+def test_pop_batch_serves_good_chains_before_a_bad_one(ram):
+    q = GuestQueue(ram, size=8)
+    heads = [q.add([q.buf(b"a"), q.buf(4, True)]), q.add([q.buf(b"b"), q.buf(4, True)], indirect=True)]
+    q.publish(8)  # a head out of range after two good chains
+    chains = q.vq.pop_batch(q.mem, 8)
+    assert [c.head for c in chains] == heads and not q.vq.broken
+    assert q.vq.pop_batch(q.mem, 8) == [] and "head" in q.vq.broken_reason
+
+
+def test_pop_batch_limit_and_resubmitted_heads_first(ram):
+    q = GuestQueue(ram, size=8)
+    heads = [q.add([q.buf(b"x"), q.buf(4, True)]) for _ in range(3)]
+    assert [c.head for c in q.vq.pop_batch(q.mem, 2)] == heads[:2]
+    q.vq.resubmit([heads[0]])
+    assert [c.head for c in q.vq.pop_batch(q.mem, 8)] == [heads[0], heads[2]]
+    assert q.vq.pop_batch(q.mem, 8) == [] and not q.vq.broken
+
+
+def test_indirect_table_of_a_length_seen_before_is_still_checked(ram):
+    q = GuestQueue(ram, size=8)
+    head = q.add([q.buf(b"req"), q.buf(16, True)], indirect=True)
+    assert q.vq.pop(q.mem).head == head
+    q.write_desc(1, RAM_GPA + ram.size - 16, 32, VRING_DESC_F_INDIRECT, 0)  # same length, not in guest memory
+    q.publish(1)
+    assert "indirect table" in _broken_after(q)

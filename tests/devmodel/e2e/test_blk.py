@@ -216,8 +216,10 @@ echo "IOERRORS=$(dmesg | grep -ciE 'i/o error|timed? ?out|critical')"
     out = result.output
     assert result.rc == 0, out + normal.log
     assert "front-end connected" in normal.log, normal.log
-    # Exactly the stalled head was in flight: it was the first popped since the previous used-ring flush.
-    assert "queue 0: resubmitting 1 request(s) in flight" in normal.log, normal.log
+    # The stalled head was in flight, with any other request of the batch it was popped in (virtio-blk pops every
+    # available chain at once, so how many depends on what the guest had queued); all of them complete below.
+    resubmitted = re.search(r"queue 0: resubmitting (\d+) request\(s\) in flight", normal.log)
+    assert resubmitted and int(resubmitted.group(1)) >= 1, normal.log
     assert field(out, "DDRC") == "0", out
     assert field(out, "IOERRORS") == "0", out
     pattern_md5 = field(out, "PATTERNMD5")
