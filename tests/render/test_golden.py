@@ -52,9 +52,9 @@ def test_example_golden(example, version, service_vm):
             _check(f"{example.stem}.sh", render_script(compiled))
 
 
-def test_every_acrn_example_but_the_qemu_one_compiles(service_vm):
+def test_every_acrn_example_but_the_qemu_ones_compiles(service_vm):
     bad = {p.stem for p in EXAMPLE_FILES if not compile_spec(load_spec(p), service_vm).ok}
-    assert bad == {"linux-qemu"}
+    assert bad == {"linux-qemu", "industrial-qemu"}  # meant for the qemu engine: acrn-dm has no vhost-user frontend
 
 
 def test_render_is_reproducible(service_vm):
