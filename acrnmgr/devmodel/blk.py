@@ -200,9 +200,7 @@ class BlkDevice(VirtioDevice):
                 if not vq.enable_notification(mem):
                     break
         except Exception as e:  # a device bug must not take the server down
-            log.exception("%s: error processing queue %d", self.name, vq.index)
-            vq.mark_broken(f"internal error: {e!r}")
-            vq.flush_used(mem)
+            self._device_bug(vq, mem, e)
         return vq.should_notify(mem)
 
     def _handle(self, vq: VirtQueue, chain: DescriptorChain) -> int:
