@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -144,11 +145,27 @@ def _valid_fast(data: Any) -> bool:
     return check is not None and check(data)
 
 
-def schema_diagnostics(doc: Document) -> list[Diagnostic]:
-    if _valid_fast(doc.data):
-        return []
+def _non_finite(doc: Document) -> list[Diagnostic]:
+    """NaN and infinities (YAML's .nan/.inf, JSON's NaN): JSON Schema has no such numbers, and a NaN passes every
+    `minimum`/`maximum` (each comparison is false), so they are refused here, wherever they stand."""
     out: list[Diagnostic] = []
-    seen: set[tuple] = set()
+    stack: list[tuple[tuple, Any]] = [((), doc.data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((path + (k,), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (i,), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(doc.diag(path, f"`{value}` is not a finite number", "give a number"))
+    return out
+
+
+def schema_diagnostics(doc: Document) -> list[Diagnostic]:
+    out: list[Diagnostic] = _non_finite(doc)
+    if not out and _valid_fast(doc.data):
+        return []
+    seen: set[tuple] = {(d.json_path, d.message) for d in out}
     for error in validator().iter_errors(doc.data):
         for d in _convert(doc, error):
             key = (d.json_path, d.message)

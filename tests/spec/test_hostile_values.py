@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from acrnmgr.lifecycle.state import VM_NAME
@@ -234,3 +235,19 @@ def test_passthru_bdf_with_a_newline_is_refused(bdf):
     from acrnmgr.devices.passthru import _BDF_RE
 
     assert _BDF_RE.match(bdf) is None and _BDF_RE.match(bdf.strip())
+
+
+@pytest.mark.parametrize("literal", [".nan", ".inf", "-.inf"])
+def test_a_non_finite_number_is_refused_where_it_stands(literal):
+    # A NaN passes every minimum/maximum in the schema (each comparison is false): refused before them.
+    text = devices_text(f"- {{type: virtio-i2c, devices: [{{type: lm75, address: 0x48, temperature: {literal}}}]}}")
+    found = diagnostics(text)
+    assert any(d.json_path == "spec.devices[0].devices[0].temperature" and "not a finite number" in d.message
+               and d.line > 0 for d in found), found
+
+
+def test_a_json_nan_is_refused_too():
+    text = devices_text("- {type: virtio-i2c, devices: [{type: lm75, address: 0x48, temperature: 1}]}")
+    doc = json.dumps(yaml.safe_load(text)).replace('"temperature": 1', '"temperature": NaN')
+    assert [d.json_path for d in diagnostics(doc, "t.json") if "not a finite number" in d.message] == [
+        "spec.devices[0].devices[0].temperature"]
