@@ -10,10 +10,13 @@ python_only=false
 [[ ${1:-} == --python-only ]] && python_only=true
 
 # What `pip install` needs: libvirt-python (the `libvirt` extra) is source-only on PyPI and builds
-# against libvirt's headers.
+# against libvirt's headers; setup.py compiles the device model's ring code with mypyc (a C compiler and
+# Python's headers; without them it installs as pure Python, slower). gcc also builds the tests' small C
+# helpers (the concurrent ring reader, the GPIO uAPI layouts, the bench's vhost-user load generator).
 apt_packages=(
     libvirt-dev pkg-config
     python3-venv
+    gcc libc6-dev python3-dev
 )
 if ! $python_only; then
     apt_packages+=(
@@ -22,7 +25,6 @@ if ! $python_only; then
         make gcc-12 xz-utils libelf1 libssl3          # the guest's gpio-i2c layer: virtio-gpio/i2c modules built
                                                       # out of tree against Debian's kernel headers (gcc-12 is what
                                                       # they name; linux-kbuild's tools link libelf and libssl)
-        gcc libc6-dev                                 # small C helpers built by tests (concurrent ring reader)
         gpgv debian-archive-keyring                   # tests/guest/qemu_backports.py: checks bookworm-backports'
                                                       # signed InRelease before it takes a QEMU 10 .deb from it
         fio                                           # guest-side I/O verification and bench

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import acrnmgr
+from acrnmgr.devmodel.compiled import data_path
 from acrnmgr.cli import app
 from acrnmgr.resources import SCHEMAS, TEMPLATES, schema_text, template_loader
 
@@ -55,10 +56,10 @@ def _pip(*args: str | Path) -> None:
 def wheel(tmp_path_factory) -> Path:
     """A wheel built offline (no build isolation) from a copy of what an sdist holds."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src)
-    for name in ("acrnmgr", "schemas", "templates"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("acrnmgr", "schemas", "templates"):  # not the checkout's own build of the compiled modules
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     dist = tmp_path_factory.mktemp("dist")
     _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", dist, src)
     (built,) = dist.glob("acrnmgr-*.whl")
@@ -98,4 +99,8 @@ def test_pip_install_target_runs_from_that_folder_alone(wheel, tmp_path):
     render = run("-c", cli, *RENDER)
     assert render.returncode == 0, render.stderr
     assert render.stdout == CliRunner().invoke(app, RENDER).stdout
+    ring = run("-c", "from acrnmgr.devmodel.compiled import data_path; print(data_path())")
+    assert ring.returncode == 0, ring.stderr
+    # setup.py compiled the ring code into the wheel wherever this checkout's own install was compiled
+    assert ring.stdout.strip() == data_path()
     assert render.stdout.startswith("#!/bin/bash\n# Launch script for the ACRN post-launched VM linux-demo")

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from acrnmgr.devmodel.compiled import data_path
 from acrnmgr.devmodel.device import NO_RINGS, IoCallback, VirtioDevice
 from acrnmgr.devmodel.vhost_user import (
     MAX_FDS, Close, Disconnect, Effect, MessageReader, Notify, Process, Reply, Unwatch, VhostUserBackend, Watch,
@@ -147,7 +148,7 @@ class VhostUserServer:
             pass
 
     def serve_forever(self) -> None:
-        log.info("serving %s on %s", type(self.device).__name__, self.path)
+        log.info("serving %s on %s; ring code %s", type(self.device).__name__, self.path, data_path())
         try:
             while not self._stopping:
                 timeout = None

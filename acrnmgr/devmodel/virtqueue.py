@@ -35,13 +35,12 @@ returns those chains again before looking at the avail ring, without calling ``o
 from __future__ import annotations
 
 import collections
-import operator
 import platform
 import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Final, NamedTuple, Protocol
 
 from . import features as F
 from .memory import GuestMemory, GuestMemoryError, MemoryRegion
@@ -49,14 +48,14 @@ from .logs import get_logger
 
 log = get_logger(__name__)
 
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-VRING_AVAIL_F_NO_INTERRUPT = 1
-VRING_USED_F_NO_NOTIFY = 1
+VRING_DESC_F_NEXT: Final = 1
+VRING_DESC_F_WRITE: Final = 2
+VRING_DESC_F_INDIRECT: Final = 4
+VRING_AVAIL_F_NO_INTERRUPT: Final = 1
+VRING_USED_F_NO_NOTIFY: Final = 1
 
-MAX_QUEUE_SIZE = 32768
-DESC_SIZE = 16
+MAX_QUEUE_SIZE: Final = 32768
+DESC_SIZE: Final = 16
 
 # Descriptor tables are read with struct: the driver fills a descriptor before it publishes the avail index, so
 # nothing writes one while we read it.  Ring *fields* are different (see _resolve).
@@ -64,15 +63,16 @@ _DESC_STRUCTS = {order: struct.Struct(order + "QIHH") for order in ("<", ">")}
 _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 
 
-_FLAT_TABLE_MAX = 256  # indirect tables up to this many descriptors are unpacked in one call (bounded struct cache)
+# indirect tables up to this many descriptors are unpacked in one call (bounded struct cache)
+_FLAT_TABLE_MAX: Final = 256
 
 
 # An indirect table of n <= _FLAT_TABLE_MAX descriptors is unpacked with one struct call into a flat tuple.
 _TableEntry = tuple[Callable[[memoryview, int], tuple[int, ...]], tuple[int, ...], int]
 
 # x86 (TSO) keeps stores in program order; elsewhere publishing needs an explicit barrier between element and index.
-_STORES_ORDERED = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-_UNRESOLVED = -1  # _gen value that matches no memory table: resolve on the next access
+_STORES_ORDERED: Final = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_UNRESOLVED: Final = -1  # _gen value that matches no memory table: resolve on the next access
 
 _fence_lock = threading.Lock()
 
@@ -114,23 +114,16 @@ class InflightTracker(Protocol):
     def end_put(self, heads: Sequence[int], used_idx: int) -> None: ...
 
 
-class DescriptorChain(tuple[int, list[memoryview], list[memoryview], int, int]):
+class DescriptorChain(NamedTuple):
     """One popped request: driver-readable buffers first, then device-writable buffers (zero-copy views).
 
-    ``DescriptorChain(head, readable, writable, readable_len, writable_len)``.  A tuple underneath: the queue
-    builds one per request, and a tuple costs no Python-level __init__."""
+    A named tuple: the queue builds one per request (with ``_new_chain``, which skips the generated __new__)."""
 
-    __slots__ = ()
-
-    def __new__(cls, head: int, readable: list[memoryview], writable: list[memoryview], readable_len: int,
-                writable_len: int) -> DescriptorChain:
-        return _new_chain(cls, (head, readable, writable, readable_len, writable_len))
-
-    head = property(operator.itemgetter(0), doc="index of the chain's first descriptor (the used element's id)")
-    readable = property(operator.itemgetter(1), doc="driver-written buffers, in order")
-    writable = property(operator.itemgetter(2), doc="device-writable buffers, in order")
-    readable_len = property(operator.itemgetter(3), doc="total bytes of the readable buffers")
-    writable_len = property(operator.itemgetter(4), doc="total bytes of the writable buffers")
+    head: int                    # index of the chain's first descriptor (the used element's id)
+    readable: list[memoryview]   # driver-written buffers, in order
+    writable: list[memoryview]   # device-writable buffers, in order
+    readable_len: int            # total bytes of the readable buffers
+    writable_len: int            # total bytes of the writable buffers
 
     def __repr__(self) -> str:
         return (f"DescriptorChain(head={self.head}, readable={len(self.readable)}/{self.readable_len}B, "
