@@ -22,20 +22,32 @@ Bindings (none is a project dependency; install them into a throwaway venv of th
   mkdir -p /tmp/s3 && flock /tmp/s3/bench.lock taskset -c 1 /tmp/iouring-venv/bin/python bench/blk_iouring_eval.py
 
 * liburing (PyPI, Zig bindings over liburing): get_sqe + Iovec(bufs) + prep_readv/prep_writev per request,
-  one io_uring_submit_and_wait(N), CqeIter to reap.
+  one io_uring_submit_and_wait(N), CqeIter to reap.  liburing-fixed: the same with all of guest memory
+  registered once as buffer 0 and prep_readv_fixed/prep_writev_fixed (kernel >= 6.15).
 * uring_api (PyPI uring-api, C extension over liburing 2.15): prepare_read/prepare_write per request
   (one buffer each; our chains' data is one segment here), submit(), wait() until N completions.
 * pyuring (PyPI, ctypes over its own C shim): read_async_ptr/write_async_ptr, which calls
   io_uring_submit itself, so it is one io_uring_enter per request; wait_completion() per completion.
 
-A variant whose module does not import is reported as skipped.  --output json prints the medians and
-the environment as data.
+Columns: CPU us per I/O (user/sys are the kernel's tick-sampled split, total is exact), IOPS (wall),
+context switches per I/O (about 1-2 means the kernel punted the request to an io-wq worker: ext4 does not
+do non-blocking buffered writes, so every io_uring write here does), ratio of total CPU to the os peer,
+and leak/IO: guest slices still exported after their I/O completed (liburing's Iovec never releases its
+Py_buffer, so each request leaks its memoryview and the guest mmap can no longer be closed).  A variant
+whose module does not import is reported as skipped.  --output json prints the same as data.
+
+For the kernel side without any Python, compare fio on the same cached file (fio drops the page cache
+unless told not to):
+  fio --name=r --filename=/var/tmp/blk_iouring_eval.512M.data --rw=randread --bs=4k --invalidate=0 \
+      --time_based --runtime=4 --ioengine=pvsync   (vs --ioengine=io_uring --iodepth=32
+      --iodepth_batch_submit=32 --iodepth_batch_complete_min=32)
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -161,15 +173,22 @@ def make_os(w: Workload, guest: Guest) -> Runner:
     return run
 
 
-def make_liburing(w: Workload, guest: Guest) -> Runner:
-    del guest
+def make_liburing(w: Workload, guest: Guest, fixed: bool = False) -> Runner:
     L: Any = importlib.import_module("liburing")
     ring = L.Ring()
     if L.io_uring_queue_init(64, ring) != 0:
         raise RuntimeError("io_uring_queue_init failed")
     cqe = L.Cqe()
     get_sqe, iovec, cqe_iter = L.io_uring_get_sqe, L.Iovec, L.CqeIter
-    prep = L.io_uring_prep_writev if w.write else L.io_uring_prep_readv
+    if fixed:  # all of guest memory is registered buffer 0 (pinned once, no per-I/O iovec import)
+        if L.io_uring_register_buffers(ring, iovec([guest.view])) != 0:
+            raise RuntimeError("io_uring_register_buffers failed")
+        fixed_op = L.io_uring_prep_writev_fixed if w.write else L.io_uring_prep_readv_fixed
+
+        def prep(sqe: Any, fd: int, iov: Any, off: int) -> None:
+            fixed_op(sqe, fd, iov, 0, off)
+    else:
+        prep = L.io_uring_prep_writev if w.write else L.io_uring_prep_readv
     submit_and_wait, cq_advance = L.io_uring_submit_and_wait, L.io_uring_cq_advance
     bs = w.bs
 
@@ -195,6 +214,10 @@ def make_liburing(w: Workload, guest: Guest) -> Runner:
                 raise ShortIO(f"{seen} of {len(batch)} completions")
 
     return run
+
+
+def make_liburing_fixed(w: Workload, guest: Guest) -> Runner:
+    return make_liburing(w, guest, fixed=True)
 
 
 def make_uring_api(w: Workload, guest: Guest) -> Runner:
@@ -244,6 +267,7 @@ def make_pyuring(w: Workload, guest: Guest) -> Runner:
 VARIANTS = [
     Variant("os", make_os),
     Variant("liburing", make_liburing),
+    Variant("liburing-fixed", make_liburing_fixed),
     Variant("uring_api", make_uring_api),
     Variant("pyuring", make_pyuring),
 ]
@@ -253,16 +277,27 @@ DISTRIBUTIONS = {"liburing": "liburing", "uring_api": "uring-api", "pyuring": "p
 # --- correctness -----------------------------------------------------------------------------------
 
 
-def verify(run: Runner, w: Workload, guest: Guest, rng: random.Random) -> None:
-    """One batch through the variant; the file (write) or guest memory (read) must match os.pread."""
-    batch = w.batches[0]
-    probe = Workload(w.name, w.write, w.bs, w.batch, w.fd, [batch])
+def verify(run: Runner, w: Workload, guest: Guest, rng: random.Random) -> int:
+    """One batch through the variant; the file (write) or guest memory (read) must match os.pread.
+
+    The batch uses fresh guest slices; returns how many of them are still exported once the batch is
+    done (a binding that never releases its Py_buffer pins guest memory and leaks one object per I/O).
+    """
+    batch = [(off, goff, [guest.view[goff:goff + w.bs]]) for off, goff, _bufs in w.batches[0]]
     for _off, goff, _bufs in batch:
         guest.view[goff:goff + w.bs] = rng.randbytes(w.bs) if w.write else bytes(w.bs)
-    run(probe)
+    run(Workload(w.name, w.write, w.bs, w.batch, w.fd, [batch]))
     for off, goff, _bufs in batch:
         if os.pread(w.fd, w.bs, off) != guest.view[goff:goff + w.bs]:
             raise AssertionError(f"data mismatch at file offset {off}")
+    gc.collect()
+    still_exported = 0
+    for _off, _goff, bufs in batch:
+        try:
+            bufs[0].release()
+        except BufferError:
+            still_exported += 1
+    return still_exported
 
 
 # --- measurement -----------------------------------------------------------------------------------
@@ -284,6 +319,15 @@ def measure(run: Runner, w: Workload) -> Sample:
         os.fdatasync(w.fd)
     return Sample(r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, t1 - t0,
                   (r1.ru_nvcsw + r1.ru_nivcsw) - (r0.ru_nvcsw + r0.ru_nivcsw))
+
+
+def null_syscall_us(calls: int = 200_000) -> float:
+    """CPU per os.getppid(): Python's call overhead plus one syscall entry/exit, the most io_uring saves."""
+    getppid = os.getppid
+    t0 = time.process_time()
+    for _ in range(calls):
+        getppid()
+    return (time.process_time() - t0) / calls * 1e6
 
 
 def version_of(variant: str) -> str | None:
@@ -344,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    leaked: dict[str, float] = {}  # guest slices still exported after their I/O completed, per I/O
     for w in workloads:
         runners: dict[str, Runner] = {}
         for v in VARIANTS:
@@ -354,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as e:
                 skipped[v.name] = f"not importable: {e}"
                 continue
-            verify(runners[v.name], w, guest, rng)
+            leaked[v.name] = verify(runners[v.name], w, guest, rng) / w.batch
             runners[v.name](w)  # warm-up, untimed
         samples: dict[str, list[Sample]] = {name: [] for name in runners}
         names = list(runners)
@@ -372,13 +417,15 @@ def main(argv: list[str] | None = None) -> int:
                 "variant": name, "op": w.name, "bs": w.bs, "batch": w.batch,
                 "cpu_us_user": user * 1e6, "cpu_us_sys": sys_ * 1e6, "cpu_us_total": total * 1e6,
                 "iops": ios / wall, "ctx_switches_per_io": statistics.median(s.csw for s in ss) / ios,
-                "ratio_cpu_vs_os": total / base, "ios_per_run": ios, "rounds": args.rounds,
+                "ratio_cpu_vs_os": total / base, "leaked_exports_per_io": leaked[name],
+                "ios_per_run": ios, "rounds": args.rounds,
             })
 
     env = {
         "kernel": platform.release(), "python": platform.python_version(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
         "versions": {name: version_of(name) for name in DISTRIBUTIONS},
+        "null_syscall_cpu_us": null_syscall_us(),
         "skipped": skipped, "data_file": data_path, "scratch_file": scratch_path,
     }
     if args.output == "json":
@@ -387,12 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"kernel {env['kernel']}, Python {env['python']}, CPUs {env['cpus_allowed']}, "
           f"medians of {args.rounds} runs; ratio = total CPU per I/O / os.preadv|pwritev's")
-    print(f"{'variant':<10} {'op':<5} {'bs':>6} {'batch':>5} {'user us':>8} {'sys us':>8} {'total us':>9} "
-          f"{'IOPS':>9} {'csw/IO':>7} {'ratio':>6}")
+    print(f"{'variant':<15} {'op':<5} {'bs':>6} {'batch':>5} {'user us':>8} {'sys us':>8} {'total us':>9} "
+          f"{'IOPS':>9} {'csw/IO':>7} {'ratio':>6} {'leak/IO':>7}")
     for r in results:
-        print(f"{r['variant']:<10} {r['op']:<5} {r['bs'] // 1024:>5}k {r['batch']:>5} {r['cpu_us_user']:>8.2f} "
+        print(f"{r['variant']:<15} {r['op']:<5} {r['bs'] // 1024:>5}k {r['batch']:>5} {r['cpu_us_user']:>8.2f} "
               f"{r['cpu_us_sys']:>8.2f} {r['cpu_us_total']:>9.2f} {r['iops']:>9.0f} "
-              f"{r['ctx_switches_per_io']:>7.3f} {r['ratio_cpu_vs_os']:>6.2f}")
+              f"{r['ctx_switches_per_io']:>7.3f} {r['ratio_cpu_vs_os']:>6.2f} {r['leaked_exports_per_io']:>7.2f}")
+    print(f"reference: one os.getppid() (Python call + syscall entry/exit) costs "
+          f"{env['null_syscall_cpu_us']:.3f} us CPU")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     for name, ver in env["versions"].items():
