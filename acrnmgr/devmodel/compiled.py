@@ -22,7 +22,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 GROUP = "acrnmgr.devmodel.hotpath"
-COMPILED_MODULES = ("virtqueue", "memory")
+COMPILED_MODULES = ("virtqueue", "memory", "blk")
 PURE_ENV = "ACRNMGR_PURE_PYTHON"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
