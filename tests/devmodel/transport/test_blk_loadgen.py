@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from acrnmgr.devmodel.blk import BlkDevice
-from acrnmgr.devmodel.server import VhostUserServer
+from acrnmgr.devmodel.server import POLL_MAX, VhostUserServer
 
 ROOT = Path(__file__).resolve().parents[3]
 BENCH = ROOT / "bench" / "blk_loadgen.py"
@@ -86,12 +86,12 @@ def image(tmp_path: Path, loadgen: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serve(device: BlkDevice, sock: Path) -> Iterator[None]:
-    server = VhostUserServer(device, sock)
+def serve(device: BlkDevice, sock: Path, poll_max: float = POLL_MAX) -> Iterator[VhostUserServer]:
+    server = VhostUserServer(device, sock, poll_max=poll_max)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield
+        yield server
     finally:
         server.stop()
         thread.join(10)
@@ -120,3 +120,20 @@ def test_backend_that_does_nothing_is_caught(tmp_path: Path, loadgen: Path, imag
     with serve(device(str(image)), sock):
         out = run_job(loadgen, sock, job)
         assert out.returncode != 0 and "wrong data" in out.stderr, (out.returncode, out.stderr)
+
+
+@pytest.mark.parametrize("poll_max", [0.0, 0.01])
+def test_polling_takes_the_next_request_without_sleeping(tmp_path: Path, loadgen: Path, image: Path,
+                                                         poll_max: float) -> None:
+    """At queue depth 1 the front-end's next kick comes right after each completion: with a poll window the
+    server finds it polling (no sleep and wake-up per request), without one it never polls; data verified."""
+    sock = tmp_path / "s" / "blk.sock"
+    with serve(BlkDevice(str(image)), sock, poll_max=poll_max) as server:
+        out = run_job(loadgen, sock, "randread:4096:1:i")
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["sectors_verified"] > 0
+        if poll_max:
+            assert server.polled_rounds > result["ios"] // 2, (server.polled_rounds, result["ios"])
+        else:
+            assert server.polled_rounds == 0

@@ -242,3 +242,20 @@ def test_a_kick_fd_that_cannot_be_polled_does_not_drop_the_connection(rng_server
     finally:
         os.close(regular)
         fe.close()
+
+
+def test_poll_window_adapts_as_qemu_polling_does():
+    from acrnmgr.devmodel.server import PollWindow
+    poll = PollWindow(32e-6)
+    assert poll.window == 0
+    for expected in (4e-6, 8e-6, 16e-6, 32e-6, 32e-6):  # waits polling could have caught: it widens, up to max
+        poll.waited(20e-6)
+        assert poll.window == pytest.approx(expected)
+    poll.waited(10e-6)  # caught within the window: as it is
+    assert poll.window == pytest.approx(32e-6)
+    poll.waited(5e-3)  # a wait longer than the most it may poll: polling stops, no CPU burnt while idle
+    assert poll.window == 0
+    off = PollWindow(0)
+    off.waited(1e-6)
+    off.waited(0)
+    assert off.window == 0
