@@ -40,6 +40,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 SOURCE = BENCH / "vhu_blk_loadgen.c"
 BACKENDS = ("ours", "qsd", "qsd-io_uring")
+OPTIONAL_BACKENDS = ("ours-pure",)  # ours with ACRNMGR_PURE_PYTHON=1: the ring code as source, not compiled
 PEERS = ("qsd", "qsd-io_uring", "fio")
 # name, loadgen rw, block size, queue depth, headline metric
 JOBS = [
@@ -83,7 +84,7 @@ def pinned(argv: list[str], cpu: int | None, nice: int) -> list[str]:
 
 
 def backend_argv(kind: str, image: Path, sock: Path) -> list[str]:
-    if kind == "ours":
+    if kind.startswith("ours"):
         return [str(Path(sys.executable).parent / "acrnmgr"), "devmodel", "serve", "--device", "blk",
                 "--image", str(image), "--socket", str(sock), "--log-level", "warning"]
     aio = ",aio=io_uring" if kind == "qsd-io_uring" else ""
@@ -103,8 +104,9 @@ class Backend:
         self.sock = sock_dir / "blk.sock"
         self.log = work / f"{kind}.log"
         with open(self.log, "ab") as log:
+            env = {**os.environ, "ACRNMGR_PURE_PYTHON": "1" if kind == "ours-pure" else "0"}
             self.proc = subprocess.Popen(pinned(backend_argv(kind, self.image, self.sock), args.backend_cpu, args.nice),
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + 30
         while not self.sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -223,7 +225,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row["meets_target"] = (None if io_uring is None or target is None or mode != "indirect"
                                    else io_uring >= target and (default is None or default >= 1.0))
             rows.append(row)
+    from acrnmgr.devmodel.compiled import data_path
+
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(), "nice": args.nice,
+            "ours_ring_code": data_path(),
             "load_average": os.getloadavg()[0],
             "frontend_cpu": args.frontend_cpu, "backend_cpu": args.backend_cpu, "seconds": args.seconds,
             "repeat": args.repeat, "size_mb": args.size_mb, "rows": rows}
@@ -244,7 +249,7 @@ def print_table(report: dict[str, Any], backends: list[str]) -> None:
     pin += f", nice {report.get('nice', 0)}, load average {report.get('load_average', 0):.1f} at the end"
     print(f"{report['date']}; {report['cpus']} CPUs, {pin}; {report['size_mb']} MiB raw image in the page cache; "
           f"{report['seconds']} s per job, median of {report['repeat']}; IOPS or bytes/s, [us latency, "
-          f"back-end CPU us/IO]")
+          f"back-end CPU us/IO]; ours: ring code {report['ours_ring_code']}")
     kinds = backends + (["fio"] if any("fio" in r["results"] for r in report["rows"]) else [])
     head = f"{'job':<18}{'desc':<9}" + "".join(f"{k:>26}" for k in kinds) + "".join(f"{'/' + p:>14}" for p in peers)
     print(head)
@@ -268,7 +273,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds per job (default 2)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per back-end; medians are reported (default 1)")
     ap.add_argument("--size-mb", type=int, default=512, help="image size in MiB (default 512)")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
+    ap.add_argument("--backends", default=",".join(BACKENDS),
+                    help=f"comma-separated subset of {','.join(BACKENDS + OPTIONAL_BACKENDS)} (default: the first "
+                         "three; ours-pure is ours with its ring code run from source)")
     ap.add_argument("--descriptors", default="direct,indirect", help="direct, indirect or both (default both)")
     ap.add_argument("--seg", type=int, default=0, help="split each request's data into segments of this many bytes")
     ap.add_argument("--no-fio", dest="fio", action="store_false", help="skip host fio")
@@ -281,7 +288,7 @@ def main() -> int:
     args = ap.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
     args.modes = [m for m in args.descriptors.split(",") if m]
-    if unknown := set(args.backends) - set(BACKENDS):
+    if unknown := set(args.backends) - set(BACKENDS + OPTIONAL_BACKENDS):
         ap.error(f"unknown back-end(s): {', '.join(sorted(unknown))}")
     if not args.modes or set(args.modes) - {"direct", "indirect"}:
         ap.error("--descriptors takes direct, indirect or both")
