@@ -15,6 +15,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from . import features as F
 from .device import VirtioDevice
@@ -25,22 +26,30 @@ from .logs import get_logger
 
 log = get_logger(__name__)
 
-SECTOR = 512
-T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
-S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
-ID_BYTES = 20
-WRITE_ZEROES_FLAG_UNMAP = 1
+# Final: compiled (mypyc), a constant is inlined rather than looked up in the module's dict on every request.
+SECTOR: Final = 512
+T_IN: Final = 0
+T_OUT: Final = 1
+T_FLUSH: Final = 4
+T_GET_ID: Final = 8
+T_DISCARD: Final = 11
+T_WRITE_ZEROES: Final = 13
+S_OK: Final = 0
+S_IOERR: Final = 1
+S_UNSUPP: Final = 2
+ID_BYTES: Final = 20
+WRITE_ZEROES_FLAG_UNMAP: Final = 1
 
-MAX_DISCARD_SECTORS = 0x3FFFFF           # ~2 GiB per segment, as QEMU's request limit
-MAX_DISCARD_SEG = 32
-MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
-MAX_WRITE_ZEROES_SEG = 32
+MAX_DISCARD_SECTORS: Final = 0x3FFFFF           # ~2 GiB per segment, as QEMU's request limit
+MAX_DISCARD_SEG: Final = 32
+MAX_WRITE_ZEROES_SECTORS: Final = 0x3FFFFF
+MAX_WRITE_ZEROES_SEG: Final = 32
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_KEEP_SIZE: Final = 0x01
+FALLOC_FL_PUNCH_HOLE: Final = 0x02
+FALLOC_FL_ZERO_RANGE: Final = 0x10
 
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _ZEROS = bytes(1 << 20)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -58,6 +67,8 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 # os.preadv / os.pwritev: (fd, buffers, offset) -> bytes transferred
 IovOp = Callable[[int, Sequence[memoryview], int], int]
+_PREADV: Final[IovOp] = os.preadv  # one lookup less per request than os.preadv (none, compiled)
+_PWRITEV: Final[IovOp] = os.pwritev
 
 
 def _advance(bufs: list[memoryview], n: int) -> list[memoryview]:
@@ -176,16 +187,17 @@ class BlkDevice(VirtioDevice):
         if not self._attached(qidx, vq):
             return False
         notifier = vq.notifier
-        handle, push, pop_batch = self._handle, vq.push, vq.pop_batch
+        handle = self._handle
+        # vq.pop_batch and vq.push are called, not bound to locals: compiled (mypyc), that is a direct C call
         limit = vq.size
         try:
             while True:
                 vq.disable_notification(mem)
-                while chains := pop_batch(mem, limit):
+                while chains := vq.pop_batch(mem, limit):
                     left = len(chains)
                     unpublished = 0
                     for chain in chains:
-                        push(mem, chain[0], handle(vq, chain))
+                        vq.push(mem, chain[0], handle(vq, chain))
                         if vq.broken_reason is not None:  # a bad request: serve nothing after it
                             break
                         unpublished += 1
@@ -219,12 +231,12 @@ class BlkDevice(VirtioDevice):
 
         if rtype == T_IN or rtype == T_OUT:  # the hot path: no helper calls in it
             if rtype == T_IN:
-                op, nbytes = os.preadv, wlen - 1
+                op, nbytes = _PREADV, wlen - 1
                 bufs = w[:-1]
                 if ln:
                     bufs.append(last[:ln])
             else:
-                op, nbytes = os.pwritev, rlen - 16
+                op, nbytes = _PWRITEV, rlen - 16
                 bufs = r[1:] if data_out is None else data_out
             if rtype == T_OUT and self.read_only:
                 status = S_IOERR

@@ -426,7 +426,6 @@ class VirtQueue:
         chains: list[DescriptorChain] = []
         if table is None:
             return chains
-        walk = self._walk
         on_pop = self.on_pop
         resubmit = self._resubmit
         try:
@@ -434,7 +433,7 @@ class VirtQueue:
                 head = resubmit[0]
                 if not 0 <= head < self.size:
                     raise QueueBroken(f"resubmitted head {head} >= queue size {self.size}")
-                chains.append(walk(mem, table, head))
+                chains.append(self._walk(mem, table, head))
                 resubmit.popleft()
             avail16 = self._avail16
             assert avail16 is not None  # resolved together with _desc
@@ -450,7 +449,7 @@ class VirtQueue:
                 head = avail16[2 + last % size]
                 if swap:
                     head = _bswap16(head)
-                chains.append(walk(mem, table, head))
+                chains.append(self._walk(mem, table, head))
                 last = self._last_avail = (last + 1) & 0xFFFF
                 if on_pop is not None:
                     on_pop(head)
