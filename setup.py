@@ -2,7 +2,7 @@
 
 The modules of acrnmgr.devmodel.compiled.COMPILED_MODULES are the per-request path of the embedded devices (the
 chain walk, the used ring, guest memory, virtio-blk's requests). They are plain typed Python; mypyc (part of mypy,
-which already type-checks them) compiles the same files into C extensions that take 42% fewer instructions per
+which already type-checks them) compiles the same files into C extensions that take half the instructions per
 request (bench/blk_loadgen.py measures the effect).
 There is no second implementation: without mypyc or a C compiler, or with ACRNMGR_PURE_PYTHON=1 set, the
 package is pure Python and behaves the same, slower. acrnmgr/devmodel/__init__.py also falls back to the source
