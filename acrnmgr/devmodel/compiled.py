@@ -3,9 +3,11 @@
 setup.py compiles COMPILED_MODULES, as one group, into C extensions (in place for an editable install). Python
 imports an extension before a .py of the same name, so a checkout whose virtqueue.py was edited after the build
 would run the old compiled code. :func:`use_source_when_needed`, called when the package is imported, prevents
-that: with ``ACRNMGR_PURE_PYTHON=1``, or when a compiled module of a checkout is older than its source, every module
-of the group is imported from its .py file. All or none: compiled code calls the other modules of its group directly,
-so it would refuse an object of a class that was loaded from source.
+that: with ``ACRNMGR_PURE_PYTHON=1``, when a compiled module of a checkout is older than its source, or when the build
+is unusable (a module's extension or the group's library missing - each extension is optional, so a build can lose
+any of them - or the library failing to load), every module of the group is imported from its .py file. All or none:
+compiled code calls the other modules of its group directly, so it would refuse an object of a class that was loaded
+from source.
 
 No imports beyond the standard library: setup.py reads this module before anything is installed.
 """
@@ -24,6 +26,8 @@ from types import ModuleType
 GROUP = "acrnmgr.devmodel.hotpath"
 COMPILED_MODULES = ("virtqueue", "memory", "blk")
 PURE_ENV = "ACRNMGR_PURE_PYTHON"
+# mypyc puts a group's code in one library, <group>__mypyc; each module's extension is a shim that loads it
+_LIBRARY = GROUP.rpartition(".")[2] + "__mypyc"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE = __name__.rpartition(".")[0]
@@ -41,15 +45,30 @@ def _extension(name: str) -> str | None:
 
 
 def _stale() -> list[str]:
-    """Modules whose compiled extension is older than their source, in a checkout."""
-    out: list[str] = []
+    """Modules whose compiled extension is older than their source, in a checkout; and the group's library if it is
+    older than any of them (a rebuild whose library failed to compile, being optional, leaves the old one)."""
     if not _CHECKOUT:
-        return out
-    for name in COMPILED_MODULES:
-        ext = _extension(name)
-        if ext is not None and os.path.getmtime(ext) < os.path.getmtime(os.path.join(_HERE, name + ".py")):
-            out.append(name)
+        return []
+    sources = {name: os.path.getmtime(os.path.join(_HERE, name + ".py")) for name in COMPILED_MODULES}
+    out = [name for name in COMPILED_MODULES
+           if (ext := _extension(name)) is not None and os.path.getmtime(ext) < sources[name]]
+    if (library := _extension(_LIBRARY)) is not None and os.path.getmtime(library) < max(sources.values()):
+        out.append(_LIBRARY)
     return out
+
+
+def _unusable() -> str | None:
+    """Why a build of the group that is partly or wholly here cannot run (None: it can, or there is none)."""
+    found = {name: _extension(name) for name in (*COMPILED_MODULES, _LIBRARY)}
+    if not any(found.values()):
+        return None
+    if missing := [name for name, path in found.items() if path is None]:
+        return f"incomplete build: no compiled {', '.join(missing)}"
+    try:
+        importlib.import_module(f"{_PACKAGE}.{_LIBRARY}")
+    except ImportError as exc:  # e.g. not an extension of this Python, or a symbol its libpython lacks
+        return f"the compiled code does not load: {exc}"
+    return None
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -67,7 +86,7 @@ _source_reason: str | None = None
 
 
 def use_source_when_needed() -> None:
-    """Import the group from source when asked to (ACRNMGR_PURE_PYTHON=1) or when an extension is stale."""
+    """Import the group from source when asked to (ACRNMGR_PURE_PYTHON=1), or when its build is stale or unusable."""
     global _source_reason
     if _source_reason is not None or any(isinstance(f, _SourceFinder) for f in sys.meta_path):
         return
@@ -76,6 +95,8 @@ def use_source_when_needed() -> None:
     elif stale := _stale():
         _source_reason = (f"compiled {', '.join(stale)} older than the source (rebuild: "
                           f"pip install -e . or scripts/setup.sh)")
+    elif unusable := _unusable():
+        _source_reason = unusable
     else:
         return
     sys.meta_path.insert(0, _SourceFinder())
