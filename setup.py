@@ -12,13 +12,25 @@ Everything else about the package is declared in pyproject.toml.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from acrnmgr.devmodel.compiled import COMPILED_MODULES, GROUP  # noqa: E402  (plain data, no imports)
+
+def _compiled_group() -> tuple[tuple[str, ...], str]:
+    """COMPILED_MODULES and GROUP, read from the file alone: importing it as acrnmgr.devmodel.compiled would run
+    the package's __init__, which loads the current build - the very files this build is about to replace."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "acrnmgr", "devmodel", "compiled.py")
+    spec = importlib.util.spec_from_file_location("_acrnmgr_compiled", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.COMPILED_MODULES, module.GROUP
+
+
+COMPILED_MODULES, GROUP = _compiled_group()
 
 
 def compiled_extensions() -> list:
