@@ -82,11 +82,12 @@ def test_an_edited_source_wins_over_its_older_build(tmp_path):
     devmodel = copy_with_fake_build(tmp_path, BUILD, checkout=True)
     old = time.time() - 60
     for name in compiled.COMPILED_MODULES:
-        for path in (devmodel / f"{name}.py", devmodel / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}"):
-            os.utime(path, (old - 60, old - 60) if path.suffix == ".py" else (old, old))
+        os.utime(devmodel / f"{name}.py", (old - 60, old - 60))
+    for name in BUILD:
+        os.utime(devmodel / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}", (old, old))
     (devmodel / "memory.py").touch()
-    assert data_path(pythonpath=tmp_path) == (
-        "pure Python (compiled memory older than the source (rebuild: pip install -e . or scripts/setup.sh))")
+    assert data_path(pythonpath=tmp_path) == (f"pure Python (compiled memory, {LIBRARY} older than the source "
+                                              "(rebuild: pip install -e . or scripts/setup.sh))")
     assert runs_the_group_from_source(tmp_path)
 
 
