@@ -259,3 +259,21 @@ def test_poll_window_adapts_as_qemu_polling_does():
     off.waited(1e-6)
     off.waited(0)
     assert off.window == 0
+
+
+@pytest.mark.parametrize("poll_max", [0.0, 1.0])
+def test_the_loop_polls_within_its_window_and_sleeps_without_one(sock_dir, poll_max):
+    """An event that comes while the window lasts is found polling (select(0)), not after a sleep; with no window
+    (--poll-us 0) the loop only ever sleeps.  The window is wide here, so a loaded machine cannot close it."""
+    server = VhostUserServer(RngDevice(), sock_dir / "rng.sock", poll_max=poll_max)
+    server.poll.window = poll_max
+    later = threading.Timer(0.02, server.stop)  # stop() wakes the loop through its pipe
+    later.start()
+    try:
+        ready = server._wait(None)
+        assert [key.fileobj for key, _ in ready] == [server._wake_r]
+        assert server.polled_rounds == (1 if poll_max else 0)
+    finally:
+        later.join()
+        server.serve_forever()  # stopping: closes everything
+        server.device.close()
