@@ -104,7 +104,7 @@ class Backend:
         self.sock = sock_dir / "blk.sock"
         self.log = work / f"{kind}.log"
         with open(self.log, "ab") as log:
-            env = {**os.environ, "ACRNMGR_PURE_PYTHON": "1" if kind == "ours-pure" else "0"}
+            env = {**os.environ, "ACRNMGR_PURE_PYTHON": "1" if kind == "ours-pure" else "0"}  # as ring_code asks
             self.proc = subprocess.Popen(pinned(backend_argv(kind, self.image, self.sock), args.backend_cpu, args.nice),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + 30
@@ -140,6 +140,13 @@ class Backend:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def ring_code(pure: str) -> str:
+    """How `ours` runs its ring code (compiled or source), asked of an interpreter with the server's environment."""
+    out = subprocess.run([sys.executable, "-c", "from acrnmgr.devmodel.compiled import data_path; print(data_path())"],
+                         env={**os.environ, "ACRNMGR_PURE_PYTHON": pure}, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
 
 
 def fill(loadgen: Path, image: Path, size_mb: int) -> int:
@@ -225,10 +232,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row["meets_target"] = (None if io_uring is None or target is None or mode != "indirect"
                                    else io_uring >= target and (default is None or default >= 1.0))
             rows.append(row)
-    from acrnmgr.devmodel.compiled import data_path
-
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(), "nice": args.nice,
-            "ours_ring_code": data_path(),
+            "ours_ring_code": ring_code("0"),
             "load_average": os.getloadavg()[0],
             "frontend_cpu": args.frontend_cpu, "backend_cpu": args.backend_cpu, "seconds": args.seconds,
             "repeat": args.repeat, "size_mb": args.size_mb, "rows": rows}
