@@ -181,12 +181,11 @@ class BlkDevice(VirtioDevice):
 
     # -- requests -------------------------------------------------------------------------------------------
     def process_queue(self, qidx: int, vq: VirtQueue, mem: GuestMemory) -> bool:
-        """VirtioDevice._drain with the requests taken in batches (VirtQueue.pop_batch): the same early
-        publishing (once the completions held back are as many as the requests still waiting, counting those
-        of the batch not yet served) at less interpreter work per request. Never raises."""
+        """VirtioDevice._drain with the requests taken in batches (VirtQueue.pop_batch), published early the same
+        way (the requests of the batch not served yet count as waiting) at less interpreter work per request.
+        Never raises."""
         if not self._attached(qidx, vq):
             return False
-        notifier = vq.notifier
         handle = self._handle
         # vq.pop_batch and vq.push are called, not bound to locals: compiled (mypyc), that is a direct C call
         limit = vq.size
@@ -202,12 +201,8 @@ class BlkDevice(VirtioDevice):
                             break
                         unpublished += 1
                         left -= 1
-                        if (unpublished >= left and notifier is not None
-                                and unpublished >= left + vq.refresh_pending(mem)):
-                            vq.flush_used(mem)
+                        if vq.publish_early(mem, unpublished, left):
                             unpublished = 0
-                            if vq.should_notify(mem):
-                                notifier()
                 vq.flush_used(mem)
                 if not vq.enable_notification(mem):
                     break

@@ -170,12 +170,8 @@ class VirtioDevice:
     def _drain(self, vq: VirtQueue, mem: GuestMemory, handle: ChainHandler) -> bool:
         """Pop/handle/push until the ring is empty; returns should_notify() for what is left unsignalled.
 
-        With ``vq.notifier`` (set by the transport) completions are also published while draining, as soon as
-        there are as many of them as requests still waiting in the ring (avail idx re-read), and the driver is
-        interrupted if it asked to be (EVENT_IDX: it sets used_event when it goes idle).  So it refills the ring
-        while we work on the other half instead of waiting for the whole batch, at about one interrupt per half
-        ring rather than one per request.  Without a notifier the batch is published once, at the end."""
-        notifier = vq.notifier
+        With ``vq.notifier`` (set by the transport) completions are also published while draining
+        (:meth:`VirtQueue.publish_early`); without one the batch is published once, at the end."""
         try:
             while True:
                 vq.disable_notification(mem)
@@ -189,12 +185,8 @@ class VirtioDevice:
                         return vq.should_notify(mem)
                     vq.push(mem, chain[0], written)
                     unpublished += 1
-                    if (notifier is not None and unpublished >= vq.known_pending
-                            and unpublished >= vq.refresh_pending(mem)):
-                        vq.flush_used(mem)
+                    if vq.publish_early(mem, unpublished):
                         unpublished = 0
-                        if vq.should_notify(mem):
-                            notifier()
                 vq.flush_used(mem)
                 if not vq.enable_notification(mem):
                     break

@@ -378,48 +378,13 @@ class VirtQueue:
 
     def pop(self, mem: GuestMemory) -> DescriptorChain | None:
         """Take the next available chain, fully validated; None if there is none or the queue is (now) broken."""
-        if mem.generation != self._gen:
-            self._resolve(mem)
-        table = self._desc
-        if table is None:
-            return None
-        try:
-            if self._resubmit:
-                head = self._resubmit.popleft()
-                if not 0 <= head < self.size:
-                    raise QueueBroken(f"resubmitted head {head} >= queue size {self.size}")
-                return self._walk(mem, table, head)
-            avail16 = self._avail16
-            assert avail16 is not None  # resolved together with _desc
-            last = self._last_avail
-            if self._shadow_avail == last:
-                shadow = avail16[1]
-                if self._swap:
-                    shadow = _bswap16(shadow)
-                if shadow == last:
-                    return None
-                if (shadow - last) & 0xFFFF > self.size:
-                    raise QueueBroken(f"avail idx {shadow} jumped more than queue size {self.size} past {last}")
-                self._shadow_avail = shadow
-            head = avail16[2 + last % self.size]
-            if self._swap:
-                head = _bswap16(head)
-            self._last_avail = (last + 1) & 0xFFFF
-            chain = self._walk(mem, table, head)
-            if self.on_pop is not None:
-                self.on_pop(head)
-            return chain
-        except QueueBroken as e:
-            self.mark_broken(str(e))
-        except Exception as e:  # defensive: a bug here must not take the server down
-            log.exception("unexpected error walking virtqueue %d", self.index)
-            self.mark_broken(f"internal error: {e!r}")
-        return None
+        chains = self.pop_batch(mem, 1)
+        return chains[0] if chains else None
 
     def pop_batch(self, mem: GuestMemory, limit: int) -> list[DescriptorChain]:
-        """Take up to ``limit`` available chains, fully validated, with one read of the avail index: pop() without
-        its per-call overhead, for devices that serve requests in batches.  A bad chain after good ones is left
-        in the ring, so the good ones are served and the next call breaks the queue on it (as pop() would)."""
+        """Take up to ``limit`` available chains (resubmitted ones first), fully validated, with one read of the
+        avail index; [] if there is none or the queue is (now) broken.  A bad chain after good ones is left in
+        the ring, so the good ones are served and the next call breaks the queue on it."""
         if mem.generation != self._gen:
             self._resolve(mem)
         table = self._desc
@@ -656,6 +621,21 @@ class VirtQueue:
         if self.on_flush is not None and self._flushed_heads:
             heads, self._flushed_heads = self._flushed_heads, []
             self.on_flush(heads, self.used_idx)
+
+    def publish_early(self, mem: GuestMemory, unpublished: int, held: int = 0) -> bool:
+        """Publish while still draining: once the ``unpublished`` completions pushed since the last flush are as
+        many as the requests still waiting (``held`` popped but not yet served, plus those in the ring, the avail
+        idx re-read), flush them and interrupt the driver if it asked to be (EVENT_IDX: it sets used_event when it
+        goes idle) through :attr:`notifier`.  So the driver refills the ring while the device works on the rest,
+        at about one interrupt per half ring.  True if it published; never without a notifier."""
+        notifier = self.notifier
+        if (notifier is None or unpublished < held + self.known_pending
+                or unpublished < held + self.refresh_pending(mem)):
+            return False
+        self.flush_used(mem)
+        if self.should_notify(mem):
+            notifier()
+        return True
 
     def should_notify(self, mem: GuestMemory) -> bool:
         """Whether the driver must be interrupted for what flush_used() published since the last call."""
